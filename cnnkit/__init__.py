@@ -1,0 +1,35 @@
+"""cnnkit: a PyTorch Lightning training template for CNN classifiers, with a plugin-style registry.
+
+Importing cnnkit is cheap; torch and Lightning load when something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # registries (light)
+    **{name: "cnnkit.registry" for name in (
+        "Registry", "NORMS", "ACTIVATIONS", "POOLINGS", "INITS", "BACKBONES", "DATASETS", "TRANSFORMS",
+        "OPTIMIZERS", "SCHEDULERS", "CALLBACKS")},
+    # the Python API
+    **{name: "cnnkit.api" for name in (
+        "load_config", "fit", "evaluate", "predict", "build_model", "build_module", "build_datamodule",
+        "FitResult")},
+    # extension points
+    "NormScheme": "cnnkit.layers.norms",
+    "ConvNormAct": "cnnkit.layers.blocks",
+    "LinearNormAct": "cnnkit.layers.blocks",
+    "CnnkitError": "cnnkit.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")

@@ -1,0 +1,289 @@
+"""The Python API under the CLI: load a config, fit it, evaluate or predict from a checkpoint.
+
+    cfg = cnnkit.load_config(["recipes/quickstart.yaml"], ["model.norm=bn_post"])
+    result = cnnkit.fit(cfg)          # FitResult(status, metrics, run_dir, ...)
+    model = cnnkit.build_model(cfg)   # the nn.Module alone
+
+Everything a user can get wrong is checked before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig
+
+from .checkpoint import read_checkpoint, resolve_checkpoint
+from .config import load_config, to_plain, to_yaml
+from .errors import CheckpointError, ConfigError, DataError
+from .runs import RunDir, atomic_write_text
+
+__all__ = ["FitResult", "load_config", "fit", "evaluate", "predict", "build_model", "build_datamodule",
+           "build_module"]
+
+
+@dataclass
+class FitResult:
+    status: str  # finished | diverged
+    run_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: Optional[Path] = None
+    last_checkpoint: Optional[Path] = None
+    diverged: Optional[dict[str, Any]] = None
+
+
+# -- building blocks ------------------------------------------------------------------------------
+def build_datamodule(cfg: DictConfig):
+    from .data.datamodule import ClassificationDataModule
+
+    return ClassificationDataModule(cfg.data, seed=cfg.seed)
+
+
+def build_module(cfg: DictConfig, data_info: dict[str, Any]):
+    from .module import ClassifierModule
+
+    return ClassifierModule(to_plain(cfg), data_info)
+
+
+def build_model(cfg: DictConfig, data_info: Optional[dict[str, Any]] = None):
+    """The network alone (a ``torch.nn.Module``); data_info defaults to the config's dataset's."""
+    from .model import build_classifier
+
+    info = data_info or build_datamodule(cfg).info
+    return build_classifier(cfg.model, info["input_shape"], info["num_classes"])
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
+def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbacks: list[Any]):
+    import lightning as L
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from .registry import CALLBACKS
+
+    t = cfg.trainer
+    progress = to_plain(t.progress_bar)
+    if progress == "rich":
+        try:
+            import rich  # noqa: F401
+        except ImportError as err:
+            raise DataError("trainer.progress_bar=rich needs the 'rich' package: pip install rich "
+                            "(or use trainer.progress_bar=tqdm)") from err
+        callbacks.append(RichProgressBar())
+    elif progress == "tqdm":
+        callbacks.append(TQDMProgressBar())
+    callbacks.extend(CALLBACKS.build(to_plain(spec)) for spec in cfg.callbacks)
+    kwargs: dict[str, Any] = dict(
+        accelerator=t.accelerator, devices=to_plain(t.devices), strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
+        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
+        check_val_every_n_epoch=t.check_val_every_n_epoch, enable_model_summary=t.enable_model_summary,
+        enable_progress_bar=progress != "none", logger=loggers, callbacks=callbacks,
+        enable_checkpointing=run is not None, default_root_dir=str(run.path) if run else None,
+    )
+    for limit in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        if t[limit] is not None:
+            kwargs[limit] = t[limit]
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError) as err:
+        raise ConfigError(f"trainer: {str(err).strip().splitlines()[0]}") from err
+
+
+def _set_input_statistics(module, datamodule) -> None:
+    from .layers.input_norm import InputStandardize
+
+    if isinstance(module.model.input_norm, InputStandardize):
+        module.model.input_norm.set_statistics(*datamodule.input_statistics())
+
+
+def _load_weights(module, checkpoint: dict[str, Any], path: Path, strict: bool) -> None:
+    """Copy a checkpoint's weights in; with ``strict=False`` tensors of another shape are skipped."""
+    state = checkpoint.get("state_dict", {})
+    own = module.state_dict()
+    if strict:
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or unexpected or wrong_shape:
+            parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                         ("different shape", wrong_shape)) if keys]
+            raise CheckpointError(f"checkpoint '{path}' does not fit the configured model ({'; '.join(parts)}); "
+                                  f"use the config it was trained with")
+        module.load_state_dict(state)
+        return
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise CheckpointError(f"--init-from '{path}': no weight of that checkpoint fits this model")
+    module.load_state_dict(usable, strict=False)
+    skipped = len(state) - len(usable)
+    print(f"cnnkit: initialized {len(usable)} tensors from '{path}'"
+          f"{f', skipped {skipped} that do not fit' if skipped else ''}", file=sys.stderr)
+
+
+# -- fit ------------------------------------------------------------------------------------------
+def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = None,
+        overwrite: bool = False) -> FitResult:
+    """Train ``cfg`` in its run directory; ``ckpt`` (a path or ``last``) resumes, ``init_from`` fine-tunes."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger
+
+    run = RunDir.for_config(cfg)
+    resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
+    resume_checkpoint = read_checkpoint(resume_path) if resume_path else None
+    init_path = resolve_checkpoint(init_from, None) if init_from else None
+    init_checkpoint = read_checkpoint(init_path) if init_path else None
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.load()
+    module = build_module(cfg, datamodule.info)
+    if resume_checkpoint is not None:
+        _load_weights(module, resume_checkpoint, resume_path, strict=True)  # fails early if it does not fit
+    else:
+        _set_input_statistics(module, datamodule)
+        if init_checkpoint is not None:
+            _load_weights(module, init_checkpoint, init_path, strict=False)
+
+    if _is_rank_zero():
+        run.prepare(resume=resume_path is not None, overwrite=overwrite)
+        atomic_write_text(run.config_file, to_yaml(cfg))
+        run.write_status("running", step=int(resume_checkpoint["global_step"]) if resume_checkpoint else 0)
+
+    wandb_logger = trainer = None
+    failed = True
+    try:
+        csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
+                                  if resume_checkpoint else None)
+        wandb_logger = make_wandb_logger(cfg, run.path)
+        checkpointing = ModelCheckpoint(
+            dirpath=str(run.checkpoints), filename="best-epoch{epoch:03d}-step{step:06d}",
+            auto_insert_metric_name=False, monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
+            save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
+            every_n_epochs=cfg.checkpoint.every_n_epochs,
+        )
+        loggers = [csv_logger] + ([wandb_logger] if wandb_logger is not None else [])
+        trainer = _build_trainer(cfg, run, loggers, [checkpointing])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None,
+                    weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if module.diverged is None and datamodule.load().test is not None:
+            best = checkpointing.best_model_path
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+        failed = False
+    except BaseException as err:
+        if _is_rank_zero():
+            reason = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+            run.write_status("failed", step=int(trainer.global_step) if trainer else 0, reason=reason)
+        raise
+    finally:
+        finish_wandb(wandb_logger, failed)
+
+    step = int(trainer.global_step)
+    if module.diverged is not None:
+        status = "diverged"
+        reason = f"non-finite training loss at step {module.diverged['step']} (lr {module.diverged['lr']:g})"
+        if _is_rank_zero():
+            run.write_status(status, step=module.diverged["step"], lr=module.diverged["lr"], reason=reason)
+    else:
+        status = "finished"
+        if _is_rank_zero():
+            run.write_status(status, step=step, metrics=metrics)
+    best = Path(checkpointing.best_model_path) if checkpointing.best_model_path else None
+    last = run.last_checkpoint if run.last_checkpoint.is_file() else None
+    return FitResult(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
+                     last_checkpoint=last, diverged=module.diverged)
+
+
+# -- evaluation and prediction from a checkpoint ----------------------------------------------------
+def checkpoint_config(ckpt: str, files: Sequence[str] = (),
+                      overrides: Sequence[str] = ()) -> tuple[DictConfig, Path, dict[str, Any]]:
+    """The config a checkpoint was trained with, updated by ``files`` and ``overrides``."""
+    run = RunDir.for_config(load_config(files, overrides)) if ckpt == "last" else None
+    path = resolve_checkpoint(ckpt, run)
+    checkpoint = read_checkpoint(path)
+    cfg = load_config(files, overrides, base=checkpoint["hyper_parameters"]["config"])
+    return cfg, path, checkpoint
+
+
+def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, Any]):
+    module = build_module(cfg, checkpoint["hyper_parameters"]["data_info"])
+    _load_weights(module, checkpoint, path, strict=True)
+    return module
+
+
+def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict[str, float]:
+    """``stage`` is ``validate`` or ``test``: metrics of a checkpoint's model on that split."""
+    cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
+    module = _module_from_checkpoint(cfg, path, checkpoint)
+    datamodule = build_datamodule(cfg)
+    stored, current = checkpoint["hyper_parameters"]["data_info"], datamodule.info
+    if stored["num_classes"] != current["num_classes"] or list(stored["input_shape"]) != current["input_shape"]:
+        raise CheckpointError(
+            f"checkpoint '{path}' was trained on inputs {stored['input_shape']} with {stored['num_classes']} classes; "
+            f"the configured data has {current['input_shape']} with {current['num_classes']}"
+        )
+    trainer = _build_trainer(cfg, None, False, [])
+    run_stage = trainer.validate if stage == "validate" else trainer.test
+    results = run_stage(module, datamodule=datamodule)
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (), split: Optional[str] = None,
+            input_dir: Optional[str] = None, output: Optional[str] = None) -> Path:
+    """Class probabilities for a split or a folder of images, written as CSV (file, class, probability)."""
+    from torch.utils.data import DataLoader
+
+    from .data.image_files import IMAGE_EXTENSIONS, ImageFiles
+
+    cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
+    module = _module_from_checkpoint(cfg, path, checkpoint)
+    info = checkpoint["hyper_parameters"]["data_info"]
+    batch = cfg.data.eval_batch_size or cfg.data.batch_size
+    if input_dir is not None:
+        if not os.path.isdir(input_dir):
+            raise DataError(f"predict: input folder '{input_dir}' does not exist")
+        images = sorted(os.path.join(d, f) for d, _, fs in os.walk(input_dir) for f in fs
+                        if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+            raise DataError(f"predict: no images ({', '.join(IMAGE_EXTENSIONS)}) under '{input_dir}'")
+        channels, height, width = info["input_shape"]
+        dataset = ImageFiles([(p, -1) for p in images], (height, width), channels, "input")
+        source = Path(input_dir).name or "input"
+    else:
+        split = split or "test"
+        dataset = build_datamodule(cfg).load().get(split)
+        source = split
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers)
+    trainer = _build_trainer(cfg, None, False, [])
+    probabilities = trainer.predict(module, dataloaders=loader)
+    out = Path(output) if output else RunDir.for_config(cfg).path / f"predictions-{source}.csv"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "class", "probability"])
+    names = dataset.names()
+    row = 0
+    for probs in probabilities:
+        best_p, best_c = probs.max(dim=-1)
+        for p, c in zip(best_p.tolist(), best_c.tolist()):
+            writer.writerow([names[row], info["class_names"][c], f"{p:.6f}"])
+            row += 1
+    atomic_write_text(out, buffer.getvalue())
+    return out

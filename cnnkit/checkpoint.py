@@ -1,0 +1,53 @@
+"""Reading checkpoints safely (``weights_only=True``) and finding the config they were trained with."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .runs import RunDir
+
+
+def resolve_checkpoint(arg: str, run: RunDir | None) -> Path:
+    """``last`` means the run's checkpoints/last.ckpt; anything else is a path."""
+    if arg == "last":
+        if run is None:
+            raise CheckpointError("--ckpt last needs --config to find the run; or pass the checkpoint's path")
+        path = run.last_checkpoint
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint to resume: '{path}' does not exist; train first, or pass a path")
+        return path
+    path = Path(arg)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{arg}' not found")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{arg}' is not a file")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a cnnkit checkpoint on the CPU without running any code stored in it."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as err:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read: permission denied") from err
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"checkpoint '{path}' holds pickled objects beyond tensors and plain data; cnnkit refuses to "
+                f"load it (weights_only=True) because loading could run code"
+            ) from err
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint: {reason}") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated: {reason}") from err
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "config" not in hparams or "data_info" not in hparams:
+        raise CheckpointError(f"checkpoint '{path}' is not a cnnkit checkpoint (it has no stored cnnkit config)")
+    return checkpoint

@@ -1,0 +1,201 @@
+"""``python -m cnnkit``: a thin argparse front over the Python API.
+
+Nothing heavy is imported at module level: ``--help`` needs neither torch nor Lightning, and
+``list`` needs no Lightning. A user's mistake prints one line and exits 2; ``--debug`` (or
+``CNNKIT_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+from typing import Optional, Sequence
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_INTERNAL = 1
+
+REGISTRY_NAMES = ("norms", "activations", "poolings", "inits", "backbones", "datasets", "transforms",
+                  "optimizers", "schedulers", "callbacks")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, not usage text plus a line."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USER_ERROR, f"cnnkit: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_config_args(parser: argparse.ArgumentParser, ckpt_help: Optional[str]) -> None:
+    parser.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
+                        help="YAML config file; repeat to merge several (later wins)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides applied last, e.g. model.norm=bn_post trainer.max_epochs=3")
+    if ckpt_help:
+        parser.add_argument("--ckpt", metavar="PATH|last", help=ckpt_help)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="cnnkit", description="Train and evaluate CNN classifiers from YAML recipes.",
+                    epilog="Run 'cnnkit COMMAND --help' for a command's options.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    fit = commands.add_parser("fit", help="train a model (then test the best checkpoint)",
+                              description="Train the config's model in runs/<name>/<variant>/.")
+    _add_config_args(fit, "resume training from this checkpoint ('last': the run's checkpoints/last.ckpt)")
+    fit.add_argument("--init-from", metavar="PATH", help="start from a checkpoint's weights (fine-tuning)")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    for name, help_text in (("validate", "evaluate a checkpoint on the validation split"),
+                            ("test", "evaluate a checkpoint on the test split")):
+        sub = commands.add_parser(name, help=help_text, description=f"{help_text.capitalize()}; the model is "
+                                  f"rebuilt from the config stored in the checkpoint.")
+        _add_config_args(sub, "checkpoint to evaluate ('last': the run's last.ckpt; needs --config)")
+
+    predict = commands.add_parser("predict", help="write class probabilities to a CSV",
+                                  description="Predict a split or a folder of images; writes file,class,probability.")
+    _add_config_args(predict, "checkpoint to predict with ('last': the run's last.ckpt; needs --config)")
+    source = predict.add_mutually_exclusive_group()
+    source.add_argument("--split", choices=("train", "val", "test"), help="a split of the configured dataset "
+                        "(default: test)")
+    source.add_argument("--input", metavar="DIR", help="a folder of images (searched recursively)")
+    predict.add_argument("--output", "-o", metavar="CSV", help="where to write (default: the run directory)")
+
+    listing = commands.add_parser("list", help="list registered names (norms, backbones, ...)",
+                                  description="List registry entries with one-line descriptions.")
+    listing.add_argument("registry", nargs="?", choices=REGISTRY_NAMES, metavar="REGISTRY",
+                         help=f"one of: {', '.join(REGISTRY_NAMES)} (default: all)")
+    listing.add_argument("pattern", nargs="?", help="only names matching this (substring or glob)")
+    listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _print_config(args: argparse.Namespace) -> int:
+    from .config import load_config, to_yaml
+
+    if getattr(args, "ckpt", None) and args.command != "fit":
+        from .api import checkpoint_config
+
+        cfg = checkpoint_config(args.ckpt, args.config, args.overrides)[0]
+    else:
+        cfg = load_config(args.config, args.overrides)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from . import api
+
+    cfg = api.load_config(args.config, args.overrides)
+    result = api.fit(cfg, ckpt=args.ckpt, init_from=args.init_from, overwrite=args.overwrite)
+    if result.status == "diverged":
+        d = result.diverged
+        print(f"cnnkit: run {cfg.name}/{cfg.variant} diverged: non-finite loss at step {d['step']} "
+              f"(lr {d['lr']:g}); marked diverged in {result.run_dir}/status.json", file=sys.stderr)
+        return EXIT_DIVERGED
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.endswith("/acc"))
+    print(f"cnnkit: finished {cfg.name}/{cfg.variant} in {result.run_dir}" + (f": {summary}" if summary else ""))
+    return 0
+
+
+def _require_ckpt(args: argparse.Namespace) -> None:
+    if not args.ckpt:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{args.command} needs --ckpt PATH (or --ckpt last with --config)")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import api
+
+    _require_ckpt(args)
+    api.evaluate(args.command, args.ckpt, args.config, args.overrides)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from . import api
+
+    _require_ckpt(args)
+    out = api.predict(args.ckpt, args.config, args.overrides, split=args.split, input_dir=args.input,
+                      output=args.output)
+    print(f"cnnkit: wrote predictions to {out}")
+    return 0
+
+
+def _matches(pattern: Optional[str], *texts: str) -> bool:
+    if not pattern:
+        return True
+    pattern = pattern.lower()
+    if any(c in pattern for c in "*?["):
+        return any(fnmatch.fnmatch(t.lower(), pattern) for t in texts[:-1])
+    return any(pattern in t.lower() for t in texts)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .registry import REGISTRIES
+
+    kinds = [args.registry] if args.registry else list(REGISTRY_NAMES)
+    shown = 0
+    for kind in kinds:
+        rows = []
+        for entry in REGISTRIES[kind].entries():
+            if not _matches(args.pattern, entry.name, *entry.aliases, entry.description):
+                continue
+            name = entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else "")
+            traits = getattr(entry.target, "describe_traits", None)
+            text = entry.description + (f" [{traits()}]" if callable(traits) else "")
+            rows.append((name, text))
+        if not rows:
+            continue
+        shown += len(rows)
+        print(f"{kind}:")
+        width = max(len(name) for name, _ in rows)
+        for name, text in rows:
+            print(f"  {name:<{width}}  {text}")
+    if not shown:
+        print(f"cnnkit: nothing matches '{args.pattern}'", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
+            "list": _cmd_list}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("CNNKIT_DEBUG", "") not in ("", "0")
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        if getattr(args, "print_config", False):
+            return _print_config(args)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("cnnkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        from .errors import CnnkitError
+
+        if debug:
+            raise
+        if isinstance(err, CnnkitError):
+            print(f"cnnkit: error: {err}", file=sys.stderr)
+            return err.exit_code
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"cnnkit: internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,376 @@
+"""The one config schema (omegaconf structured dataclasses), and loading, merging, validating it.
+
+Merge order: schema defaults ← ``--config`` files (repeatable, later wins; each may ``include:``
+other files relative to itself) ← dotlist overrides (``model.norm=bn_post``). Everything is
+checked here, before a run directory exists or a step is taken: unknown keys, wrong types,
+unknown registry names, arguments a part does not take, values out of range.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Iterator, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from .errors import CnnkitError, ConfigError
+
+SCHEMA_VERSION = 1
+INCLUDE_KEY = "include"
+
+
+class EvalStats(Enum):
+    running = "running"  # BN uses its moving averages (population estimates), as deployed
+    batch = "batch"  # BN uses the statistics of each evaluation batch (buffers untouched)
+
+
+class ProgressBar(Enum):
+    tqdm = "tqdm"
+    rich = "rich"
+    none = "none"
+
+
+class WandbMode(Enum):
+    auto = "auto"  # WANDB_MODE if set; else online with credentials, offline without
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Average(Enum):
+    micro = "micro"  # fraction of samples classified correctly
+    macro = "macro"  # mean of the per-class accuracies
+
+
+class MonitorMode(Enum):
+    max = "max"
+    min = "min"
+
+
+@dataclass
+class ModelConfig:
+    backbone: Any = "simple_cnn"  # a name, or {name: ..., <backbone argument>: ...}
+    norm: Any = "bn_pre"  # none | input | bn_pre | bn_post | gn | ln | your own
+    act: Any = "relu"
+    pool: Any = "max"
+    init: Any = "default"
+    bias: Any = "auto"  # auto | true | false; auto drops it only where a norm directly follows
+
+
+@dataclass
+class DataConfig:
+    dataset: Any = "digits"  # a name, or {name: ..., root: ..., image_size: ...}
+    batch_size: int = 64  # global batch: split across devices
+    eval_batch_size: Optional[int] = None  # default: batch_size
+    num_workers: int = 0
+    augment: list[Any] = field(default_factory=list)  # training transforms, by name
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Any = "sgd"  # sgd | adam | adamw, or {name: sgd, momentum: 0.9, nesterov: true}
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    no_decay_norm_bias: bool = False  # exempt norm parameters and biases from weight decay
+    scheduler: Any = "constant"  # constant | step | cosine | onecycle
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class MetricsConfig:
+    average: Average = Average.micro
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = 10
+    max_steps: int = -1
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    progress_bar: ProgressBar = ProgressBar.tqdm
+    enable_model_summary: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/acc"
+    mode: MonitorMode = MonitorMode.max
+    save_top_k: int = 1
+    save_last: bool = True
+    every_n_epochs: int = 1
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.auto
+    project: str = "cnnkit"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the recipe's name
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    schema_version: int = SCHEMA_VERSION
+    name: str = "default"  # runs/<name>/<variant>/
+    variant: str = "default"
+    runs_dir: str = "runs"
+    seed: int = 0
+    imports: list[str] = field(default_factory=list)  # your modules / .py files that register entries
+    eval_stats: EvalStats = EvalStats.running
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    callbacks: list[Any] = field(default_factory=list)  # extra callbacks by name
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# -- reading files ------------------------------------------------------------------------------
+def read_config_file(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """A YAML file and the files it includes, in merge order, each with its path for messages."""
+    import yaml
+
+    if not os.path.exists(path):
+        raise ConfigError(f"config file '{path}' not found")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file '{path}' is a directory; pass a .yaml file")
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ConfigError(f"config file '{path}' includes itself (include chain: {' -> '.join(_seen)})")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file '{path}': YAML syntax error{where}: {problem}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file '{path}' cannot be read: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file '{path}' must be a mapping of keys to values (e.g. 'model: ...'), "
+            f"got a {type(data).__name__}"
+        )
+    includes = data.pop(INCLUDE_KEY, []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    layers: list[tuple[str, DictConfig]] = []
+    base_dir = os.path.dirname(os.path.abspath(path))
+    for item in includes:
+        layers.extend(read_config_file(os.path.join(base_dir, item), _seen + (real,)))
+    try:
+        layers.append((path, OmegaConf.create(data)))
+    except oc_errors.OmegaConfBaseException as err:
+        raise ConfigError(f"config file '{path}': {_first_line(err)}") from err
+    return layers
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. model.norm=bn_post)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as err:
+        raise ConfigError(f"overrides {' '.join(overrides)}: {_first_line(err)}") from err
+
+
+# -- merging with clear errors -----------------------------------------------------------------
+def _first_line(err: Exception) -> str:
+    text = getattr(err, "msg", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def _known_keys(schema: DictConfig, full_key: str) -> tuple[str, list[str]]:
+    parent, _, leaf = full_key.rpartition(".")
+    node: Any = schema
+    for part in filter(None, parent.split(".")):
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    keys = list(node.keys()) if isinstance(node, DictConfig) else []
+    return leaf, [str(k) for k in keys]
+
+
+def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except oc_errors.ConfigKeyError as err:
+        full_key = getattr(err, "full_key", None) or ""
+        leaf, known = _known_keys(base, full_key)
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"did you mean '{(full_key.rpartition('.')[0] + '.' if '.' in full_key else '') + close[0]}'? " if close else ""
+        parent = full_key.rpartition(".")[0] or "the top level"
+        raise ConfigError(
+            f"{source}: unknown config key '{full_key}'; {hint}keys under {parent}: {', '.join(known)}"
+        ) from err
+    except oc_errors.ValidationError as err:
+        full_key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{source}: config key '{full_key}': {_first_line(err)}") from err
+    except oc_errors.OmegaConfBaseException as err:
+        full_key = getattr(err, "full_key", None)
+        where = f"config key '{full_key}': " if full_key else ""
+        raise ConfigError(f"{source}: {where}{_first_line(err)}") from err
+
+
+def migrate(stored: dict[str, Any]) -> dict[str, Any]:
+    """Bring a config saved by an older cnnkit up to this schema (new keys take their defaults)."""
+    version = stored.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"config has schema_version {version}, newer than this cnnkit understands ({SCHEMA_VERSION}); "
+            f"upgrade cnnkit"
+        )
+    # Renamed or moved keys of future versions are translated here, oldest first.
+    return {**stored, "schema_version": SCHEMA_VERSION}
+
+
+def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
+                base: dict[str, Any] | None = None, validate_config: bool = True) -> DictConfig:
+    """Schema ← ``base`` (e.g. a checkpoint's config) ← files ← overrides, resolved and validated."""
+    cfg = OmegaConf.structured(Config)
+    if base is not None:
+        cfg = _merge(cfg, OmegaConf.create(migrate(base)), "stored config")
+    for path in files:
+        for source, layer in read_config_file(path):
+            cfg = _merge(cfg, layer, f"config file '{source}'")
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(overrides), "override")
+    try:
+        OmegaConf.resolve(cfg)
+    except oc_errors.OmegaConfBaseException as err:
+        full_key = getattr(err, "full_key", None)
+        raise ConfigError(f"config key '{full_key}': cannot resolve interpolation: {_first_line(err)}") from err
+    if validate_config:
+        validate(cfg)
+    return cfg
+
+
+def to_plain(node: Any) -> Any:
+    """A config node as plain Python data (enums as strings): safe in checkpoints and W&B."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    if isinstance(node, Enum):
+        return node.value
+    return node
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg)))
+
+
+# -- validation ---------------------------------------------------------------------------------
+@contextmanager
+def key_context(key: str) -> Iterator[None]:
+    """Prefix an error raised while checking ``key`` with that key's path."""
+    try:
+        yield
+    except CnnkitError as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check everything a run needs from the config before anything is built or written."""
+    from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS, OPTIMIZERS, POOLINGS,
+                           SCHEDULERS, TRANSFORMS, import_user_code)
+
+    with key_context("imports"):
+        import_user_code(list(cfg.imports))
+
+    model = cfg.model
+    with key_context("model.norm"):
+        norm = NORMS.build(to_plain(model.norm))
+    with key_context("model.act"):
+        ACTIVATIONS.build(to_plain(model.act))
+    with key_context("model.pool"):
+        POOLINGS.prepare(to_plain(model.pool), kernel_size=2)
+    with key_context("model.init"):
+        INITS.build(to_plain(model.init))
+    with key_context("model.backbone"):
+        BACKBONES.prepare(to_plain(model.backbone), optional=BACKBONE_INPUTS)
+    _require(model.bias in ("auto", True, False, "true", "false"),
+             f"model.bias must be auto, true or false, got {model.bias!r}")
+
+    data = cfg.data
+    with key_context("data.dataset"):
+        DATASETS.prepare(to_plain(data.dataset))
+    for i, spec in enumerate(data.augment):
+        with key_context(f"data.augment[{i}]"):
+            TRANSFORMS.prepare(to_plain(spec), optional={"size": None})
+    _require(data.batch_size >= 1, f"data.batch_size must be >= 1, got {data.batch_size}")
+    if norm.batch_stats:
+        _require(data.batch_size >= 2,
+                 f"data.batch_size={data.batch_size} with norm '{to_plain(model.norm)}', which normalizes with "
+                 f"batch statistics: training needs at least 2 samples per batch; raise data.batch_size or pick "
+                 f"a norm without batch statistics (gn, ln, none)")
+    _require(data.eval_batch_size is None or data.eval_batch_size >= 1,
+             f"data.eval_batch_size must be >= 1, got {data.eval_batch_size}")
+    _require(data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}")
+
+    optim = cfg.optim
+    _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
+    _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
+    with key_context("optim.optimizer"):
+        OPTIMIZERS.prepare(to_plain(optim.optimizer), params=None, lr=optim.lr, weight_decay=optim.weight_decay)
+    with key_context("optim.scheduler"):
+        SCHEDULERS.prepare(to_plain(optim.scheduler), optional=SCHEDULER_INPUTS)
+    _require(0.0 <= cfg.loss.label_smoothing < 1.0,
+             f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}")
+
+    trainer = cfg.trainer
+    _require(trainer.max_epochs >= 1 or trainer.max_steps > 0,
+             "trainer.max_epochs must be >= 1 (or set trainer.max_steps > 0)")
+    _require(trainer.accumulate_grad_batches >= 1,
+             f"trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}")
+    _require(trainer.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {trainer.log_every_n_steps}")
+    _require(trainer.gradient_clip_val is None or trainer.gradient_clip_val > 0,
+             f"trainer.gradient_clip_val must be > 0 (or null), got {trainer.gradient_clip_val}")
+    for i, spec in enumerate(cfg.callbacks):
+        with key_context(f"callbacks[{i}]"):
+            CALLBACKS.prepare(to_plain(spec))
+    for key in ("name", "variant"):
+        value = cfg[key]
+        _require(bool(value) and "/" not in value and value not in (".", ".."),
+                 f"{key} must be a non-empty name without '/', got {value!r}")
+
+
+# What cnnkit passes to parts it builds, besides what the config's spec says; a part that does
+# not take one of these simply does not get it.
+BACKBONE_INPUTS = {"input_shape": None, "num_classes": None, "norm": None, "act": None, "pool": None, "bias": None}
+SCHEDULER_INPUTS = {"optimizer": None, "total_steps": None, "steps_per_epoch": None, "lr": None}

@@ -1,0 +1,27 @@
+"""Errors a user can cause and fix: the CLI prints them as one line and exits non-zero."""
+
+
+class CnnkitError(Exception):
+    """A mistake in the user's config, data, checkpoint or command line.
+
+    The message is a complete sentence that names the problem and the fix; the CLI shows it
+    without a traceback (``--debug`` shows one).
+    """
+
+    exit_code = 2
+
+
+class ConfigError(CnnkitError):
+    """The config (a file, an override or a value) is wrong."""
+
+
+class RegistryError(ConfigError):
+    """A registry name or its arguments are wrong."""
+
+
+class DataError(CnnkitError):
+    """The data a config points at is missing or unreadable."""
+
+
+class CheckpointError(CnnkitError):
+    """A checkpoint is missing, unreadable or does not fit the config."""

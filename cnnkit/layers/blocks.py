@@ -1,0 +1,76 @@
+"""The one block every backbone is made of: a weight layer, its norm and its activation.
+
+The norm scheme decides the order (cf. mmcv's ``ConvModule(order=...)``), so one block serves
+``none``, ``input``, ``bn_pre``, ``bn_post`` and any norm a user registers. Norm and activation
+stay separate child modules, which keeps ``SyncBatchNorm.convert_sync_batchnorm`` working.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from .norms import ORDERS, NormScheme
+
+BIAS_MODES = ("auto", "true", "false")
+
+
+def use_bias(bias: str | bool, norm_follows: bool) -> bool:
+    """``auto`` drops the bias only where a norm directly follows (its β makes the bias redundant)."""
+    if isinstance(bias, bool):
+        return bias
+    if bias not in BIAS_MODES:
+        raise ConfigError(f"bias must be one of {', '.join(BIAS_MODES)}, got {bias!r}")
+    return bias == "true" or (bias == "auto" and not norm_follows)
+
+
+class WeightNormAct(nn.Sequential):
+    """``weight`` → norm → act (order ``pre``) or ``weight`` → act → norm (order ``post``)."""
+
+    dim = 1
+    weight_name = "weight_layer"
+
+    def __init__(self, make_weight: Callable[[bool], nn.Module], out_features: int,
+                 norm: NormScheme, act: Callable[[], nn.Module] | None, bias: str | bool):
+        if norm.order not in ORDERS:
+            raise ConfigError(f"norm order must be one of {', '.join(ORDERS)}, got {norm.order!r}")
+        norm_layer = norm.make(out_features, self.dim)
+        norm_follows = norm_layer is not None and (norm.order == "pre" or act is None)
+        layers = OrderedDict([(self.weight_name, make_weight(use_bias(bias, norm_follows)))])
+        act_layer = act() if act is not None else None
+        ordered = [("norm", norm_layer), ("act", act_layer)]
+        if norm.order == "post":
+            ordered.reverse()
+        layers.update((name, layer) for name, layer in ordered if layer is not None)
+        super().__init__(layers)
+
+
+class ConvNormAct(WeightNormAct):
+    """Conv2d + norm + activation; padding defaults to ``kernel_size // 2`` ("same" at stride 1)."""
+
+    dim = 2
+    weight_name = "conv"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int | None = None, *, norm: NormScheme, act: Callable[[], nn.Module] | None,
+                 bias: str | bool = "auto"):
+        padding = kernel_size // 2 if padding is None else padding
+        super().__init__(
+            lambda b: nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=b),
+            out_channels, norm, act, bias,
+        )
+
+
+class LinearNormAct(WeightNormAct):
+    """Linear + norm + activation."""
+
+    dim = 1
+    weight_name = "linear"
+
+    def __init__(self, in_features: int, out_features: int, *, norm: NormScheme,
+                 act: Callable[[], nn.Module] | None, bias: str | bool = "auto"):
+        super().__init__(lambda b: nn.Linear(in_features, out_features, bias=b),
+                         out_features, norm, act, bias)

@@ -1,0 +1,119 @@
+"""ClassifierModule: softmax cross-entropy training and eval-mode evaluation of a registry-built CNN."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .config import SCHEMA_VERSION, to_plain
+from .layers.batch_stats import batch_statistics
+from .model import build_classifier
+from .optim import parameter_groups
+from .registry import OPTIMIZERS, SCHEDULERS
+
+SPLITS = ("train", "val", "test")
+
+
+class ClassifierModule(L.LightningModule):
+    """Holds the network, its loss and metrics; rebuilt from ``config`` + ``data_info`` alone.
+
+    Both are plain data and saved as hyper-parameters, so a checkpoint is enough to rebuild the
+    model (``torch.load(weights_only=True)`` included) without the data set on disk.
+    Validation and test run in eval mode: BatchNorm uses its running statistics unless
+    ``eval_stats: batch``.
+    """
+
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.cfg = OmegaConf.create(config)
+        self.class_names = list(data_info["class_names"])
+        self.model = build_classifier(self.cfg.model, data_info["input_shape"], data_info["num_classes"])
+        average = to_plain(self.cfg.metrics.average)
+        for split in SPLITS:
+            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=data_info["num_classes"], average=average))
+            setattr(self, f"{split}_loss", MeanMetric())
+        self.diverged: Optional[dict[str, Any]] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _eval_context(self):
+        return batch_statistics(self.model) if to_plain(self.cfg.eval_stats) == "batch" else nullcontext()
+
+    # -- steps --------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.loss.label_smoothing)
+        non_finite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
+        if non_finite:
+            self._stop_diverged()
+            return None  # skip the update: the weights stay those of the last finite step
+        self.train_loss(loss.detach())
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _stop_diverged(self) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+        self.diverged = {"step": int(self.global_step), "lr": float(lr)}
+        self.trainer.should_stop = True
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        x, y = batch
+        with self._eval_context():
+            logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        getattr(self, f"{split}_loss")(loss)
+        getattr(self, f"{split}_acc")(logits, y)
+        self.log(f"{split}/loss", getattr(self, f"{split}_loss"), on_step=False, on_epoch=True)
+        self.log(f"{split}/acc", getattr(self, f"{split}_acc"), on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        with self._eval_context():
+            return self(batch[0]).softmax(dim=-1)
+
+    # -- optimization ---------------------------------------------------------------------------
+    def total_steps(self) -> tuple[int, int]:
+        """(optimizer steps per epoch, in the whole run), from the datamodule and the trainer's limits."""
+        trainer = self.trainer
+        per_epoch = trainer.datamodule.steps_per_epoch(trainer.world_size, trainer.accumulate_grad_batches)
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            per_epoch = max(1, min(per_epoch, limit // trainer.accumulate_grad_batches))
+        elif limit is not None and limit < 1.0:
+            per_epoch = max(1, int(per_epoch * limit))
+        total = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        if trainer.max_steps and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps) if total else trainer.max_steps
+        return per_epoch, total
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
+        optimizer = OPTIMIZERS.build(to_plain(optim.optimizer), params=groups, lr=optim.lr,
+                                     weight_decay=optim.weight_decay)
+        per_epoch, total = self.total_steps()
+        scheduler = SCHEDULERS.build(to_plain(optim.scheduler), optional={
+            "optimizer": optimizer, "total_steps": total, "steps_per_epoch": per_epoch, "lr": optim.lr})
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cnnkit"] = {"schema_version": SCHEMA_VERSION}

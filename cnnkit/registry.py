@@ -1,0 +1,396 @@
+"""One registry class: config names → interchangeable parts (norms, activations, backbones, ...).
+
+Names are flat (no scopes) and normalized, so ``BN-Pre``, ``bn_pre`` and ``bnpre`` are one name.
+Built-in entries live in ordinary modules that register themselves on import; a registry imports
+them the first time it is asked for anything, so ``import cnnkit`` stays light. Entries may also
+be declared lazily by import path (``list`` then shows them without importing their module).
+Third-party packages plug in through the ``cnnkit.plugins`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+from .errors import RegistryError
+
+PLUGIN_GROUP = "cnnkit.plugins"
+NO_PLUGINS_ENV = "CNNKIT_NO_PLUGINS"
+IMPORTS_HINT = "defined in your own code? list it under `imports:` in the config, or install a plugin"
+
+
+def normalize(name: str) -> str:
+    """The key a name is stored under: case, '-' and '_' do not matter."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def definition_site(obj: Any) -> str:
+    """Where an object was defined, for error messages (file:line, else module.qualname)."""
+    try:
+        path = inspect.getsourcefile(obj)
+        line = inspect.getsourcelines(obj)[1]
+        return f"{path}:{line}"
+    except (TypeError, OSError):
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _qualified_name(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
+
+
+def _import_path(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class Entry:
+    """One registered name. ``target`` is None until a lazily declared entry is first used."""
+
+    name: str
+    description: str
+    target: Any = None
+    import_path: str | None = None
+    aliases: tuple[str, ...] = ()
+    preset: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Any:
+        if self.target is None:
+            self.target = _import_path(self.import_path)
+        return self.target
+
+    @property
+    def origin(self) -> str:
+        return self.import_path or definition_site(self.target)
+
+
+class Registry:
+    """Maps names to callables that build one kind of part.
+
+    ``register`` works as a decorator or a call; ``build(spec, **overrides)`` accepts a name or
+    a mapping ``{name: ..., **kwargs}`` and checks kwargs against the target's signature first.
+    """
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
+        self.kind = kind  # plural, as used on the command line: "norms", "backbones", ...
+        self.singular = kind[:-1] if kind.endswith("s") else kind
+        self._builtins = builtins
+        self._builtins_loaded = not builtins
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}
+
+    # -- registration -------------------------------------------------------------------------
+    def register(
+        self,
+        name: str | None = None,
+        target: Any = None,
+        *,
+        aliases: tuple[str, ...] | list[str] = (),
+        description: str | None = None,
+        override: bool = False,
+        **preset: Any,
+    ) -> Any:
+        """Register ``target`` under ``name``; without ``target`` return a decorator.
+
+        ``preset`` kwargs are bound to the entry (``register("gn8", GroupNormScheme, groups=8)``).
+        """
+        if target is None:
+            def decorator(obj: Any) -> Any:
+                self.register(name, obj, aliases=aliases, description=description,
+                              override=override, **preset)
+                return obj
+            return decorator
+        name = name or getattr(target, "__name__", None)
+        if not name:
+            raise RegistryError(f"cannot register {target!r} in {self.kind}: give it a name")
+        if description is None:
+            doc = inspect.getdoc(target) or ""
+            description = doc.strip().splitlines()[0] if doc.strip() else ""
+        entry = Entry(name=name, description=description, target=target,
+                      aliases=tuple(aliases), preset=dict(preset))
+        self._add(entry, override)
+        return target
+
+    def register_lazy(
+        self,
+        name: str,
+        import_path: str,
+        description: str,
+        *,
+        aliases: tuple[str, ...] | list[str] = (),
+        override: bool = False,
+        **preset: Any,
+    ) -> None:
+        """Declare an entry by ``"package.module:attribute"``; nothing is imported until used."""
+        entry = Entry(name=name, description=description, import_path=import_path,
+                      aliases=tuple(aliases), preset=dict(preset))
+        self._add(entry, override)
+
+    def _add(self, entry: Entry, override: bool) -> None:
+        key = normalize(entry.name)
+        existing = self._entries.get(key) or self._entries.get(self._aliases.get(key, ""))
+        if existing is not None and not override and not self._same_definition(existing, entry):
+            raise RegistryError(
+                f"{self.kind}: name '{entry.name}' is already taken by {existing.origin}; "
+                f"cannot also register {entry.origin} (pass override=True to replace it)"
+            )
+        if existing is not None:
+            self._remove(existing)
+        self._entries[key] = entry
+        for alias in entry.aliases:
+            alias_key = normalize(alias)
+            taken = self._entries.get(alias_key)
+            if taken is not None and taken is not entry:
+                raise RegistryError(
+                    f"{self.kind}: alias '{alias}' of '{entry.name}' is already a name ({taken.origin})"
+                )
+            self._aliases[alias_key] = key
+
+    @staticmethod
+    def _same_definition(old: Entry, new: Entry) -> bool:
+        """Re-registering the same thing (a re-imported module, a re-run notebook cell) is a no-op."""
+        if old.preset != new.preset:
+            return False
+        if old.target is not None and new.target is not None:
+            return old.target is new.target or _qualified_name(old.target) == _qualified_name(new.target)
+        if old.import_path and new.import_path:
+            return old.import_path == new.import_path
+        declared, real = (old, new) if old.import_path else (new, old)
+        return declared.import_path == _qualified_name(real.target)
+
+    def _remove(self, entry: Entry) -> None:
+        self._entries.pop(normalize(entry.name), None)
+        for alias in entry.aliases:
+            self._aliases.pop(normalize(alias), None)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def _load_builtins(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            for module in self._builtins:
+                importlib.import_module(module)
+
+    def _find(self, name: str) -> Entry | None:
+        key = normalize(name)
+        return self._entries.get(key) or self._entries.get(self._aliases.get(key, ""))
+
+    def get_entry(self, name: str) -> Entry:
+        if not isinstance(name, str):
+            raise RegistryError(f"{self.kind}: expected a name, got {name!r}")
+        self._load_builtins()
+        entry = self._find(name)
+        if entry is None and load_plugins():
+            entry = self._find(name)
+        if entry is None:
+            raise RegistryError(self._unknown_message(name))
+        return entry
+
+    def get(self, name: str) -> Any:
+        """The registered target (class or function) under ``name``."""
+        entry = self.get_entry(name)
+        try:
+            return entry.load()
+        except Exception as err:  # a lazily declared entry whose module cannot be imported
+            raise RegistryError(
+                f"{self.kind}: '{entry.name}' is declared at {entry.import_path} but could not be "
+                f"loaded: {type(err).__name__}: {err}"
+            ) from err
+
+    def _unknown_message(self, name: str) -> str:
+        names = self.names()
+        close = difflib.get_close_matches(normalize(name), [normalize(n) for n in names], n=3, cutoff=0.5)
+        by_key = {normalize(n): n for n in names}
+        hint = f"did you mean {', '.join(repr(by_key[c]) for c in close)}? " if close else ""
+        return (f"unknown {self.singular} '{name}'; "
+                f"{hint}available: {', '.join(names)}. ({IMPORTS_HINT})")
+
+    def __contains__(self, name: str) -> bool:
+        self._load_builtins()
+        return self._find(name) is not None
+
+    def names(self) -> list[str]:
+        self._load_builtins()
+        load_plugins()
+        return sorted(entry.name for entry in self._entries.values())
+
+    def entries(self) -> Iterator[Entry]:
+        for name in self.names():
+            yield self._find(name)
+
+    # -- building -----------------------------------------------------------------------------
+    def prepare(self, spec: Any, optional: Mapping[str, Any] | None = None,
+                **overrides: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """Resolve ``spec`` to (target, kwargs) and check the kwargs without calling anything.
+
+        ``optional`` kwargs are passed only if the target takes them (and the spec did not set them).
+        """
+        name, kwargs = split_spec(spec, self.kind)
+        entry = self.get_entry(name)
+        target = self.get(name)
+        merged = {**entry.preset, **kwargs, **overrides}
+        if optional:
+            takes = accepted_kwargs(target)
+            merged = {**{k: v for k, v in optional.items() if takes is None or k in takes}, **merged}
+        check_kwargs(target, merged, f"{self.singular} '{entry.name}'")
+        return target, merged
+
+    def build(self, spec: Any, optional: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
+        """Call the target of ``spec``; merge order: optional < preset < spec kwargs < overrides."""
+        target, kwargs = self.prepare(spec, optional, **overrides)
+        return target(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def split_spec(spec: Any, kind: str = "registry") -> tuple[str, dict[str, Any]]:
+    """A spec is a name or a mapping with a ``name`` key and keyword arguments."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, Mapping):
+        kwargs = dict(spec)
+        name = kwargs.pop("name", None)
+        if not isinstance(name, str):
+            raise RegistryError(
+                f"{kind}: a mapping spec needs a 'name' key (e.g. {{name: ..., <argument>: ...}}), got {dict(spec)}"
+            )
+        return name, kwargs
+    raise RegistryError(f"{kind}: expected a name or a mapping with 'name', got {spec!r}")
+
+
+def accepted_kwargs(target: Callable[..., Any]) -> list[str] | None:
+    """The keyword arguments ``target`` takes; None if it takes any (``**kwargs``) or cannot be inspected."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def check_kwargs(target: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
+    """Fail before the call, with a close match, instead of a TypeError deep inside ``__init__``."""
+    accepted = accepted_kwargs(target)
+    if accepted is None:
+        return
+    params = inspect.signature(target).parameters
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RegistryError(
+                f"{what} has no argument '{key}'{hint}; it accepts: {', '.join(accepted) or 'nothing'}"
+            )
+    missing = [n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs]
+    if missing:
+        raise RegistryError(f"{what} needs argument(s) {', '.join(repr(m) for m in missing)}")
+
+
+# -- plugins ------------------------------------------------------------------------------------
+_plugins_loaded = False
+plugin_failures: list[str] = []
+
+
+def load_plugins() -> bool:
+    """Import every ``cnnkit.plugins`` entry point once. Returns True if this call loaded any.
+
+    A broken plugin is reported on stderr and skipped; ``CNNKIT_NO_PLUGINS=1`` turns this off.
+    """
+    global _plugins_loaded
+    if _plugins_loaded or os.environ.get(NO_PLUGINS_ENV, "") not in ("", "0"):
+        return False
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    loaded = False
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj) and not inspect.ismodule(obj):
+                obj()
+            loaded = True
+        except Exception as err:  # one bad plugin must not break cnnkit
+            message = f"cnnkit: plugin '{ep.name}' ({ep.value}) failed to load and was skipped: {type(err).__name__}: {err}"
+            plugin_failures.append(message)
+            print(message, file=sys.stderr)
+    return loaded
+
+
+def reset_plugins() -> None:
+    """Forget which plugins were loaded (tests install new ones)."""
+    global _plugins_loaded
+    _plugins_loaded = False
+    plugin_failures.clear()
+
+
+# -- user code named in a config ---------------------------------------------------------------
+_imported_files: dict[str, Any] = {}
+
+
+def import_user_code(items: list[str] | tuple[str, ...]) -> None:
+    """Import modules or ``.py`` files listed under ``imports:``; they register their entries.
+
+    This is the one way a config causes code to run, and it is explicit.
+    """
+    import importlib.util
+
+    for item in items:
+        try:
+            if item.endswith(".py"):
+                path = os.path.abspath(item)
+                if path in _imported_files:
+                    continue
+                if not os.path.isfile(path):
+                    raise RegistryError(
+                        f"imports: file '{item}' not found (paths are relative to the working directory {os.getcwd()})"
+                    )
+                module_name = "cnnkit_user_" + "".join(c if c.isalnum() else "_" for c in path)
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(module_name, None)
+                    raise
+                _imported_files[path] = module
+            else:
+                importlib.import_module(item)
+        except RegistryError:
+            raise
+        except ModuleNotFoundError as err:
+            if err.name and item.startswith(err.name):
+                raise RegistryError(
+                    f"imports: module '{item}' not found; is it installed, or did you mean a file path ending in .py?"
+                ) from err
+            raise RegistryError(f"imports: '{item}' failed to import: {type(err).__name__}: {err}") from err
+        except Exception as err:
+            raise RegistryError(f"imports: '{item}' failed to import: {type(err).__name__}: {err}") from err
+
+
+# -- the registries -----------------------------------------------------------------------------
+NORMS = Registry("norms", builtins=("cnnkit.layers.norms",))
+ACTIVATIONS = Registry("activations", builtins=("cnnkit.layers.activations",))
+POOLINGS = Registry("poolings", builtins=("cnnkit.layers.pooling",))
+INITS = Registry("inits", builtins=("cnnkit.layers.init",))
+BACKBONES = Registry("backbones", builtins=("cnnkit.backbones.mlp", "cnnkit.backbones.simple_cnn"))
+DATASETS = Registry("datasets", builtins=("cnnkit.data.datasets",))
+TRANSFORMS = Registry("transforms", builtins=("cnnkit.data.transforms",))
+OPTIMIZERS = Registry("optimizers", builtins=("cnnkit.optim",))
+SCHEDULERS = Registry("schedulers", builtins=("cnnkit.optim",))
+CALLBACKS = Registry("callbacks", builtins=("cnnkit.callbacks",))
+
+REGISTRIES: dict[str, Registry] = {
+    r.kind: r for r in (NORMS, ACTIVATIONS, POOLINGS, INITS, BACKBONES, DATASETS, TRANSFORMS,
+                        OPTIMIZERS, SCHEDULERS, CALLBACKS)
+}

@@ -1,0 +1,92 @@
+"""The run directory: runs/<name>/<variant>/ with config.yaml, status.json, metrics.csv, checkpoints/.
+
+The path is a pure function of the config, so resuming and reports find a run again, and every
+DDP rank computes the same one. Only rank 0 writes here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CnnkitError
+
+STATUSES = ("running", "finished", "diverged", "failed")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def for_config(cls, cfg: Any) -> "RunDir":
+        return cls(Path(cfg.runs_dir) / cfg.name / cfg.variant)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    def has_contents(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Create the directory, refusing to mix a new run into an old one's files."""
+        for parent in [self.path, *self.path.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
+                                  f"remove it or set runs_dir/name elsewhere")
+        if self.has_contents() and not resume:
+            if not overwrite:
+                raise CnnkitError(
+                    f"run directory '{self.path}' already holds a run; resume it with --ckpt last, start over "
+                    f"with --overwrite, or pick another name/variant"
+                )
+            shutil.rmtree(self.path)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def write_status(self, status: str, **details: Any) -> None:
+        assert status in STATUSES, status
+        record = {"status": status, **details, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_text(self.status_file, json.dumps(record, indent=2) + "\n")
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
