@@ -161,25 +161,27 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         if init_checkpoint is not None:
             _load_weights(module, init_checkpoint, init_path, strict=False)
 
+    csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
+                              if resume_checkpoint else None)
+    checkpointing = ModelCheckpoint(
+        dirpath=str(run.checkpoints), filename="best-epoch{epoch:03d}-step{step:06d}",
+        auto_insert_metric_name=False, monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
+        save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
+        every_n_epochs=cfg.checkpoint.every_n_epochs,
+    )
+    trainer = _build_trainer(cfg, run, [csv_logger], [checkpointing])  # config errors surface here
+
     if _is_rank_zero():
         run.prepare(resume=resume_path is not None, overwrite=overwrite)
         atomic_write_text(run.config_file, to_yaml(cfg))
         run.write_status("running", step=int(resume_checkpoint["global_step"]) if resume_checkpoint else 0)
 
-    wandb_logger = trainer = None
+    wandb_logger = None
     failed = True
     try:
-        csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
-                                  if resume_checkpoint else None)
         wandb_logger = make_wandb_logger(cfg, run.path)
-        checkpointing = ModelCheckpoint(
-            dirpath=str(run.checkpoints), filename="best-epoch{epoch:03d}-step{step:06d}",
-            auto_insert_metric_name=False, monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
-            save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
-            every_n_epochs=cfg.checkpoint.every_n_epochs,
-        )
-        loggers = [csv_logger] + ([wandb_logger] if wandb_logger is not None else [])
-        trainer = _build_trainer(cfg, run, loggers, [checkpointing])
+        if wandb_logger is not None:
+            trainer.loggers = [csv_logger, wandb_logger]
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None,
                     weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -191,7 +193,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     except BaseException as err:
         if _is_rank_zero():
             reason = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-            run.write_status("failed", step=int(trainer.global_step) if trainer else 0, reason=reason)
+            run.write_status("failed", step=int(trainer.global_step), reason=reason)
         raise
     finally:
         finish_wandb(wandb_logger, failed)

@@ -310,8 +310,7 @@ def validate(cfg: DictConfig) -> None:
     from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS, OPTIMIZERS, POOLINGS,
                            SCHEDULERS, TRANSFORMS, import_user_code)
 
-    with key_context("imports"):
-        import_user_code(list(cfg.imports))
+    import_user_code(list(cfg.imports))
 
     model = cfg.model
     with key_context("model.norm"):

@@ -259,11 +259,15 @@ def split_spec(spec: Any, kind: str = "registry") -> tuple[str, dict[str, Any]]:
         kwargs = dict(spec)
         name = kwargs.pop("name", None)
         if not isinstance(name, str):
+            squeezed = [k for k in kwargs if isinstance(k, str) and ":" in k]
+            hint = (" (in YAML flow style put a space after each colon: {name: bn_pre, momentum: 0.1})"
+                    if squeezed else "")
             raise RegistryError(
-                f"{kind}: a mapping spec needs a 'name' key (e.g. {{name: ..., <argument>: ...}}), got {dict(spec)}"
+                f"a mapping spec needs a 'name' key (e.g. {{name: ..., <argument>: ...}}), got {dict(spec)}{hint}"
             )
         return name, kwargs
-    raise RegistryError(f"{kind}: expected a name or a mapping with 'name', got {spec!r}")
+    hint = " (YAML reads off/on/no/yes/true/false as booleans: quote the name, e.g. 'off')" if isinstance(spec, bool) else ""
+    raise RegistryError(f"expected a name or a mapping with 'name', got {spec!r}{hint}")
 
 
 def accepted_kwargs(target: Callable[..., Any]) -> list[str] | None:

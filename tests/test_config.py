@@ -1,0 +1,92 @@
+import pytest
+from omegaconf import OmegaConf
+
+from cnnkit.config import SCHEMA_VERSION, load_config, to_plain
+from cnnkit.errors import ConfigError
+
+from .conftest import QUICKSTART
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_files_merge_in_order_and_overrides_win(tmp_path):
+    a = write(tmp_path / "a.yaml", "model: {norm: bn_post}\noptim: {lr: 0.5}\n")
+    b = write(tmp_path / "b.yaml", "optim: {lr: 0.2}\n")
+    cfg = load_config([a, b], ["trainer.max_epochs=3"])
+    assert (cfg.model.norm, cfg.optim.lr, cfg.trainer.max_epochs) == ("bn_post", 0.2, 3)
+    assert load_config([a, b], ["optim.lr=0.01"]).optim.lr == 0.01
+
+
+def test_include_is_relative_to_the_including_file(tmp_path):
+    (tmp_path / "parts").mkdir()
+    write(tmp_path / "parts" / "base.yaml", "model: {act: tanh}\ntrainer: {max_epochs: 2}\n")
+    top = write(tmp_path / "top.yaml", "include: [parts/base.yaml]\ntrainer: {max_epochs: 4}\n")
+    cfg = load_config([top])
+    assert cfg.model.act == "tanh" and cfg.trainer.max_epochs == 4
+
+
+def test_quickstart_recipe_resolves():
+    cfg = load_config([QUICKSTART])
+    assert cfg.name == "quickstart" and cfg.model.norm == "bn_pre" and cfg.trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("model: {nrm: bn_pre}\n", [], "unknown config key 'model.nrm'; did you mean 'model.norm'?"),
+    ("", ["trainer.max_epochs=abc"], "config key 'trainer.max_epochs'"),
+    ("", ["model.norm=bn_pree"], "model.norm: unknown norm 'bn_pree'; did you mean 'bn_pre'"),
+    ("", ["optim.lr=0"], "optim.lr must be > 0"),
+    ("", ["optim.lr=-1"], "optim.lr must be > 0"),
+    ("", ["data.batch_size=1"], "at least 2 samples per batch"),
+    ("", ["model.norm={name: bn_pre, momentum: 1.5}"], "momentum must be in [0, 1]"),
+    ("", ["model.norm=off"], "quote the name"),
+    ("", ["model.backbone={name: simple_cnn, chanels: [3]}"], "did you mean 'channels'"),
+    ("", ["optim.optimizer={name: sgd, momentun: 0.9}"], "did you mean 'momentum'"),
+    ("", ["optim.scheduler=cosin"], "did you mean 'cosine'"),
+    ("", ["data.augment=[hflipp]"], "unknown transform 'hflipp'"),
+    ("", ["metrics.average=weighted"], "metrics.average"),
+    ("", ["trainer.max_epochs=0"], "trainer.max_epochs must be >= 1"),
+    ("", ["name=a/b"], "name must be a non-empty name without '/'"),
+    ("", ["nonsense"], "must look like key=value"),
+    ("x: ${nope}\n", [], "unknown config key 'x'"),
+    ("name: ${nope}\n", [], "cannot resolve interpolation"),
+])
+def test_config_errors_name_the_key_and_the_fix(tmp_path, text, overrides, message):
+    path = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config([path], overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_batch_size_one_is_fine_without_batch_statistics():
+    assert load_config([], ["data.batch_size=1", "model.norm=gn"]).data.batch_size == 1
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file 'missing.yaml' not found"):
+        load_config(["missing.yaml"])
+    with pytest.raises(ConfigError, match="YAML syntax error at line 2"):
+        load_config([write(tmp_path / "bad.yaml", "a: [1,\n b")])
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config([write(tmp_path / "list.yaml", "- 1\n- 2\n")])
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config([write(tmp_path / "loop.yaml", "include: [loop.yaml]\n")])
+
+
+def test_older_schema_loads_with_defaults_and_newer_is_refused():
+    stored = to_plain(load_config([QUICKSTART]))
+    del stored["loss"]  # a key an older cnnkit did not have
+    cfg = load_config(base=stored)
+    assert cfg.loss.label_smoothing == 0.0 and cfg.schema_version == SCHEMA_VERSION
+    with pytest.raises(ConfigError, match="newer than this cnnkit"):
+        load_config(base={**stored, "schema_version": SCHEMA_VERSION + 1})
+
+
+def test_plain_config_has_no_omegaconf_objects_or_enums():
+    plain = to_plain(load_config([QUICKSTART]))
+    assert plain["eval_stats"] == "running" and plain["logger"]["wandb"]["mode"] == "auto"
+    assert isinstance(plain["model"]["backbone"], dict)
+    OmegaConf.create(plain)  # round-trips
