@@ -65,18 +65,22 @@ class RunDir:
     def has_contents(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
 
-    def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Create the directory, refusing to mix a new run into an old one's files."""
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Refuse, before anything is built, to mix a new run into an old one's files."""
         for parent in [self.path, *self.path.parents]:
             if parent.exists() and not parent.is_dir():
                 raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
                                   f"remove it or set runs_dir/name elsewhere")
+        if self.has_contents() and not resume and not overwrite:
+            raise CnnkitError(
+                f"run directory '{self.path}' already holds a run; resume it with --ckpt last, start over "
+                f"with --overwrite, or pick another name/variant"
+            )
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Create the directory (emptied first with ``overwrite``)."""
+        self.check(resume, overwrite)
         if self.has_contents() and not resume:
-            if not overwrite:
-                raise CnnkitError(
-                    f"run directory '{self.path}' already holds a run; resume it with --ckpt last, start over "
-                    f"with --overwrite, or pick another name/variant"
-                )
             shutil.rmtree(self.path)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 

@@ -1,4 +1,3 @@
-"""A norm of your own: InstanceNorm before the activation, trainable by name from any recipe."""
 from torch import nn
 
 from cnnkit import NORMS, NormScheme

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.config import load_config
+from cnnkit.data.datamodule import ClassificationDataModule
+from cnnkit.errors import ConfigError, DataError
+from cnnkit.registry import DATASETS
+
+
+def datamodule(*overrides):
+    cfg = load_config([], list(overrides))
+    return ClassificationDataModule(cfg.data, seed=cfg.seed)
+
+
+def test_digits_split_is_stratified_seeded_and_disjoint():
+    a, b = DATASETS.build("digits"), DATASETS.build("digits")
+    sizes = (len(a.train), len(a.val), len(a.test))
+    assert sum(sizes) == 1797 and sizes[2] == pytest.approx(0.2 * 1797, abs=1)
+    assert torch.equal(a.test.labels, b.test.labels) and torch.equal(a.train.images, b.train.images)
+    counts = torch.bincount(a.test.labels, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38  # stratified
+    assert a.input_shape == (1, 8, 8) and a.num_classes == 10
+    x, y = a.train[0]
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    other = DATASETS.build({"name": "digits", "split_seed": 1})
+    assert not torch.equal(a.test.labels, other.test.labels)
+
+
+def test_digits_resize():
+    splits = DATASETS.build({"name": "digits", "image_size": 16})
+    assert splits.input_shape == (1, 16, 16) and splits.train[0][0].shape == (1, 16, 16)
+
+
+def test_input_statistics_come_from_the_train_split_only():
+    dm = datamodule()
+    mean, std = dm.input_statistics()
+    train = dm.load().train.images
+    assert torch.allclose(mean, train.mean().reshape(1), atol=1e-5)
+    assert torch.allclose(std, train.std(unbiased=False).reshape(1), atol=1e-5)
+
+
+def test_augmentation_by_name_applies_to_training_only():
+    dm = datamodule("data.augment=[{name: random_crop, padding: 2}, horizontal_flip, "
+                    "{name: color_jitter, brightness: 0.5, contrast: 0.5, saturation: 0}, trivial_augment]")
+    splits = dm.load()
+    x, _ = splits.train[0]
+    assert x.shape == (1, 8, 8) and splits.train.transform is not None and splits.val.transform is None
+    rrc = datamodule("data.augment=[random_resized_crop]").load().train[0][0]
+    assert rrc.shape == (1, 8, 8)
+
+
+def test_training_loader_drops_the_last_batch_and_eval_keeps_everything():
+    dm = datamodule("data.batch_size=100", "data.eval_batch_size=1000")
+    n_train = len(dm.load().train)
+    assert all(len(y) == 100 for _, y in dm.train_dataloader())
+    assert len(dm.train_dataloader()) == n_train // 100
+    assert sum(len(y) for _, y in dm.val_dataloader()) == len(dm.load().val)
+    assert dm.steps_per_epoch() == n_train // 100
+    with pytest.raises(ConfigError, match="larger than the training split"):
+        datamodule("data.batch_size=5000").train_dataloader()
+
+
+def test_global_batch_must_divide_over_processes(monkeypatch):
+    dm = datamodule("data.batch_size=63")
+    monkeypatch.setattr(ClassificationDataModule, "world_size", property(lambda self: 2))
+    with pytest.raises(ConfigError, match="must divide evenly over 2 processes"):
+        dm.train_dataloader()
+
+
+def test_torchvision_dataset_missing_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="data root '.*nowhere' does not exist"):
+        DATASETS.build({"name": "mnist", "root": str(tmp_path / "nowhere")})
+    with pytest.raises(DataError, match="no data found under .*cifar-10-batches-py.*download=true"):
+        DATASETS.build({"name": "cifar10", "root": str(tmp_path)})
+
+
+def make_image(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((12, 10, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_image_folder_class_dirs(tmp_path):
+    for split in ("train", "val"):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(3):
+                make_image(tmp_path / split / name / f"{i}.png", 40 * c + i)
+    splits = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "image_size": 16})
+    assert splits.class_names == ["cat", "dog"] and splits.test is None
+    x, y = splits.train[4]
+    assert x.shape == (3, 16, 16) and int(y) == 1
+    gray = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "image_size": [8, 6], "channels": 1})
+    assert gray.val[0][0].shape == (1, 8, 6)
+    (tmp_path / "train" / "emu").mkdir()
+    with pytest.raises(DataError, match="class folder '.*emu' has no images"):
+        DATASETS.build({"name": "image_folder", "root": str(tmp_path)})
+
+
+def test_image_folder_label_prefix(tmp_path):
+    for split in ("training", "validation"):
+        for label in (0, 3, 10):
+            make_image(tmp_path / split / f"{label}_{split}.jpg", 10 * label)
+    splits = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
+                             "splits": {"train": "training", "val": "validation"}})
+    assert splits.class_names == ["0", "3", "10"]
+    labels = {path.rsplit("/", 1)[1]: label for path, label in splits.train.items}
+    assert labels == {"0_training.jpg": 0, "3_training.jpg": 1, "10_training.jpg": 2}
+    (tmp_path / "training" / "unlabeled.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="unlabeled.jpg' does not start with '<label>_'"):
+        DATASETS.build({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
+                        "splits": {"train": "training", "val": "validation"}})
+
+
+def test_image_folder_missing_root_and_unreadable_image(tmp_path):
+    with pytest.raises(DataError, match="data root '.*absent' does not exist"):
+        DATASETS.build({"name": "image_folder", "root": str(tmp_path / "absent")})
+    for split in ("train", "val"):
+        make_image(tmp_path / split / "a" / "ok.png", 1)
+    (tmp_path / "train" / "a" / "bad.png").write_bytes(b"garbage")
+    splits = DATASETS.build({"name": "image_folder", "root": str(tmp_path)})
+    with pytest.raises(DataError, match="cannot read image '.*bad.png'"):
+        [splits.train[i] for i in range(len(splits.train))]

@@ -1,0 +1,166 @@
+"""End-to-end training through the Python API, in-process, on a few digits batches."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit.errors import CheckpointError, CnnkitError
+from cnnkit.layers.input_norm import InputStandardize
+
+from .conftest import REPO, tiny_config
+
+
+def rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_writes_a_complete_run_directory():
+    result = cnnkit.fit(tiny_config())
+    run = Path("runs/quickstart/default")
+    assert result.status == "finished" and result.run_dir == run
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    assert result.last_checkpoint == run / "checkpoints" / "last.ckpt" and result.best_checkpoint.is_file()
+    assert {"val/acc", "test/acc", "train/loss_epoch"} <= set(result.metrics)
+    loaded = cnnkit.load_config([str(run / "config.yaml")])
+    assert loaded.model.norm == "bn_pre"
+
+
+def test_checkpoint_is_plain_data_with_config_and_class_names():
+    result = cnnkit.fit(tiny_config())
+    checkpoint = torch.load(result.last_checkpoint, weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["config"]["model"]["norm"] == "bn_pre" and hparams["config"]["schema_version"] == 1
+    assert hparams["data_info"]["class_names"] == [str(i) for i in range(10)]
+    assert checkpoint["cnnkit"]["schema_version"] == 1
+    mean = checkpoint["state_dict"]["model.input_norm.mean"]
+    assert 0.2 < float(mean) < 0.4  # digits' train-split mean pixel, saved with the weights
+
+
+def test_existing_run_directory_is_refused_unless_overwrite():
+    cnnkit.fit(tiny_config())
+    with pytest.raises(CnnkitError, match="already holds a run; resume it with --ckpt last"):
+        cnnkit.fit(tiny_config())
+    assert cnnkit.fit(tiny_config(), overwrite=True).status == "finished"
+
+
+def test_run_directory_path_that_is_a_file_is_refused():
+    Path("runs").write_text("")
+    with pytest.raises(CnnkitError, match="exists and is a file"):
+        cnnkit.fit(tiny_config())
+
+
+def test_resume_keeps_metrics_history_and_appends():
+    overrides = ["trainer.limit_train_batches=4", "trainer.log_every_n_steps=1"]
+    first = cnnkit.fit(tiny_config(*overrides, "trainer.max_epochs=2"))
+    before = rows(first.run_dir / "metrics.csv")
+    resumed = cnnkit.fit(tiny_config(*overrides, "trainer.max_epochs=3"), ckpt="last")
+    after = rows(resumed.run_dir / "metrics.csv")
+    assert after[:len(before) - sum(1 for r in before if r.get("test/acc"))] == [
+        r for r in before if not r.get("test/acc")]
+    epochs = sorted({int(r["epoch"]) for r in after if r.get("val/acc")})
+    assert epochs == [0, 1, 2]
+    train_steps = [int(r["step"]) for r in after if r.get("train/loss_step")]
+    assert train_steps == sorted(set(train_steps))  # no step logged twice
+    assert torch.load(resumed.last_checkpoint, weights_only=True)["global_step"] == 12
+
+
+def test_resume_from_a_checkpoint_of_another_model_names_the_keys():
+    first = cnnkit.fit(tiny_config())
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        cnnkit.fit(tiny_config("model.backbone=mlp"), ckpt=str(first.last_checkpoint))
+
+
+def test_init_from_copies_fitting_weights():
+    source = cnnkit.fit(tiny_config())
+    weights = torch.load(source.last_checkpoint, weights_only=True)["state_dict"]
+    cfg = tiny_config("variant=finetune", "trainer.limit_train_batches=1", "optim.lr=1e-9")
+    tuned = cnnkit.fit(cfg, init_from=str(source.last_checkpoint))
+    after = torch.load(tuned.last_checkpoint, weights_only=True)["state_dict"]
+    key = "model.backbone.0.0.conv.weight"
+    assert torch.allclose(after[key], weights[key], atol=1e-6)
+
+
+def test_divergence_stops_the_run_and_marks_it():
+    cfg = tiny_config("model.norm=none", "model.act=identity", "optim.lr=1e30", "optim.scheduler=constant",
+                      "trainer.limit_train_batches=20", "variant=diverges")
+    result = cnnkit.fit(cfg)
+    assert result.status == "diverged" and result.diverged["lr"] == 1e30
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "diverged" and status["step"] == result.diverged["step"]
+    assert "non-finite training loss" in status["reason"]
+
+
+def test_eval_with_batch_statistics_differs_from_running_statistics():
+    result = cnnkit.fit(tiny_config("trainer.limit_train_batches=1.0", "trainer.max_epochs=2"))
+    full_test = ["trainer.limit_test_batches=1.0"]
+    running = cnnkit.evaluate("test", str(result.last_checkpoint), overrides=full_test)
+    batch_one = cnnkit.evaluate("test", str(result.last_checkpoint),
+                                overrides=full_test + ["eval_stats=batch", "data.eval_batch_size=1"])
+    assert running["test/acc"] > 0.8
+    # a batch of one normalizes every feature map to beta: the prediction ignores the input
+    assert batch_one["test/acc"] < running["test/acc"]
+
+
+@pytest.mark.parametrize("optimizer, scheduler", [
+    ("{name: sgd, momentum: 0.9, nesterov: true}", "{name: step, step_epochs: 1}"),
+    ("adam", "{name: cosine, warmup_steps: 2}"),
+    ("adamw", "onecycle"),
+    ("sgd", "constant"),
+])
+def test_optimizers_and_schedulers(optimizer, scheduler):
+    cfg = tiny_config(f"optim.optimizer={optimizer}", f"optim.scheduler={scheduler}", "optim.lr=0.01",
+                      "trainer.max_epochs=2", "optim.weight_decay=1e-4", "optim.no_decay_norm_bias=true",
+                      "loss.label_smoothing=0.1", "trainer.gradient_clip_val=1.0",
+                      "callbacks=[lr_monitor, {name: early_stopping, monitor: val/acc, mode: max, patience: 5}]")
+    assert cnnkit.fit(cfg).status == "finished"
+
+
+def test_parameter_groups_exempt_norm_and_bias():
+    from cnnkit.optim import parameter_groups
+
+    model = cnnkit.build_model(tiny_config())
+    decay, no_decay = parameter_groups(model, 1e-4, True)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_build_model_sets_no_statistics_and_uses_the_dataset_shape():
+    model = cnnkit.build_model(tiny_config())
+    assert isinstance(model.input_norm, InputStandardize)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def _readme_norm_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Add your own layer", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_user_norm_trains_by_name_from_imports(tmp_path):
+    (tmp_path / "my_norms.py").write_text(_readme_norm_example())
+    cfg = tiny_config("imports=[my_norms.py]", "model.norm=instance_pre", "variant=mine")
+    result = cnnkit.fit(cfg)
+    assert result.status == "finished"
+    model = cnnkit.build_model(cfg)
+    assert type(model.backbone[0][0].norm).__name__ == "InstanceNorm2d"
+
+
+def test_wandb_offline_run_is_written_and_finished(monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = cnnkit.fit(tiny_config("logger.wandb.mode=auto", "logger.wandb.tags=[test]"))
+    assert result.status == "finished"
+    assert list((result.run_dir / "wandb").glob("offline-run-*"))
+    assert wandb.run is None  # finished, so a next run in this process starts fresh
+
+
+def test_example_file_is_the_readme_example():
+    assert (REPO / "examples" / "my_norms.py").read_text() == _readme_norm_example()
