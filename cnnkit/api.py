@@ -146,7 +146,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
 
     run = RunDir.for_config(cfg)
     resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
-    run.check(resume=resume_path is not None, overwrite=overwrite)
+    if _is_rank_zero():  # under strategy=ddp the other ranks re-run this command and find the directory made
+        run.check(resume=resume_path is not None, overwrite=overwrite)
     resume_checkpoint = read_checkpoint(resume_path) if resume_path else None
     init_path = resolve_checkpoint(init_from, None) if init_from else None
     init_checkpoint = read_checkpoint(init_path) if init_path else None
