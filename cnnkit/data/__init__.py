@@ -1,0 +1,1 @@
+"""Datasets by name, training transforms by name, and the LightningDataModule over them."""

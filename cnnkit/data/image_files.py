@@ -1,0 +1,95 @@
+"""Image files on disk, decoded and resized on access (for data too large to hold in memory)."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def list_class_dirs(folder: str, class_names: Optional[list[str]]) -> tuple[list[str], list[tuple[str, int]]]:
+    """``folder/<class>/<image>``: torchvision's ImageFolder conventions; classes sorted by name."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    try:
+        found, _ = find_classes(folder)
+    except FileNotFoundError as err:
+        raise DataError(f"image_folder: '{folder}' has no class folders") from err
+    if class_names is not None and found != class_names:
+        extra = sorted(set(found) - set(class_names))
+        raise DataError(
+            f"image_folder: '{folder}' has class folders {extra or found} that the train split does not have; "
+            f"every split needs the train split's classes"
+        ) if extra else DataError(f"image_folder: '{folder}' lacks class folder(s) "
+                                  f"{sorted(set(class_names) - set(found))} of the train split")
+    names = class_names or found
+    for name in names:
+        class_dir = os.path.join(folder, name)
+        if not any(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, fs in os.walk(class_dir) for f in fs):
+            raise DataError(f"image_folder: class folder '{class_dir}' has no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
+    items = make_dataset(folder, {n: i for i, n in enumerate(names)}, extensions=IMAGE_EXTENSIONS)
+    return names, items
+
+
+def list_label_prefix(folder: str, class_names: Optional[list[str]]) -> tuple[list[str], list[tuple[str, int]]]:
+    """``folder/<label>_<anything>.<ext>`` (the course's food-11 layout); classes are the labels."""
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise DataError(f"image_folder: '{folder}' has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    labels = []
+    for name in files:
+        label = name.split("_", 1)[0]
+        if "_" not in name or not label:
+            raise DataError(f"image_folder: '{os.path.join(folder, name)}' does not start with '<label>_' "
+                            f"as layout label_prefix needs (e.g. 3_120.jpg)")
+        labels.append(label)
+    found = sorted(set(labels), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    names = class_names or found
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise DataError(f"image_folder: '{folder}' has labels {unknown} that the train split does not have")
+    index = {n: i for i, n in enumerate(names)}
+    return names, [(os.path.join(folder, f), index[label]) for f, label in zip(files, labels)]
+
+
+class ImageFiles(Dataset):
+    """(path, label) pairs; each image is decoded, converted to ``channels`` and resized to ``size``."""
+
+    def __init__(self, items: list[tuple[str, int]], size: tuple[int, int], channels: int, split: str,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        self.items, self.size, self.channels, self.split, self.transform = items, size, channels, split, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2 import functional as TF
+
+        path = self.items[index][0]
+        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+        try:
+            image = decode_image(path, mode=mode)
+        except Exception as err:
+            raise DataError(f"image_folder: cannot read image '{path}': {err}") from err
+        return TF.resize(image, list(self.size), antialias=True).float().div(255)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.load(index)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, torch.tensor(self.items[index][1])
+
+    def inputs(self, batch_size: int = 256):
+        for start in range(0, len(self), batch_size):
+            yield torch.stack([self.load(i) for i in range(start, min(start + batch_size, len(self)))])
+
+    def names(self) -> list[str]:
+        return [path for path, _ in self.items]
