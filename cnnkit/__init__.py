@@ -17,8 +17,8 @@ _LAZY = {
         "OPTIMIZERS", "SCHEDULERS", "CALLBACKS")},
     # the Python API
     **{name: "cnnkit.api" for name in (
-        "load_config", "fit", "evaluate", "predict", "build_model", "build_module", "build_datamodule",
-        "FitResult")},
+        "load_config", "fit", "evaluate", "predict", "describe", "build_model", "build_module",
+        "build_datamodule", "data_info", "FitResult")},
     # extension points
     "NormScheme": "cnnkit.layers.norms",
     "ConvNormAct": "cnnkit.layers.blocks",

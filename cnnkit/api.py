@@ -24,8 +24,8 @@ from .config import load_config, to_plain, to_yaml
 from .errors import CheckpointError, ConfigError, DataError
 from .runs import RunDir, atomic_write_text
 
-__all__ = ["FitResult", "load_config", "fit", "evaluate", "predict", "build_model", "build_datamodule",
-           "build_module"]
+__all__ = ["FitResult", "load_config", "fit", "evaluate", "predict", "describe", "build_model",
+           "build_datamodule", "build_module", "data_info"]
 
 
 @dataclass
@@ -51,12 +51,29 @@ def build_module(cfg: DictConfig, data_info: dict[str, Any]):
     return ClassifierModule(to_plain(cfg), data_info)
 
 
-def build_model(cfg: DictConfig, data_info: Optional[dict[str, Any]] = None):
-    """The network alone (a ``torch.nn.Module``); data_info defaults to the config's dataset's."""
+def data_info(cfg: DictConfig) -> dict[str, Any]:
+    """Input shape and classes of the config's dataset, read from its entry (no data needed)."""
+    from .registry import DATASETS
+
+    return DATASETS.build(to_plain(cfg.data.dataset)).info()
+
+
+def build_model(cfg: DictConfig, info: Optional[dict[str, Any]] = None):
+    """The network alone (a ``torch.nn.Module``); ``info`` defaults to the config's dataset's."""
     from .model import build_classifier
 
-    info = data_info or build_datamodule(cfg).info
+    info = info or data_info(cfg)
     return build_classifier(cfg.model, info["input_shape"], info["num_classes"])
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """Layer-by-layer shapes, parameters, receptive fields and MACs of the config's model."""
+    from .anatomy import describe_model
+
+    info = data_info(cfg)
+    report = describe_model(build_model(cfg, info), info["input_shape"])
+    report["num_classes"] = info["num_classes"]
+    return report
 
 
 def _is_rank_zero() -> bool:

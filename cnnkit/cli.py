@@ -66,6 +66,13 @@ def build_parser() -> Parser:
     source.add_argument("--input", metavar="DIR", help="a folder of images (searched recursively)")
     predict.add_argument("--output", "-o", metavar="CSV", help="where to write (default: the run directory)")
 
+    describe = commands.add_parser("describe", help="show the model's layers, shapes, receptive fields, MACs",
+                                   description="One row per layer of the config's model: output shape, parameters, "
+                                               "kernel/stride/padding, receptive field and jump, multiply-accumulates; "
+                                               "then totals and the saving from parameter sharing. Reads no data.")
+    _add_config_args(describe, None)
+    describe.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
     listing = commands.add_parser("list", help="list registered names (norms, backbones, ...)",
                                   description="List registry entries with one-line descriptions.")
     listing.add_argument("registry", nargs="?", choices=REGISTRY_NAMES, metavar="REGISTRY",
@@ -129,6 +136,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_describe(args: argparse.Namespace) -> int:
+    import json
+
+    from . import api
+    from .config import to_plain
+    from .anatomy import format_text
+
+    cfg = api.load_config(args.config, args.overrides)
+    report = api.describe(cfg)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        model = cfg.model
+        title = (f"{to_plain(model.backbone)} · norm {to_plain(model.norm)} · act {to_plain(model.act)} · "
+                 f"pool {to_plain(model.pool)} · input {'x'.join(map(str, report['input_shape']))} · "
+                 f"{report['num_classes']} classes")
+        print(format_text(report, title), end="")
+    return 0
+
+
 def _matches(pattern: Optional[str], *texts: str) -> bool:
     if not pattern:
         return True
@@ -166,7 +193,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
-            "list": _cmd_list}
+            "describe": _cmd_describe, "list": _cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

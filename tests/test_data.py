@@ -9,13 +9,17 @@ from cnnkit.errors import ConfigError, DataError
 from cnnkit.registry import DATASETS
 
 
+def load_splits(spec):
+    return DATASETS.build(spec).load()
+
+
 def datamodule(*overrides):
     cfg = load_config([], list(overrides))
     return ClassificationDataModule(cfg.data, seed=cfg.seed)
 
 
 def test_digits_split_is_stratified_seeded_and_disjoint():
-    a, b = DATASETS.build("digits"), DATASETS.build("digits")
+    a, b = load_splits("digits"), load_splits("digits")
     sizes = (len(a.train), len(a.val), len(a.test))
     assert sum(sizes) == 1797 and sizes[2] == pytest.approx(0.2 * 1797, abs=1)
     assert torch.equal(a.test.labels, b.test.labels) and torch.equal(a.train.images, b.train.images)
@@ -24,12 +28,12 @@ def test_digits_split_is_stratified_seeded_and_disjoint():
     assert a.input_shape == (1, 8, 8) and a.num_classes == 10
     x, y = a.train[0]
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
-    other = DATASETS.build({"name": "digits", "split_seed": 1})
+    other = load_splits({"name": "digits", "split_seed": 1})
     assert not torch.equal(a.test.labels, other.test.labels)
 
 
 def test_digits_resize():
-    splits = DATASETS.build({"name": "digits", "image_size": 16})
+    splits = load_splits({"name": "digits", "image_size": 16})
     assert splits.input_shape == (1, 16, 16) and splits.train[0][0].shape == (1, 16, 16)
 
 
@@ -71,9 +75,9 @@ def test_global_batch_must_divide_over_processes(monkeypatch):
 
 def test_torchvision_dataset_missing_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="data root '.*nowhere' does not exist"):
-        DATASETS.build({"name": "mnist", "root": str(tmp_path / "nowhere")})
+        load_splits({"name": "mnist", "root": str(tmp_path / "nowhere")})
     with pytest.raises(DataError, match="no data found under .*cifar-10-batches-py.*download=true"):
-        DATASETS.build({"name": "cifar10", "root": str(tmp_path)})
+        load_splits({"name": "cifar10", "root": str(tmp_path)})
 
 
 def make_image(path, value):
@@ -86,38 +90,54 @@ def test_image_folder_class_dirs(tmp_path):
         for c, name in enumerate(("cat", "dog")):
             for i in range(3):
                 make_image(tmp_path / split / name / f"{i}.png", 40 * c + i)
-    splits = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "image_size": 16})
+    splits = load_splits({"name": "image_folder", "root": str(tmp_path), "image_size": 16})
     assert splits.class_names == ["cat", "dog"] and splits.test is None
     x, y = splits.train[4]
     assert x.shape == (3, 16, 16) and int(y) == 1
-    gray = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "image_size": [8, 6], "channels": 1})
+    gray = load_splits({"name": "image_folder", "root": str(tmp_path), "image_size": [8, 6], "channels": 1})
     assert gray.val[0][0].shape == (1, 8, 6)
     (tmp_path / "train" / "emu").mkdir()
     with pytest.raises(DataError, match="class folder '.*emu' has no images"):
-        DATASETS.build({"name": "image_folder", "root": str(tmp_path)})
+        load_splits({"name": "image_folder", "root": str(tmp_path)})
 
 
 def test_image_folder_label_prefix(tmp_path):
     for split in ("training", "validation"):
         for label in (0, 3, 10):
             make_image(tmp_path / split / f"{label}_{split}.jpg", 10 * label)
-    splits = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
+    splits = load_splits({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
                              "splits": {"train": "training", "val": "validation"}})
     assert splits.class_names == ["0", "3", "10"]
     labels = {path.rsplit("/", 1)[1]: label for path, label in splits.train.items}
     assert labels == {"0_training.jpg": 0, "3_training.jpg": 1, "10_training.jpg": 2}
     (tmp_path / "training" / "unlabeled.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="unlabeled.jpg' does not start with '<label>_'"):
-        DATASETS.build({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
+        load_splits({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
                         "splits": {"train": "training", "val": "validation"}})
 
 
 def test_image_folder_missing_root_and_unreadable_image(tmp_path):
     with pytest.raises(DataError, match="data root '.*absent' does not exist"):
-        DATASETS.build({"name": "image_folder", "root": str(tmp_path / "absent")})
+        load_splits({"name": "image_folder", "root": str(tmp_path / "absent")})
     for split in ("train", "val"):
         make_image(tmp_path / split / "a" / "ok.png", 1)
     (tmp_path / "train" / "a" / "bad.png").write_bytes(b"garbage")
-    splits = DATASETS.build({"name": "image_folder", "root": str(tmp_path)})
+    splits = load_splits({"name": "image_folder", "root": str(tmp_path)})
     with pytest.raises(DataError, match="cannot read image '.*bad.png'"):
         [splits.train[i] for i in range(len(splits.train))]
+
+
+def test_dataset_info_needs_no_data(tmp_path):
+    assert DATASETS.build({"name": "cifar10", "root": str(tmp_path / "absent")}).info() == {
+        "input_shape": [3, 32, 32], "num_classes": 10, "class_names": [
+            "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+    assert DATASETS.build({"name": "mnist", "image_size": 32}).info()["input_shape"] == [1, 32, 32]
+    folder = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "image_size": 128, "num_classes": 11})
+    assert folder.info()["input_shape"] == [3, 128, 128] and folder.info()["num_classes"] == 11
+
+
+def test_image_folder_num_classes_must_match(tmp_path):
+    for split in ("train", "val"):
+        make_image(tmp_path / split / "a" / "x.png", 1)
+    with pytest.raises(DataError, match="num_classes=3 but .* has 1 classes"):
+        load_splits({"name": "image_folder", "root": str(tmp_path), "num_classes": 3})

@@ -15,7 +15,7 @@ from .head import classifier_head
 @BACKBONES.register("mlp", aliases=("fc",),
                     description="flatten → hidden fully-connected layers (norm + act each) → classifier")
 def mlp(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-        pool: Callable[..., nn.Module] | None = None, bias: str | bool = "auto",
+        bias: str | bool = "auto",
         hidden: Sequence[int] = (100, 100, 100), dropout: float = 0.0) -> nn.Module:
     """Ioffe & Szegedy's MNIST network is ``hidden: [100, 100, 100]`` with sigmoid."""
     return classifier_head(math.prod(input_shape), hidden, num_classes, norm=norm, act=act, bias=bias,

@@ -34,7 +34,7 @@ class ClassificationDataModule(L.LightningDataModule):
     def load(self) -> DatasetSplits:
         """Build the dataset entry once (raises DataError if its files are missing)."""
         if self.splits is None:
-            splits = DATASETS.build(to_plain(self.cfg.dataset))
+            splits = DATASETS.build(to_plain(self.cfg.dataset)).load()
             if self.cfg.augment:
                 size = tuple(splits.input_shape[1:]) if len(splits.input_shape) == 3 else None
                 transforms = [TRANSFORMS.build(to_plain(spec), optional={"size": size}) for spec in self.cfg.augment]

@@ -62,107 +62,174 @@ def _in_memory(images: torch.Tensor, labels: torch.Tensor, class_names: list[str
     )
 
 
+class DatasetSource:
+    """A dataset entry: what its samples look like (``info``, reads no data) and ``load``."""
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load(self) -> DatasetSplits:
+        raise NotImplementedError
+
+
+def _info(input_shape: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
+    return {"input_shape": [int(d) for d in input_shape], "num_classes": len(class_names),
+            "class_names": [str(c) for c in class_names]}
+
+
 @DATASETS.register("digits", description="scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)")
-def digits(image_size: int | list[int] | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
-           split_seed: int = 0) -> DatasetSplits:
+class Digits(DatasetSource):
     """The embedded default: seeded stratified train/val/test split; ``image_size`` resizes."""
-    from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.as_tensor(bunch.target, dtype=torch.long)
-    return _in_memory(images, labels, [str(c) for c in bunch.target_names], test=None,
-                      val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
-                      image_size=image_size)
+    def __init__(self, image_size: int | list[int] | None = None, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2, split_seed: int = 0):
+        self.image_size, self.val_fraction, self.test_fraction, self.split_seed = (
+            image_size, val_fraction, test_fraction, split_seed)
 
+    def info(self) -> dict[str, Any]:
+        return _info((1, *_size_pair(self.image_size or 8)), [str(i) for i in range(10)])
 
-def _torchvision(cls_name: str, folder: str, root: str, download: bool, train: bool):
-    import torchvision.datasets as tvd
+    def load(self) -> DatasetSplits:
+        from sklearn.datasets import load_digits
 
-    cls = getattr(tvd, cls_name)
-    if not download and not os.path.isdir(root):
-        raise DataError(
-            f"{cls_name}: data root '{root}' does not exist; set data.dataset.root to where the data is, "
-            f"or data.dataset.download=true to fetch it (needs internet)"
-        )
-    try:
-        return cls(root=root, train=train, download=download)
-    except RuntimeError as err:
-        raise DataError(
-            f"{cls_name}: no data found under '{os.path.join(root, folder)}'; "
-            f"set data.dataset.download=true to fetch it (needs internet) or copy the files there"
-        ) from err
-    except OSError as err:
-        raise DataError(f"{cls_name}: could not get the data into '{root}': {err}") from err
+        bunch = load_digits()
+        images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        labels = torch.as_tensor(bunch.target, dtype=torch.long)
+        return _in_memory(images, labels, [str(c) for c in bunch.target_names], test=None,
+                          val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                          split_seed=self.split_seed, image_size=self.image_size)
 
 
-def _torchvision_splits(cls_name: str, folder: str, root: str, download: bool, val_fraction: float,
-                        split_seed: int, image_size) -> DatasetSplits:
-    train = _torchvision(cls_name, folder, root, download, train=True)
-    test = _torchvision(cls_name, folder, root, download, train=False)
+class TorchvisionSource(DatasetSource):
+    """A torchvision data set read from ``root`` (``download: true`` fetches it); val is carved from train."""
 
-    def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.as_tensor(ds.data)
-        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
-        return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+    tv_class = ""  # torchvision.datasets class name
+    folder = ""  # where it keeps its files under root
+    shape: tuple[int, int, int] = (1, 28, 28)
+    classes: Sequence[str] = ()
 
-    images, labels = tensors(train)
-    return _in_memory(images, labels, list(train.classes), test=tensors(test), val_fraction=val_fraction,
-                      test_fraction=None, split_seed=split_seed, image_size=image_size)
+    def __init__(self, root: str = "data", download: bool = False, val_fraction: float = 0.1,
+                 split_seed: int = 0, image_size: int | list[int] | None = None):
+        self.root, self.download, self.val_fraction, self.split_seed, self.image_size = (
+            root, download, val_fraction, split_seed, image_size)
+
+    def info(self) -> dict[str, Any]:
+        size = _size_pair(self.image_size) if self.image_size else self.shape[1:]
+        return _info((self.shape[0], *size), self.classes)
+
+    def _open(self, train: bool):
+        import torchvision.datasets as tvd
+
+        if not self.download and not os.path.isdir(self.root):
+            raise DataError(
+                f"{self.tv_class}: data root '{self.root}' does not exist; set data.dataset.root to where the data "
+                f"is, or data.dataset.download=true to fetch it (needs internet)"
+            )
+        try:
+            return getattr(tvd, self.tv_class)(root=self.root, train=train, download=self.download)
+        except RuntimeError as err:
+            raise DataError(
+                f"{self.tv_class}: no data found under '{os.path.join(self.root, self.folder)}'; "
+                f"set data.dataset.download=true to fetch it (needs internet) or copy the files there"
+            ) from err
+        except OSError as err:
+            raise DataError(f"{self.tv_class}: could not get the data into '{self.root}': {err}") from err
+
+    def load(self) -> DatasetSplits:
+        def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+            images = torch.as_tensor(ds.data)
+            images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+            return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+        train = self._open(train=True)
+        images, labels = tensors(train)
+        return _in_memory(images, labels, list(train.classes), test=tensors(self._open(train=False)),
+                          val_fraction=self.val_fraction, test_fraction=None, split_seed=self.split_seed,
+                          image_size=self.image_size)
 
 
-def _register_torchvision(name: str, cls_name: str, folder: str, description: str) -> None:
-    def dataset(root: str = "data", download: bool = False, val_fraction: float = 0.1, split_seed: int = 0,
-                image_size: int | list[int] | None = None) -> DatasetSplits:
-        return _torchvision_splits(cls_name, folder, root, download, val_fraction, split_seed, image_size)
-
-    dataset.__name__ = dataset.__qualname__ = name
-    DATASETS.register(name, dataset, description=description)
+@DATASETS.register("mnist", description="torchvision MNIST, 28x28 grayscale digits (60k train / 10k test)")
+class MNIST(TorchvisionSource):
+    tv_class, folder, shape = "MNIST", "MNIST", (1, 28, 28)
+    classes = [str(i) for i in range(10)]
 
 
-_register_torchvision("mnist", "MNIST", "MNIST", "torchvision MNIST, 28x28 grayscale digits (60k train / 10k test)")
-_register_torchvision("fashion_mnist", "FashionMNIST", "FashionMNIST",
-                      "torchvision Fashion-MNIST, 28x28 grayscale clothing (60k / 10k)")
-_register_torchvision("cifar10", "CIFAR10", "cifar-10-batches-py", "torchvision CIFAR-10, 32x32 color, 10 classes (50k / 10k)")
-_register_torchvision("cifar100", "CIFAR100", "cifar-100-python", "torchvision CIFAR-100, 32x32 color, 100 classes (50k / 10k)")
+@DATASETS.register("fashion_mnist", description="torchvision Fashion-MNIST, 28x28 grayscale clothing (60k / 10k)")
+class FashionMNIST(TorchvisionSource):
+    tv_class, folder, shape = "FashionMNIST", "FashionMNIST", (1, 28, 28)
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
+
+
+@DATASETS.register("cifar10", description="torchvision CIFAR-10, 32x32 color, 10 classes (50k / 10k)")
+class CIFAR10(TorchvisionSource):
+    tv_class, folder, shape = "CIFAR10", "cifar-10-batches-py", (3, 32, 32)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@DATASETS.register("cifar100", description="torchvision CIFAR-100, 32x32 color, 100 classes (50k / 10k)")
+class CIFAR100(TorchvisionSource):
+    tv_class, folder, shape = "CIFAR100", "cifar-100-python", (3, 32, 32)
+    classes = [str(i) for i in range(100)]  # the real names come with the data
 
 
 @DATASETS.register("image_folder", aliases=("folder",),
                    description="image files: train/ val/ [test/] with a folder per class, or label-prefixed names")
-def image_folder(root: str, layout: str = "class_dirs", image_size: int | list[int] = 64, channels: int = 3,
-                 splits: dict[str, str] | None = None) -> DatasetSplits:
+class ImageFolder(DatasetSource):
     """``layout: class_dirs`` → ``root/train/<class>/*.jpg``; ``label_prefix`` → ``root/train/3_120.jpg``.
 
-    ``splits`` names the split folders (default train, val, test); test is optional.
+    ``splits`` names the split folders (default train, val, test); test is optional. ``num_classes``
+    lets tools that read no data (``describe``) know the class count; if given it must match.
     """
-    from .image_files import ImageFiles, list_class_dirs, list_label_prefix
 
-    if layout not in ("class_dirs", "label_prefix"):
-        raise DataError(f"image_folder: layout must be class_dirs or label_prefix, got {layout!r}")
-    if channels not in (1, 3):
-        raise DataError(f"image_folder: channels must be 1 or 3, got {channels}")
-    if not os.path.isdir(root):
-        raise DataError(f"image_folder: data root '{root}' does not exist; set data.dataset.root to your image folder")
-    folders = {"train": "train", "val": "val", "test": "test", **(splits or {})}
-    lister = list_class_dirs if layout == "class_dirs" else list_label_prefix
-    for split in ("train", "val"):
-        if not os.path.isdir(os.path.join(root, folders[split])):
-            raise DataError(f"image_folder: no '{folders[split]}' folder under '{root}' (the {split} split); "
-                            f"set data.dataset.splits.{split} to its folder name")
-    class_names, train_files = lister(os.path.join(root, folders["train"]), None)
-    _, val_files = lister(os.path.join(root, folders["val"]), class_names)
-    test_dir = os.path.join(root, folders["test"])
-    test_files = lister(test_dir, class_names)[1] if os.path.isdir(test_dir) else None
-    size = _size_pair(image_size)
+    def __init__(self, root: str, layout: str = "class_dirs", image_size: int | list[int] = 64, channels: int = 3,
+                 splits: dict[str, str] | None = None, num_classes: int | None = None):
+        if layout not in ("class_dirs", "label_prefix"):
+            raise DataError(f"image_folder: layout must be class_dirs or label_prefix, got {layout!r}")
+        if channels not in (1, 3):
+            raise DataError(f"image_folder: channels must be 1 or 3, got {channels}")
+        self.root, self.layout, self.size, self.channels = root, layout, _size_pair(image_size), channels
+        self.folders = {"train": "train", "val": "val", "test": "test", **(splits or {})}
+        self.num_classes = num_classes
 
-    def files(split: str, items):
-        return ImageFiles(items, size, channels, split) if items is not None else None
+    def _list(self, split: str, class_names: list[str] | None):
+        from .image_files import list_class_dirs, list_label_prefix
 
-    return DatasetSplits(train=files("train", train_files), val=files("val", val_files),
-                         test=files("test", test_files), input_shape=(channels, *size), class_names=class_names)
+        lister = list_class_dirs if self.layout == "class_dirs" else list_label_prefix
+        return lister(os.path.join(self.root, self.folders[split]), class_names)
+
+    def info(self) -> dict[str, Any]:
+        if self.num_classes is not None:
+            return _info((self.channels, *self.size), [str(i) for i in range(self.num_classes)])
+        return dataset_info(self.load())
+
+    def load(self) -> DatasetSplits:
+        from .image_files import ImageFiles
+
+        if not os.path.isdir(self.root):
+            raise DataError(f"image_folder: data root '{self.root}' does not exist; "
+                            f"set data.dataset.root to your image folder")
+        for split in ("train", "val"):
+            if not os.path.isdir(os.path.join(self.root, self.folders[split])):
+                raise DataError(f"image_folder: no '{self.folders[split]}' folder under '{self.root}' (the {split} "
+                                f"split); set data.dataset.splits.{split} to its folder name")
+        class_names, train_files = self._list("train", None)
+        if self.num_classes is not None and self.num_classes != len(class_names):
+            raise DataError(f"image_folder: data.dataset.num_classes={self.num_classes} but "
+                            f"'{os.path.join(self.root, self.folders['train'])}' has {len(class_names)} classes; "
+                            f"fix num_classes or the folders")
+        _, val_files = self._list("val", class_names)
+        has_test = os.path.isdir(os.path.join(self.root, self.folders["test"]))
+        test_files = self._list("test", class_names)[1] if has_test else None
+
+        def files(split: str, items):
+            return ImageFiles(items, self.size, self.channels, split) if items is not None else None
+
+        return DatasetSplits(train=files("train", train_files), val=files("val", val_files),
+                             test=files("test", test_files), input_shape=(self.channels, *self.size),
+                             class_names=class_names)
 
 
 def dataset_info(splits: DatasetSplits) -> dict[str, Any]:
     """What a model needs from its data, as plain data (stored in checkpoints)."""
-    return {"input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
-            "class_names": list(splits.class_names)}
+    return _info(splits.input_shape, splits.class_names)

@@ -1,0 +1,32 @@
+"""LeNet-5 (LeCun et al. 1998) for small grayscale images, with any norm/activation/pooling."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+from torch import nn
+
+from ..layers.blocks import ConvNormAct
+from ..layers.norms import NormScheme
+from ..registry import BACKBONES
+from .head import classifier_head
+from .shapes import feature_shape
+from .simple_cnn import image_channels
+
+
+@BACKBONES.register("lenet", aliases=("lenet5",),
+                    description="LeNet-5: conv5x5(6) → pool → conv5x5(16) → pool → FC 120 → FC 84 → classes")
+def lenet(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
+          pool: Callable[..., nn.Module], bias: str | bool = "auto", channels: Sequence[int] = (6, 16),
+          hidden: Sequence[int] = (120, 84)) -> nn.Module:
+    """The first conv is padded by 2, so 28x28 MNIST maps like the original's 32x32 input (16·5·5 = 400)."""
+    in_channels = image_channels(input_shape, "lenet")
+    features = nn.Sequential(
+        ConvNormAct(in_channels, channels[0], 5, padding=2, norm=norm, act=act, bias=bias),
+        pool(kernel_size=2),
+        ConvNormAct(channels[0], channels[1], 5, padding=0, norm=norm, act=act, bias=bias),
+        pool(kernel_size=2),
+    )
+    flat = math.prod(feature_shape(features, input_shape, "lenet"))
+    return nn.Sequential(features, classifier_head(flat, hidden, num_classes, norm=norm, act=act, bias=bias))

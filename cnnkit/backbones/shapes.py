@@ -1,0 +1,45 @@
+"""Feature-map shapes by a probe forward pass, and the one-line error for inputs that are too small.
+
+Heads derive their flatten width from this, never from a hard-coded size.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def _probe(features: nn.Module, input_shape: Sequence[int]) -> Optional[torch.Size]:
+    was_training = features.training
+    features.eval()
+    try:
+        with torch.no_grad():
+            out = features(torch.zeros(1, *input_shape))
+    except RuntimeError:
+        return None
+    finally:
+        features.train(was_training)
+    return out.shape[1:] if out.numel() > 0 else None
+
+
+def feature_shape(features: nn.Module, input_shape: Sequence[int], backbone: str) -> torch.Size:
+    """Shape of ``features(x)`` for one input; fails with the minimum square size if it is too small."""
+    shape = _probe(features, input_shape)
+    if shape is not None:
+        return shape
+    channels = input_shape[0]
+    size = 1
+    while size <= 4096 and _probe(features, (channels, size, size)) is None:
+        size *= 2
+    low, high = size // 2, size  # high works, low does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _probe(features, (channels, middle, middle)) is not None else (middle, high)
+    raise ConfigError(
+        f"{backbone} needs inputs of at least {high}x{high}, got {'x'.join(str(d) for d in input_shape[1:])}; "
+        f"resize the data (data.dataset.image_size={high}) or use a shallower model"
+    )

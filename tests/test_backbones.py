@@ -1,0 +1,202 @@
+"""Backbones, the describe tool, and bn_scratch."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import cnnkit
+from cnnkit.config import load_config
+from cnnkit.anatomy import describe_model
+from cnnkit.errors import ConfigError
+from cnnkit.layers.bn_scratch import ScratchBatchNorm
+from cnnkit.registry import BACKBONES
+
+from .conftest import SMOKE, run_cli
+
+# Smallest digits size each backbone takes (digits are 8x8; image_size resizes them).
+MIN_SIZE = {"mlp": 8, "simple_cnn": 8, "lenet": 12, "vgg11": 32, "vgg13": 32, "vgg16": 32, "resnet20": 8,
+            "resnet56": 8, "resnet18": 8, "hw3_2021": 16, "hw3_2022": 32}
+SLIM = {"vgg11": {"width": 0.125}, "vgg13": {"width": 0.125}, "vgg16": {"width": 0.125},
+        "resnet18": {"width": 0.125}}
+NORMS = ["none", "input", "bn_pre", "bn_post", "bn_scratch", "gn", "ln"]
+
+
+def config_for(backbone, norm="bn_pre", size=None, *extra):
+    spec = {"name": backbone, **SLIM.get(backbone, {})}
+    spec_text = "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
+    size = size or MIN_SIZE[backbone]
+    return load_config([], [f"model.backbone={spec_text}", f"model.norm={norm}",
+                            f"data.dataset={{name: digits, image_size: {size}}}", *extra])
+
+
+def test_all_backbones_are_listed():
+    assert set(MIN_SIZE) <= set(BACKBONES.names())
+    proc = run_cli("list", "backbones")
+    assert all(name in proc.stdout for name in MIN_SIZE)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("backbone", sorted(MIN_SIZE))
+def test_every_backbone_with_every_norm_takes_a_training_step_on_digits(backbone, norm):
+    torch.manual_seed(0)
+    cfg = config_for(backbone, norm)
+    model = cnnkit.build_model(cfg)
+    splits = cnnkit.build_datamodule(cfg).load()
+    x = torch.stack([splits.train[i][0] for i in range(4)])
+    y = torch.stack([splits.train[i][1] for i in range(4)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and model(x).shape == (4, 10)
+
+
+@pytest.mark.parametrize("backbone", sorted(b for b, size in MIN_SIZE.items() if size > 8))
+def test_too_small_input_names_the_minimum(backbone):
+    with pytest.raises(ConfigError, match=f"{backbone} needs inputs of at least {MIN_SIZE[backbone]}x"
+                                          f"{MIN_SIZE[backbone]}, got {MIN_SIZE[backbone] - 1}x"):
+        cnnkit.build_model(config_for(backbone, "bn_pre", MIN_SIZE[backbone] - 1))
+
+
+@pytest.mark.parametrize("backbone", ["lenet", "resnet20", "hw3_2021"])
+def test_backbones_train_by_name_through_fit(backbone):
+    cfg = load_config([SMOKE], [
+        f"model.backbone={backbone}", "model.norm=bn_scratch", f"data.dataset={{name: digits, image_size: "
+        f"{MIN_SIZE[backbone]}}}", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "data.batch_size=16", f"name={backbone}"])
+    assert cnnkit.fit(cfg).status == "finished"
+
+
+def course_2021():
+    def block(i, o, p):
+        return [nn.Conv2d(i, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(p, p, 0)]
+
+    return nn.Sequential(*block(3, 64, 2), *block(64, 128, 2), *block(128, 256, 4), nn.Flatten(),
+                         nn.Linear(256 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 11))
+
+
+def course_2022():
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2, 2, 0)]
+
+    return nn.Sequential(*block(3, 64), *block(64, 128), *block(128, 256), *block(256, 512), *block(512, 512),
+                         nn.Flatten(), nn.Linear(512 * 4 * 4, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(),
+                         nn.Linear(512, 11))
+
+
+def course_config(backbone, size=128):
+    return load_config([], [f"model.backbone={backbone}", "model.norm=bn_pre", "model.bias=true",
+                            f"data.dataset={{name: image_folder, root: absent, image_size: {size}, num_classes: 11}}"])
+
+
+@pytest.mark.parametrize("backbone, reference", [("hw3_2021", course_2021), ("hw3_2022", course_2022)])
+def test_course_models_equal_the_published_ones(backbone, reference):
+    ours = cnnkit.build_model(course_config(backbone)).backbone
+    theirs = reference()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
+    assert [type(m) for m in ours.modules() if not list(m.children())] == \
+           [type(m) for m in theirs.modules() if not list(m.children())]
+    # defaults are the course's input and class count
+    direct = BACKBONES.build(backbone, norm=cnnkit.NORMS.build("bn_pre"), act=nn.ReLU,
+                             pool=lambda kernel_size: nn.MaxPool2d(kernel_size), bias=True)
+    assert direct(torch.zeros(1, 3, 128, 128)).shape == (1, 11)
+
+
+def test_course_head_follows_the_input_size():
+    model = cnnkit.build_model(course_config("hw3_2022", size=64))
+    assert model.backbone[1][1].linear.in_features == 512 * 2 * 2
+
+
+def test_describe_hw3_2022_reproduces_the_course_shapes():
+    report = cnnkit.describe(course_config("hw3_2022"))
+    pools = [row["output_shape"] for row in report["layers"] if row["type"] == "MaxPool2d"]
+    assert pools == [[64, 64, 64], [128, 32, 32], [256, 16, 16], [512, 8, 8], [512, 4, 4]]
+    assert report["totals"]["params"] == sum(p.numel() for p in course_2022().parameters())
+    assert report["totals"]["output_shape"] == [11]
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 5])
+def test_receptive_field_of_stacked_3x3_convs_is_2L_plus_1(layers):
+    model = nn.Sequential(*[nn.Conv2d(1, 1, 3, 1, 1) for _ in range(layers)])
+    report = describe_model(model, (1, 16, 16))
+    assert report["layers"][-1]["receptive_field"] == 2 * layers + 1
+    assert report["layers"][-1]["jump"] == 1
+
+
+def test_receptive_field_and_jump_through_strides_and_pools():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, 2, 1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, 1, 1))
+    rows = describe_model(model, (1, 32, 32))["layers"]
+    assert [(r["receptive_field"], r["jump"]) for r in rows] == [(3, 2), (5, 4), (13, 4)]
+
+
+@pytest.mark.parametrize("size, k, s, p", [(8, 3, 1, 1), (9, 5, 2, 1), (32, 7, 3, 0), (13, 4, 2, 2)])
+def test_output_size_formula_matches_the_forward_pass(size, k, s, p):
+    conv = nn.Conv2d(1, 1, k, s, p)
+    row = describe_model(conv, (1, size, size))["layers"][0]
+    expected = (size + 2 * p - k) // s + 1
+    assert row["output_shape"] == [1, expected, expected] == list(conv(torch.zeros(1, 1, size, size)).shape[1:])
+
+
+def test_conv_parameters_do_not_depend_on_the_input_size():
+    def conv_params(size):
+        model = cnnkit.build_model(load_config([], [f"data.dataset={{name: digits, image_size: {size}}}"]))
+        return sum(p.numel() for p in model.backbone[0].parameters()), model
+
+    small, small_model = conv_params(8)
+    large, large_model = conv_params(32)
+    assert small == large
+    assert sum(p.numel() for p in large_model.parameters()) > sum(p.numel() for p in small_model.parameters())
+
+
+def test_describe_shows_the_saving_from_parameter_sharing():
+    totals = cnnkit.describe(load_config([], []))["totals"]
+    assert totals["conv_fc_equivalent_params"] > 10 * totals["conv_params"]
+
+
+@pytest.mark.parametrize("backbone", sorted(MIN_SIZE))
+def test_describe_every_backbone(backbone):
+    report = cnnkit.describe(config_for(backbone, "bn_pre", 32))
+    model = cnnkit.build_model(config_for(backbone, "bn_pre", 32))
+    assert report["totals"]["params"] == sum(p.numel() for p in model.parameters())
+    assert report["totals"]["output_shape"] == [10]
+    assert report["layers"][0]["receptive_field"] == 1
+
+
+def test_describe_cli_json_needs_no_data():
+    proc = run_cli("describe", "data.dataset={name: cifar10, root: /no/such/root}", "model.backbone=resnet20",
+                   "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["input_shape"] == [3, 32, 32] and report["totals"]["output_shape"] == [10]
+    text = run_cli("describe", "model.backbone=lenet", "data.dataset={name: digits, image_size: 28}")
+    assert text.returncode == 0 and "parameter sharing" in text.stdout and "k/s/p" in text.stdout
+
+
+@pytest.mark.parametrize("shape, reference", [((8, 5, 4, 4), nn.BatchNorm2d), ((8, 5), nn.BatchNorm1d)])
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+def test_bn_scratch_matches_torch_batchnorm(shape, reference, momentum):
+    torch.manual_seed(0)
+    ours, theirs = ScratchBatchNorm(5, momentum=momentum), reference(5, momentum=momentum)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.normal_()
+        theirs.load_state_dict(ours.state_dict())
+    for step in range(5):
+        for module in (ours, theirs):
+            module.train(step < 4)  # the last step in eval mode
+            module.zero_grad()
+        x = torch.randn(*shape) * 3 + 1
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), theirs(xb)
+        grad = torch.randn_like(ya)
+        ya.backward(grad)
+        yb.backward(grad)
+        torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, atol=1e-5, rtol=1e-5)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-5, rtol=1e-5)
