@@ -17,7 +17,7 @@ _LAZY = {
         "OPTIMIZERS", "SCHEDULERS", "CALLBACKS")},
     # the Python API
     **{name: "cnnkit.api" for name in (
-        "load_config", "fit", "evaluate", "predict", "describe", "build_model", "build_module",
+        "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model", "build_module",
         "build_datamodule", "data_info", "FitResult")},
     # extension points
     "NormScheme": "cnnkit.layers.norms",

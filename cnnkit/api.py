@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -20,11 +21,11 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig
 
 from .checkpoint import read_checkpoint, resolve_checkpoint
-from .config import load_config, to_plain, to_yaml
+from .config import key_context, load_config, to_plain, to_yaml
 from .errors import CheckpointError, ConfigError, DataError
 from .runs import RunDir, atomic_write_text
 
-__all__ = ["FitResult", "load_config", "fit", "evaluate", "predict", "describe", "build_model",
+__all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info"]
 
 
@@ -99,7 +100,12 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
         callbacks.append(RichProgressBar())
     elif progress == "tqdm":
         callbacks.append(TQDMProgressBar())
-    callbacks.extend(CALLBACKS.build(to_plain(spec)) for spec in cfg.callbacks)
+    for i, spec in enumerate(cfg.callbacks):
+        with key_context(f"callbacks[{i}]"):
+            try:
+                callbacks.append(CALLBACKS.build(to_plain(spec)))
+            except (ValueError, TypeError) as err:
+                raise ConfigError(str(err).strip().splitlines()[0]) from err
     kwargs: dict[str, Any] = dict(
         accelerator=t.accelerator, devices=to_plain(t.devices), strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
@@ -204,10 +210,14 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None,
                     weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["params"] = float(sum(p.numel() for p in module.model.parameters()))
         if module.diverged is None and datamodule.load().test is not None:
             best = checkpointing.best_model_path
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+            if _is_rank_zero():
+                confusion = {"class_names": module.class_names, "matrix": module.test_confusion.compute().tolist()}
+                atomic_write_text(run.path / "confusion.json", json.dumps(confusion) + "\n")
         failed = False
     except BaseException as err:
         if _is_rank_zero():
@@ -231,6 +241,46 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     last = run.last_checkpoint if run.last_checkpoint.is_file() else None
     return FitResult(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
                      last_checkpoint=last, diverged=module.diverged)
+
+
+def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
+               ckpt: Optional[str] = None, init_from: Optional[str] = None,
+               overwrite: bool = False) -> list[FitResult]:
+    """Fit every combination of the recipe's ``matrix:`` (or its one run), in order.
+
+    A variant that already finished (or diverged) is kept and skipped unless ``overwrite``; with
+    ``ckpt="last"`` unfinished variants resume. A diverged variant is a result: the matrix goes on.
+    """
+    from .matrix import combinations
+
+    base = load_config(files, overrides)
+    if not base.matrix:
+        if only:
+            raise ConfigError("--only needs a recipe with a matrix: section")
+        return [fit(base, ckpt=ckpt, init_from=init_from, overwrite=overwrite)]
+    combos = combinations(base, only)
+    results = []
+    for index, (variant, combo, values) in enumerate(combos, 1):
+        cfg = load_config(files, [*overrides, *combo, f"variant={variant}"])
+        cfg.logger.wandb.tags = list(cfg.logger.wandb.tags) + [f"{k}={v}" for k, v in combo_tags(values)]
+        run = RunDir.for_config(cfg)
+        previous = run.read_status()
+        if previous.get("status") in ("finished", "diverged") and not overwrite:
+            print(f"cnnkit: [{index}/{len(combos)}] {variant}: {previous['status']} before, kept "
+                  f"(--overwrite redoes it)", file=sys.stderr)
+            results.append(FitResult(status=previous["status"], run_dir=run.path,
+                                     metrics=previous.get("metrics", {})))
+            continue
+        print(f"cnnkit: [{index}/{len(combos)}] {cfg.name}/{variant}", file=sys.stderr)
+        resume = ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None
+        results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
+    return results
+
+
+def combo_tags(values: dict[str, Any]) -> list[tuple[str, str]]:
+    from .matrix import format_value
+
+    return [(key.rsplit(".", 1)[-1], format_value(value)) for key, value in values.items()]
 
 
 # -- evaluation and prediction from a checkpoint ----------------------------------------------------

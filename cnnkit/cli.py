@@ -50,6 +50,8 @@ def build_parser() -> Parser:
     _add_config_args(fit, "resume training from this checkpoint ('last': the run's checkpoints/last.ckpt)")
     fit.add_argument("--init-from", metavar="PATH", help="start from a checkpoint's weights (fine-tuning)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    fit.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                     help="run only the matrix combinations with this value (repeatable)")
 
     for name, help_text in (("validate", "evaluate a checkpoint on the validation split"),
                             ("test", "evaluate a checkpoint on the test split")):
@@ -72,6 +74,12 @@ def build_parser() -> Parser:
                                                "then totals and the saving from parameter sharing. Reads no data.")
     _add_config_args(describe, None)
     describe.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    report = commands.add_parser("report", help="figures and a REPORT.md table from a recipe's runs",
+                                 description="Read runs/<recipe>/*/ (metrics.csv, status.json and the analysis "
+                                             "callbacks' files) and write PNG figures and REPORT.md there.")
+    report.add_argument("runs", metavar="RUNS_DIR", help="a recipe's run directory, e.g. runs/bn_placement")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
     listing = commands.add_parser("list", help="list registered names (norms, backbones, ...)",
                                   description="List registry entries with one-line descriptions.")
@@ -99,15 +107,20 @@ def _print_config(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from . import api
 
-    cfg = api.load_config(args.config, args.overrides)
-    result = api.fit(cfg, ckpt=args.ckpt, init_from=args.init_from, overwrite=args.overwrite)
-    if result.status == "diverged":
-        d = result.diverged
-        print(f"cnnkit: run {cfg.name}/{cfg.variant} diverged: non-finite loss at step {d['step']} "
-              f"(lr {d['lr']:g}); marked diverged in {result.run_dir}/status.json", file=sys.stderr)
+    results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
+                             init_from=args.init_from, overwrite=args.overwrite)
+    for result in results:
+        where = f"{result.run_dir.parent.name}/{result.run_dir.name}"
+        if result.status == "diverged":
+            d = result.diverged or {}
+            detail = f" at step {d['step']} (lr {d['lr']:g})" if d else ""
+            print(f"cnnkit: {where} diverged: non-finite training loss{detail}; marked diverged in "
+                  f"{result.run_dir}/status.json", file=sys.stderr)
+            continue
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.endswith("/acc"))
+        print(f"cnnkit: {result.status} {where} in {result.run_dir}" + (f": {summary}" if summary else ""))
+    if len(results) == 1 and results[0].status == "diverged":
         return EXIT_DIVERGED
-    summary = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.endswith("/acc"))
-    print(f"cnnkit: finished {cfg.name}/{cfg.variant} in {result.run_dir}" + (f": {summary}" if summary else ""))
     return 0
 
 
@@ -156,6 +169,13 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    print(f"cnnkit: wrote {build_report(args.runs)}")
+    return 0
+
+
 def _matches(pattern: Optional[str], *texts: str) -> bool:
     if not pattern:
         return True
@@ -193,7 +213,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
-            "describe": _cmd_describe, "list": _cmd_list}
+            "describe": _cmd_describe, "report": _cmd_report, "list": _cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

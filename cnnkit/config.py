@@ -136,6 +136,12 @@ class LoggerConfig:
 
 
 @dataclass
+class ReportConfig:
+    target_loss: Optional[float] = None  # "steps to target": first step whose train loss is at or below
+    metric: str = "test/acc"  # the headline metric of bar charts and the best variant
+
+
+@dataclass
 class Config:
     schema_version: int = SCHEMA_VERSION
     name: str = "default"  # runs/<name>/<variant>/
@@ -153,6 +159,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     callbacks: list[Any] = field(default_factory=list)  # extra callbacks by name
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    matrix: dict[str, Any] = field(default_factory=dict)  # dotted key → list of values; one run per combination
 
 
 # -- reading files ------------------------------------------------------------------------------
@@ -308,7 +316,7 @@ def _require(condition: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check everything a run needs from the config before anything is built or written."""
     from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS, OPTIMIZERS, POOLINGS,
-                           SCHEDULERS, TRANSFORMS, import_user_code)
+                           SCHEDULERS, TRANSFORMS, import_user_code, split_spec)
 
     import_user_code(list(cfg.imports))
 
@@ -361,12 +369,33 @@ def validate(cfg: DictConfig) -> None:
     _require(trainer.gradient_clip_val is None or trainer.gradient_clip_val > 0,
              f"trainer.gradient_clip_val must be > 0 (or null), got {trainer.gradient_clip_val}")
     for i, spec in enumerate(cfg.callbacks):
-        with key_context(f"callbacks[{i}]"):
-            CALLBACKS.prepare(to_plain(spec))
+        with key_context(f"callbacks[{i}]"):  # the name here; arguments when the trainer is built
+            CALLBACKS.get_entry(split_spec(to_plain(spec), "callbacks")[0])
+    for key, values in cfg.matrix.items():
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING or key == "matrix" or key.startswith("matrix."):
+            leaf_keys = _all_keys(cfg)
+            close = difflib.get_close_matches(key, leaf_keys, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"matrix: key '{key}' does not exist in the config{hint}")
+        _require(isinstance(values, ListConfig) and len(values) > 0,
+                 f"matrix: '{key}' needs a non-empty list of values, got {to_plain(values)!r}")
     for key in ("name", "variant"):
         value = cfg[key]
         _require(bool(value) and "/" not in value and value not in (".", ".."),
                  f"{key} must be a non-empty name without '/', got {value!r}")
+
+
+_MISSING = object()
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            keys.append(path)
+            keys.extend(_all_keys(node._get_node(key), path + "."))
+    return keys
 
 
 # What cnnkit passes to parts it builds, besides what the config's spec says; a part that does

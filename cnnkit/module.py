@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from .config import SCHEMA_VERSION, to_plain
 from .layers.batch_stats import batch_statistics
@@ -40,6 +40,7 @@ class ClassifierModule(L.LightningModule):
         for split in SPLITS:
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=data_info["num_classes"], average=average))
             setattr(self, f"{split}_loss", MeanMetric())
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=data_info["num_classes"])
         self.diverged: Optional[dict[str, Any]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +76,8 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         getattr(self, f"{split}_loss")(loss)
         getattr(self, f"{split}_acc")(logits, y)
+        if split == "test":
+            self.test_confusion.update(logits, y)
         self.log(f"{split}/loss", getattr(self, f"{split}_loss"), on_step=False, on_epoch=True)
         self.log(f"{split}/acc", getattr(self, f"{split}_acc"), on_step=False, on_epoch=True, prog_bar=True)
 

@@ -383,12 +383,12 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
 
 
 # -- the registries -----------------------------------------------------------------------------
-NORMS = Registry("norms", builtins=("cnnkit.layers.norms", "cnnkit.layers.bn_scratch"))
+NORMS = Registry("norms", builtins=("cnnkit.layers.norms", "cnnkit.layers.bn_scratch", "cnnkit.layers.noisy_bn"))
 ACTIVATIONS = Registry("activations", builtins=("cnnkit.layers.activations",))
 POOLINGS = Registry("poolings", builtins=("cnnkit.layers.pooling",))
 INITS = Registry("inits", builtins=("cnnkit.layers.init",))
 BACKBONES = Registry("backbones", builtins=tuple(f"cnnkit.backbones.{m}" for m in (
-    "mlp", "simple_cnn", "lenet", "vgg", "resnet", "course")))
+    "mlp", "simple_cnn", "lenet", "vgg", "resnet", "course", "logistic")))
 DATASETS = Registry("datasets", builtins=("cnnkit.data.datasets",))
 TRANSFORMS = Registry("transforms", builtins=("cnnkit.data.transforms",))
 OPTIMIZERS = Registry("optimizers", builtins=("cnnkit.optim",))

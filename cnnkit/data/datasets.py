@@ -27,7 +27,7 @@ def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _resize(images: torch.Tensor, image_size: int | Sequence[int] | None) -> torch.Tensor:
-    if image_size is None or tuple(images.shape[-2:]) == _size_pair(image_size):
+    if image_size is None or images.dim() != 4 or tuple(images.shape[-2:]) == _size_pair(image_size):
         return images
     dtype = images.dtype
     resized = F.interpolate(images.float(), size=_size_pair(image_size), mode="bilinear",
@@ -98,6 +98,34 @@ class Digits(DatasetSource):
         return _in_memory(images, labels, [str(c) for c in bunch.target_names], test=None,
                           val_fraction=self.val_fraction, test_fraction=self.test_fraction,
                           split_seed=self.split_seed, image_size=self.image_size)
+
+
+@DATASETS.register("two_scales", description="generated two-class data on two features of scale ~1 and ~scale "
+                                             "(default 100): the course's badly conditioned error surface")
+class TwoScales(DatasetSource):
+    """x1 ~ N(0, 1), x2 ~ N(0, scale²); the label is the sign of x1 + x2/scale + noise·N(0, 1).
+
+    Both features matter equally once standardized; unstandardized, the loss is far steeper along
+    w2 than along w1 (condition number ~ scale²).
+    """
+
+    def __init__(self, samples: int = 600, scale: float = 100.0, noise: float = 0.5, seed: int = 0,
+                 val_fraction: float = 0.1, test_fraction: float = 0.2):
+        if samples < 20 or scale <= 0:
+            raise DataError(f"two_scales: need samples >= 20 and scale > 0, got {samples}, {scale}")
+        self.samples, self.scale, self.noise, self.seed = samples, scale, noise, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+
+    def info(self) -> dict[str, Any]:
+        return _info((2,), ["0", "1"])
+
+    def load(self) -> DatasetSplits:
+        generator = torch.Generator().manual_seed(self.seed)
+        x = torch.randn(self.samples, 2, generator=generator) * torch.tensor([1.0, self.scale])
+        score = x[:, 0] + x[:, 1] / self.scale + self.noise * torch.randn(self.samples, generator=generator)
+        labels = (score > 0).long()
+        return _in_memory(x, labels, ["0", "1"], test=None, val_fraction=self.val_fraction,
+                          test_fraction=self.test_fraction, split_seed=self.seed, image_size=None)
 
 
 class TorchvisionSource(DatasetSource):

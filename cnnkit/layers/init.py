@@ -60,3 +60,12 @@ class NormalInit(Init):
 
     def init_weight(self, weight) -> None:
         nn.init.normal_(weight, mean=0.0, std=self.std)
+
+
+@INITS.register("constant", aliases=("zeros",), description="every weight set to value (default 0): a fixed start")
+class ConstantInit(Init):
+    def __init__(self, value: float = 0.0):
+        self.value = value
+
+    def init_weight(self, weight) -> None:
+        nn.init.constant_(weight, self.value)

@@ -1,0 +1,76 @@
+"""Percentiles of one unit's pre-activation input over training (Ioffe & Szegedy Fig. 1, course E2).
+
+Every ``every_n_steps`` steps the model is run in eval mode on a fixed probe batch from the
+validation split, and the 15th/50th/85th percentiles of the input to the chosen activation module
+(by default the last hidden layer's) are recorded for one unit (or the whole layer). Without BN
+they drift in mean and spread; with BN they stay put.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import lightning as L
+import torch
+
+from ..layers.blocks import WeightNormAct
+from .output import RowLog
+
+
+def default_activation(model: torch.nn.Module) -> str:
+    """The activation of the last block that has one (the last hidden layer)."""
+    names = [f"{name}.act" for name, module in model.named_modules()
+             if isinstance(module, WeightNormAct) and hasattr(module, "act")]
+    if not names:
+        raise ValueError("activation_percentiles: the model has no block with an activation; set module:")
+    return names[-1]
+
+
+class ActivationPercentiles(L.Callback):
+    def __init__(self, module: Optional[str] = None, unit: Optional[int] = 0, every_n_steps: int = 10,
+                 percentiles: Sequence[float] = (15, 50, 85), probe_size: int = 256):
+        self.module_name, self.unit, self.every = module, unit, every_n_steps
+        self.percentiles = [float(p) for p in percentiles]
+        self.probe_size = probe_size
+        self.log = RowLog("activations.csv")
+        self.probe: Optional[torch.Tensor] = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log.start(trainer)
+        model = pl_module.model
+        self.module_name = self.module_name or "model." + default_activation(model)
+        modules = dict(pl_module.named_modules())
+        if self.module_name not in modules:
+            raise ValueError(f"activation_percentiles: no module '{self.module_name}' in the model")
+        val = trainer.datamodule.load().val
+        count = min(self.probe_size, len(val))
+        self.probe = torch.stack([val[i][0] for i in range(count)])
+        self._record(trainer, pl_module)
+
+    @torch.no_grad()
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        captured = {}
+        module = dict(pl_module.named_modules())[self.module_name]
+        handle = module.register_forward_pre_hook(lambda m, inputs: captured.setdefault("x", inputs[0].detach()))
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            pl_module(self.probe.to(pl_module.device))
+        finally:
+            handle.remove()
+            pl_module.train(was_training)
+        x = captured["x"]
+        values = x[:, self.unit].flatten() if self.unit is not None else x.flatten()
+        q = torch.quantile(values.float().cpu(), torch.tensor(self.percentiles) / 100)
+        self.log.add(step=trainer.global_step, **{f"p{p:g}": float(v) for p, v in zip(self.percentiles, q)})
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if trainer.global_step % self.every == 0:
+            self._record(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log.flush(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log.flush(trainer)

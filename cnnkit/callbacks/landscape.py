@@ -1,0 +1,81 @@
+"""Loss-landscape probes along the gradient (Santurkar et al. 2018, course E6).
+
+Every ``every_n_steps`` steps, on the current training batch: g = ∇L(θ); for each step size
+η = multiplier·lr the loss L(θ − ηg) and the gradient ∇L(θ − ηg) are evaluated. Recorded: the range
+of those losses (loss landscape), of ‖∇L(θ − ηg) − g‖ (gradient predictiveness), and the
+effective β-smoothness max_η ‖∇L(θ − ηg) − g‖ / ‖ηg‖. Parameters and BN buffers are restored, so
+training is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .output import RowLog
+
+
+def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
+                         params: Sequence[torch.Tensor], lr: float, multipliers: Sequence[float]) -> dict[str, float]:
+    """Probe L along −g from the current ``params`` (restored afterwards)."""
+    saved = [p.detach().clone() for p in params]
+    loss, grads = loss_and_grad()
+    g = torch.cat([t.flatten() for t in grads])
+    g_norm = float(g.norm())
+    losses, changes, betas = [], [], []
+    try:
+        for multiplier in multipliers:
+            eta = multiplier * lr
+            with torch.no_grad():
+                for p, s, d in zip(params, saved, grads):
+                    p.copy_(s - eta * d)
+            new_loss, new_grads = loss_and_grad()
+            change = float((torch.cat([t.flatten() for t in new_grads]) - g).norm())
+            losses.append(float(new_loss))
+            changes.append(change)
+            betas.append(change / (eta * g_norm) if g_norm > 0 else 0.0)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    return {"loss": float(loss), "loss_min": min(losses), "loss_max": max(losses),
+            "grad_change_min": min(changes), "grad_change_max": max(changes), "beta": max(betas),
+            "grad_norm": g_norm}
+
+
+class LandscapeProbes(L.Callback):
+    def __init__(self, every_n_steps: int = 50, multipliers: Sequence[float] = (0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4)):
+        self.every, self.multipliers = every_n_steps, [float(m) for m in multipliers]
+        self.log = RowLog("landscape.csv")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log.start(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every:
+            return
+        x, y = batch
+        params = [p for p in pl_module.model.parameters() if p.requires_grad]
+        buffers = [b.detach().clone() for b in pl_module.model.buffers()]
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+        def loss_and_grad():
+            loss = F.cross_entropy(pl_module.model(x), y)
+            return loss.detach(), list(torch.autograd.grad(loss, params))
+
+        try:
+            row = probe_along_gradient(loss_and_grad, params, lr, self.multipliers)
+        finally:
+            with torch.no_grad():
+                for b, s in zip(pl_module.model.buffers(), buffers):
+                    b.copy_(s)
+        self.log.add(step=trainer.global_step, **row)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log.flush(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log.flush(trainer)

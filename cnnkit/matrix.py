@@ -1,0 +1,73 @@
+"""A recipe's ``matrix:``: every combination of the listed values is its own run.
+
+Combinations come in a fixed order (keys as written, values as listed), each named by its values
+(``norm=bn_pre+lr=0.5+seed=1``), with its own run directory and W&B run, grouped by the recipe.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+from omegaconf import DictConfig
+
+from .config import to_plain
+from .errors import ConfigError
+
+
+def format_value(value: Any) -> str:
+    """A value as it appears in a variant name: names plain, mappings as name(arg=value,...)."""
+    if isinstance(value, dict):
+        args = ",".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
+        return f"{value.get('name', '')}({args})" if args else str(value.get("name", ""))
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _short_keys(keys: Sequence[str]) -> dict[str, str]:
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (leaf if leaves.count(leaf) == 1 else k) for k, leaf in zip(keys, leaves)}
+
+
+def _override(key: str, value: Any) -> str:
+    import json
+
+    return f"{key}={json.dumps(value)}" if not isinstance(value, str) else f"{key}={value}"
+
+
+def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """(variant name, dotlist overrides, values by key) for each combination, in order, narrowed by ``only``."""
+    matrix = to_plain(cfg.matrix)
+    if not matrix:
+        return [(cfg.variant, [], {})]
+    keys = list(matrix)
+    short = _short_keys(keys)
+    wanted = []
+    for item in only:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--only '{item}' must look like key=value (e.g. --only norm=bn_pre)")
+        matches = [k for k in keys if k == key or short[k] == key]
+        if not matches:
+            raise ConfigError(f"--only '{item}': '{key}' is not a matrix key; matrix keys: "
+                              f"{', '.join(short[k] for k in keys)}")
+        wanted.append((matches[0], value))
+    result = []
+    for values in itertools.product(*(matrix[k] for k in keys)):
+        chosen = dict(zip(keys, values))
+        if any(format_value(chosen[k]) != v and str(chosen[k]) != v for k, v in wanted):
+            continue
+        name = "+".join(f"{short[k]}={format_value(v)}" for k, v in chosen.items())
+        result.append((name.replace("/", "_"), [_override(k, v) for k, v in chosen.items()], chosen))
+    if not result:
+        raise ConfigError(f"--only {' '.join(only)} matches none of the matrix's combinations")
+    return result
+
+
+def group_name(variant: str) -> str:
+    """The variant without its seed: the runs a report averages over."""
+    parts = [p for p in variant.split("+") if not p.startswith("seed=")]
+    return "+".join(parts) or "default"
