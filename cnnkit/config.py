@@ -231,8 +231,28 @@ def _known_keys(schema: DictConfig, full_key: str) -> tuple[str, list[str]]:
     return leaf, [str(k) for k in keys]
 
 
+def _replace_renamed_specs(base: Any, layer: Any) -> None:
+    """A later spec naming another entry replaces the earlier one instead of merging arguments into it.
+
+    ``{name: cifar10, root: data}`` followed by ``{name: digits}`` must not become digits with a root.
+    """
+    if not isinstance(base, DictConfig) or not isinstance(layer, DictConfig):
+        return
+    for key in layer.keys():
+        if key not in base:
+            continue
+        old, new = base._get_node(key), layer._get_node(key)
+        if isinstance(old, DictConfig) and isinstance(new, DictConfig):
+            if "name" in old and "name" in new and old.get("name") != new.get("name"):
+                base[key] = None
+            else:
+                _replace_renamed_specs(old, new)
+
+
 def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
     try:
+        base = base.copy()
+        _replace_renamed_specs(base, layer)
         return OmegaConf.merge(base, layer)
     except oc_errors.ConfigKeyError as err:
         full_key = getattr(err, "full_key", None) or ""

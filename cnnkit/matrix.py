@@ -19,7 +19,9 @@ def format_value(value: Any) -> str:
     """A value as it appears in a variant name: names plain, mappings as name(arg=value,...)."""
     if isinstance(value, dict):
         args = ",".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
-        return f"{value.get('name', '')}({args})" if args else str(value.get("name", ""))
+        if "name" not in value:
+            return args
+        return f"{value['name']}({args})" if args else str(value["name"])
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     if isinstance(value, float):

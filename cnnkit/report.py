@@ -327,10 +327,11 @@ def build_report(root: Path | str) -> Path:
         statuses = [r.status.get("status", "?") for r in group_runs]
         diverged = [f"diverged at step {r.status.get('step')}" for r in group_runs
                     if r.status.get("status") == "diverged"]
-        cells = [group, str(len(group_runs)), _mean_std([r.final("train/loss_epoch") for r in group_runs]),
-                 _mean_std([r.final("val/acc") for r in group_runs]),
-                 _mean_std([r.final("test/acc") for r in group_runs]),
-                 str(int(group_runs[0].final("params"))) if group_runs[0].final("params") else "-"]
+        done = [r for r in group_runs if r.status.get("status") == "finished"]  # diverged runs have no finals
+        params = next((r.final("params") for r in done if r.final("params")), None)
+        cells = [group, str(len(group_runs)), _mean_std([r.final("train/loss_epoch") for r in done]),
+                 _mean_std([r.final("val/acc") for r in done]), _mean_std([r.final("test/acc") for r in done]),
+                 str(int(params)) if params else "-"]
         if target is not None:
             steps = [steps_to_target(r, target) for r in group_runs]
             cells.append(", ".join("never" if s is None else str(s) for s in steps))

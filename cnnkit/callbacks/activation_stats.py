@@ -1,9 +1,11 @@
 """Percentiles of one unit's pre-activation input over training (Ioffe & Szegedy Fig. 1, course E2).
 
-Every ``every_n_steps`` steps the model is run in eval mode on a fixed probe batch from the
-validation split, and the 15th/50th/85th percentiles of the input to the chosen activation module
-(by default the last hidden layer's) are recorded for one unit (or the whole layer). Without BN
-they drift in mean and spread; with BN they stay put.
+Every ``every_n_steps`` steps the model is run on a fixed probe batch from the validation split,
+and the 15th/50th/85th percentiles of the input to the chosen activation module (by default the
+last hidden layer's) are recorded for one unit (or the whole layer). BN layers normalize with the
+probe batch's statistics, as in training (their running buffers are neither used nor changed), so
+the numbers show the distribution training sees, not the moving averages' lag; dropout is off.
+Without BN the percentiles drift in mean and spread; with BN they stay put.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Optional, Sequence
 import lightning as L
 import torch
 
+from ..layers.batch_stats import batch_statistics
 from ..layers.blocks import WeightNormAct
 from .output import RowLog
 
@@ -32,11 +35,11 @@ class ActivationPercentiles(L.Callback):
         self.module_name, self.unit, self.every = module, unit, every_n_steps
         self.percentiles = [float(p) for p in percentiles]
         self.probe_size = probe_size
-        self.log = RowLog("activations.csv")
+        self.rows = RowLog("activations.csv")
         self.probe: Optional[torch.Tensor] = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log.start(trainer)
+        self.rows.start(trainer)
         model = pl_module.model
         self.module_name = self.module_name or "model." + default_activation(model)
         modules = dict(pl_module.named_modules())
@@ -55,14 +58,15 @@ class ActivationPercentiles(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            pl_module(self.probe.to(pl_module.device))
+            with batch_statistics(pl_module):
+                pl_module(self.probe.to(pl_module.device))
         finally:
             handle.remove()
             pl_module.train(was_training)
         x = captured["x"]
         values = x[:, self.unit].flatten() if self.unit is not None else x.flatten()
         q = torch.quantile(values.float().cpu(), torch.tensor(self.percentiles) / 100)
-        self.log.add(step=trainer.global_step, **{f"p{p:g}": float(v) for p, v in zip(self.percentiles, q)})
+        self.rows.add(step=trainer.global_step, **{f"p{p:g}": float(v) for p, v in zip(self.percentiles, q)})
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -70,7 +74,7 @@ class ActivationPercentiles(L.Callback):
             self._record(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log.flush(trainer)
+        self.rows.flush(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log.flush(trainer)
+        self.rows.flush(trainer)

@@ -49,10 +49,10 @@ def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[to
 class LandscapeProbes(L.Callback):
     def __init__(self, every_n_steps: int = 50, multipliers: Sequence[float] = (0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4)):
         self.every, self.multipliers = every_n_steps, [float(m) for m in multipliers]
-        self.log = RowLog("landscape.csv")
+        self.rows = RowLog("landscape.csv")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log.start(trainer)
+        self.rows.start(trainer)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_step % self.every:
@@ -72,10 +72,10 @@ class LandscapeProbes(L.Callback):
             with torch.no_grad():
                 for b, s in zip(pl_module.model.buffers(), buffers):
                     b.copy_(s)
-        self.log.add(step=trainer.global_step, **row)
+        self.rows.add(step=trainer.global_step, **row)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log.flush(trainer)
+        self.rows.flush(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log.flush(trainer)
+        self.rows.flush(trainer)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Re-run every recipe's reduced-scale version on this CPU and refresh the committed figures:
+#   bash docs/reproduce_cpu.sh [recipe ...]      (default: all)
+# Each run lands in runs/<recipe>/; its report (PNG figures + REPORT.md) is copied to docs/<recipe>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+recipes=("$@")
+if [ ${#recipes[@]} -eq 0 ]; then
+  recipes=(error_surface bn_activations bn_placement bn_eval_stats bn_lr_scale bn_landscape bn_batch_size cnn_vs_fc hw3_food11)
+fi
+for recipe in "${recipes[@]}"; do
+  start=$(date +%s)
+  python -m cnnkit fit --config "recipes/$recipe.cpu.yaml" --overwrite logger.wandb.mode=disabled
+  python -m cnnkit report "runs/$recipe"
+  mkdir -p "docs/$recipe"
+  rm -f "docs/$recipe"/*.png
+  cp "runs/$recipe"/*.png "runs/$recipe/REPORT.md" "docs/$recipe/"
+  echo "$recipe: $(( $(date +%s) - start )) s" | tee -a docs/timings.txt
+done
