@@ -84,7 +84,22 @@ def load_runs(root: Path) -> list[Run]:
         runs.append(run)
     if not runs:
         raise CnnkitError(f"report: no runs under '{root}' (each run directory has a status.json); fit the recipe first")
-    return runs
+    return sorted(runs, key=_matrix_order(runs))
+
+
+def _matrix_order(runs: list[Run]):
+    """Sort key: the recipe matrix's own order (keys as written, values as listed), else by name."""
+    from omegaconf import OmegaConf
+
+    from .matrix import combinations
+
+    order: dict[str, int] = {}
+    try:
+        config = OmegaConf.create({**runs[0].config, "variant": runs[0].variant})
+        order = {name: i for i, (name, _, _) in enumerate(combinations(config))}
+    except Exception:  # an old or hand-made run directory: fall back to names
+        pass
+    return lambda run: (order.get(run.variant, len(order)), run.variant)
 
 
 def _groups(runs: list[Run]) -> dict[str, list[Run]]:
@@ -94,13 +109,15 @@ def _groups(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], each: bool = False) -> str:
+    """mean ± std over seeds; ``each`` also lists the values (for claims that must hold in every seed)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    text = f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    return text + f" ({', '.join(f'{v:.3g}' for v in values)})" if each else text
 
 
 def steps_to_target(run: Run, target: Optional[float]) -> Optional[int]:
@@ -172,7 +189,9 @@ def plot_curves(groups: dict[str, list[Run]], out: Path) -> Optional[str]:
     if not drawn:
         plt.close(fig)
         return None
-    axes[1].legend(fontsize=7, loc="lower right")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.suptitle("curves per variant (thin lines: other seeds)")
     return _save(fig, out / "curves.png")
 
@@ -360,23 +379,26 @@ def _extra_tables(runs: list[Run], groups: dict[str, list[Run]]) -> list[str]:
         lines += [f"| {v} | {value:.4f} |" for v, value in ranges]
     scapes = [(g, [landscape_means(r) for r in rs]) for g, rs in groups.items() if any(landscape_means(r) for r in rs)]
     if scapes:
-        lines += ["", "## Landscape probes, averaged over the run", "",
+        lines += ["", "## Landscape probes, averaged over the run (mean ± std over seeds, then each seed)", "",
                   "| variant | loss range along −g | max gradient change | effective β |", "|---|---|---|---|"]
         for group, values in scapes:
             values = [v for v in values if v]
-            lines.append(f"| {group} | {_mean_std([v['loss_range'] for v in values])} | "
-                         f"{_mean_std([v['grad_change'] for v in values])} | {_mean_std([v['beta'] for v in values])} |")
+            lines.append(f"| {group} | {_mean_std([v['loss_range'] for v in values], True)} | "
+                         f"{_mean_std([v['grad_change'] for v in values], True)} | "
+                         f"{_mean_std([v['beta'] for v in values], True)} |")
     modes = [(g, rs) for g, rs in groups.items() if rs[0].extras.get("eval_modes")]
     if modes:
-        columns = [(m["stats"], m["batch_size"]) for m in modes[0][1][0].extras["eval_modes"]]
+        # columns by position: a mode whose batch size follows data.batch_size differs per variant
+        width = max(len(r.extras.get("eval_modes") or []) for _, rs in modes for r in rs)
+        labels = []
+        for i in range(width):
+            entries = [r.extras["eval_modes"][i] for _, rs in modes for r in rs if len(r.extras["eval_modes"]) > i]
+            sizes = {e["batch_size"] for e in entries}
+            labels.append(f"{entries[0]['stats']} @ " + (str(sizes.pop()) if len(sizes) == 1 else "training batch"))
         lines += ["", "## Test accuracy by BN statistics and eval batch size", "",
-                  "| variant | " + " | ".join(f"{s} @ {b}" for s, b in columns) + " |",
-                  "|---|" + "---|" * len(columns)]
+                  "| variant | " + " | ".join(labels) + " |", "|---|" + "---|" * width]
         for group, group_runs in modes:
-            cells = []
-            for stats, size in columns:
-                values = [m["accuracy"] for r in group_runs for m in (r.extras.get("eval_modes") or [])
-                          if m["stats"] == stats and m["batch_size"] == size]
-                cells.append(_mean_std(values))
+            cells = [_mean_std([r.extras["eval_modes"][i]["accuracy"] for r in group_runs
+                                if len(r.extras.get("eval_modes") or []) > i]) for i in range(width)]
             lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return lines

@@ -10,7 +10,8 @@ if [ ${#recipes[@]} -eq 0 ]; then
 fi
 for recipe in "${recipes[@]}"; do
   start=$(date +%s)
-  python -m cnnkit fit --config "recipes/$recipe.cpu.yaml" --overwrite logger.wandb.mode=disabled
+  rm -rf "runs/$recipe"
+  python -m cnnkit fit --config "recipes/$recipe.cpu.yaml" logger.wandb.mode=disabled
   python -m cnnkit report "runs/$recipe"
   mkdir -p "docs/$recipe"
   rm -f "docs/$recipe"/*.png
