@@ -165,9 +165,12 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger
+    from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger, stored_wandb_id
 
     run = RunDir.for_config(cfg)
+    requeued = sorted(run.path.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime) if run.path.is_dir() else []
+    if ckpt is None and requeued:  # a SLURM job requeued after Lightning's pre-emption checkpoint
+        ckpt = str(requeued[-1])
     resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
     if _is_rank_zero():  # under strategy=ddp the other ranks re-run this command and find the directory made
         run.check(resume=resume_path is not None, overwrite=overwrite)
@@ -204,9 +207,12 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     wandb_logger = None
     failed = True
     try:
-        wandb_logger = make_wandb_logger(cfg, run.path)
+        wandb_logger = make_wandb_logger(cfg, run.path, stored_wandb_id(run.path, resume_checkpoint)
+                                         if resume_checkpoint else None)
         if wandb_logger is not None:
             trainer.loggers = [csv_logger, wandb_logger]
+            if _is_rank_zero():
+                module.wandb_run_id = wandb_logger.experiment.id
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None,
                     weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -215,8 +221,9 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
             best = checkpointing.best_model_path
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+            matrix = module.test_confusion.compute().tolist()  # a collective under DDP: every rank computes
             if _is_rank_zero():
-                confusion = {"class_names": module.class_names, "matrix": module.test_confusion.compute().tolist()}
+                confusion = {"class_names": module.class_names, "matrix": matrix}
                 atomic_write_text(run.path / "confusion.json", json.dumps(confusion) + "\n")
         failed = False
     except BaseException as err:
@@ -258,7 +265,9 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
         if only:
             raise ConfigError("--only needs a recipe with a matrix: section")
         return [fit(base, ckpt=ckpt, init_from=init_from, overwrite=overwrite)]
-    combos = combinations(base, only)
+    # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
+    pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
+    combos = combinations(base, [*only, *pinned])
     results = []
     for index, (variant, combo, values) in enumerate(combos, 1):
         cfg = load_config(files, [*overrides, *combo, f"variant={variant}"])
@@ -266,15 +275,21 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
         run = RunDir.for_config(cfg)
         previous = run.read_status()
         if previous.get("status") in ("finished", "diverged") and not overwrite:
-            print(f"cnnkit: [{index}/{len(combos)}] {variant}: {previous['status']} before, kept "
-                  f"(--overwrite redoes it)", file=sys.stderr)
+            _say(f"cnnkit: [{index}/{len(combos)}] {variant}: {previous['status']} before, kept "
+                 f"(--overwrite redoes it)")
             results.append(FitResult(status=previous["status"], run_dir=run.path,
                                      metrics=previous.get("metrics", {})))
             continue
-        print(f"cnnkit: [{index}/{len(combos)}] {cfg.name}/{variant}", file=sys.stderr)
+        _say(f"cnnkit: [{index}/{len(combos)}] {cfg.name}/{variant}")
         resume = ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None
         results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
     return results
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr, from rank 0 only."""
+    if _is_rank_zero():
+        print(message, file=sys.stderr)
 
 
 def combo_tags(values: dict[str, Any]) -> list[tuple[str, str]]:

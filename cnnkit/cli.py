@@ -81,6 +81,14 @@ def build_parser() -> Parser:
     report.add_argument("runs", metavar="RUNS_DIR", help="a recipe's run directory, e.g. runs/bn_placement")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
+    sweep = commands.add_parser("sweep", help="write a W&B sweep YAML from a recipe's matrix",
+                                description="Turn a recipe's matrix into a W&B grid sweep whose command runs "
+                                            "'cnnkit fit --config RECIPE key=value ...' (a matrix key given as an "
+                                            "override narrows the matrix to that value).")
+    sweep.add_argument("recipe", metavar="RECIPE", help="the recipe YAML")
+    sweep.add_argument("--output", "-o", metavar="FILE", help="where to write (default: stdout)")
+    sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
     listing = commands.add_parser("list", help="list registered names (norms, backbones, ...)",
                                   description="List registry entries with one-line descriptions.")
     listing.add_argument("registry", nargs="?", choices=REGISTRY_NAMES, metavar="REGISTRY",
@@ -109,6 +117,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # under strategy=ddp every rank runs this command; one reports
+        return 0
     for result in results:
         where = f"{result.run_dir.parent.name}/{result.run_dir.name}"
         if result.status == "diverged":
@@ -176,6 +188,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep_config, write_sweep
+
+    text = write_sweep(sweep_config(args.recipe))
+    if args.output:
+        from pathlib import Path
+
+        from .runs import atomic_write_text
+
+        atomic_write_text(Path(args.output), text)
+        print(f"cnnkit: wrote {args.output}; start it with: wandb sweep {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
 def _matches(pattern: Optional[str], *texts: str) -> bool:
     if not pattern:
         return True
@@ -213,7 +241,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
-            "describe": _cmd_describe, "report": _cmd_report, "list": _cmd_list}
+            "describe": _cmd_describe, "report": _cmd_report, "sweep": _cmd_sweep, "list": _cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -47,6 +47,12 @@ class Average(Enum):
     macro = "macro"  # mean of the per-class accuracies
 
 
+class LrScaling(Enum):
+    none = "none"
+    linear = "linear"  # lr × global batch / reference batch (Goyal et al. 2017)
+    sqrt = "sqrt"  # lr × sqrt(global batch / reference batch)
+
+
 class MonitorMode(Enum):
     max = "max"
     min = "min"
@@ -78,6 +84,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     no_decay_norm_bias: bool = False  # exempt norm parameters and biases from weight decay
     scheduler: Any = "constant"  # constant | step | cosine | onecycle
+    lr_scaling: LrScaling = LrScaling.none  # scale lr with the global batch size
+    reference_batch_size: int = 256  # the batch size optim.lr is meant for when scaling
 
 
 @dataclass
@@ -112,6 +120,12 @@ class TrainerConfig:
 
 
 @dataclass
+class DistributedConfig:
+    sync_bn: bool = False  # BN statistics over the global batch (torch SyncBatchNorm on CUDA, all-reduce BN on CPU)
+    average_bn_stats: bool = True  # without sync: average BN running statistics over ranks before evaluation
+
+
+@dataclass
 class CheckpointConfig:
     monitor: str = "val/acc"
     mode: MonitorMode = MonitorMode.max
@@ -128,6 +142,7 @@ class WandbConfig:
     group: Optional[str] = None  # default: the recipe's name
     tags: list[str] = field(default_factory=list)
     log_model: bool = False
+    init_timeout: float = 60.0  # seconds W&B may take to start; after that cnnkit goes on without it
 
 
 @dataclass
@@ -156,6 +171,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     callbacks: list[Any] = field(default_factory=list)  # extra callbacks by name
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -373,6 +389,8 @@ def validate(cfg: DictConfig) -> None:
     optim = cfg.optim
     _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
     _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
+    _require(optim.reference_batch_size >= 1,
+             f"optim.reference_batch_size must be >= 1, got {optim.reference_batch_size}")
     with key_context("optim.optimizer"):
         OPTIMIZERS.prepare(to_plain(optim.optimizer), params=None, lr=optim.lr, weight_decay=optim.weight_decay)
     with key_context("optim.scheduler"):

@@ -78,23 +78,54 @@ def wandb_mode(configured: str) -> str:
     return "online" if _has_wandb_credentials() else "offline"
 
 
-def make_wandb_logger(cfg: Any, run_dir: Path) -> Any:
-    """Lightning's WandbLogger for this run, or None when W&B is disabled."""
+def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> Any:
+    """Lightning's WandbLogger for this run (``run_id`` continues an earlier one), or None.
+
+    The W&B run starts here, on rank 0, so a W&B that cannot start within ``init_timeout``
+    (no network, bad key, service down) costs a warning, not the training run.
+    """
     wb = cfg.logger.wandb
     mode = wandb_mode(to_plain(wb.mode))
     if mode == "disabled":
         return None
-    from lightning.pytorch.loggers import WandbLogger
+    try:
+        import wandb
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError as err:
+        print(f"cnnkit: W&B logging is off: wandb cannot be imported ({err}); metrics stay in metrics.csv",
+              file=sys.stderr)
+        return None
 
     logger = WandbLogger(
         project=wb.project, entity=wb.entity, group=wb.group or cfg.name, name=f"{cfg.name}/{cfg.variant}",
-        tags=list(wb.tags), save_dir=str(run_dir), mode=mode, log_model=wb.log_model,
-        config=to_plain(cfg), job_type="fit",
+        tags=list(wb.tags), save_dir=str(run_dir), mode=mode, log_model=wb.log_model, id=run_id,
+        config=to_plain(cfg), job_type="fit", settings=wandb.Settings(init_timeout=wb.init_timeout),
     )
-    if mode == "offline" and rank_zero_only.rank == 0:
-        print(f"cnnkit: W&B is offline (no credentials found); the run is saved under {run_dir}/wandb - "
-              f"upload it later with: wandb sync {run_dir}/wandb/offline-run-*", file=sys.stderr)
+    if rank_zero_only.rank == 0:
+        try:
+            run = logger.experiment
+        except Exception as err:  # wandb raises its own types for network, auth and timeout failures
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            print(f"cnnkit: W&B logging is off for this run: it did not start within {wb.init_timeout:g} s "
+                  f"({type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv", file=sys.stderr)
+            return None
+        (run_dir / WANDB_ID_FILE).write_text(run.id + "\n", encoding="utf-8")
+        if mode == "offline":
+            print(f"cnnkit: W&B is offline; the run is saved under {run_dir}/wandb - upload it later with: "
+                  f"wandb sync {run_dir}/wandb/offline-run-*", file=sys.stderr)
     return logger
+
+
+WANDB_ID_FILE = "wandb_id"
+
+
+def stored_wandb_id(run_dir: Path, checkpoint: Optional[dict[str, Any]]) -> Optional[str]:
+    """The W&B run id a resumed run continues: from its checkpoint, else from its run directory."""
+    stored = ((checkpoint or {}).get("cnnkit") or {}).get("wandb_run_id")
+    if stored:
+        return stored
+    path = run_dir / WANDB_ID_FILE
+    return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
 
 
 def finish_wandb(logger: Any, failed: bool) -> None:

@@ -12,10 +12,13 @@ from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
 from .config import SCHEMA_VERSION, to_plain
+from .distributed import average_bn_buffers, convert_sync_bn
 from .layers.batch_stats import batch_statistics
 from .model import build_classifier
-from .optim import parameter_groups
+from .optim import parameter_groups, scaled_lr
 from .registry import OPTIMIZERS, SCHEDULERS
 
 SPLITS = ("train", "val", "test")
@@ -42,9 +45,25 @@ class ClassifierModule(L.LightningModule):
             setattr(self, f"{split}_loss", MeanMetric())
         self.test_confusion = MulticlassConfusionMatrix(num_classes=data_info["num_classes"])
         self.diverged: Optional[dict[str, Any]] = None
+        self.wandb_run_id: Optional[str] = None  # saved in checkpoints so a resumed run continues it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    # -- across processes -----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.cfg.distributed.sync_bn and self.trainer.world_size > 1:
+            self.model = convert_sync_bn(self.model, self.device.type if self.device.type != "meta" else "cpu")
+
+    def _share_bn_statistics(self) -> None:
+        if not self.cfg.distributed.sync_bn and self.cfg.distributed.average_bn_stats:
+            average_bn_buffers(self.model)
+
+    def on_validation_start(self) -> None:
+        self._share_bn_statistics()
+
+    def on_test_start(self) -> None:
+        self._share_bn_statistics()
 
     def _eval_context(self):
         return batch_statistics(self.model) if to_plain(self.cfg.eval_stats) == "batch" else nullcontext()
@@ -108,15 +127,19 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         optim = self.cfg.optim
+        lr = scaled_lr(optim.lr, to_plain(optim.lr_scaling), self.cfg.data.batch_size, optim.reference_batch_size)
+        if lr != optim.lr:
+            rank_zero_info(f"cnnkit: lr {optim.lr:g} scaled ({to_plain(optim.lr_scaling)}) for global batch "
+                           f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
         groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
-        optimizer = OPTIMIZERS.build(to_plain(optim.optimizer), params=groups, lr=optim.lr,
+        optimizer = OPTIMIZERS.build(to_plain(optim.optimizer), params=groups, lr=lr,
                                      weight_decay=optim.weight_decay)
         per_epoch, total = self.total_steps()
         scheduler = SCHEDULERS.build(to_plain(optim.scheduler), optional={
-            "optimizer": optimizer, "total_steps": total, "steps_per_epoch": per_epoch, "lr": optim.lr})
+            "optimizer": optimizer, "total_steps": total, "steps_per_epoch": per_epoch, "lr": lr})
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["cnnkit"] = {"schema_version": SCHEMA_VERSION}
+        checkpoint["cnnkit"] = {"schema_version": SCHEMA_VERSION, "wandb_run_id": self.wandb_run_id}

@@ -34,6 +34,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def scaled_lr(lr: float, rule: str, global_batch: int, reference: int) -> float:
+    """The learning rate for ``global_batch`` under a scaling rule (none, linear, sqrt)."""
+    ratio = global_batch / reference
+    return {"none": lr, "linear": lr * ratio, "sqrt": lr * math.sqrt(ratio)}[rule]
+
+
 def _per_step(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 

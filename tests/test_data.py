@@ -66,11 +66,17 @@ def test_training_loader_drops_the_last_batch_and_eval_keeps_everything():
         datamodule("data.batch_size=5000").train_dataloader()
 
 
-def test_global_batch_must_divide_over_processes(monkeypatch):
-    dm = datamodule("data.batch_size=63")
-    monkeypatch.setattr(ClassificationDataModule, "world_size", property(lambda self: 2))
-    with pytest.raises(ConfigError, match="must divide evenly over 2 processes"):
-        dm.train_dataloader()
+def test_global_batch_is_divided_over_processes_and_accumulation(monkeypatch):
+    dm = datamodule("data.batch_size=64")
+    monkeypatch.setattr(ClassificationDataModule, "_layout", lambda self: (2, 1, 2))
+    assert dm.per_device(64) == 16
+    assert next(iter(dm.train_dataloader()))[0].shape[0] == 16
+    assert dm.steps_per_epoch(2, 2) == (-(-len(dm.load().train) // 2) // 16) // 2
+    val = list(dm.val_dataloader())  # rank 1's unpadded shard: samples 1, 3, 5, ...
+    assert sum(len(y) for _, y in val) == len(dm.load().val) // 2
+    with pytest.raises(ConfigError, match="must divide evenly by world size 2 x trainer.accumulate_grad_batches 2 "
+                                          "= 4; use a multiple of 4, e.g. 64"):
+        dm.per_device(62)
 
 
 def test_torchvision_dataset_missing_is_one_clear_error(tmp_path):

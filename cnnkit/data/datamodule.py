@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import to_plain
+from ..distributed import UnpaddedDistributedSampler, per_device_batch
 from ..errors import ConfigError
 from ..layers.input_norm import channel_statistics
 from ..registry import DATASETS, TRANSFORMS
@@ -60,25 +61,26 @@ class ClassificationDataModule(L.LightningDataModule):
         return channel_statistics(splits.train.inputs(), splits.input_shape[0])
 
     # -- batch sizes ----------------------------------------------------------------------------
+    def _layout(self) -> tuple[int, int, int]:
+        """(world size, global rank, gradient-accumulation steps) of the trainer, if attached."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0, 1
+        return trainer.world_size, trainer.global_rank, trainer.accumulate_grad_batches
+
     @property
     def world_size(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return trainer.world_size if trainer is not None else 1
+        return self._layout()[0]
 
     def per_device(self, global_batch: int) -> int:
-        world = self.world_size
-        if global_batch % world:
-            raise ConfigError(
-                f"data.batch_size={global_batch} is the global batch and must divide evenly over "
-                f"{world} processes; use a multiple of {world}"
-            )
-        return global_batch // world
+        world, _, accumulate = self._layout()
+        return per_device_batch(global_batch, world, accumulate)
 
     def steps_per_epoch(self, world_size: int = 1, accumulate: int = 1) -> int:
         """Optimizer steps in one epoch, as the training loader will produce them."""
         n = len(self.load().train)
         per_rank = -(-n // world_size)  # DistributedSampler pads to equal shards
-        batches = per_rank // (self.cfg.batch_size // world_size)
+        batches = per_rank // per_device_batch(self.cfg.batch_size, world_size, accumulate)
         return max(1, batches // accumulate)
 
     # -- loaders --------------------------------------------------------------------------------
@@ -91,21 +93,25 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         batch = self.per_device(self.cfg.batch_size)
-        if len(self.load().train) < batch * self.world_size:
+        if len(self.load().train) < self.cfg.batch_size:
             raise ConfigError(
                 f"data.batch_size={self.cfg.batch_size} is larger than the training split "
                 f"({len(self.load().train)} samples): with the last incomplete batch dropped no batch is left"
             )
         return self._loader(self.load().train, batch, train=True)
 
-    def _eval_batch(self) -> int:
-        return self.per_device(self.cfg.eval_batch_size or self.cfg.batch_size)
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """Each rank evaluates its own unpadded shard, so every sample counts exactly once."""
+        world, rank, _ = self._layout()
+        batch = max(1, (self.cfg.eval_batch_size or self.cfg.batch_size) // world)
+        if world == 1:
+            return self._loader(dataset, batch, train=False)
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=batch, sampler=UnpaddedDistributedSampler(dataset, world, rank),
+                          num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.load().val, self._eval_batch(), train=False)
+        return self._eval_loader(self.load().val)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.load().get("test"), self._eval_batch(), train=False)
-
-    def split_loader(self, split: str) -> DataLoader:
-        return self._loader(self.load().get(split), self._eval_batch(), train=False)
+        return self._eval_loader(self.load().get("test"))
