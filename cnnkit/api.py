@@ -114,6 +114,7 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_model_summary=t.enable_model_summary,
         enable_progress_bar=progress != "none", logger=loggers, callbacks=callbacks,
         enable_checkpointing=run is not None, default_root_dir=str(run.path) if run else None,
+        benchmark=t.cudnn_benchmark,
     )
     for limit in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if t[limit] is not None:
@@ -357,7 +358,7 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
         split = split or "test"
         dataset = build_datamodule(cfg).load().get(split)
         source = split
-    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers or 0)
     trainer = _build_trainer(cfg, None, False, [])
     probabilities = trainer.predict(module, dataloaders=loader)
     out = Path(output) if output else RunDir.for_config(cfg).path / f"predictions-{source}.csv"

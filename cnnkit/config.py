@@ -29,6 +29,12 @@ class EvalStats(Enum):
     batch = "batch"  # BN uses the statistics of each evaluation batch (buffers untouched)
 
 
+class Loader(Enum):
+    auto = "auto"  # tensor when the data is in memory and every training transform has a batched version
+    tensor = "tensor"  # the data set as tensors on the training device, batched augmentation
+    dataloader = "dataloader"  # torchvision transforms per sample in a torch DataLoader
+
+
 class ProgressBar(Enum):
     tqdm = "tqdm"
     rich = "rich"
@@ -73,7 +79,8 @@ class DataConfig:
     dataset: Any = "digits"  # a name, or {name: ..., root: ..., image_size: ...}
     batch_size: int = 64  # global batch: split across devices
     eval_batch_size: Optional[int] = None  # default: batch_size
-    num_workers: int = 0
+    loader: Loader = Loader.auto
+    num_workers: Optional[int] = None  # DataLoader workers; default: min(cores - 1, 8) for the DataLoader path
     augment: list[Any] = field(default_factory=list)  # training transforms, by name
 
 
@@ -117,6 +124,9 @@ class TrainerConfig:
     limit_test_batches: Any = None
     progress_bar: ProgressBar = ProgressBar.tqdm
     enable_model_summary: bool = True
+    channels_last: bool = False  # NHWC memory layout for conv nets (faster with mixed precision on GPUs)
+    compile: bool = False  # torch.compile the model (checkpoints keep the uncompiled parameter names)
+    cudnn_benchmark: Optional[bool] = None  # let cuDNN pick the fastest conv algorithms for fixed shapes
 
 
 @dataclass
@@ -384,7 +394,7 @@ def validate(cfg: DictConfig) -> None:
                  f"a norm without batch statistics (gn, ln, none)")
     _require(data.eval_batch_size is None or data.eval_batch_size >= 1,
              f"data.eval_batch_size must be >= 1, got {data.eval_batch_size}")
-    _require(data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}")
+    _require(data.num_workers is None or data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}")
 
     optim = cfg.optim
     _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")

@@ -15,7 +15,8 @@ from ..errors import ConfigError
 from ..layers.input_norm import channel_statistics
 from ..registry import DATASETS, TRANSFORMS
 from .datasets import dataset_info
-from .splits import DatasetSplits
+from .splits import DatasetSplits, TensorImages
+from .tensor_loader import TensorBatches, supports_batches
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -30,20 +31,37 @@ class ClassificationDataModule(L.LightningDataModule):
         self.cfg = data_cfg
         self.seed = seed
         self.splits: Optional[DatasetSplits] = None
+        self.transforms: list[Any] = []
 
     # -- data ---------------------------------------------------------------------------------
     def load(self) -> DatasetSplits:
         """Build the dataset entry once (raises DataError if its files are missing)."""
         if self.splits is None:
             splits = DATASETS.build(to_plain(self.cfg.dataset)).load()
-            if self.cfg.augment:
-                size = tuple(splits.input_shape[1:]) if len(splits.input_shape) == 3 else None
-                transforms = [TRANSFORMS.build(to_plain(spec), optional={"size": size}) for spec in self.cfg.augment]
+            size = tuple(splits.input_shape[1:]) if len(splits.input_shape) == 3 else None
+            self.transforms = [TRANSFORMS.build(to_plain(spec), optional={"size": size}) for spec in self.cfg.augment]
+            self.splits = splits
+            if not self.tensor_path and self.transforms:
                 from torchvision.transforms import v2
 
-                splits.train.transform = v2.Compose(transforms)
-            self.splits = splits
+                splits.train.transform = v2.Compose(self.transforms)
         return self.splits
+
+    @property
+    def tensor_path(self) -> bool:
+        """Whether batches come from device-resident tensors (see data/tensor_loader.py)."""
+        mode = to_plain(self.cfg.loader)
+        in_memory = isinstance(self.splits.train, TensorImages)
+        batched = supports_batches(self.transforms)
+        if mode == "tensor":
+            if not in_memory:
+                raise ConfigError("data.loader=tensor needs a data set held in memory (digits, mnist, fashion_mnist, "
+                                  "cifar10, cifar100); use data.loader=dataloader for image folders")
+            if not batched:
+                names = [type(t).__name__ for t in self.transforms if not hasattr(t, "apply_batch")]
+                raise ConfigError(f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "
+                                  f"(random_crop, horizontal_flip and cutout do); use data.loader=dataloader")
+        return mode == "tensor" or (mode == "auto" and in_memory and batched)
 
     def prepare_data(self) -> None:
         self.load()
@@ -84,34 +102,51 @@ class ClassificationDataModule(L.LightningDataModule):
         return max(1, batches // accumulate)
 
     # -- loaders --------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        workers = self.cfg.num_workers
+    @property
+    def device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _workers(self) -> int:
+        if self.cfg.num_workers is not None:
+            return self.cfg.num_workers
+        return min(max((os.cpu_count() or 1) - 1, 0), 8)
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler=None) -> DataLoader:
+        workers = self._workers()
         generator = torch.Generator().manual_seed(self.seed) if train else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                          generator=generator)
+                          generator=generator, sampler=sampler)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        splits = self.load()
         batch = self.per_device(self.cfg.batch_size)
-        if len(self.load().train) < self.cfg.batch_size:
+        if len(splits.train) < self.cfg.batch_size:
             raise ConfigError(
                 f"data.batch_size={self.cfg.batch_size} is larger than the training split "
-                f"({len(self.load().train)} samples): with the last incomplete batch dropped no batch is left"
+                f"({len(splits.train)} samples): with the last incomplete batch dropped no batch is left"
             )
-        return self._loader(self.load().train, batch, train=True)
+        if self.tensor_path:
+            world, rank, _ = self._layout()
+            return TensorBatches(splits.train.images, splits.train.labels, batch, shuffle=True, drop_last=True,
+                                 seed=self.seed, transforms=self.transforms, rank=rank, world=world,
+                                 device=self.device)
+        return self._loader(splits.train, batch, train=True)
 
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset):
         """Each rank evaluates its own unpadded shard, so every sample counts exactly once."""
         world, rank, _ = self._layout()
         batch = max(1, (self.cfg.eval_batch_size or self.cfg.batch_size) // world)
+        if self.tensor_path:
+            return TensorBatches(dataset.images[rank::world], dataset.labels[rank::world], batch, shuffle=False,
+                                 drop_last=False, device=self.device)
         if world == 1:
             return self._loader(dataset, batch, train=False)
-        workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=batch, sampler=UnpaddedDistributedSampler(dataset, world, rank),
-                          num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+        return self._loader(dataset, batch, train=False, sampler=UnpaddedDistributedSampler(dataset, world, rank))
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
         return self._eval_loader(self.load().val)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self):
         return self._eval_loader(self.load().get("test"))

@@ -128,6 +128,30 @@ class TwoScales(DatasetSource):
                           test_fraction=self.test_fraction, split_seed=self.seed, image_size=None)
 
 
+@DATASETS.register("synthetic", description="generated uint8 images with random labels (e.g. CIFAR-shaped "
+                                            "3x32x32) for speed tests; nothing to learn")
+class Synthetic(DatasetSource):
+    """``samples`` random images of ``shape`` with ``num_classes`` random labels, from ``seed``."""
+
+    def __init__(self, shape: list[int] = (3, 32, 32), num_classes: int = 10, samples: int = 10000, seed: int = 0,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1):
+        if len(shape) != 3 or num_classes < 2 or samples < 20:
+            raise DataError(f"synthetic: need shape [C, H, W], num_classes >= 2 and samples >= 20")
+        self.shape, self.num_classes, self.samples, self.seed = tuple(shape), num_classes, samples, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+
+    def info(self) -> dict[str, Any]:
+        return _info(self.shape, [str(i) for i in range(self.num_classes)])
+
+    def load(self) -> DatasetSplits:
+        generator = torch.Generator().manual_seed(self.seed)
+        images = torch.randint(0, 256, (self.samples, *self.shape), generator=generator, dtype=torch.uint8)
+        labels = torch.arange(self.samples) % self.num_classes
+        return _in_memory(images, labels, [str(i) for i in range(self.num_classes)], test=None,
+                          val_fraction=self.val_fraction, test_fraction=self.test_fraction, split_seed=self.seed,
+                          image_size=None)
+
+
 class TorchvisionSource(DatasetSource):
     """A torchvision data set read from ``root`` (``download: true`` fetches it); val is carved from train."""
 

@@ -1,0 +1,98 @@
+"""The tensor-resident data path: a data set held as one tensor on the training device.
+
+For data that fits in memory (digits, MNIST, CIFAR, small folders), per-sample Python work is
+the bottleneck of a DataLoader. Here the images stay on the device (uint8 where they came as
+uint8), each epoch's order comes from (seed, epoch) — reproducible and resumable mid-epoch — and
+augmentation runs as a few batched tensor ops. Under DDP each rank takes its shard of the order.
+Transforms take part if they implement ``apply_batch(x, generator)``; ``data.loader: auto`` uses
+this path only when every training transform does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+
+def supports_batches(transforms: Sequence[Any]) -> bool:
+    return all(callable(getattr(t, "apply_batch", None)) for t in transforms)
+
+
+class _EpochSampler:
+    """Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of each training epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class TensorBatches:
+    """Iterable of (x, y) batches over tensors on ``device``; stateful (Lightning saves its position)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
+                 drop_last: bool, seed: int = 0, transforms: Sequence[Any] = (), rank: int = 0, world: int = 1,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.transforms = list(transforms)
+        self.rank, self.world = rank, world
+        self.sampler = _EpochSampler()
+        self.batch_sampler = None  # Lightning inspects these two DataLoader attributes
+        self.position = 0  # batches already served in the current epoch
+        self._resume_position = 0
+
+    # -- order ------------------------------------------------------------------------------------
+    def _order(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        if self.world > 1:  # equal shards, as DistributedSampler makes them for training
+            per_rank = math.ceil(n / self.world) if not self.drop_last else n // self.world
+            order = torch.cat([order, order[: per_rank * self.world - n]]) if per_rank * self.world > n else order
+            order = order[self.rank: per_rank * self.world: self.world]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self._order()) if self.world > 1 else len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    # -- batches ----------------------------------------------------------------------------------
+    def _batch(self, index: torch.Tensor, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = index.to(self.device)
+        x = self.images[index]
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        for transform in self.transforms:
+            x = transform.apply_batch(x, generator)
+        return x, self.labels[index]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        count = len(self)
+        generator = None
+        if self.transforms:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.seed * 7_919 + self.sampler.epoch)
+        start, self._resume_position = self._resume_position, 0
+        for self.position in range(count):
+            batch = self._batch(order[self.position * self.batch_size:(self.position + 1) * self.batch_size],
+                                generator)
+            if self.position >= start:  # on resume the skipped batches still advance the generator
+                yield batch
+        self.position = count
+
+    # -- resumption -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.epoch = int(state["epoch"])
+        self._resume_position = int(state["position"])
