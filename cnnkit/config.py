@@ -35,6 +35,11 @@ class Loader(Enum):
     dataloader = "dataloader"  # torchvision transforms per sample in a torch DataLoader
 
 
+class TestTimeAugmentation(Enum):
+    none = "none"
+    flip = "flip"  # average the logits of the image and its mirror image
+
+
 class ProgressBar(Enum):
     tqdm = "tqdm"
     rich = "rich"
@@ -175,6 +180,7 @@ class Config:
     seed: int = 0
     imports: list[str] = field(default_factory=list)  # your modules / .py files that register entries
     eval_stats: EvalStats = EvalStats.running
+    tta: TestTimeAugmentation = TestTimeAugmentation.none  # at validation, test and predict
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

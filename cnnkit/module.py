@@ -114,10 +114,17 @@ class ClassifierModule(L.LightningModule):
         self.diverged = {"step": int(self.global_step), "lr": float(lr)}
         self.trainer.should_stop = True
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
-        x, y = batch
+    def _predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation-time forward: the configured BN statistics and test-time augmentation."""
         with self._eval_context():
             logits = self(x)
+            if to_plain(self.cfg.tta) == "flip" and x.dim() == 4:
+                logits = (logits + self(x.flip(-1))) / 2
+        return logits
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        x, y = batch
+        logits = self._predict_logits(x)
         loss = F.cross_entropy(logits, y)
         getattr(self, f"{split}_loss").update(loss)
         getattr(self, f"{split}_acc").update(logits, y)
@@ -141,8 +148,7 @@ class ClassifierModule(L.LightningModule):
         self._log_evaluation("test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        with self._eval_context():
-            return self(batch[0]).softmax(dim=-1)
+        return self._predict_logits(batch[0]).softmax(dim=-1)
 
     # -- optimization ---------------------------------------------------------------------------
     def total_steps(self) -> tuple[int, int]:
