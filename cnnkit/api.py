@@ -87,6 +87,7 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
+    from .checkpoint_io import AtomicCheckpointIO
     from .registry import CALLBACKS
 
     t = cfg.trainer
@@ -114,7 +115,7 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_model_summary=t.enable_model_summary,
         enable_progress_bar=progress != "none", logger=loggers, callbacks=callbacks,
         enable_checkpointing=run is not None, default_root_dir=str(run.path) if run else None,
-        benchmark=t.cudnn_benchmark,
+        benchmark=t.cudnn_benchmark, detect_anomaly=t.detect_anomaly, plugins=[AtomicCheckpointIO()],
     )
     for limit in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if t[limit] is not None:
@@ -166,6 +167,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from .callbacks.rng_state import RngState
     from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger, stored_wandb_id
 
     run = RunDir.for_config(cfg)
@@ -198,7 +200,11 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
         every_n_epochs=cfg.checkpoint.every_n_epochs,
     )
-    trainer = _build_trainer(cfg, run, [csv_logger], [checkpointing])  # config errors surface here
+    callbacks: list[Any] = [checkpointing, RngState()]
+    if cfg.checkpoint.every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=str(run.checkpoints), save_top_k=0, save_last=True,
+                                         every_n_train_steps=cfg.checkpoint.every_n_steps))
+    trainer = _build_trainer(cfg, run, [csv_logger], callbacks)  # config errors surface here
 
     if _is_rank_zero():
         run.prepare(resume=resume_path is not None, overwrite=overwrite)

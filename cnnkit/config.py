@@ -129,6 +129,7 @@ class TrainerConfig:
     limit_test_batches: Any = None
     progress_bar: ProgressBar = ProgressBar.tqdm
     enable_model_summary: bool = True
+    detect_anomaly: bool = False  # autograd anomaly detection: finds the op that made a NaN (slow)
     channels_last: bool = False  # NHWC memory layout for conv nets (faster with mixed precision on GPUs)
     compile: bool = False  # torch.compile the model (checkpoints keep the uncompiled parameter names)
     cudnn_benchmark: Optional[bool] = None  # let cuDNN pick the fastest conv algorithms for fixed shapes
@@ -147,6 +148,7 @@ class CheckpointConfig:
     save_top_k: int = 1
     save_last: bool = True
     every_n_epochs: int = 1
+    every_n_steps: Optional[int] = None  # also save last.ckpt every N optimizer steps (resume mid-epoch)
 
 
 @dataclass

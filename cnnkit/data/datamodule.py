@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..layers.input_norm import channel_statistics
 from ..registry import DATASETS, TRANSFORMS
 from .datasets import dataset_info
+from .resumable import ResumableDataLoader
 from .splits import DatasetSplits, TensorImages
 from .tensor_loader import TensorBatches, supports_batches
 
@@ -127,11 +128,15 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"data.batch_size={self.cfg.batch_size} is larger than the training split "
                 f"({len(splits.train)} samples): with the last incomplete batch dropped no batch is left"
             )
+        world, rank, _ = self._layout()
         if self.tensor_path:
-            world, rank, _ = self._layout()
             return TensorBatches(splits.train.images, splits.train.labels, batch, shuffle=True, drop_last=True,
                                  seed=self.seed, transforms=self.transforms, rank=rank, world=world,
                                  device=self.device)
+        if world == 1:  # under DDP Lightning shards with its DistributedSampler, seeded per (seed, epoch)
+            workers = self._workers()
+            return ResumableDataLoader(splits.train, batch, self.seed, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         return self._loader(splits.train, batch, train=True)
 
     def _eval_loader(self, dataset: Dataset):

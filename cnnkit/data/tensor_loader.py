@@ -44,7 +44,7 @@ class TensorBatches:
         self.rank, self.world = rank, world
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning inspects these two DataLoader attributes
-        self.position = 0  # batches already served in the current epoch
+        self.position = 0  # batches handed out in the current epoch
         self._resume_position = 0
 
     # -- order ------------------------------------------------------------------------------------
@@ -82,12 +82,12 @@ class TensorBatches:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self.seed * 7_919 + self.sampler.epoch)
         start, self._resume_position = self._resume_position, 0
-        for self.position in range(count):
-            batch = self._batch(order[self.position * self.batch_size:(self.position + 1) * self.batch_size],
-                                generator)
-            if self.position >= start:  # on resume the skipped batches still advance the generator
+        self.position = 0
+        for index in range(count):
+            batch = self._batch(order[index * self.batch_size:(index + 1) * self.batch_size], generator)
+            self.position = index + 1  # batches handed out, as Lightning's stateful-loader protocol counts
+            if index >= start:  # on resume the skipped batches still advance the generator
                 yield batch
-        self.position = count
 
     # -- resumption -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:

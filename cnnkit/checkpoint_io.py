@@ -1,0 +1,52 @@
+"""Checkpoints that are never half-written.
+
+Each checkpoint is written to a temporary file in the same directory, flushed to disk, and moved
+into place with ``os.replace`` — atomic on POSIX — so a run killed during a save (or a disk that
+fills up) leaves the previous ``last.ckpt`` intact. ``CNNKIT_FAULT_KILL_IN_SAVE=N`` kills the
+process halfway through writing its N-th checkpoint: the fault-injection hook the tests use.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import tempfile
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+FAULT_ENV = "CNNKIT_FAULT_KILL_IN_SAVE"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves = 0
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Optional[Any] = None) -> None:
+        self.saves += 1
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getbuffer()
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a checkpoint gets ordinary file permissions, not mkstemp's 0600
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if os.environ.get(FAULT_ENV) == str(self.saves):
+                    handle.write(data[: len(data) // 2])
+                    handle.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
