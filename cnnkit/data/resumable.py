@@ -14,6 +14,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .tensor_loader import ResumablePosition
+
 
 class EpochSeededSampler(Sampler[int]):
     def __init__(self, size: int, seed: int):
@@ -50,14 +52,12 @@ class SeededAugmentation(Dataset):
             return self.dataset[index]
 
 
-class ResumableDataLoader(DataLoader):
+class ResumableDataLoader(ResumablePosition, DataLoader):
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, **kwargs: Any):
         # its own generator: creating an iterator must not draw from the global RNG (dropout's)
         super().__init__(SeededAugmentation(dataset, seed), batch_size=batch_size,
                          sampler=EpochSeededSampler(len(dataset), seed), drop_last=True,
                          generator=torch.Generator().manual_seed(seed), **kwargs)
-        self.handed_out = 0
-        self._resume = 0
 
     def __iter__(self):
         skip, self._resume = self._resume, 0
@@ -66,10 +66,3 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self.handed_out += 1
             yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "position": self.handed_out}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.epoch = int(state["epoch"])
-        self._resume = int(state["position"])

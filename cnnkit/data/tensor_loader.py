@@ -20,6 +20,24 @@ def supports_batches(transforms: Sequence[Any]) -> bool:
     return all(callable(getattr(t, "apply_batch", None)) for t in transforms)
 
 
+class ResumablePosition:
+    """Lightning's stateful-loader protocol for a loader that knows its epoch and its batches handed out.
+
+    On resume the loader skips the batches the interrupted run had already handed out this epoch.
+    """
+
+    sampler: "_EpochSampler"
+    handed_out = 0
+    _resume = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "position": self.handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.epoch = int(state["epoch"])
+        self._resume = int(state["position"])
+
+
 class _EpochSampler:
     """Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of each training epoch."""
 
@@ -30,7 +48,7 @@ class _EpochSampler:
         self.epoch = epoch
 
 
-class TensorBatches:
+class TensorBatches(ResumablePosition):
     """Iterable of (x, y) batches over tensors on ``device``; stateful (Lightning saves its position)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
@@ -44,8 +62,6 @@ class TensorBatches:
         self.rank, self.world = rank, world
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning inspects these two DataLoader attributes
-        self.position = 0  # batches handed out in the current epoch
-        self._resume_position = 0
 
     # -- order ------------------------------------------------------------------------------------
     def _order(self) -> torch.Tensor:
@@ -81,18 +97,10 @@ class TensorBatches:
         if self.transforms:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self.seed * 7_919 + self.sampler.epoch)
-        start, self._resume_position = self._resume_position, 0
-        self.position = 0
+        start, self._resume = self._resume, 0
+        self.handed_out = 0
         for index in range(count):
             batch = self._batch(order[index * self.batch_size:(index + 1) * self.batch_size], generator)
-            self.position = index + 1  # batches handed out, as Lightning's stateful-loader protocol counts
+            self.handed_out = index + 1
             if index >= start:  # on resume the skipped batches still advance the generator
                 yield batch
-
-    # -- resumption -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.epoch = int(state["epoch"])
-        self._resume_position = int(state["position"])
