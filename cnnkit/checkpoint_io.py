@@ -8,6 +8,7 @@ process halfway through writing its N-th checkpoint: the fault-injection hook th
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -46,6 +47,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+        except OSError as err:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                from .errors import CheckpointError
+
+                raise CheckpointError(f"could not save checkpoint '{path}': the disk is full or a file-size limit "
+                                      f"was reached ({os.strerror(err.errno)}); the previous checkpoint is intact - "
+                                      f"free space and resume with --ckpt last") from err
+            raise
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -240,11 +240,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_message(err: Exception) -> str:
+    """The error's own line; torch wraps errors raised in DataLoader workers in a traceback text."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
             "describe": _cmd_describe, "report": _cmd_report, "sweep": _cmd_sweep, "list": _cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):  # past a file-size limit a write then fails with EFBIG, reported below
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come anywhere, also after an option (``fit --ckpt last a.b=1``)
@@ -270,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         if isinstance(err, CnnkitError):
-            print(f"cnnkit: error: {err}", file=sys.stderr)
+            print(f"cnnkit: error: {_own_message(err)}", file=sys.stderr)
             return err.exit_code
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         print(f"cnnkit: internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback)",

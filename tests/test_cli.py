@@ -167,3 +167,14 @@ def test_a_checkpoint_that_carries_code_is_refused(tmp_path):
     not_ours = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, not_ours)
     assert_one_line_error(run_cli("test", "--ckpt", str(not_ours), cwd=tmp_path), "not a cnnkit checkpoint")
+
+
+def test_an_error_from_a_dataloader_worker_shows_its_own_line():
+    from cnnkit.cli import _own_message
+    from cnnkit.errors import DataError
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"x.py\", line 1\ncnnkit.errors.DataError: image_folder: cannot read image "
+                        "'a/b.png': bad file")
+    assert _own_message(wrapped) == "image_folder: cannot read image 'a/b.png': bad file"
+    assert _own_message(DataError("plain")) == "plain"

@@ -85,3 +85,30 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
     resumed = run_cli("fit", *common, "--ckpt", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "runs/quickstart/default/status.json").read_text())["status"] == "finished"
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    import resource
+    import sys
+
+    common = ["--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
+              "trainer.enable_model_summary=false", "checkpoint.save_top_k=0", "checkpoint.every_n_steps=5",
+              "logger.wandb.mode=disabled"]
+    first = run_cli("fit", *common, "trainer.max_steps=5", cwd=tmp_path)  # one whole checkpoint first
+    assert first.returncode == 0, first.stderr[-2000:]
+    size = (tmp_path / "runs/quickstart/default/checkpoints/last.ckpt").stat().st_size
+
+    def limit():  # files may grow to half a checkpoint: the next save cannot complete
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    env = {**__import__("os").environ, "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1",
+           "PYTHONPATH": str(QUICKSTART.rsplit("/recipes", 1)[0])}
+    proc = subprocess.run([sys.executable, "-m", "cnnkit", "fit", *common, "--ckpt", "last"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cnnkit: error:")]
+    assert len(errors) == 1 and "disk is full or a file-size limit" in errors[0] and "Traceback" not in proc.stderr
+    checkpoints = tmp_path / "runs/quickstart/default/checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert not list(checkpoints.glob(".*.tmp"))
+    assert json.loads((tmp_path / "runs/quickstart/default/status.json").read_text())["status"] == "failed"
