@@ -79,6 +79,8 @@ def build_parser() -> Parser:
                                  description="Read runs/<recipe>/*/ (metrics.csv, status.json and the analysis "
                                              "callbacks' files) and write PNG figures and REPORT.md there.")
     report.add_argument("runs", metavar="RUNS_DIR", help="a recipe's run directory, e.g. runs/bn_placement")
+    report.add_argument("--no-wandb", action="store_true",
+                        help="do not add the figures to the runs' W&B runs (done when the runs used W&B)")
     report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
     sweep = commands.add_parser("sweep", help="write a W&B sweep YAML from a recipe's matrix",
@@ -184,7 +186,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    print(f"cnnkit: wrote {build_report(args.runs)}")
+    print(f"cnnkit: wrote {build_report(args.runs, log_to_wandb=not args.no_wandb)}")
     return 0
 
 

@@ -322,8 +322,8 @@ def plot_eval_modes(groups: dict[str, list[Run]], out: Path) -> Optional[str]:
 
 
 # -- the report ---------------------------------------------------------------------------------
-def build_report(root: Path | str) -> Path:
-    """Write figures and REPORT.md into ``root``; return REPORT.md's path."""
+def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
+    """Write figures and REPORT.md into ``root`` (and add the figures to the runs' W&B runs); return REPORT.md."""
     root = Path(root)
     runs = load_runs(root)
     groups = _groups(runs)
@@ -361,7 +361,41 @@ def build_report(root: Path | str) -> Path:
     lines += [f"![{name}]({name})" for name in figures if name]
     out = root / "REPORT.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
+    if log_to_wandb:
+        log_figures_to_wandb(runs, [root / name for name in figures if name])
     return out
+
+
+def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
+    """Add the report's figures to every W&B run of the recipe (those with a stored run id).
+
+    Each run is resumed by its id in the mode it was trained in; offline, the figures land in a
+    new offline directory with the same id, so ``wandb sync`` merges them into that run.
+    """
+    import sys
+
+    from .loggers import WANDB_ID_FILE, wandb_mode
+
+    targets = [r for r in runs if (r.path / WANDB_ID_FILE).is_file()]
+    if not targets or not figures:
+        return 0
+    import wandb
+
+    for run in targets:
+        wb = (run.config.get("logger") or {}).get("wandb") or {}
+        mode = wandb_mode(wb.get("mode", "auto"))
+        if mode == "disabled":
+            continue
+        try:
+            with wandb.init(id=(run.path / WANDB_ID_FILE).read_text().strip(), resume="allow", mode=mode,
+                            project=wb.get("project"), entity=wb.get("entity"), dir=str(run.path),
+                            settings=wandb.Settings(init_timeout=wb.get("init_timeout", 60))) as session:
+                session.log({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
+        except Exception as err:  # the local report is written; W&B is a bonus
+            print(f"cnnkit: could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: "
+                  f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}", file=sys.stderr)
+            return 0
+    return len(targets)
 
 
 def _extra_tables(runs: list[Run], groups: dict[str, list[Run]]) -> list[str]:

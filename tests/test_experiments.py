@@ -199,3 +199,15 @@ def test_every_recipe_runs_under_the_smoke_overlay(recipe):
     results = cnnkit.fit_recipe(files, overrides)
     assert results and all(r.status in ("finished", "diverged") for r in results)
     assert build_report(Path("runs") / recipe).is_file()
+
+
+def test_report_adds_its_figures_to_the_runs_wandb_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    recipe = write(tmp_path / "w.yaml", "name: wb\nlogger: {wandb: {mode: offline}}\nmatrix:\n  model.norm: [none, bn_pre]\n")
+    results = cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe], ["logger.wandb.mode=offline"])
+    build_report(Path("runs/wb"))
+    for result in results:
+        run_id = (result.run_dir / "wandb_id").read_text().strip()
+        offline = sorted((result.run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+        assert len(offline) == 2  # training, then the report's figures, under the same id
+        assert list(offline[-1].glob("files/media/images/report/*.png"))
