@@ -96,7 +96,7 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
         try:
             import rich  # noqa: F401
         except ImportError as err:
-            raise DataError("trainer.progress_bar=rich needs the 'rich' package: pip install rich "
+            raise ConfigError("trainer.progress_bar=rich needs the 'rich' package: pip install rich "
                             "(or use trainer.progress_bar=tqdm)") from err
         callbacks.append(RichProgressBar())
     elif progress == "tqdm":

@@ -136,7 +136,7 @@ class Synthetic(DatasetSource):
     def __init__(self, shape: list[int] = (3, 32, 32), num_classes: int = 10, samples: int = 10000, seed: int = 0,
                  val_fraction: float = 0.1, test_fraction: float = 0.1):
         if len(shape) != 3 or num_classes < 2 or samples < 20:
-            raise DataError(f"synthetic: need shape [C, H, W], num_classes >= 2 and samples >= 20")
+            raise DataError("synthetic: need shape [C, H, W], num_classes >= 2 and samples >= 20")
         self.shape, self.num_classes, self.samples, self.seed = tuple(shape), num_classes, samples, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
