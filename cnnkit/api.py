@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from .checkpoint import read_checkpoint, resolve_checkpoint
 from .config import key_context, load_config, to_plain, to_yaml
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError, first_line
 from .runs import RunDir, atomic_write_text
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
@@ -106,7 +106,7 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
             try:
                 callbacks.append(CALLBACKS.build(to_plain(spec)))
             except (ValueError, TypeError) as err:
-                raise ConfigError(str(err).strip().splitlines()[0]) from err
+                raise ConfigError(first_line(err)) from err
     kwargs: dict[str, Any] = dict(
         accelerator=t.accelerator, devices=to_plain(t.devices), strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
@@ -125,7 +125,7 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
     try:
         return L.Trainer(**kwargs)
     except (MisconfigurationException, ValueError) as err:
-        raise ConfigError(f"trainer: {str(err).strip().splitlines()[0]}") from err
+        raise ConfigError(f"trainer: {first_line(err)}") from err
 
 
 def _set_input_statistics(module, datamodule) -> None:

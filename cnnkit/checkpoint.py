@@ -6,7 +6,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .runs import RunDir
 
 
@@ -36,7 +36,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except PermissionError as err:
         raise CheckpointError(f"checkpoint '{path}' cannot be read: permission denied") from err
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = first_line(err)
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             raise CheckpointError(
                 f"checkpoint '{path}' holds pickled objects beyond tensors and plain data; cnnkit refuses to "
@@ -44,7 +44,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             ) from err
         raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch checkpoint: {reason}") from err
     except Exception as err:  # torch raises many types for a damaged file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err, type(err).__name__)
         raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated: {reason}") from err
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "config" not in hparams or "data_info" not in hparams:

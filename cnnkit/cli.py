@@ -280,14 +280,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("cnnkit: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        from .errors import CnnkitError
+        from .errors import CnnkitError, first_line
 
         if debug:
             raise
         if isinstance(err, CnnkitError):
             print(f"cnnkit: error: {_own_message(err)}", file=sys.stderr)
             return err.exit_code
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = first_line(err)
         print(f"cnnkit: internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from .errors import CnnkitError, ConfigError
+from .errors import CnnkitError, ConfigError, first_line
 
 SCHEMA_VERSION = 1
 INCLUDE_KEY = "include"
@@ -252,8 +252,7 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
 
 # -- merging with clear errors -----------------------------------------------------------------
 def _first_line(err: Exception) -> str:
-    text = getattr(err, "msg", None) or str(err)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first_line(err, type(err).__name__)
 
 
 def _known_keys(schema: DictConfig, full_key: str) -> tuple[str, list[str]]:

@@ -25,3 +25,9 @@ class DataError(CnnkitError):
 
 class CheckpointError(CnnkitError):
     """A checkpoint is missing, unreadable or does not fit the config."""
+
+
+def first_line(err: BaseException, default: str = "") -> str:
+    """The first line of an exception's message: libraries often append whole tracebacks or tables."""
+    text = str(getattr(err, "msg", None) or err).strip()
+    return text.splitlines()[0] if text else default

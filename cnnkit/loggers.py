@@ -16,6 +16,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from .config import to_plain
+from .errors import first_line
 
 
 def read_metric_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -105,7 +106,7 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
         try:
             run = logger.experiment
         except Exception as err:  # wandb raises its own types for network, auth and timeout failures
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            reason = first_line(err)
             print(f"cnnkit: W&B logging is off for this run: it did not start within {wb.init_timeout:g} s "
                   f"({type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv", file=sys.stderr)
             return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import CnnkitError
+from .errors import CnnkitError, first_line
 from .matrix import group_name
 from .runs import atomic_write_text
 
@@ -393,7 +393,7 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
                 session.log({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
         except Exception as err:  # the local report is written; W&B is a bonus
             print(f"cnnkit: could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: "
-                  f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}", file=sys.stderr)
+                  f"{first_line(err)}", file=sys.stderr)
             return 0
     return len(targets)
 

@@ -87,10 +87,6 @@ class ClassificationDataModule(L.LightningDataModule):
             return 1, 0, 1
         return trainer.world_size, trainer.global_rank, trainer.accumulate_grad_batches
 
-    @property
-    def world_size(self) -> int:
-        return self._layout()[0]
-
     def per_device(self, global_batch: int) -> int:
         world, _, accumulate = self._layout()
         return per_device_batch(global_batch, world, accumulate)
