@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,7 +24,7 @@ from omegaconf import DictConfig
 
 from .checkpoint import read_checkpoint, resolve_checkpoint
 from .config import key_context, load_config, to_plain, to_yaml
-from .errors import CheckpointError, ConfigError, DataError, first_line
+from .errors import CheckpointError, ConfigError, DataError, first_line, own_message
 from .runs import RunDir, atomic_write_text
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
@@ -83,6 +85,20 @@ def _is_rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_known_noise() -> None:
+    """Drop Lightning's product tip and messages about Lightning's own internals: nothing to act on.
+
+    A run directory holding checkpoints is expected here (resume and --overwrite are explicit).
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
 def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbacks: list[Any]):
     import lightning as L
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
@@ -90,6 +106,7 @@ def _build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbac
     from .checkpoint_io import AtomicCheckpointIO
     from .registry import CALLBACKS
 
+    _quiet_known_noise()
     t = cfg.trainer
     progress = to_plain(t.progress_bar)
     if progress == "rich":
@@ -175,6 +192,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     if ckpt is None and requeued:  # a SLURM job requeued after Lightning's pre-emption checkpoint
         ckpt = str(requeued[-1])
     resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
+    if ckpt == "last" and run.resume_verdict(cfg, _is_rank_zero()) == "done":
+        return _already_finished(run)
     if _is_rank_zero():  # under strategy=ddp the other ranks re-run this command and find the directory made
         run.check(resume=resume_path is not None, overwrite=overwrite)
     resume_checkpoint = read_checkpoint(resume_path) if resume_path else None
@@ -198,18 +217,19 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         dirpath=str(run.checkpoints), filename="best-epoch{epoch:03d}-step{step:06d}",
         auto_insert_metric_name=False, monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
         save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
-        every_n_epochs=cfg.checkpoint.every_n_epochs,
+        every_n_epochs=cfg.checkpoint.every_n_epochs, enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpointing, RngState()]
-    if cfg.checkpoint.every_n_steps:
+    if cfg.checkpoint.every_n_steps:  # both write last.ckpt (no last-v1.ckpt): the newest save wins
         callbacks.append(ModelCheckpoint(dirpath=str(run.checkpoints), save_top_k=0, save_last=True,
-                                         every_n_train_steps=cfg.checkpoint.every_n_steps))
+                                         every_n_train_steps=cfg.checkpoint.every_n_steps,
+                                         enable_version_counter=False))
     trainer = _build_trainer(cfg, run, [csv_logger], callbacks)  # config errors surface here
 
     if _is_rank_zero():
         run.prepare(resume=resume_path is not None, overwrite=overwrite)
         atomic_write_text(run.config_file, to_yaml(cfg))
-        run.write_status("running", step=int(resume_checkpoint["global_step"]) if resume_checkpoint else 0)
+        run.write_running(int(resume_checkpoint["global_step"]) if resume_checkpoint else 0)
 
     wandb_logger = None
     failed = True
@@ -235,26 +255,37 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         failed = False
     except BaseException as err:
         if _is_rank_zero():
-            reason = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+            reason = f"{type(err).__name__}: {own_message(err)}".strip().splitlines()[0]
             run.write_status("failed", step=int(trainer.global_step), reason=reason)
         raise
     finally:
         finish_wandb(wandb_logger, failed)
 
     step = int(trainer.global_step)
+    last = run.last_checkpoint if run.last_checkpoint.is_file() else None
     if module.diverged is not None:
         status = "diverged"
-        reason = f"non-finite training loss at step {module.diverged['step']} (lr {module.diverged['lr']:g})"
+        d = module.diverged
+        d["reason"] = f"non-finite {d['what']} at step {d['step']} (lr {d['lr']:g})"
+        d["last_good"] = str(last) if last else None
         if _is_rank_zero():
-            run.write_status(status, step=module.diverged["step"], lr=module.diverged["lr"], reason=reason)
+            run.write_status(status, step=d["step"], lr=d["lr"], reason=d["reason"], last_good=d["last_good"])
     else:
         status = "finished"
         if _is_rank_zero():
             run.write_status(status, step=step, metrics=metrics)
     best = Path(checkpointing.best_model_path) if checkpointing.best_model_path else None
-    last = run.last_checkpoint if run.last_checkpoint.is_file() else None
+    best = best if best and best.is_file() else None  # a diverged run skipped its later saves
     return FitResult(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
                      last_checkpoint=last, diverged=module.diverged)
+
+
+def _already_finished(run: RunDir) -> FitResult:
+    _say(f"cnnkit: run '{run.path}' already finished; nothing to resume (raise trainer.max_epochs to train "
+         f"on, or start over with --overwrite)")
+    best = sorted(run.checkpoints.glob("best-*.ckpt"))
+    return FitResult(status="finished", run_dir=run.path, metrics=run.read_status().get("metrics", {}),
+                     best_checkpoint=best[-1] if best else None, last_checkpoint=run.last_checkpoint)
 
 
 def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),

@@ -25,8 +25,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def __init__(self) -> None:
         super().__init__()
         self.saves = 0
+        self.refused = False  # a diverged state was offered: from then on nothing on disk is replaced or removed
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Optional[Any] = None) -> None:
+        if checkpoint.get("cnnkit", {}).get("good") is False:  # ClassifierModule's verdict: diverged
+            self.refused = True
+            return
+        if self.refused:
+            return
         self.saves += 1
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
@@ -61,3 +67,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def remove_checkpoint(self, path: str) -> None:
+        if not self.refused:  # ModelCheckpoint rotates on saves that were skipped: keep the good files
+            super().remove_checkpoint(path)

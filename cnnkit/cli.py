@@ -127,9 +127,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         where = f"{result.run_dir.parent.name}/{result.run_dir.name}"
         if result.status == "diverged":
             d = result.diverged or {}
-            detail = f" at step {d['step']} (lr {d['lr']:g})" if d else ""
-            print(f"cnnkit: {where} diverged: non-finite training loss{detail}; marked diverged in "
-                  f"{result.run_dir}/status.json", file=sys.stderr)
+            kept = f"last good checkpoint {d['last_good']}" if d.get("last_good") else "no checkpoint kept"
+            print(f"cnnkit: {where} diverged: {d.get('reason', 'non-finite training loss')}; {kept}; "
+                  f"marked diverged in {result.run_dir}/status.json", file=sys.stderr)
             continue
         summary = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.endswith("/acc"))
         print(f"cnnkit: {result.status} {where} in {result.run_dir}" + (f": {summary}" if summary else ""))
@@ -242,15 +242,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _own_message(err: Exception) -> str:
-    """The error's own line; torch wraps errors raised in DataLoader workers in a traceback text."""
-    text = str(err).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return text
-
-
 COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
             "describe": _cmd_describe, "report": _cmd_report, "sweep": _cmd_sweep, "list": _cmd_list}
 
@@ -280,12 +271,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("cnnkit: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        from .errors import CnnkitError, first_line
+        from .errors import CnnkitError, first_line, own_message
 
         if debug:
             raise
         if isinstance(err, CnnkitError):
-            print(f"cnnkit: error: {_own_message(err)}", file=sys.stderr)
+            print(f"cnnkit: error: {own_message(err)}", file=sys.stderr)
             return err.exit_code
         detail = first_line(err)
         print(f"cnnkit: internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback)",

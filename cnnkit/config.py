@@ -247,7 +247,19 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except Exception as err:
-        raise ConfigError(f"overrides {' '.join(overrides)}: {_first_line(err)}") from err
+        culprit = next((item for item in overrides if not _parses(item)), " ".join(overrides))
+        raise ConfigError(
+            f"override '{culprit}' is not valid YAML ({_first_line(err)}); write mappings and lists as "
+            "'key={name: value, other: [1, 2]}' with a space after each ':' and quote the whole override"
+        ) from err
+
+
+def _parses(override: str) -> bool:
+    try:
+        OmegaConf.from_dotlist([override])
+        return True
+    except Exception:
+        return False
 
 
 # -- merging with clear errors -----------------------------------------------------------------

@@ -27,6 +27,15 @@ class CheckpointError(CnnkitError):
     """A checkpoint is missing, unreadable or does not fit the config."""
 
 
+def own_message(err: BaseException) -> str:
+    """The error's own message; torch wraps errors raised in DataLoader workers in a traceback text."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def first_line(err: BaseException, default: str = "") -> str:
     """The first line of an exception's message: libraries often append whole tracebacks or tables."""
     text = str(getattr(err, "msg", None) or err).strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import netrc
 import os
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -91,13 +92,12 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
         return None
     try:
         import wandb
-        from lightning.pytorch.loggers import WandbLogger
     except ImportError as err:
         print(f"cnnkit: W&B logging is off: wandb cannot be imported ({err}); metrics stay in metrics.csv",
               file=sys.stderr)
         return None
 
-    logger = WandbLogger(
+    logger = ResilientWandbLogger(
         project=wb.project, entity=wb.entity, group=wb.group or cfg.name, name=f"{cfg.name}/{cfg.variant}",
         tags=list(wb.tags), save_dir=str(run_dir), mode=mode, log_model=wb.log_model, id=run_id,
         config=to_plain(cfg), job_type="fit", settings=wandb.Settings(init_timeout=wb.init_timeout),
@@ -107,8 +107,9 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
             run = logger.experiment
         except Exception as err:  # wandb raises its own types for network, auth and timeout failures
             reason = first_line(err)
-            print(f"cnnkit: W&B logging is off for this run: it did not start within {wb.init_timeout:g} s "
-                  f"({type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv", file=sys.stderr)
+            print(f"cnnkit: W&B logging is off for this run: it could not start (init_timeout "
+                  f"{wb.init_timeout:g} s; {type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv",
+                  file=sys.stderr)
             return None
         (run_dir / WANDB_ID_FILE).write_text(run.id + "\n", encoding="utf-8")
         if mode == "offline":
@@ -118,6 +119,37 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
 
 
 WANDB_ID_FILE = "wandb_id"
+
+
+def _shielded(method):
+    """Call ``method``; if W&B fails (its service died, the network broke), turn W&B off with one warning."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.broken:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:
+            self.broken = True
+            print(f"cnnkit: W&B logging stopped mid-run ({type(err).__name__}: {first_line(err)}); training goes "
+                  f"on and metrics stay in {self.save_dir}/metrics.csv", file=sys.stderr)
+            return None
+
+    return call
+
+
+class ResilientWandbLogger(WandbLogger):
+    """Lightning's WandbLogger whose every call into W&B is shielded: W&B never ends a training run."""
+
+    broken = False
+    log_metrics = _shielded(WandbLogger.log_metrics)
+    log_hyperparams = _shielded(WandbLogger.log_hyperparams)
+    log_table = _shielded(WandbLogger.log_table)
+    log_text = _shielded(WandbLogger.log_text)
+    log_image = _shielded(WandbLogger.log_image)
+    after_save_checkpoint = _shielded(WandbLogger.after_save_checkpoint)
+    finalize = _shielded(WandbLogger.finalize)
 
 
 def stored_wandb_id(run_dir: Path, checkpoint: Optional[dict[str, Any]]) -> Optional[str]:
@@ -135,5 +167,16 @@ def finish_wandb(logger: Any, failed: bool) -> None:
         return
     import wandb
 
-    if wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+    try:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1 if failed or logger.broken else 0)
+    except Exception as err:  # W&B's service is gone: what it had is in the run directory
+        if not logger.broken:
+            print(f"cnnkit: W&B could not finish the run ({type(err).__name__}: {first_line(err)}); "
+                  f"metrics stay in metrics.csv", file=sys.stderr)
+        logger.broken = True
+    if logger.broken:  # drop the dead service now: its exit hook would print a traceback at exit
+        try:
+            wandb.teardown(exit_code=1)
+        except Exception:
+            pass

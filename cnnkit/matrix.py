@@ -60,13 +60,25 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
     result = []
     for values in itertools.product(*(matrix[k] for k in keys)):
         chosen = dict(zip(keys, values))
-        if any(format_value(chosen[k]) != v and str(chosen[k]) != v for k, v in wanted):
+        if not all(_matches(v, chosen[k]) for k, v in wanted):
             continue
         name = "+".join(f"{short[k]}={format_value(v)}" for k, v in chosen.items())
         result.append((name.replace("/", "_"), [_override(k, v) for k, v in chosen.items()], chosen))
     if not result:
         raise ConfigError(f"--only {' '.join(only)} matches none of the matrix's combinations")
     return result
+
+
+def _matches(text: str, value: Any) -> bool:
+    """Whether ``--only key=text`` selects ``value``: as the variant name spells it, or the same number."""
+    if text in (format_value(value), str(value)):
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return False
 
 
 def group_name(variant: str) -> str:

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .config import SCHEMA_VERSION, to_plain
 from .distributed import average_bn_buffers, convert_sync_bn
@@ -22,6 +23,7 @@ from .optim import parameter_groups, scaled_lr
 from .registry import OPTIMIZERS, SCHEDULERS
 
 SPLITS = ("train", "val", "test")
+TRAIN_METRICS = ("train_acc", "train_loss")  # accumulated over an epoch, so saved for a mid-epoch resume
 
 
 class ClassifierModule(L.LightningModule):
@@ -47,6 +49,7 @@ class ClassifierModule(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes=classes, validate_args=False)
         self.diverged: Optional[dict[str, Any]] = None
         self.wandb_run_id: Optional[str] = None  # saved in checkpoints so a resumed run continues it
+        self._epoch_metrics_logged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
@@ -59,12 +62,26 @@ class ClassifierModule(L.LightningModule):
 
     # -- across processes -----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        self._warn_about_idle_options()
         if self.cfg.distributed.sync_bn and self.trainer.world_size > 1:
             self.model = convert_sync_bn(self.model, self.trainer.strategy.root_device.type)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.cfg.trainer.compile and stage == "fit":
             self.model.compile()  # compiles forward in place: parameter names (and checkpoints) stay the same
+
+    def _warn_about_idle_options(self) -> None:
+        """Options that would silently do nothing for this model get a warning; the run goes on."""
+        has_bn = any(isinstance(m, _BatchNorm) for m in self.model.modules())
+        idle = []
+        if not has_bn:
+            idle += [f"{option} (the model has no BatchNorm layer)" for option, on in (
+                ("eval_stats: batch", to_plain(self.cfg.eval_stats) == "batch"),
+                ("distributed.sync_bn", self.cfg.distributed.sync_bn)) if on]
+        if to_plain(self.cfg.tta) == "flip" and len(self.hparams.data_info["input_shape"]) != 3:
+            idle.append("tta: flip (the inputs are not images)")
+        for option in idle:
+            rank_zero_warn(f"cnnkit: {option} has no effect here")
 
     def _share_bn_statistics(self) -> None:
         if not self.cfg.distributed.sync_bn and self.cfg.distributed.average_bn_stats:
@@ -87,7 +104,7 @@ class ClassifierModule(L.LightningModule):
         # one host sync per step: a non-finite loss must stop the run before it updates the weights
         non_finite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
         if non_finite:
-            self._stop_diverged()
+            self._stop_diverged("training loss")
             return None  # skip the update: the weights stay those of the last finite step
         detached = loss.detach()
         self.train_loss.update(detached)  # metric updates stay on the device; logged once per epoch
@@ -105,13 +122,17 @@ class ClassifierModule(L.LightningModule):
         connector = getattr(self.trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True))
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_metrics_logged = False
+
     def on_train_epoch_end(self) -> None:
         self.log("train/loss_epoch", self.train_loss)
         self.log("train/acc", self.train_acc)
+        self._epoch_metrics_logged = True  # a checkpoint saved from here on has no epoch left to resume
 
-    def _stop_diverged(self) -> None:
+    def _stop_diverged(self, what: str) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-        self.diverged = {"step": int(self.global_step), "lr": float(lr)}
+        self.diverged = {"step": int(self.global_step), "lr": float(lr), "what": what}
         self.trainer.should_stop = True
 
     def _predict_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,4 +203,38 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["cnnkit"] = {"schema_version": SCHEMA_VERSION, "wandb_run_id": self.wandb_run_id}
+        checkpoint["cnnkit"] = {"schema_version": SCHEMA_VERSION, "wandb_run_id": self.wandb_run_id,
+                                "train_metrics": None if self._epoch_metrics_logged else self._epoch_metric_states(),
+                                "good": self._good_to_save()}
+
+    def _good_to_save(self) -> bool:
+        """False once the run diverged or any weight or buffer is non-finite: the checkpoint I/O then
+        skips the save, so last.ckpt stays the last good state (an update can overflow the weights a
+        step before the loss shows it, and a diverged forward pass leaves NaN in BN's running stats)."""
+        if self.diverged is not None:
+            return False
+        floats = [t for t in self.state_dict().values() if t.is_floating_point()]
+        finite = bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()) if floats else True
+        if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            self._stop_diverged("weights")
+            return False
+        return True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A run resumed mid-epoch continues the epoch's training metrics where they were."""
+        saved = checkpoint.get("cnnkit", {}).get("train_metrics") or {}
+        first_rank = self._trainer is None or self.trainer.global_rank == 0
+        for name, states in saved.items():
+            metric = getattr(self, name)
+            metric.reset()
+            if first_rank:  # the saved states are summed over ranks: one rank holds them, the others start at 0
+                metric.merge_state({key: value.to(self.device) for key, value in states.items()})
+
+    def _epoch_metric_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The epoch-so-far training metric states, summed over ranks (every rank saves; rank 0 writes)."""
+        states = {}
+        for name in TRAIN_METRICS:
+            metric = getattr(self, name)
+            with metric.sync_context():
+                states[name] = {key: value.detach().cpu().clone() for key, value in metric.metric_state.items()}
+        return states

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -89,8 +90,60 @@ class RunDir:
         record = {"status": status, **details, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(self.status_file, json.dumps(record, indent=2) + "\n")
 
+    def write_running(self, step: int) -> None:
+        """``running``, with this process's id and host so another ``fit --ckpt last`` can tell it is alive."""
+        self.write_status("running", step=step, pid=os.getpid(), host=socket.gethostname())
+
+    def resume_verdict(self, cfg: Any, first_rank: bool = True) -> str:
+        """What ``fit --ckpt last`` should do with this run, from its status.json: ``resume`` or ``done``.
+
+        A killed or failed run resumes; a finished run whose training limits are unchanged has nothing
+        left to do; a diverged run, or one another live process is training, is refused. Only the
+        first rank checks for a live process: the others find the status it wrote for this very job.
+        """
+        status = self.read_status()
+        state = status.get("status")
+        if state == "diverged":
+            weights = f"--init-from {status['last_good']} " if status.get("last_good") else ""
+            raise CnnkitError(
+                f"run '{self.path}' diverged ({status.get('reason', 'non-finite loss')}); resuming it would "
+                f"diverge again: change the config (e.g. a lower optim.lr) and start over with {weights}--overwrite"
+            )
+        if state == "running" and first_rank and _alive_elsewhere(status):
+            raise CnnkitError(f"run '{self.path}' is being trained right now by process {status['pid']}; "
+                              f"wait for it to end or stop it, then resume with --ckpt last")
+        if state == "finished" and _same_limits(self.config_file, cfg):
+            return "done"
+        return "resume"
+
     def read_status(self) -> dict[str, Any]:
         try:
             return json.loads(self.status_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+
+
+def _alive_elsewhere(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``running`` still runs (same host; a reused pid must be cnnkit's)."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or status.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return not cmdline.exists() or b"cnnkit" in cmdline.read_bytes()
+
+
+def _same_limits(stored_config: Path, cfg: Any) -> bool:
+    """Whether ``cfg`` trains no further than the finished run's stored config did."""
+    from omegaconf import OmegaConf
+
+    try:
+        stored = OmegaConf.load(stored_config).trainer
+    except Exception:  # no readable record: let the checkpoint decide
+        return False
+    return stored.get("max_epochs") == cfg.trainer.max_epochs and stored.get("max_steps") == cfg.trainer.max_steps

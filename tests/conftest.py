@@ -38,3 +38,12 @@ def run_cli(*args: str, cwd=None, timeout: int = 300, env_extra=None) -> subproc
            **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd or os.getcwd(), env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    """Exit 2 and exactly one stderr line, ``cnnkit: error: ...`` containing ``fragment``; no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cnnkit: error:") and fragment in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr

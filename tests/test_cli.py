@@ -9,15 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import QUICKSTART, REPO, SMOKE, run_cli
-
-
-def assert_one_line_error(proc, fragment):
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("cnnkit: error:") and fragment in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
+from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, run_cli
 
 
 def test_help_imports_neither_torch_nor_lightning():
@@ -170,11 +162,11 @@ def test_a_checkpoint_that_carries_code_is_refused(tmp_path):
 
 
 def test_an_error_from_a_dataloader_worker_shows_its_own_line():
-    from cnnkit.cli import _own_message
+    from cnnkit.errors import own_message
     from cnnkit.errors import DataError
 
     wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
                         "last):\n  File \"x.py\", line 1\ncnnkit.errors.DataError: image_folder: cannot read image "
                         "'a/b.png': bad file")
-    assert _own_message(wrapped) == "image_folder: cannot read image 'a/b.png': bad file"
-    assert _own_message(DataError("plain")) == "plain"
+    assert own_message(wrapped) == "image_folder: cannot read image 'a/b.png': bad file"
+    assert own_message(DataError("plain")) == "plain"

@@ -89,10 +89,15 @@ def test_precise_bn_and_eval_modes_callbacks_in_a_fit():
     assert all(0 <= m["accuracy"] <= 1 for m in modes)
 
 
-def test_precise_bn_warns_and_goes_on_without_bn():
-    cfg = load_config([QUICKSTART, SMOKE], ["model.norm=none", "callbacks=[precise_bn]"])
-    with pytest.warns(UserWarning, match="no BatchNorm layer"):
+def test_options_that_do_nothing_without_bn_warn_and_go_on():
+    cfg = load_config([QUICKSTART, SMOKE], ["model.norm=none", "callbacks=[precise_bn]", "eval_stats=batch",
+                                            "distributed.sync_bn=true"])
+    with pytest.warns(UserWarning) as record:
         assert cnnkit.fit(cfg).status == "finished"
+    messages = {str(w.message) for w in record}
+    assert "precise_bn: the model has no BatchNorm layer; nothing to recompute" in messages
+    assert "cnnkit: eval_stats: batch (the model has no BatchNorm layer) has no effect here" in messages
+    assert "cnnkit: distributed.sync_bn (the model has no BatchNorm layer) has no effect here" in messages
 
 
 def test_bn_at_eval_batch_one_predicts_a_constant():

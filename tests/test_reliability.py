@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from .conftest import QUICKSTART, run_cli
+from .conftest import QUICKSTART, SMOKE, assert_one_line_error, run_cli
 
 EXACT = [
     "trainer.deterministic=true", "trainer.max_epochs=3", "trainer.progress_bar=none",
@@ -18,19 +18,25 @@ EXACT = [
 
 KILLER = textwrap.dedent("""
     import os, signal
+    from typing import Optional
     import lightning as L
     from cnnkit import CALLBACKS
 
-    @CALLBACKS.register("kill_at_step")
-    class KillAtStep(L.Callback):
-        def __init__(self, step: int):
-            self.step = step
+    @CALLBACKS.register("kill_at")
+    class KillAt(L.Callback):
+        \"\"\"SIGKILL after optimizer step ``step``, or as training epoch ``epoch`` starts.\"\"\"
+
+        def __init__(self, step: Optional[int] = None, epoch: Optional[int] = None):
+            self.step, self.epoch = step, epoch
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == self.step:
                 os.kill(os.getpid(), signal.SIGKILL)
-""")
 
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == self.epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+""")
 
 def final_state(path):
     checkpoint = torch.load(path, weights_only=True)
@@ -52,25 +58,51 @@ def assert_same(a, b):
         assert a == b
 
 
-@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
-@pytest.mark.parametrize("kill_step", [26])
-def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, loader, kill_step):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted run of each data path, computed once for all kill points."""
+    done = {}
+
+    def run(data: tuple[str, ...]):
+        if data not in done:
+            cwd = tmp_path_factory.mktemp("straight")
+            proc = run_cli("fit", "--config", QUICKSTART, *EXACT, *data, "name=straight", cwd=cwd, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            done[data] = (final_state(cwd / "runs/straight/default/checkpoints/last.ckpt"),
+                          (cwd / "runs/straight/default/metrics.csv").read_text())
+        return done[data]
+
+    return run
+
+
+# 19 steps per epoch: step 26 is inside epoch 1; "epoch 1" kills as it starts, after epoch 0's
+# validation saved last.ckpt; workers > 0 start fresh processes in the resumed run.
+@pytest.mark.parametrize("data, kill", [
+    (("data.loader=tensor",), "step: 26"),
+    (("data.loader=tensor",), "epoch: 1"),
+    (("data.loader=dataloader", "data.num_workers=0"), "step: 26"),
+    (("data.loader=dataloader", "data.num_workers=2"), "step: 26"),
+    (("data.loader=dataloader", "data.num_workers=2"), "epoch: 1"),
+], ids=["tensor-mid-epoch", "tensor-epoch-boundary", "dataloader-mid-epoch", "workers-mid-epoch",
+        "workers-epoch-boundary"])
+def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, data, kill):
     (tmp_path / "killer.py").write_text(KILLER)
-    common = ["--config", QUICKSTART, *EXACT, f"data.loader={loader}", "data.num_workers=0"]
-    straight = run_cli("fit", *common, "name=straight", cwd=tmp_path, timeout=600)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = run_cli("fit", *common, "name=killed", "imports=[killer.py]",
-                     f"callbacks=[{{name: kill_at_step, step: {kill_step}}}]", cwd=tmp_path, timeout=600)
+    common = ["--config", QUICKSTART, *EXACT, *data, "name=killed"]
+    killed = run_cli("fit", *common, "imports=[killer.py]", f"callbacks=[{{name: kill_at, {kill}}}]",
+                     cwd=tmp_path, timeout=600)
     assert killed.returncode == -9
     status = json.loads((tmp_path / "runs/killed/default/status.json").read_text())
     assert status["status"] == "running"  # what a kill leaves; resume picks it up
-    resumed = run_cli("fit", *common, "name=killed", "--ckpt", "last", cwd=tmp_path, timeout=600)
+    resumed = run_cli("fit", *common, "--ckpt", "last", cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = final_state(tmp_path / "runs/straight/default/checkpoints/last.ckpt")
+    a, metrics = uninterrupted(data)
     b = final_state(tmp_path / "runs/killed/default/checkpoints/last.ckpt")
+    # every logged value (step losses, the resumed epoch's train/acc and train/loss_epoch, val, test)
+    assert (tmp_path / "runs/killed/default/metrics.csv").read_text() == metrics
     assert a[2] == b[2]
     assert_same(a[0], b[0])  # parameters and BN buffers
     assert_same(a[1], b[1])  # optimizer state
+    assert sorted(p.name for p in (tmp_path / "runs/killed/default/checkpoints").glob("last*")) == ["last.ckpt"]
 
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
@@ -112,3 +144,179 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
     assert not list(checkpoints.glob(".*.tmp"))
     assert json.loads((tmp_path / "runs/quickstart/default/status.json").read_text())["status"] == "failed"
+
+
+def test_a_diverged_run_keeps_its_last_good_checkpoint_and_refuses_to_resume():
+    import cnnkit
+    from cnnkit.errors import CnnkitError
+
+    from .conftest import tiny_config
+
+    # lr 1e4 overflows the weights in an update a step before the loss turns non-finite: the save in
+    # between must not replace the last good checkpoint
+    cfg = tiny_config("optim.lr=1.0e+4", "optim.scheduler=constant", "checkpoint.every_n_steps=2",
+                      "trainer.limit_train_batches=10", "trainer.max_epochs=3")
+    result = cnnkit.fit(cfg)
+    assert result.status == "diverged" and result.diverged["what"] in ("weights", "training loss")
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "diverged" and status["last_good"].endswith("last.ckpt")
+    checkpoints = sorted((result.run_dir / "checkpoints").glob("*.ckpt"))
+    assert checkpoints, "the steps before the divergence were saved"
+    for path in checkpoints:
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["global_step"] <= status["step"]
+        assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
+    with pytest.raises(CnnkitError, match=r"diverged \(non-finite .* at step \d+ \(lr 10000\)\); resuming it would "
+                                          r"diverge again: .* --init-from .*last.ckpt --overwrite"):
+        cnnkit.fit(cfg, ckpt="last")
+
+
+def test_resuming_a_finished_run_does_nothing_unless_it_may_train_longer():
+    import cnnkit
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config()
+    first = cnnkit.fit(cfg)
+    metrics = (first.run_dir / "metrics.csv").read_text()
+    again = cnnkit.fit(cfg, ckpt="last")
+    assert again.status == "finished" and again.metrics == first.metrics
+    assert (first.run_dir / "metrics.csv").read_text() == metrics  # untouched
+    longer = cnnkit.fit(tiny_config("trainer.max_epochs=2"), ckpt="last")
+    assert longer.status == "finished"
+    assert torch.load(longer.last_checkpoint, weights_only=True)["epoch"] == 1
+
+
+def test_resuming_a_run_that_a_live_process_is_training_is_refused(tmp_path):
+    import os
+    import socket
+    import sys
+
+    import cnnkit
+    from cnnkit.errors import CnnkitError
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config()
+    first = cnnkit.fit(cfg)
+    status = first.run_dir / "status.json"
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cnnkit", "fit"])
+    try:
+        status.write_text(json.dumps({"status": "running", "step": 3, "pid": trainer.pid,
+                                      "host": socket.gethostname()}))
+        with pytest.raises(CnnkitError, match=f"is being trained right now by process {trainer.pid}"):
+            cnnkit.fit(cfg, ckpt="last")
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert cnnkit.fit(cfg, ckpt="last").status == "finished"  # that process is gone: resume
+    assert os.getpid() != trainer.pid
+
+
+# -- bad input: one line, exit 2, nothing half-written ---------------------------------------------
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """A real cnnkit checkpoint of the quickstart model (a few steps)."""
+    root = tmp_path_factory.mktemp("trained")
+    proc = run_cli("fit", "--config", QUICKSTART, "--config", SMOKE, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root / "runs/quickstart/default/checkpoints/last.ckpt"
+
+
+def image_folder(root, empty_class=False, unreadable=False):
+    """train/ and val/ with classes a and b, 4 tiny images each."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            folder = root / "images" / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            if empty_class and split == "train" and name == "b":
+                continue
+            for i in range(4):
+                Image.new("RGB", (8, 8), (60 * i, 100, 30)).save(folder / f"{i}.png")
+    if unreadable:
+        (root / "images" / "train" / "a" / "broken.png").write_bytes(b"not a png")
+    return f"data.dataset={{name: image_folder, root: {root / 'images'}, image_size: 8}}"
+
+
+def truncated(checkpoint, tmp_path):
+    data = checkpoint.read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    return str(tmp_path / "cut.ckpt")
+
+
+def not_cnnkit(tmp_path):
+    torch.save({"state_dict": {"weight": torch.zeros(2)}}, tmp_path / "plain.ckpt")
+    return str(tmp_path / "plain.ckpt")
+
+
+def a_file_named_runs(tmp_path):
+    (tmp_path / "runs").write_text("not a directory")
+    return "runs_dir=runs"
+
+
+def python_tagged_yaml(tmp_path):
+    (tmp_path / "evil.yaml").write_text("name: !!python/object/apply:os.system ['touch pwned']\n")
+    return str(tmp_path / "evil.yaml")
+
+
+FIT = ("fit", "--config", QUICKSTART, "--config", SMOKE)
+BAD_INPUTS = {
+    "checkpoint of another model": (
+        lambda t, ckpt: [*FIT, "--ckpt", str(ckpt), "model.backbone={name: mlp, hidden: [16]}"],
+        "does not fit the configured model (missing: model.backbone."),
+    "truncated checkpoint": (lambda t, ckpt: ["test", "--ckpt", truncated(ckpt, t)], "is corrupt or truncated"),
+    "not a cnnkit checkpoint": (lambda t, ckpt: ["test", "--ckpt", not_cnnkit(t)], "not a cnnkit checkpoint"),
+    "empty class folder": (lambda t, ckpt: [*FIT, image_folder(t, empty_class=True)], "b' has no images"),
+    "num_classes mismatch": (
+        lambda t, ckpt: [*FIT, image_folder(t)[:-1] + ", num_classes: 3}"], "num_classes=3 but"),
+    "unknown matrix key": (lambda t, ckpt: [*FIT, "matrix={model.nrom: [none, bn_pre]}"],
+                           "matrix: key 'model.nrom' does not exist in the config"),
+    "imports that fail": (lambda t, ckpt: [*FIT, "imports=[no_such_module_of_mine]"], "no_such_module_of_mine"),
+    "run directory path is a file": (lambda t, ckpt: [*FIT, a_file_named_runs(t)], "exists and is a file"),
+    "YAML that would run code": (lambda t, ckpt: [*FIT, "--config", python_tagged_yaml(t)],
+                                 "could not determine a constructor for the tag"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(case, tmp_path, trained_checkpoint):
+    make_args, fragment = BAD_INPUTS[case]
+    proc = run_cli(*make_args(tmp_path, trained_checkpoint), cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "runs").is_dir() and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("norm", ["bn_pre", "none"])
+def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, norm):
+    """bn_pre standardizes the inputs, so every training image is read before the run starts: nothing
+    is written. Without it images are read as training goes, in a worker: the run ends marked failed."""
+    proc = run_cli(*FIT, image_folder(tmp_path, unreadable=True), f"model.norm={norm}", "data.num_workers=1",
+                   "trainer.limit_train_batches=null", "data.batch_size=2", cwd=tmp_path)
+    assert "broken.png' (Unsupported image file" in proc.stderr and ".cpp" not in proc.stderr
+    if norm == "bn_pre":
+        assert_one_line_error(proc, "cannot read image")
+        assert not (tmp_path / "runs").exists()
+    else:  # Lightning has started and said so; the error is still one line
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("cnnkit: error:")]
+        assert len(errors) == 1 and "cannot read image" in errors[0]
+        status = json.loads((tmp_path / "runs/quickstart/default/status.json").read_text())
+        assert status["status"] == "failed" and "broken.png" in status["reason"]
+        assert not list((tmp_path / "runs").rglob("*.tmp"))
+
+
+def test_a_diverging_variant_is_one_line_and_the_matrix_finishes_the_others(tmp_path):
+    recipe = tmp_path / "d.yaml"
+    recipe.write_text("name: diverge\nmodel: {norm: none, act: identity}\noptim: {scheduler: constant}\n"
+                      "matrix:\n  optim.lr: [1.0e+30, 0.01]\n")
+    proc = run_cli(*FIT, "--config", str(recipe), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # the matrix ran to its end
+    lines = [line for line in proc.stderr.splitlines() if " diverged: " in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("cnnkit: diverge/lr=1e+30 diverged: non-finite training loss at step ")
+    assert "(lr 1e+30)" in lines[0] and "status.json" in lines[0]
+    assert "finished diverge/lr=0.01" in proc.stdout
+    alone = run_cli(*FIT, "--config", str(recipe), "--only", "optim.lr=1.0e+30", "--overwrite", cwd=tmp_path)
+    assert alone.returncode == 3  # a single diverged run is a failed command

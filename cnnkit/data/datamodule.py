@@ -111,7 +111,9 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler=None) -> DataLoader:
         workers = self._workers()
-        generator = torch.Generator().manual_seed(self.seed) if train else None
+        # every loader has its own generator: starting worker processes (e.g. a resumed run's first
+        # validation) must not draw from the global RNG, or dropout after a resume would differ
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                           generator=generator, sampler=sampler)

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -78,7 +78,8 @@ class ImageFiles(Dataset):
         try:
             image = decode_image(path, mode=mode)
         except Exception as err:
-            raise DataError(f"image_folder: cannot read image '{path}': {err}") from err
+            raise DataError(f"image_folder: cannot read image '{path}' ({_decoder_reason(err)}); "
+                            f"replace or remove the file") from err
         return TF.resize(image, list(self.size), antialias=True).float().div(255)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,3 +94,12 @@ class ImageFiles(Dataset):
 
     def names(self) -> list[str]:
         return [path for path, _ in self.items]
+
+
+def _decoder_reason(err: Exception) -> str:
+    """torchvision's decoder message without its C++ source location (``decode_image, file.cpp:61, ...``)."""
+    text = first_line(err)
+    parts = [part.strip() for part in text.split(", ")]
+    while parts and (parts[0].startswith("decode_") or ".cpp:" in parts[0]):
+        parts.pop(0)
+    return ", ".join(parts) or text

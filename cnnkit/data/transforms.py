@@ -21,8 +21,18 @@ def _uniform_int(high: int, count: int, generator: Optional[torch.Generator], de
     return torch.randint(0, high, (count,), generator=generator, device=device)
 
 
+def _side(size) -> int:
+    return min(size) if isinstance(size, (tuple, list)) else int(size)
+
+
 class RandomCrop(v2.RandomCrop):
-    """Random crop of the input size after zero padding; batched: one offset per image."""
+    """Random crop of the input size after zero padding; batched: one offset per image.
+
+    The padding defaults to an eighth of the side (4 px at 32 px, as for CIFAR; 1 px on 8x8 digits).
+    """
+
+    def __init__(self, size, padding: Optional[int] = None, **kwargs):
+        super().__init__(size, padding=max(1, _side(size) // 8) if padding is None else padding, **kwargs)
 
     def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         pad = self.padding[0] if self.padding else 0
@@ -47,10 +57,15 @@ class HorizontalFlip(v2.RandomHorizontalFlip):
 
 
 class Cutout(torch.nn.Module):
-    """Zero a random square of side ``length`` (clipped at the border) in each image (DeVries & Taylor 2017)."""
+    """Zero a random square of side ``length`` (clipped at the border) in each image (DeVries & Taylor 2017).
 
-    def __init__(self, length: int = 8):
+    ``length`` defaults to a quarter of the input side (8 px at 32 px); 8 px would blank an 8x8 digit.
+    """
+
+    def __init__(self, length: Optional[int] = None, size=None):
         super().__init__()
+        if length is None:
+            length = max(1, _side(size) // 4) if size is not None else 8
         self.length = length
 
     def _mask(self, n: int, h: int, w: int, generator: Optional[torch.Generator], device) -> torch.Tensor:
@@ -69,13 +84,13 @@ class Cutout(torch.nn.Module):
         return x * self._mask(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
 
 
-TRANSFORMS.register("random_crop", RandomCrop, padding=4,
-                    description="random crop of the input size after zero padding (default 4 px); batched")
+TRANSFORMS.register("random_crop", RandomCrop,
+                    description="random crop of the input size after zero padding (default side/8); batched")
 TRANSFORMS.register("random_resized_crop", v2.RandomResizedCrop,
                     description="random scale/aspect crop resized to the input size (Inception-style)")
 TRANSFORMS.register("horizontal_flip", HorizontalFlip, aliases=("hflip", "flip"),
                     description="mirror left-right with probability p (default 0.5); batched")
-TRANSFORMS.register("cutout", Cutout, description="zero a random length x length square (default 8); batched")
+TRANSFORMS.register("cutout", Cutout, description="zero a random length x length square (default side/4); batched")
 TRANSFORMS.register("color_jitter", v2.ColorJitter, brightness=0.2, contrast=0.2, saturation=0.2,
                     description="random brightness/contrast/saturation (and hue) changes")
 TRANSFORMS.register("trivial_augment", v2.TrivialAugmentWide,
