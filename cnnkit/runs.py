@@ -73,9 +73,10 @@ class RunDir:
                 raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
                                   f"remove it or set runs_dir/name elsewhere")
         if self.has_contents() and not resume and not overwrite:
+            status = self.read_status().get("status")
             raise CnnkitError(
-                f"run directory '{self.path}' already holds a run; resume it with --ckpt last, start over "
-                f"with --overwrite, or pick another name/variant"
+                f"run directory '{self.path}' already holds a{f' {status}' if status else ''} run; resume it with "
+                f"--ckpt last, start over with --overwrite, or pick another name/variant"
             )
 
     def prepare(self, resume: bool, overwrite: bool) -> None:

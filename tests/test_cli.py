@@ -117,7 +117,7 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
     refused = run_cli("fit", *tiny, cwd=tmp_path)
-    assert_one_line_error(refused, "already holds a run")
+    assert_one_line_error(refused, "already holds a finished run")
 
     resumed = run_cli("fit", *tiny, "trainer.max_epochs=2", "--ckpt", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

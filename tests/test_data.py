@@ -55,6 +55,20 @@ def test_augmentation_by_name_applies_to_training_only():
     assert rrc.shape == (1, 8, 8)
 
 
+def test_crop_padding_and_cutout_length_follow_the_input_size():
+    """CIFAR's 4 px padding and 8 px cutout at 32 px; an 8x8 digit gets 1 px and 2 px, not a blank image."""
+    def transforms(*overrides):
+        dm = datamodule(*overrides)
+        dm.load()
+        return dm.transforms
+
+    small = transforms("data.augment=[random_crop, cutout]")
+    assert small[0].padding == [1, 1, 1, 1] and small[1].length == 2
+    large = transforms("data.dataset={name: digits, image_size: 32}", "data.augment=[random_crop, cutout]")
+    assert large[0].padding == [4, 4, 4, 4] and large[1].length == 8
+    assert transforms("data.augment=[{name: cutout, length: 3}]")[0].length == 3
+
+
 def test_training_loader_drops_the_last_batch_and_eval_keeps_everything():
     dm = datamodule("data.batch_size=100", "data.eval_batch_size=1000")
     n_train = len(dm.load().train)

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from .conftest import QUICKSTART, SMOKE, assert_one_line_error, run_cli
+from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, run_cli
 
 EXACT = [
     "trainer.deterministic=true", "trainer.max_epochs=3", "trainer.progress_bar=none",
@@ -75,16 +75,19 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-# 19 steps per epoch: step 26 is inside epoch 1; "epoch 1" kills as it starts, after epoch 0's
-# validation saved last.ckpt; workers > 0 start fresh processes in the resumed run.
+# 19 steps per epoch (16 under DDP): step 26 is inside epoch 1; "epoch 1" kills as it starts, after epoch 0's
+# validation saved last.ckpt; workers > 0 start fresh processes in the resumed run. Under DDP every
+# rank kills itself at the step; the resumed ranks restore their own RNG states and data shards, and
+# the epoch's training metrics (summed over ranks when saved) log the same values.
 @pytest.mark.parametrize("data, kill", [
     (("data.loader=tensor",), "step: 26"),
     (("data.loader=tensor",), "epoch: 1"),
     (("data.loader=dataloader", "data.num_workers=0"), "step: 26"),
     (("data.loader=dataloader", "data.num_workers=2"), "step: 26"),
     (("data.loader=dataloader", "data.num_workers=2"), "epoch: 1"),
+    (("--config", str(REPO / "configs/trainer/ddp_cpu.yaml")), "step: 26"),
 ], ids=["tensor-mid-epoch", "tensor-epoch-boundary", "dataloader-mid-epoch", "workers-mid-epoch",
-        "workers-epoch-boundary"])
+        "workers-epoch-boundary", "ddp-two-processes-mid-epoch"])
 def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, data, kill):
     (tmp_path / "killer.py").write_text(KILLER)
     common = ["--config", QUICKSTART, *EXACT, *data, "name=killed"]
@@ -320,3 +323,37 @@ def test_a_diverging_variant_is_one_line_and_the_matrix_finishes_the_others(tmp_
     assert "finished diverge/lr=0.01" in proc.stdout
     alone = run_cli(*FIT, "--config", str(recipe), "--only", "optim.lr=1.0e+30", "--overwrite", cwd=tmp_path)
     assert alone.returncode == 3  # a single diverged run is a failed command
+
+
+def test_gradient_clipping_and_anomaly_detection_switches():
+    import lightning as L
+
+    import cnnkit
+    from cnnkit import CALLBACKS
+
+    from .conftest import tiny_config
+
+    @CALLBACKS.register("record_first_update", override=True)
+    class RecordFirstUpdate(L.Callback):
+        """How far the first optimizer step moved the weights, and whether anomaly detection was on."""
+
+        seen: dict = {}
+
+        def on_train_start(self, trainer, pl_module):
+            self.before = [p.detach().clone() for p in pl_module.parameters()]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            moved = torch.stack([(p.detach() - b).norm() for p, b in zip(pl_module.parameters(), self.before)])
+            RecordFirstUpdate.seen.update(moved=float(moved.norm()), anomaly=torch.is_anomaly_enabled())
+
+    def first_update(*overrides):
+        cnnkit.fit(tiny_config("trainer.max_steps=1", "optim.weight_decay=0", "optim.scheduler=constant",
+                               "optim.optimizer=sgd", "optim.lr=0.1", "callbacks=[record_first_update]",
+                               *overrides), overwrite=True)
+        return dict(RecordFirstUpdate.seen)
+
+    free = first_update()
+    clipped = first_update("trainer.gradient_clip_val=1.0e-6", "trainer.detect_anomaly=true")
+    assert free["moved"] > 1e-3 and not free["anomaly"]
+    assert clipped["moved"] <= 0.1 * 1.0e-6 * 1.001  # lr x the gradient norm it was clipped to
+    assert clipped["anomaly"]

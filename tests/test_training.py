@@ -45,7 +45,7 @@ def test_checkpoint_is_plain_data_with_config_and_class_names():
 
 def test_existing_run_directory_is_refused_unless_overwrite():
     cnnkit.fit(tiny_config())
-    with pytest.raises(CnnkitError, match="already holds a run; resume it with --ckpt last"):
+    with pytest.raises(CnnkitError, match="already holds a finished run; resume it with --ckpt last"):
         cnnkit.fit(tiny_config())
     assert cnnkit.fit(tiny_config(), overwrite=True).status == "finished"
 
