@@ -143,6 +143,13 @@ class ResilientWandbLogger(WandbLogger):
     """Lightning's WandbLogger whose every call into W&B is shielded: W&B never ends a training run."""
 
     broken = False
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        # Lightning always passes wandb.init(anonymous=None), which wandb >= 0.19 warns about on every run
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
     log_metrics = _shielded(WandbLogger.log_metrics)
     log_hyperparams = _shielded(WandbLogger.log_hyperparams)
     log_table = _shielded(WandbLogger.log_table)

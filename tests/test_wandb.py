@@ -125,3 +125,27 @@ def test_the_wandb_service_dying_mid_run(tmp_path):
     assert "W&B logging stopped mid-run" in proc.stderr and "Traceback" not in proc.stderr
     assert "cnnkit: finished" in proc.stdout
     assert "test/acc" in (tmp_path / "runs/quickstart/default/metrics.csv").read_text()
+
+
+def test_a_server_that_never_answers_costs_a_bounded_wait(monkeypatch, capsys, tmp_path):
+    """wandb gives up init_timeout seconds into creating the run (its own checks add about 10 s)."""
+    import socket
+    import time
+
+    from cnnkit.loggers import make_wandb_logger
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers
+    try:
+        monkeypatch.setenv("WANDB_MODE", "online")
+        monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        cfg = load_config([QUICKSTART, SMOKE], ["logger.wandb.mode=online", "logger.wandb.init_timeout=2"])
+        start = time.monotonic()
+        assert make_wandb_logger(cfg, tmp_path) is None
+        waited = time.monotonic() - start
+    finally:
+        silent.close()
+    assert 2 <= waited < 30, waited
+    assert "W&B logging is off for this run: it could not start (init_timeout 2 s" in capsys.readouterr().err
