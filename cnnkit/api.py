@@ -191,9 +191,9 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     requeued = sorted(run.path.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime) if run.path.is_dir() else []
     if ckpt is None and requeued:  # a SLURM job requeued after Lightning's pre-emption checkpoint
         ckpt = str(requeued[-1])
-    resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
     if ckpt == "last" and run.resume_verdict(cfg, _is_rank_zero()) == "done":
         return _already_finished(run)
+    resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
     if _is_rank_zero():  # under strategy=ddp the other ranks re-run this command and find the directory made
         run.check(resume=resume_path is not None, overwrite=overwrite)
     resume_checkpoint = read_checkpoint(resume_path) if resume_path else None
@@ -263,6 +263,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
 
     step = int(trainer.global_step)
     last = run.last_checkpoint if run.last_checkpoint.is_file() else None
+    best = Path(checkpointing.best_model_path) if checkpointing.best_model_path else None
+    best = best if best and best.is_file() else None  # a diverged run skipped its later saves
     if module.diverged is not None:
         status = "diverged"
         d = module.diverged
@@ -273,9 +275,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     else:
         status = "finished"
         if _is_rank_zero():
-            run.write_status(status, step=step, metrics=metrics)
-    best = Path(checkpointing.best_model_path) if checkpointing.best_model_path else None
-    best = best if best and best.is_file() else None  # a diverged run skipped its later saves
+            run.write_status(status, step=step, metrics=metrics, best_checkpoint=str(best) if best else None)
     return FitResult(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
                      last_checkpoint=last, diverged=module.diverged)
 
@@ -283,9 +283,11 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
 def _already_finished(run: RunDir) -> FitResult:
     _say(f"cnnkit: run '{run.path}' already finished; nothing to resume (raise trainer.max_epochs to train "
          f"on, or start over with --overwrite)")
-    best = sorted(run.checkpoints.glob("best-*.ckpt"))
-    return FitResult(status="finished", run_dir=run.path, metrics=run.read_status().get("metrics", {}),
-                     best_checkpoint=best[-1] if best else None, last_checkpoint=run.last_checkpoint)
+    status = run.read_status()
+    best = status.get("best_checkpoint")
+    return FitResult(status="finished", run_dir=run.path, metrics=status.get("metrics", {}),
+                     best_checkpoint=Path(best) if best else None,
+                     last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None)
 
 
 def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),

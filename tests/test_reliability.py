@@ -184,6 +184,7 @@ def test_resuming_a_finished_run_does_nothing_unless_it_may_train_longer():
     metrics = (first.run_dir / "metrics.csv").read_text()
     again = cnnkit.fit(cfg, ckpt="last")
     assert again.status == "finished" and again.metrics == first.metrics
+    assert again.best_checkpoint == first.best_checkpoint and again.last_checkpoint == first.last_checkpoint
     assert (first.run_dir / "metrics.csv").read_text() == metrics  # untouched
     longer = cnnkit.fit(tiny_config("trainer.max_epochs=2"), ckpt="last")
     assert longer.status == "finished"
