@@ -136,11 +136,16 @@ def _alive_elsewhere(status: dict[str, Any]) -> bool:
     except PermissionError:
         pass
     cmdline = Path(f"/proc/{pid}/cmdline")
-    return not cmdline.exists() or b"cnnkit" in cmdline.read_bytes()
+    if not cmdline.parent.parent.is_dir():  # no /proc on this system: trust the pid
+        return True
+    try:
+        return b"cnnkit" in cmdline.read_bytes()
+    except OSError:  # it ended a moment ago
+        return False
 
 
 def _same_limits(stored_config: Path, cfg: Any) -> bool:
-    """Whether ``cfg`` trains no further than the finished run's stored config did."""
+    """Whether ``cfg`` has the same max_epochs and max_steps as the finished run's stored config."""
     from omegaconf import OmegaConf
 
     try:
