@@ -27,10 +27,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.saves = 0
         self.refused = False  # a diverged state was offered: from then on nothing on disk is replaced or removed
 
+    def refuse(self) -> None:
+        """The run diverged (``RunLifecycle``'s verdict): no later save replaces or removes a good file."""
+        self.refused = True
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Optional[Any] = None) -> None:
-        if checkpoint.get("cnnkit", {}).get("good") is False:  # ClassifierModule's verdict: diverged
-            self.refused = True
-            return
         if self.refused:
             return
         self.saves += 1

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import logging
 import os
+import signal
 import sys
+import warnings
 from typing import Optional, Sequence
 
 EXIT_USER_ERROR = 2
@@ -119,12 +122,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    from .runs import process_rank
 
-    if rank_zero_only.rank != 0:  # under strategy=ddp every rank runs this command; one reports
+    if process_rank() != 0:  # under strategy=ddp every rank runs this command; one reports
         return 0
     for result in results:
         where = f"{result.run_dir.parent.name}/{result.run_dir.name}"
+        if result.kept and len(results) == 1 and not args.ckpt:
+            print(f"cnnkit: {where} {result.status} before with the same config; kept it (--overwrite redoes it)",
+                  file=sys.stderr)
         if result.status == "diverged":
             d = result.diverged or {}
             kept = f"last good checkpoint {d['last_good']}" if d.get("last_good") else "no checkpoint kept"
@@ -242,13 +248,26 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_known_noise() -> None:
+    """Drop Lightning's product tip and messages about Lightning's own internals: nothing to act on.
+
+    A run directory holding checkpoints is expected here (resume and --overwrite are explicit).
+    Set by the command-line entry point only: a library call leaves the process's filters alone.
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
 COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
             "describe": _cmd_describe, "report": _cmd_report, "sweep": _cmd_sweep, "list": _cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import signal
-
     if hasattr(signal, "SIGXFSZ"):  # past a file-size limit a write then fails with EFBIG, reported below
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     parser = build_parser()
@@ -263,16 +282,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    _quiet_known_noise()
     try:
         if getattr(args, "print_config", False):
             return _print_config(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("cnnkit: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     except Exception as err:
         from .errors import CnnkitError, first_line, own_message
 
+        if type(err).__name__ == "RunInterrupted":  # lifecycle.RunInterrupted, without importing Lightning here
+            print(f"cnnkit: {err}", file=sys.stderr)
+            return err.exit_code
         if debug:
             raise
         if isinstance(err, CnnkitError):

@@ -146,7 +146,7 @@ class CheckpointConfig:
     monitor: str = "val/acc"
     mode: MonitorMode = MonitorMode.max
     save_top_k: int = 1
-    save_last: bool = True
+    save_last: bool = True  # checkpoints/last.ckpt: the state at the end of every epoch
     every_n_epochs: int = 1
     every_n_steps: Optional[int] = None  # also save last.ckpt every N optimizer steps (resume mid-epoch)
 
@@ -331,7 +331,12 @@ def migrate(stored: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
                 base: dict[str, Any] | None = None, validate_config: bool = True) -> DictConfig:
-    """Schema ← ``base`` (e.g. a checkpoint's config) ← files ← overrides, resolved and validated."""
+    """Schema ← ``base`` (e.g. a checkpoint's config) ← files ← overrides, resolved and validated.
+
+    Without a ``base`` or a matrix, and unless ``variant`` is set, the variant is named from the
+    overrides that change a result (``matrix.variant_from_overrides``): the same command always
+    finds the same run directory, on every DDP rank.
+    """
     cfg = OmegaConf.structured(Config)
     if base is not None:
         cfg = _merge(cfg, OmegaConf.create(migrate(base)), "stored config")
@@ -340,11 +345,17 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
             cfg = _merge(cfg, layer, f"config file '{source}'")
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), "override")
+    explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
+    if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
+        from .matrix import variant_from_overrides
+
+        cfg.variant = variant_from_overrides(overrides)
     try:
         OmegaConf.resolve(cfg)
     except oc_errors.OmegaConfBaseException as err:
         full_key = getattr(err, "full_key", None)
         raise ConfigError(f"config key '{full_key}': cannot resolve interpolation: {_first_line(err)}") from err
+    check_matrix(cfg)
     if validate_config:
         validate(cfg)
     return cfg
@@ -438,6 +449,17 @@ def validate(cfg: DictConfig) -> None:
     for i, spec in enumerate(cfg.callbacks):
         with key_context(f"callbacks[{i}]"):  # the name here; arguments when the trainer is built
             CALLBACKS.get_entry(split_spec(to_plain(spec), "callbacks")[0])
+    for key in ("name", "variant"):
+        value = cfg[key]
+        _require(bool(value) and "/" not in value and value not in (".", ".."),
+                 f"{key} must be a non-empty name without '/', got {value!r}")
+
+
+_MISSING = object()
+
+
+def check_matrix(cfg: DictConfig) -> None:
+    """Every matrix key names a config key and lists values (checked before any variant is made)."""
     for key, values in cfg.matrix.items():
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING or key == "matrix" or key.startswith("matrix."):
             leaf_keys = _all_keys(cfg)
@@ -446,13 +468,6 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"matrix: key '{key}' does not exist in the config{hint}")
         _require(isinstance(values, ListConfig) and len(values) > 0,
                  f"matrix: '{key}' needs a non-empty list of values, got {to_plain(values)!r}")
-    for key in ("name", "variant"):
-        value = cfg[key]
-        _require(bool(value) and "/" not in value and value not in (".", ".."),
-                 f"{key} must be a non-empty name without '/', got {value!r}")
-
-
-_MISSING = object()
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:

@@ -1,11 +1,14 @@
-"""A recipe's ``matrix:``: every combination of the listed values is its own run.
+"""Variant names: a recipe's ``matrix:`` combinations, and a single fit's command-line overrides.
 
-Combinations come in a fixed order (keys as written, values as listed), each named by its values
-(``norm=bn_pre+lr=0.5+seed=1``), with its own run directory and W&B run, grouped by the recipe.
+Matrix combinations come in a fixed order (keys as written, values as listed), each named by its
+values (``norm=bn_pre+lr=0.5+seed=1``), with its own run directory and W&B run, grouped by the
+recipe. A single fit is named the same way from the overrides that change its result, so two
+different commands never share a run directory and the same command finds its run again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from typing import Any, Sequence
 
@@ -27,6 +30,55 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+# Overrides that name a single fit's variant, in this order; trainer, checkpoint and logging keys say
+# how to run, not what, so resuming on more devices or for longer finds the same run.
+NAMING_KEYS = ("model", "optim", "data.dataset", "data.augment", "data.batch_size", "loss", "seed",
+               "eval_stats", "tta", "imports")
+MAX_NAME = 80
+
+
+def _naming_rank(key: str) -> int | None:
+    for rank, prefix in enumerate(NAMING_KEYS):
+        if key == prefix or key.startswith(prefix + "."):
+            return rank
+    return None
+
+
+def _safe(name: str) -> str:
+    """A name usable as one directory: no path separators or spaces; long ones shortened with a stable digest."""
+    name = "".join("_" if c in "/\\" or c.isspace() else c for c in name)
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]  # never hash(): it differs per process
+    head = name[:MAX_NAME - 9]
+    head = head[:head.rfind("+")] if "+" in head else head  # whole key=value parts only
+    return f"{head}-{digest}"
+
+
+def variant_from_overrides(overrides: Sequence[str]) -> str:
+    """``norm=bn_post+act=sigmoid+lr=0.5`` for ``model.norm=bn_post model.act=sigmoid optim.lr=0.5``.
+
+    Only keys that change a result count (``NAMING_KEYS``); a key given twice counts once, as its
+    last value; no such override gives ``default``.
+    """
+    from omegaconf import OmegaConf
+
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if _naming_rank(key) is None:
+            continue
+        values.pop(key, None)
+        values[key] = OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=True)
+        for part in key.split("."):
+            values[key] = values[key][part]
+    if not values:
+        return "default"
+    keys = sorted(values, key=lambda k: (_naming_rank(k), list(values).index(k)))
+    short = _short_keys(keys)
+    return _safe("+".join(f"{short[k]}={format_value(values[k])}" for k in keys))
 
 
 def _short_keys(keys: Sequence[str]) -> dict[str, str]:

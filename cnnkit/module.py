@@ -15,9 +15,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .callbacks.output import run_path, write_json
 from .config import SCHEMA_VERSION, to_plain
 from .distributed import average_bn_buffers, convert_sync_bn
 from .layers.batch_stats import batch_statistics
+from .lifecycle import Divergence
+from .lightning_adapter import logs_this_step
 from .model import build_classifier
 from .optim import parameter_groups, scaled_lr
 from .registry import OPTIMIZERS, SCHEDULERS
@@ -47,8 +50,7 @@ class ClassifierModule(L.LightningModule):
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=classes, average=average, validate_args=False))
             setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
         self.test_confusion = MulticlassConfusionMatrix(num_classes=classes, validate_args=False)
-        self.diverged: Optional[dict[str, Any]] = None
-        self.wandb_run_id: Optional[str] = None  # saved in checkpoints so a resumed run continues it
+        self.divergence: Optional[Divergence] = None  # set when training goes non-finite; the run's owner records it
         self._epoch_metrics_logged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,23 +106,14 @@ class ClassifierModule(L.LightningModule):
         # one host sync per step: a non-finite loss must stop the run before it updates the weights
         non_finite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
         if non_finite:
-            self._stop_diverged("training loss")
+            self.stop_diverged("training loss")
             return None  # skip the update: the weights stay those of the last finite step
         detached = loss.detach()
         self.train_loss.update(detached)  # metric updates stay on the device; logged once per epoch
         self.train_acc.update(logits.detach(), y)
-        if self._logging_step():
+        if logs_this_step(self.trainer):  # each self.log costs Lightning bookkeeping: only on steps it writes
             self.log("train/loss_step", detached, on_step=True, on_epoch=False, prog_bar=True)
         return loss
-
-    def _logging_step(self) -> bool:
-        """Whether Lightning writes logs after this step (every trainer.log_every_n_steps).
-
-        Each ``self.log`` call costs Lightning bookkeeping; logging only the steps it keeps takes
-        that off every other step.
-        """
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
 
     def on_train_epoch_start(self) -> None:
         self._epoch_metrics_logged = False
@@ -130,10 +123,12 @@ class ClassifierModule(L.LightningModule):
         self.log("train/acc", self.train_acc)
         self._epoch_metrics_logged = True  # a checkpoint saved from here on has no epoch left to resume
 
-    def _stop_diverged(self, what: str) -> None:
+    def stop_diverged(self, what: str) -> Divergence:
+        """Stop training: ``what`` (the loss or the weights) went non-finite at this step."""
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-        self.diverged = {"step": int(self.global_step), "lr": float(lr), "what": what}
+        self.divergence = self.divergence or Divergence(step=int(self.global_step), lr=float(lr), what=what)
         self.trainer.should_stop = True
+        return self.divergence
 
     def _predict_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluation-time forward: the configured BN statistics and test-time augmentation."""
@@ -167,6 +162,9 @@ class ClassifierModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
+        if run_path(self.trainer) is not None:  # in a fit's run directory (the same answer on every rank)
+            matrix = self.test_confusion.compute().tolist()  # a collective under DDP: every rank computes
+            write_json(self.trainer, "confusion.json", {"class_names": self.class_names, "matrix": matrix})
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._predict_logits(batch[0]).softmax(dim=-1)
@@ -203,22 +201,9 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["cnnkit"] = {"schema_version": SCHEMA_VERSION, "wandb_run_id": self.wandb_run_id,
-                                "train_metrics": None if self._epoch_metrics_logged else self._epoch_metric_states(),
-                                "good": self._good_to_save()}
-
-    def _good_to_save(self) -> bool:
-        """False once the run diverged or any weight or buffer is non-finite: the checkpoint I/O then
-        skips the save, so last.ckpt stays the last good state (an update can overflow the weights a
-        step before the loss shows it, and a diverged forward pass leaves NaN in BN's running stats)."""
-        if self.diverged is not None:
-            return False
-        floats = [t for t in self.state_dict().values() if t.is_floating_point()]
-        finite = bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()) if floats else True
-        if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            self._stop_diverged("weights")
-            return False
-        return True
+        checkpoint.setdefault("cnnkit", {}).update(
+            schema_version=SCHEMA_VERSION,
+            train_metrics=None if self._epoch_metrics_logged else self._epoch_metric_states())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A run resumed mid-epoch continues the epoch's training metrics where they were."""

@@ -44,8 +44,10 @@ def _per_step(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
+# A schedule whose builder takes ``total_steps`` is laid out over the run's length: a finished run
+# cannot train on with it (``runs.length_bound``); the others continue where they were.
 @SCHEDULERS.register("constant", description="the same learning rate throughout")
-def constant(optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+def constant(optimizer: torch.optim.Optimizer) -> None:
     return None
 
 

@@ -31,6 +31,12 @@ class Run:
     metrics: list[dict[str, float]]
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def limits(self) -> list[str]:
+        """The trainer.limit_* settings this run was made under (the smoke overlay sets them)."""
+        trainer = self.config.get("trainer", {}) or {}
+        return [f"{k}={v}" for k, v in trainer.items() if k.startswith("limit_") and v is not None]
+
     def series(self, key: str) -> tuple[list[float], list[float]]:
         rows = [r for r in self.metrics if key in r and r[key] is not None and "step" in r]
         return [r["step"] for r in rows], [r[key] for r in rows]
@@ -326,7 +332,9 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
     """Write figures and REPORT.md into ``root`` (and add the figures to the runs' W&B runs); return REPORT.md."""
     root = Path(root)
     runs = load_runs(root)
-    groups = _groups(runs)
+    # variants made under the smoke overlay or any trainer.limit_* say so wherever they are shown
+    groups = {(f"{name} [limited]" if any(r.limits for r in group) else name): group
+              for name, group in _groups(runs).items()}
     report_cfg = runs[0].config.get("report", {}) or {}
     metric = report_cfg.get("metric", "test/acc")
     target = report_cfg.get("target_loss")
@@ -337,6 +345,10 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
                 plot_activations(groups, root), plot_landscape(groups, root), plot_eval_modes(groups, root)]
 
     lines = [f"# Report: {root.name}", "", f"{len(runs)} runs in {len(groups)} variants, from `{root}`.", ""]
+    limited = [r for r in runs if r.limits]
+    if limited:
+        lines += [f"**{len(limited)} of {len(runs)} runs are limited** ({', '.join(limited[0].limits)}, e.g. the "
+                  f"smoke overlay): marked [limited]; their numbers are a smoke test, not the experiment's result.", ""]
     header = ["variant", "runs", "final train loss", "val acc", "test acc", "params"]
     if target is not None:
         header.append(f"steps to loss ≤ {target:g}")

@@ -1,7 +1,9 @@
 """The run directory: runs/<name>/<variant>/ with config.yaml, status.json, metrics.csv, checkpoints/.
 
 The path is a pure function of the config, so resuming and reports find a run again, and every
-DDP rank computes the same one. Only rank 0 writes here.
+DDP rank computes the same one. ``RunDir.verdict`` decides, from the files alone and before torch
+is imported, what a new ``fit`` may do with the directory; ``lifecycle.RunLifecycle`` is the one
+writer of its status.
 """
 
 from __future__ import annotations
@@ -11,15 +13,25 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from .config_diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, differences
 from .errors import CnnkitError
 
-STATUSES = ("running", "finished", "diverged", "failed")
+# What a fit does with its run directory: start it (emptied first if it held a run and --overwrite
+# was given), continue it from a checkpoint, or keep the finished result that is already there.
+NEW, CONTINUE, KEEP = "new", "continue", "keep"
+RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # Lightning's order
 
+
+def process_rank() -> int:
+    """This process's global rank from the launcher's environment (0 when there is none)."""
+    for key in RANK_ENV:
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path`` and rename it into place: never half-written."""
@@ -63,65 +75,98 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
 
+    @property
+    def where(self) -> str:
+        """``name/variant``, as messages show a run."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
     def has_contents(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
-
-    def check(self, resume: bool, overwrite: bool) -> None:
-        """Refuse, before anything is built, to mix a new run into an old one's files."""
-        for parent in [self.path, *self.path.parents]:
-            if parent.exists() and not parent.is_dir():
-                raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
-                                  f"remove it or set runs_dir/name elsewhere")
-        if self.has_contents() and not resume and not overwrite:
-            status = self.read_status().get("status")
-            raise CnnkitError(
-                f"run directory '{self.path}' already holds a{f' {status}' if status else ''} run; resume it with "
-                f"--ckpt last, start over with --overwrite, or pick another name/variant"
-            )
-
-    def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Create the directory (emptied first with ``overwrite``)."""
-        self.check(resume, overwrite)
-        if self.has_contents() and not resume:
-            shutil.rmtree(self.path)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-
-    def write_status(self, status: str, **details: Any) -> None:
-        assert status in STATUSES, status
-        record = {"status": status, **details, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write_text(self.status_file, json.dumps(record, indent=2) + "\n")
-
-    def write_running(self, step: int) -> None:
-        """``running``, with this process's id and host so another ``fit --ckpt last`` can tell it is alive."""
-        self.write_status("running", step=step, pid=os.getpid(), host=socket.gethostname())
-
-    def resume_verdict(self, cfg: Any, first_rank: bool = True) -> str:
-        """What ``fit --ckpt last`` should do with this run, from its status.json: ``resume`` or ``done``.
-
-        A killed or failed run resumes; a finished run whose training limits are unchanged has nothing
-        left to do; a diverged run, or one another live process is training, is refused. Only the
-        first rank checks for a live process: the others find the status it wrote for this very job.
-        """
-        status = self.read_status()
-        state = status.get("status")
-        if state == "diverged":
-            weights = f"--init-from {status['last_good']} " if status.get("last_good") else ""
-            raise CnnkitError(
-                f"run '{self.path}' diverged ({status.get('reason', 'non-finite loss')}); resuming it would "
-                f"diverge again: change the config (e.g. a lower optim.lr) and start over with {weights}--overwrite"
-            )
-        if state == "running" and first_rank and _alive_elsewhere(status):
-            raise CnnkitError(f"run '{self.path}' is being trained right now by process {status['pid']}; "
-                              f"wait for it to end or stop it, then resume with --ckpt last")
-        if state == "finished" and _same_limits(self.config_file, cfg):
-            return "done"
-        return "resume"
 
     def read_status(self) -> dict[str, Any]:
         try:
             return json.loads(self.status_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+
+    def stored_config(self) -> Optional[dict[str, Any]]:
+        """The run's resolved config as plain data, filled up to the current schema; None if there is none."""
+        from .config import load_config, to_plain
+
+        if not self.config_file.is_file():
+            return None
+        try:
+            import yaml
+
+            stored = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+            return to_plain(load_config(base=stored, validate_config=False)) if isinstance(stored, dict) else None
+        except Exception:  # unreadable or from an incompatible cnnkit: no basis to compare with
+            return None
+
+    def verdict(self, cfg: Any, resume: bool, overwrite: bool, first_rank: bool = True) -> str:
+        """What a fit of ``cfg`` may do here: ``NEW``, ``CONTINUE`` or ``KEEP``; refusals raise one line.
+
+        A finished (or diverged) run is kept only when the config asked for now gives the same result
+        (keys in ``config_diff.RESULT_NEUTRAL`` aside); ``--ckpt last`` continues a killed, failed or
+        interrupted run, or trains a finished one longer, when nothing but how to run it
+        (``RESUME_FREE``) and its length differ. Other ranks of a job follow the first rank's decision
+        and never refuse.
+        """
+        from .config import to_plain
+
+        for parent in [self.path, *self.path.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
+                                  f"remove it or set runs_dir/name elsewhere")
+        if overwrite or not self.has_contents():
+            return CONTINUE if resume and not overwrite else NEW
+        status = self.read_status()
+        state = status.get("status")
+        if not first_rank:
+            return KEEP if state in ("finished", "diverged") and not resume else (CONTINUE if resume else NEW)
+        if state == "running" and _alive_elsewhere(status):
+            raise CnnkitError(f"run '{self.path}' is being trained right now by process {status['pid']}; "
+                              f"wait for it to end or stop it, then resume with --ckpt last")
+        stored, wanted = self.stored_config(), to_plain(cfg)
+        diffs = differences(stored, wanted, RESULT_NEUTRAL) if stored is not None else []
+        if state in ("finished", "diverged") and not resume:
+            if diffs:
+                raise self._changed(state, diffs)
+            return KEEP
+        if state == "diverged":
+            weights = f"--init-from {status['last_good']} " if status.get("last_good") else ""
+            raise CnnkitError(
+                f"run '{self.path}' diverged ({status.get('reason', 'non-finite loss')}); resuming it would "
+                f"diverge again: change the config (e.g. a lower optim.lr) and start over with {weights}--overwrite"
+            )
+        if not resume:
+            label = {"running": " killed", "failed": " failed", "interrupted": "n interrupted"}.get(state, "")
+            raise CnnkitError(
+                f"run directory '{self.path}' already holds a{label} run; resume it with --ckpt last, "
+                f"start over with --overwrite, or set variant=<name> for a new run"
+            )
+        changed = [d for d in diffs if d[0] not in RESUME_FREE + LENGTH]
+        if changed:
+            raise self._changed(state or "unfinished", changed, resuming=True)
+        longer = [d for d in diffs if d[0] in LENGTH]
+        if state == "finished" and not longer:
+            return KEEP
+        if longer:
+            _check_schedule_extends(self, cfg, longer)
+        return CONTINUE
+
+    def prepare(self, fresh: bool) -> None:
+        """Create the directory; a fresh run first removes what an earlier one left (``--overwrite``)."""
+        if fresh and self.has_contents():
+            shutil.rmtree(self.path)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def _changed(self, state: str, diffs: list, resuming: bool = False) -> CnnkitError:
+        action = "resume it with" if resuming else "reuse it for"
+        return CnnkitError(
+            f"run '{self.path}' ({state}) was made with another config, so cnnkit will not {action} this one: "
+            f"{describe(diffs)}; start over with --overwrite, or set variant=<name> for a new run"
+        )
 
 
 def _alive_elsewhere(status: dict[str, Any]) -> bool:
@@ -144,12 +189,24 @@ def _alive_elsewhere(status: dict[str, Any]) -> bool:
         return False
 
 
-def _same_limits(stored_config: Path, cfg: Any) -> bool:
-    """Whether ``cfg`` has the same max_epochs and max_steps as the finished run's stored config."""
-    from omegaconf import OmegaConf
+def length_bound(scheduler_spec: Any) -> Optional[str]:
+    """The scheduler's name when its schedule follows the run's length (its builder takes ``total_steps``)."""
+    import inspect
 
-    try:
-        stored = OmegaConf.load(stored_config).trainer
-    except Exception:  # no readable record: let the checkpoint decide
-        return False
-    return stored.get("max_epochs") == cfg.trainer.max_epochs and stored.get("max_steps") == cfg.trainer.max_steps
+    from .registry import SCHEDULERS, split_spec
+
+    name = split_spec(scheduler_spec, "schedulers")[0]
+    return name if "total_steps" in inspect.signature(SCHEDULERS.get(name)).parameters else None
+
+
+def _check_schedule_extends(run: RunDir, cfg: Any, longer: list) -> None:
+    """Training on with another length continues a schedule only when the schedule does not depend on it."""
+    from .config import to_plain
+
+    name = length_bound(to_plain(cfg.optim.scheduler))
+    if name:
+        raise CnnkitError(
+            f"run '{run.path}': optim.scheduler={name} is laid out over the run's length ({describe(longer)}), "
+            f"so training on would jump its learning rate; start a longer run instead: --overwrite (or another "
+            f"variant=), optionally with --init-from {run.last_checkpoint}"
+        )

@@ -116,10 +116,21 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     run = tmp_path / "runs" / "quickstart" / "default"
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
-    refused = run_cli("fit", *tiny, cwd=tmp_path)
-    assert_one_line_error(refused, "already holds a finished run")
+    kept = run_cli("fit", *tiny, "trainer.max_epochs=1", cwd=tmp_path)
+    assert kept.returncode == 0 and "finished before with the same config; kept it" in kept.stderr
+    refused = run_cli("fit", *tiny, "trainer.max_epochs=2", cwd=tmp_path)
+    assert_one_line_error(refused, "was made with another config, so cnnkit will not reuse it for this one: "
+                                   "trainer.max_epochs 1 → 2")
+    cosine = run_cli("fit", *tiny, "trainer.max_epochs=2", "--ckpt", "last", cwd=tmp_path)
+    assert_one_line_error(cosine, "optim.scheduler=cosine is laid out over the run's length")
 
-    resumed = run_cli("fit", *tiny, "trainer.max_epochs=2", "--ckpt", "last", cwd=tmp_path)
+    resumed = run_cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
+                      "--ckpt", "last", cwd=tmp_path)
+    assert_one_line_error(resumed, "optim.scheduler cosine → constant")  # the schedule is part of the result
+    run_cli("fit", *tiny, "trainer.max_epochs=1", "optim.scheduler=constant", "variant=default", "--overwrite",
+            cwd=tmp_path)
+    resumed = run_cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
+                      "--ckpt", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6  # 2 epochs x 3
     epochs = {row["epoch"] for row in csv.DictReader(open(run / "metrics.csv")) if row.get("val/acc")}

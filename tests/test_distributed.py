@@ -105,11 +105,12 @@ def test_lr_scaling_rules():
 
 def test_resume_continues_the_same_wandb_run(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = load_config([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=1"])
+    cfg = load_config([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=1",
+                                               "optim.scheduler=constant"])
     first = cnnkit.fit(cfg)
     run_id = (first.run_dir / "wandb_id").read_text().strip()
-    resumed = cnnkit.fit(load_config([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=2"]),
-                         ckpt="last")
+    resumed = cnnkit.fit(load_config([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=2",
+                                                            "optim.scheduler=constant"]), ckpt="last")
     offline = sorted(p.name for p in (resumed.run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(f"-{run_id}" in name for name in offline)  # wandb adds "-1" within a second
     assert torch.load(resumed.last_checkpoint, weights_only=True)["cnnkit"]["wandb_run_id"] == run_id

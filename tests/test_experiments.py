@@ -181,7 +181,7 @@ def test_report_renders_from_a_small_run(tmp_path):
     cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe])
     report = build_report(Path("runs/tiny"))
     text = report.read_text()
-    assert "| norm=none | 2 |" in text and "| norm=bn_pre | 2 |" in text
+    assert "| norm=none [limited] | 2 |" in text and "| norm=bn_pre [limited] | 2 |" in text
     assert "range of the median" in text and "Landscape probes" in text
     for figure in ("curves.png", "final.png", "confusion.png", "activations.png", "landscape.png"):
         assert (report.parent / figure).stat().st_size > 1000, figure

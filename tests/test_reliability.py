@@ -24,19 +24,35 @@ KILLER = textwrap.dedent("""
 
     @CALLBACKS.register("kill_at")
     class KillAt(L.Callback):
-        \"\"\"SIGKILL after optimizer step ``step``, or as training epoch ``epoch`` starts.\"\"\"
+        \"\"\"Send ``signal`` once (per rank) after optimizer step ``step``, or as training epoch ``epoch`` starts.
 
-        def __init__(self, step: Optional[int] = None, epoch: Optional[int] = None):
-            self.step, self.epoch = step, epoch
+        Once: the resumed run is the same command, callback included, and must not stop again.
+        \"\"\"
+
+        def __init__(self, step: Optional[int] = None, epoch: Optional[int] = None, signal: str = "SIGKILL"):
+            self.step, self.epoch, self.signal = step, epoch, signal
+
+        def _fire(self, trainer):
+            marker = f"killed.{trainer.global_rank}"
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), getattr(signal, self.signal))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == self.step:
-                os.kill(os.getpid(), signal.SIGKILL)
+                self._fire(trainer)
 
         def on_train_epoch_start(self, trainer, pl_module):
             if trainer.current_epoch == self.epoch:
-                os.kill(os.getpid(), signal.SIGKILL)
+                self._fire(trainer)
 """)
+
+
+def only_run(root):
+    """The one run directory under runs/<name>/ (its variant is named from the command's overrides)."""
+    (path,) = [p for p in root.iterdir() if p.is_dir()]
+    return path
+
 
 def final_state(path):
     checkpoint = torch.load(path, weights_only=True)
@@ -68,8 +84,8 @@ def uninterrupted(tmp_path_factory):
             cwd = tmp_path_factory.mktemp("straight")
             proc = run_cli("fit", "--config", QUICKSTART, *EXACT, *data, "name=straight", cwd=cwd, timeout=600)
             assert proc.returncode == 0, proc.stderr[-2000:]
-            done[data] = (final_state(cwd / "runs/straight/default/checkpoints/last.ckpt"),
-                          (cwd / "runs/straight/default/metrics.csv").read_text())
+            run = only_run(cwd / "runs/straight")
+            done[data] = (final_state(run / "checkpoints/last.ckpt"), (run / "metrics.csv").read_text())
         return done[data]
 
     return run
@@ -78,34 +94,56 @@ def uninterrupted(tmp_path_factory):
 # 19 steps per epoch (16 under DDP): step 26 is inside epoch 1; "epoch 1" kills as it starts, after epoch 0's
 # validation saved last.ckpt; workers > 0 start fresh processes in the resumed run. Under DDP every
 # rank kills itself at the step; the resumed ranks restore their own RNG states and data shards, and
-# the epoch's training metrics (summed over ranks when saved) log the same values.
+# the epoch's training metrics (summed over ranks when saved) log the same values. "after the best"
+# uses the quickstart's own checkpoint settings (no step saves) with a best checkpoint that stops
+# improving after epoch 0: last.ckpt must still be epoch 1's end. SIGINT lands inside a hook, SIGTERM
+# stops at the next batch boundary; both leave status "interrupted" and exit 128 + the signal.
+TENSOR = ("data.loader=tensor",)
+AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint.monitor=epoch", "checkpoint.mode=min")
+
+
 @pytest.mark.parametrize("data, kill", [
-    (("data.loader=tensor",), "step: 26"),
-    (("data.loader=tensor",), "epoch: 1"),
+    (TENSOR, "step: 26"),
+    (TENSOR, "epoch: 1"),
     (("data.loader=dataloader", "data.num_workers=0"), "step: 26"),
     (("data.loader=dataloader", "data.num_workers=2"), "step: 26"),
     (("data.loader=dataloader", "data.num_workers=2"), "epoch: 1"),
     (("--config", str(REPO / "configs/trainer/ddp_cpu.yaml")), "step: 26"),
+    (AFTER_BEST, "epoch: 2"),
+    (TENSOR, "step: 26, signal: SIGINT"),
+    (TENSOR, "step: 26, signal: SIGTERM"),
 ], ids=["tensor-mid-epoch", "tensor-epoch-boundary", "dataloader-mid-epoch", "workers-mid-epoch",
-        "workers-epoch-boundary", "ddp-two-processes-mid-epoch"])
+        "workers-epoch-boundary", "ddp-two-processes-mid-epoch", "after-the-last-improvement",
+        "sigint-mid-epoch", "sigterm-mid-epoch"])
 def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, data, kill):
     (tmp_path / "killer.py").write_text(KILLER)
-    common = ["--config", QUICKSTART, *EXACT, *data, "name=killed"]
-    killed = run_cli("fit", *common, "imports=[killer.py]", f"callbacks=[{{name: kill_at, {kill}}}]",
-                     cwd=tmp_path, timeout=600)
-    assert killed.returncode == -9
-    status = json.loads((tmp_path / "runs/killed/default/status.json").read_text())
-    assert status["status"] == "running"  # what a kill leaves; resume picks it up
+    common = ["--config", QUICKSTART, *EXACT, *data, "name=killed", "imports=[killer.py]",
+              f"callbacks=[{{name: kill_at, {kill}}}]"]
+    killed = run_cli("fit", *common, cwd=tmp_path, timeout=600)
+    run = only_run(tmp_path / "runs/killed")
+    status = json.loads((run / "status.json").read_text())
+    signal = kill.partition("signal: ")[2]
+    if signal:  # exit 128 + signal, and one last cnnkit line saying where it stopped and how to resume
+        assert killed.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal], killed.stderr[-2000:]
+        assert status["status"] == "interrupted" and status["step"] == 26 and status["signal"] == signal
+        last = killed.stderr.strip().splitlines()[-1]
+        assert last == (f"cnnkit: killed/{run.name} interrupted by {signal} at step 26; resume it with the same "
+                        f"command and --ckpt last"), killed.stderr[-2000:]
+        assert sum(line.startswith("cnnkit:") for line in killed.stderr.splitlines()) == 1
+        assert "Traceback" not in killed.stderr
+    else:
+        assert killed.returncode == -9
+        assert status["status"] == "running"  # what a kill leaves; resume picks it up
     resumed = run_cli("fit", *common, "--ckpt", "last", cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, metrics = uninterrupted(data)
-    b = final_state(tmp_path / "runs/killed/default/checkpoints/last.ckpt")
+    b = final_state(run / "checkpoints/last.ckpt")
     # every logged value (step losses, the resumed epoch's train/acc and train/loss_epoch, val, test)
-    assert (tmp_path / "runs/killed/default/metrics.csv").read_text() == metrics
+    assert (run / "metrics.csv").read_text() == metrics
     assert a[2] == b[2]
     assert_same(a[0], b[0])  # parameters and BN buffers
     assert_same(a[1], b[1])  # optimizer state
-    assert sorted(p.name for p in (tmp_path / "runs/killed/default/checkpoints").glob("last*")) == ["last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("last*")) == ["last.ckpt"]
 
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
@@ -128,7 +166,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
 
     common = ["--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
               "trainer.enable_model_summary=false", "checkpoint.save_top_k=0", "checkpoint.every_n_steps=5",
-              "logger.wandb.mode=disabled"]
+              "logger.wandb.mode=disabled", "optim.scheduler=constant", "variant=default"]
     first = run_cli("fit", *common, "trainer.max_steps=5", cwd=tmp_path)  # one whole checkpoint first
     assert first.returncode == 0, first.stderr[-2000:]
     size = (tmp_path / "runs/quickstart/default/checkpoints/last.ckpt").stat().st_size
@@ -179,14 +217,14 @@ def test_resuming_a_finished_run_does_nothing_unless_it_may_train_longer():
 
     from .conftest import tiny_config
 
-    cfg = tiny_config()
+    cfg = tiny_config("optim.scheduler=constant")
     first = cnnkit.fit(cfg)
     metrics = (first.run_dir / "metrics.csv").read_text()
     again = cnnkit.fit(cfg, ckpt="last")
     assert again.status == "finished" and again.metrics == first.metrics
     assert again.best_checkpoint == first.best_checkpoint and again.last_checkpoint == first.last_checkpoint
     assert (first.run_dir / "metrics.csv").read_text() == metrics  # untouched
-    longer = cnnkit.fit(tiny_config("trainer.max_epochs=2"), ckpt="last")
+    longer = cnnkit.fit(tiny_config("optim.scheduler=constant", "trainer.max_epochs=2"), ckpt="last")
     assert longer.status == "finished"
     assert torch.load(longer.last_checkpoint, weights_only=True)["epoch"] == 1
 
@@ -306,7 +344,7 @@ def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, norm):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("cnnkit: error:")]
         assert len(errors) == 1 and "cannot read image" in errors[0]
-        status = json.loads((tmp_path / "runs/quickstart/default/status.json").read_text())
+        status = json.loads((only_run(tmp_path / "runs/quickstart") / "status.json").read_text())
         assert status["status"] == "failed" and "broken.png" in status["reason"]
         assert not list((tmp_path / "runs").rglob("*.tmp"))
 

@@ -43,11 +43,16 @@ def test_checkpoint_is_plain_data_with_config_and_class_names():
     assert 0.2 < float(mean) < 0.4  # digits' train-split mean pixel, saved with the weights
 
 
-def test_existing_run_directory_is_refused_unless_overwrite():
-    cnnkit.fit(tiny_config())
-    with pytest.raises(CnnkitError, match="already holds a finished run; resume it with --ckpt last"):
-        cnnkit.fit(tiny_config())
-    assert cnnkit.fit(tiny_config(), overwrite=True).status == "finished"
+def test_existing_run_directory_is_kept_refused_or_overwritten():
+    first = cnnkit.fit(tiny_config())
+    assert cnnkit.fit(tiny_config()).kept  # same config: the finished run is the answer
+    with pytest.raises(CnnkitError, match="was made with another config.*trainer.max_epochs 1 → 2"):
+        cnnkit.fit(tiny_config("trainer.max_epochs=2"))
+    again = cnnkit.fit(tiny_config("trainer.max_epochs=2"), overwrite=True)
+    assert again.status == "finished" and not again.kept and again.run_dir == first.run_dir
+    (first.run_dir / "status.json").write_text('{"status": "failed"}')
+    with pytest.raises(CnnkitError, match="already holds a failed run; resume it with --ckpt last"):
+        cnnkit.fit(tiny_config("trainer.max_epochs=2"))
 
 
 def test_run_directory_path_that_is_a_file_is_refused():
@@ -57,7 +62,7 @@ def test_run_directory_path_that_is_a_file_is_refused():
 
 
 def test_resume_keeps_metrics_history_and_appends():
-    overrides = ["trainer.limit_train_batches=4", "trainer.log_every_n_steps=1"]
+    overrides = ["trainer.limit_train_batches=4", "trainer.log_every_n_steps=1", "optim.scheduler=step"]
     first = cnnkit.fit(tiny_config(*overrides, "trainer.max_epochs=2"))
     before = rows(first.run_dir / "metrics.csv")
     resumed = cnnkit.fit(tiny_config(*overrides, "trainer.max_epochs=3"), ckpt="last")

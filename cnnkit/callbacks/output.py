@@ -14,10 +14,11 @@ from ..runs import atomic_write_text
 
 
 def run_path(trainer: Any) -> Optional[Path]:
-    """The run directory of a fit (None when evaluating outside a run)."""
-    root = getattr(trainer, "default_root_dir", None)
-    path = Path(root) if root else None
-    return path if path is not None and (path / "status.json").is_file() else None
+    """The run directory of a fit (None when evaluating outside a run), as the run's owner knows it."""
+    from ..lifecycle import run_of
+
+    run = run_of(trainer)
+    return run.path if run is not None else None
 
 
 class RowLog:

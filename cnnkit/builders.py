@@ -1,0 +1,69 @@
+"""From a config to the objects a run is made of: datamodule, LightningModule, network."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from .config import to_plain
+from .errors import CheckpointError
+
+
+def build_datamodule(cfg: DictConfig):
+    from .data.datamodule import ClassificationDataModule
+
+    return ClassificationDataModule(cfg.data, seed=cfg.seed)
+
+
+def build_module(cfg: DictConfig, data_info: dict[str, Any], datamodule: Any = None):
+    """The LightningModule; with a loaded ``datamodule``, input standardization gets its train-split statistics."""
+    from .layers.input_norm import InputStandardize
+    from .module import ClassifierModule
+
+    module = ClassifierModule(to_plain(cfg), data_info)
+    if datamodule is not None and isinstance(module.model.input_norm, InputStandardize):
+        module.model.input_norm.set_statistics(*datamodule.input_statistics())
+    return module
+
+
+def data_info(cfg: DictConfig) -> dict[str, Any]:
+    """Input shape and classes of the config's dataset, read from its entry (no data needed)."""
+    from .registry import DATASETS
+
+    return DATASETS.build(to_plain(cfg.data.dataset)).info()
+
+
+def build_model(cfg: DictConfig, info: Optional[dict[str, Any]] = None):
+    """The network alone (a ``torch.nn.Module``); ``info`` defaults to the config's dataset's."""
+    from .model import build_classifier
+
+    info = info or data_info(cfg)
+    return build_classifier(cfg.model, info["input_shape"], info["num_classes"])
+
+
+def load_weights(module, checkpoint: dict[str, Any], path: Path, strict: bool) -> None:
+    """Copy a checkpoint's weights in; with ``strict=False`` tensors of another shape are skipped."""
+    state = checkpoint.get("state_dict", {})
+    own = module.state_dict()
+    if strict:
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or unexpected or wrong_shape:
+            parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                         ("different shape", wrong_shape)) if keys]
+            raise CheckpointError(f"checkpoint '{path}' does not fit the configured model ({'; '.join(parts)}); "
+                                  f"use the config it was trained with")
+        module.load_state_dict(state)
+        return
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise CheckpointError(f"--init-from '{path}': no weight of that checkpoint fits this model")
+    module.load_state_dict(usable, strict=False)
+    skipped = len(state) - len(usable)
+    print(f"cnnkit: initialized {len(usable)} tensors from '{path}'"
+          f"{f', skipped {skipped} that do not fit' if skipped else ''}", file=sys.stderr)

@@ -1,0 +1,182 @@
+"""A run's lifecycle: last.ckpt is the last state, reruns notice a changed config, variants follow
+overrides, a finished run trains on only where its schedule allows."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit.errors import CnnkitError
+
+from .conftest import QUICKSTART, REPO, SMOKE, run_cli, tiny_config
+
+FEW = ["trainer.limit_train_batches=3", "trainer.max_epochs=4", "trainer.log_every_n_steps=1"]
+
+
+def test_last_checkpoint_is_the_final_state_when_the_best_is_early():
+    # the quickstart's own checkpoint settings (no every_n_steps), with a monitored value that only the
+    # first epoch can improve: Lightning 2.6's save_last would leave last.ckpt at that epoch
+    cfg = tiny_config(*FEW, "checkpoint.monitor=epoch", "checkpoint.mode=min")
+    result = cnnkit.fit(cfg)
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    assert last["global_step"] == 12 and last["epoch"] == 3
+    assert torch.load(result.best_checkpoint, weights_only=True)["global_step"] == 3
+    assert result.last_checkpoint == result.run_dir / "checkpoints/last.ckpt"
+    again = cnnkit.evaluate("validate", "last", [QUICKSTART, SMOKE], [*FEW, "checkpoint.monitor=epoch",
+                                                                     "checkpoint.mode=min"])
+    assert again["val/acc"] == pytest.approx(result.metrics["val/acc"], abs=1e-6)
+    assert again["val/loss"] == pytest.approx(result.metrics["val/loss"], rel=1e-5)
+
+
+def test_a_step_save_at_the_epochs_last_step_is_replaced_by_the_end_of_epoch_state():
+    result = cnnkit.fit(tiny_config(*FEW, "checkpoint.every_n_steps=3"))  # 3 steps per epoch
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    loop = last["loops"]["fit_loop"]["epoch_progress"]["current"]
+    assert last["global_step"] == 12 and loop["processed"] == 4  # after the epoch's end, not before validation
+
+
+@pytest.mark.parametrize("scheduler, extends", [
+    ("constant", True), ("{name: step, step_epochs: 1, gamma: 0.5}", True), ("cosine", False), ("onecycle", False),
+])
+def test_a_finished_run_trains_on_only_where_its_schedule_allows(scheduler, extends):
+    short = tiny_config("trainer.limit_train_batches=3", f"optim.scheduler={scheduler}")
+    first = cnnkit.fit(short)
+    longer = tiny_config("trainer.limit_train_batches=3", f"optim.scheduler={scheduler}", "trainer.max_epochs=2")
+    assert longer.variant == short.variant  # the length does not name the run
+    if not extends:
+        with pytest.raises(CnnkitError, match=r"laid out over the run's length \(trainer.max_epochs 1 → 2\)"):
+            cnnkit.fit(longer, ckpt="last")
+        assert torch.load(first.last_checkpoint, weights_only=True)["global_step"] == 3  # untouched
+        return
+    result = cnnkit.fit(longer, ckpt="last")
+    checkpoint = torch.load(result.last_checkpoint, weights_only=True)
+    assert result.status == "finished" and checkpoint["global_step"] == 6 and checkpoint["epoch"] == 1
+    lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(0.05 * (0.25 if "step" in scheduler else 1.0))  # the schedule went on
+
+
+def test_a_finished_run_with_the_same_config_is_kept_and_with_another_is_refused_naming_the_keys():
+    first = cnnkit.fit(tiny_config())
+    stamp = (first.run_dir / "metrics.csv").stat().st_mtime_ns
+    again = cnnkit.fit(tiny_config("trainer.progress_bar=tqdm", "logger.wandb.mode=disabled"))  # neutral keys
+    assert again.kept and again.metrics == first.metrics
+    assert (first.run_dir / "metrics.csv").stat().st_mtime_ns == stamp
+    with pytest.raises(CnnkitError, match=r"was made with another config.*trainer.limit_train_batches 3 → 5.*"
+                                          r"--overwrite, or set variant=<name>"):
+        cnnkit.fit(tiny_config("trainer.limit_train_batches=5"))
+    with pytest.raises(CnnkitError, match=r"will not resume it with this one: trainer.limit_val_batches 2 → 1"):
+        cnnkit.fit(tiny_config("trainer.limit_val_batches=1", "trainer.max_epochs=2"), ckpt="last")
+
+
+def write_recipe(path: Path, seeds: str) -> str:
+    path.write_text(f"include: [{QUICKSTART}]\nname: seeds\ntrainer: {{max_epochs: 1}}\n"
+                    f"matrix:\n  seed: {seeds}\n")
+    return str(path)
+
+
+def test_smoke_then_full_recipe_is_refused_before_anything_trains_and_a_new_seed_keeps_the_old(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", "[0]")
+    smoke = cnnkit.fit_recipe([recipe, SMOKE])
+    assert [r.status for r in smoke] == ["finished"]
+    stamp = (smoke[0].run_dir / "status.json").read_text()
+    with pytest.raises(CnnkitError, match=r"runs/seeds/seed=0' \(finished\) was made with another config, .*: "
+                                          r"trainer.limit_train_batches 3 → null, trainer.limit_val_batches 2 → null"):
+        cnnkit.fit_recipe([recipe])
+    assert (smoke[0].run_dir / "status.json").read_text() == stamp  # nothing retrained
+    recipe = write_recipe(tmp_path / "r.yaml", "[0, 1]")
+    grown = cnnkit.fit_recipe([recipe, SMOKE])
+    assert [r.kept for r in grown] == [True, False]
+    assert [r.status for r in grown] == ["finished", "finished"]
+    from cnnkit.report import build_report
+
+    text = build_report(tmp_path / "runs/seeds", log_to_wandb=False).read_text()
+    assert "**2 of 2 runs are limited** (limit_train_batches=3" in text and "| default [limited] |" in text
+
+
+def test_the_variant_is_named_from_the_overrides_that_change_a_result():
+    assert tiny_config().variant == "default"
+    assert tiny_config("model.norm=bn_post", "model.act=sigmoid", "optim.lr=0.5").variant == \
+        "norm=bn_post+act=sigmoid+lr=0.5"
+    assert tiny_config("optim.lr=0.5", "model.norm=bn_post").variant == "norm=bn_post+lr=0.5"  # fixed order
+    how = ("trainer.devices=1", "trainer.max_epochs=2", "checkpoint.every_n_steps=5", "trainer.num_nodes=1")
+    assert tiny_config(*how).variant == "default"
+    assert tiny_config("model.norm=gn", "variant=mine").variant == "mine"
+    long = tiny_config("model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
+                       "data.augment=[random_crop, horizontal_flip, cutout]", "optim.scheduler=cosine").variant
+    assert len(long) <= 80 and re.fullmatch(r"backbone=simple_cnn\(channels=\[8,16\],.*\)-[0-9a-f]{8}", long)
+    from cnnkit.matrix import variant_from_overrides
+
+    assert variant_from_overrides(["imports=[plugins/a b.py]"]) == "imports=[plugins_a_b.py]"  # one directory
+
+
+def test_the_readme_commands_after_the_quickstart_each_get_their_own_run(tmp_path):
+    """The README's order: the quickstart, the override example, your own layer, the Python API."""
+    import shutil
+
+    shutil.copy(REPO / "examples/my_norms.py", tmp_path / "my_norms.py")
+    commands = [
+        [],
+        ["model.norm=bn_post", "model.act=sigmoid", "optim.lr=0.5"],
+        ["imports=[my_norms.py]", "model.norm=instance_pre"],
+    ]
+    for overrides in commands:
+        proc = run_cli("fit", "--config", QUICKSTART, *overrides, "--config", SMOKE, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "cnnkit: finished quickstart/" in proc.stdout
+    cfg = cnnkit.load_config([QUICKSTART, SMOKE], ["model.norm=bn_post", "trainer.max_epochs=3"])
+    assert cnnkit.fit(cfg).status == "finished"
+    variants = sorted(p.name for p in (tmp_path / "runs/quickstart").iterdir())
+    assert variants == ["default", "norm=bn_post", "norm=bn_post+act=sigmoid+lr=0.5",
+                        "norm=instance_pre+imports=[my_norms.py]"]
+    again = run_cli("fit", "--config", QUICKSTART, *commands[1], "--config", SMOKE, cwd=tmp_path)
+    assert again.returncode == 0 and "finished before with the same config; kept it" in again.stderr
+    evaluated = run_cli("validate", "--config", QUICKSTART, *commands[1], "--config", SMOKE, "--ckpt", "last",
+                        cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+def test_a_refused_rerun_is_quick_and_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    first = run_cli("fit", "--config", QUICKSTART, "--config", SMOKE, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    probe = ("import sys, time; from cnnkit.cli import main; t = time.perf_counter(); "
+             f"code = main(['fit', '--config', {QUICKSTART!r}, '--config', {SMOKE!r}, 'trainer.max_epochs=2']); "
+             "print(code, 'torch' in sys.modules, time.perf_counter() - t)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    code, imported, _ = proc.stdout.split()
+    assert (code, imported) == ("2", "False"), proc.stderr
+    assert "trainer.max_epochs 1 → 2" in proc.stderr
+    assert time.perf_counter() - start < 5  # the whole process, start-up included
+
+
+def test_status_is_written_by_one_class_and_lightnings_private_logger_is_read_in_one_place():
+    sources = {p: p.read_text() for p in (REPO / "cnnkit").rglob("*.py")}
+    writers = [p.name for p, text in sources.items() if re.search(r"(write_text|atomic_write_text)\([^)]*status", text)]
+    assert writers == ["lifecycle.py"]
+    assert [p.name for p, text in sources.items() if "_logger_connector" in text] == ["lightning_adapter.py"]
+    assert not [p for p, text in sources.items() if "callbacks" in p.parts and "status.json" in text]
+
+
+def test_the_step_loss_is_logged_exactly_on_lightnings_logging_steps():
+    """Fails if Lightning moves the private flag lightning_adapter reads (every step would be logged)."""
+    import csv
+
+    result = cnnkit.fit(tiny_config("trainer.limit_train_batches=10", "trainer.log_every_n_steps=4"))
+    with open(result.run_dir / "metrics.csv") as handle:
+        steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss_step")]
+    assert steps == [3, 7]
+
+
+def test_confusion_matrix_is_written_by_the_module_into_its_run():
+    result = cnnkit.fit(tiny_config())
+    confusion = json.loads((result.run_dir / "confusion.json").read_text())
+    assert confusion["class_names"] == [str(i) for i in range(10)]
+    assert sum(map(sum, confusion["matrix"])) > 0
