@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -406,7 +407,8 @@ def validate(cfg: DictConfig) -> None:
     with key_context("model.init"):
         INITS.build(to_plain(model.init))
     with key_context("model.backbone"):
-        BACKBONES.prepare(to_plain(model.backbone), optional=BACKBONE_INPUTS)
+        backbone, _ = BACKBONES.prepare(to_plain(model.backbone), optional=BACKBONE_INPUTS)
+    _warn_unused_model_keys(model, backbone, norm)
     _require(model.bias in ("auto", True, False, "true", "false"),
              f"model.bias must be auto, true or false, got {model.bias!r}")
 
@@ -456,6 +458,32 @@ def validate(cfg: DictConfig) -> None:
 
 
 _MISSING = object()
+_SAID: set[str] = set()
+
+
+def _warn_unused_model_keys(model: DictConfig, backbone: Any, norm: Any) -> None:
+    """A model key set away from its default that the backbone does not take does nothing: say so once.
+
+    A norm scheme without layers still standardizes the inputs (outside the backbone), so only a
+    scheme with layers counts as unused.
+    """
+    from .layers.norms import NormScheme
+    from .registry import accepted_kwargs
+
+    takes = accepted_kwargs(backbone)
+    defaults = ModelConfig()
+    for key in ("norm", "act", "pool", "bias"):
+        value = to_plain(model[key])
+        if takes is None or key in takes or value in (getattr(defaults, key), "none"):  # none: nothing asked
+            continue
+        if key == "norm" and type(norm).make is NormScheme.make:
+            continue
+        name = getattr(backbone, "__name__", str(backbone))
+        message = (f"cnnkit: warning: model.{key}={value} has no effect: backbone '{name}' "
+                   f"takes no {key}")
+        if message not in _SAID:
+            _SAID.add(message)
+            print(message, file=sys.stderr)
 
 
 def check_matrix(cfg: DictConfig) -> None:

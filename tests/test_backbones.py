@@ -200,3 +200,54 @@ def test_bn_scratch_matches_torch_batchnorm(shape, reference, momentum):
         torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, atol=1e-5, rtol=1e-5)
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-5, rtol=1e-5)
+
+
+PREACT = ("resnet20", "resnet56", "resnet18")
+PLACEMENT_CASES = [(b, p) for b in sorted(MIN_SIZE) for p in ((False, True) if b in PREACT else (False,))]
+
+
+def leaf_trace(model, x):
+    """(name, module) of every leaf module, in the order the forward pass runs them."""
+    trace, hooks = [], []
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: trace.append((name, m))))
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return trace
+
+
+@pytest.mark.parametrize("norm", ["bn_pre", "bn_post"])
+@pytest.mark.parametrize("backbone, preact", PLACEMENT_CASES)
+def test_every_batchnorm_sits_on_the_side_of_the_activation_its_scheme_says(backbone, preact, norm):
+    """bn_pre: weight → BN → act (pre-activation blocks: BN → act → conv); bn_post: weight → act → BN
+    (act → BN → conv). Residual joins (documented in backbones/resnet.py): the post-activation block's
+    activation after the addition follows the second conv's BN for every order, so it is not a neighbour
+    that counts; a projection shortcut's BN has no activation."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from cnnkit.backbones.resnet import BasicBlock
+
+    spec = {"name": backbone, **SLIM.get(backbone, {}), **({"preact": True} if preact else {})}
+    spec_text = "{" + ", ".join(f"{k}: {str(v).lower()}" for k, v in spec.items()) + "}"
+    cfg = load_config([], [f"model.backbone={spec_text}", f"model.norm={norm}",
+                           f"data.dataset={{name: digits, image_size: {MIN_SIZE[backbone]}}}"])
+    model = cnnkit.build_model(cfg).eval()
+    joins = {f"{name}.act" for name, module in model.named_modules() if isinstance(module, BasicBlock)}
+    trace = leaf_trace(model, torch.zeros(2, *cnnkit.data_info(cfg)["input_shape"]))
+
+    def act(i):
+        return 0 <= i < len(trace) and isinstance(trace[i][1], nn.ReLU) and trace[i][0] not in joins
+
+    placed, misplaced = 0, []
+    for i, (name, module) in enumerate(trace):
+        if isinstance(module, _BatchNorm):
+            right, wrong = (i + 1, i - 1) if norm == "bn_pre" else (i - 1, i + 1)
+            placed += act(right)
+            if act(wrong):
+                misplaced.append(f"{trace[wrong][0]} / {name}")
+    assert not misplaced, f"{backbone} preact={preact} {norm}: BN on the wrong side of its activation: {misplaced}"
+    assert placed >= 2  # the check saw real BN/activation pairs

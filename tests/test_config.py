@@ -90,3 +90,18 @@ def test_plain_config_has_no_omegaconf_objects_or_enums():
     assert plain["eval_stats"] == "running" and plain["logger"]["wandb"]["mode"] == "auto"
     assert isinstance(plain["model"]["backbone"], dict)
     OmegaConf.create(plain)  # round-trips
+
+
+def test_a_model_key_the_backbone_does_not_take_is_one_warning_line(capsys):
+    from cnnkit import config
+    from cnnkit.config import load_config
+
+    config._SAID.clear()  # said once per process
+
+    load_config([], ["model.backbone=resnet20", "model.pool=min"])
+    assert capsys.readouterr().err.splitlines() == [
+        "cnnkit: warning: model.pool=min has no effect: backbone 'resnet20' takes no pool"]
+    load_config([], ["model.backbone=resnet20"])  # the schema's pool: max is not the user's choice
+    load_config([], ["model.backbone=logistic", "model.norm=input", "data.dataset=two_scales"])  # inputs only
+    load_config([], ["model.backbone=simple_cnn", "model.pool=min"])  # it takes a pool
+    assert capsys.readouterr().err == ""

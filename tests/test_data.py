@@ -3,6 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
+import cnnkit
+
 from cnnkit.config import load_config
 from cnnkit.data.datamodule import ClassificationDataModule
 from cnnkit.errors import ConfigError, DataError
@@ -161,3 +163,56 @@ def test_image_folder_num_classes_must_match(tmp_path):
         make_image(tmp_path / split / "a" / "x.png", 1)
     with pytest.raises(DataError, match="num_classes=3 but .* has 1 classes"):
         load_splits({"name": "image_folder", "root": str(tmp_path), "num_classes": 3})
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_truncated_image_is_named_without_torchvisions_source_location(tmp_path, suffix):
+    from PIL import Image
+
+    from cnnkit.data.image_files import ImageFiles
+    from cnnkit.errors import DataError
+
+    path = tmp_path / f"cut{suffix}"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError) as caught:
+        ImageFiles([(str(path), 0)], (8, 8), 3, "train").load(0)
+    message = str(caught.value)
+    assert f"cannot read image '{path}' (" in message and ".cpp" not in message and "operator()" not in message
+    assert "corrupted" in message or "truncated" in message
+
+
+def gray_digits_folder(root, size=(28, 28), mode="L"):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("3", "7"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new(mode, size, 40 * i).save(folder / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_takes_its_images_own_size_and_channels(tmp_path, capsys):
+    from cnnkit.config import load_config
+
+    root = gray_digits_folder(tmp_path / "mnist_like")
+    cfg = load_config([], [f"data.dataset={{name: image_folder, root: {root}}}"])
+    assert cnnkit.build_datamodule(cfg).load().train[0][0].shape == (1, 28, 28)
+    assert "input 1x28x28" in capsys.readouterr().err
+    described = cnnkit.describe(load_config([], [f"data.dataset={{name: image_folder, root: {root}, num_classes: 2}}"]))
+    assert described["input_shape"] == [1, 28, 28] and "input 1x28x28" in capsys.readouterr().err
+    explicit = load_config([], [f"data.dataset={{name: image_folder, root: {root}, image_size: 16, channels: 3}}"])
+    assert cnnkit.data_info(explicit)["input_shape"] == [3, 16, 16]
+    assert "cnnkit: image_folder" not in capsys.readouterr().err  # nothing inferred, nothing said
+
+
+def test_photos_of_mixed_sizes_are_resized_to_64(tmp_path, capsys):
+    from PIL import Image
+
+    root = gray_digits_folder(tmp_path / "photos", size=(40, 30), mode="RGB")
+    Image.new("RGB", (50, 20)).save(root / "train/3/odd.png")
+    info = cnnkit.data_info(cnnkit.load_config([], [f"data.dataset={{name: image_folder, root: {root}}}"]))
+    assert info["input_shape"] == [3, 64, 64]
+    assert "sizes differ (40x30, 50x20, ...): resized to 64x64" in capsys.readouterr().err

@@ -230,7 +230,6 @@ def test_resuming_a_finished_run_does_nothing_unless_it_may_train_longer():
 
 
 def test_resuming_a_run_that_a_live_process_is_training_is_refused(tmp_path):
-    import os
     import socket
     import sys
 
@@ -243,16 +242,23 @@ def test_resuming_a_run_that_a_live_process_is_training_is_refused(tmp_path):
     first = cnnkit.fit(cfg)
     status = first.run_dir / "status.json"
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cnnkit", "fit"])
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a reused pid
     try:
         status.write_text(json.dumps({"status": "running", "step": 3, "pid": trainer.pid,
                                       "host": socket.gethostname()}))
         with pytest.raises(CnnkitError, match=f"is being trained right now by process {trainer.pid}"):
             cnnkit.fit(cfg, ckpt="last")
+        # the same pid now belongs to a process that is not cnnkit: the run's own process is gone
+        status.write_text(json.dumps({"status": "running", "step": 3, "pid": stranger.pid,
+                                      "host": socket.gethostname()}))
+        assert cnnkit.fit(cfg, ckpt="last").status == "finished"
     finally:
-        trainer.kill()
-        trainer.wait()
+        for process in (trainer, stranger):
+            process.kill()
+            process.wait()
+    status.write_text(json.dumps({"status": "running", "step": 3, "pid": trainer.pid,
+                                  "host": socket.gethostname()}))
     assert cnnkit.fit(cfg, ckpt="last").status == "finished"  # that process is gone: resume
-    assert os.getpid() != trainer.pid
 
 
 # -- bad input: one line, exit 2, nothing half-written ---------------------------------------------

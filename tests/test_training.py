@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 
@@ -113,6 +114,29 @@ def test_eval_with_batch_statistics_differs_from_running_statistics():
     assert batch_one["test/acc"] < running["test/acc"]
 
 
+def _onecycle(total):
+    """torch's own OneCycleLR with cnnkit's defaults: the reference for the onecycle schedule."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=total, pct_start=0.25,
+                                                    div_factor=25.0, final_div_factor=1e4)
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    return rates
+
+
+# the learning rate of each of the 6 steps (2 epochs x 3 batches), from each schedule's formula
+SCHEDULES = {
+    "{name: step, step_epochs: 1}": [0.01 * 0.1 ** (s // 3) for s in range(6)],
+    "{name: cosine, warmup_steps: 2}": [0.01 * (s + 1) / 2 if s < 2 else 0.01 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4))
+                                        for s in range(6)],
+    "onecycle": _onecycle(6),
+    "constant": [0.01] * 6,
+}
+
+
 @pytest.mark.parametrize("optimizer, scheduler", [
     ("{name: sgd, momentum: 0.9, nesterov: true}", "{name: step, step_epochs: 1}"),
     ("adam", "{name: cosine, warmup_steps: 2}"),
@@ -122,9 +146,15 @@ def test_eval_with_batch_statistics_differs_from_running_statistics():
 def test_optimizers_and_schedulers(optimizer, scheduler):
     cfg = tiny_config(f"optim.optimizer={optimizer}", f"optim.scheduler={scheduler}", "optim.lr=0.01",
                       "trainer.max_epochs=2", "optim.weight_decay=1e-4", "optim.no_decay_norm_bias=true",
-                      "loss.label_smoothing=0.1", "trainer.gradient_clip_val=1.0",
-                      "callbacks=[lr_monitor, {name: early_stopping, monitor: val/acc, mode: max, patience: 5}]")
-    assert cnnkit.fit(cfg).status == "finished"
+                      "loss.label_smoothing=0.1", "trainer.gradient_clip_val=1.0", "trainer.log_every_n_steps=1",
+                      "callbacks=[{name: lr_monitor, logging_interval: step}, "
+                      "{name: early_stopping, monitor: val/acc, mode: max, patience: 5}]")
+    result = cnnkit.fit(cfg)
+    assert result.status == "finished"
+    logged = rows(result.run_dir / "metrics.csv")
+    column = sorted(k for k in logged[0] if k.startswith("lr-"))[0]  # both parameter groups share the rate
+    rates = [float(r[column]) for r in logged if r.get(column)]
+    assert rates == pytest.approx(SCHEDULES[scheduler], rel=1e-6)
 
 
 def test_parameter_groups_exempt_norm_and_bias():

@@ -1,9 +1,14 @@
 """ResNets for small images (He et al. 2016): CIFAR ResNet-20/56 and ResNet-18 with a CIFAR stem.
 
-``preact: true`` gives the pre-activation variant (He et al. 2016b): norm → act → conv inside each
-block and a final norm → act before pooling. In the original (post-activation) block the norm
-scheme's order decides the first conv's norm/act order; the second conv's norm always comes
-before the addition, and the activation after it.
+``preact: true`` gives the pre-activation variant (He et al. 2016b): norm/act → conv inside each
+block and a final norm/act before pooling, each norm/act pair in the scheme's order (``bn_pre``:
+BN → act → conv, ``bn_post``: act → BN → conv).
+
+The residual joins, for every order: in the original (post-activation) block the norm scheme's
+order decides the first conv's norm/act order; the second conv's norm comes before the addition
+and the activation after it; a projection shortcut's norm has no activation. In the pre-activation
+block the projection shortcut is a plain conv taken after the first norm/act, and the addition
+ends the block (no norm or activation after it).
 """
 
 from __future__ import annotations
@@ -13,15 +18,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..layers.blocks import ConvNormAct, use_bias
+from ..layers.blocks import ConvNormAct, NormAct, use_bias
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
 from .simple_cnn import image_channels
-
-
-def _norm_or_identity(norm: NormScheme, channels: int) -> nn.Module:
-    layer = norm.make(channels, 2)
-    return layer if layer is not None else nn.Identity()
 
 
 class BasicBlock(nn.Module):
@@ -42,24 +42,27 @@ class BasicBlock(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """x → norm → act → conv3x3 → norm → act → conv3x3, plus the shortcut (taken after the first act)."""
+    """x → norm/act → conv3x3 → norm/act → conv3x3, plus the shortcut (taken after the first norm/act)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: NormScheme,
                  act: Callable[[], nn.Module], bias: str | bool):
         super().__init__()
-        self.norm1, self.act1 = _norm_or_identity(norm, in_channels), act()
-        has_norm = norm.make(out_channels, 2) is not None
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=use_bias(bias, has_norm))
-        self.norm2, self.act2 = _norm_or_identity(norm, out_channels), act()
+        self.pre1 = NormAct(in_channels, norm, act)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=use_bias(bias, _norm_first(norm)))
+        self.pre2 = NormAct(out_channels, norm, act)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=use_bias(bias, False))
         self.project = stride != 1 or in_channels != out_channels
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False) if self.project else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.norm1(x))
+        out = self.pre1(x)
         shortcut = self.shortcut(out) if self.project else x
-        out = self.conv1(out)
-        return self.conv2(self.act2(self.norm2(out))) + shortcut
+        return self.conv2(self.pre2(self.conv1(out))) + shortcut
+
+
+def _norm_first(norm: NormScheme) -> bool:
+    """Whether a conv followed by a NormAct of this scheme is directly followed by a norm."""
+    return norm.order == "pre" and norm.make(1, 2) is not None
 
 
 def resnet(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormScheme,
@@ -77,7 +80,7 @@ def resnet(name: str, input_shape: Sequence[int], num_classes: int, *, norm: Nor
             layers.append(block(channels, width, stride, norm, act, bias))
             channels = width
     if preact:
-        layers += [_norm_or_identity(norm, channels), act()]
+        layers.append(NormAct(channels, norm, act))
     features = nn.Sequential(*layers)
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
     return nn.Sequential(features, head)

@@ -8,6 +8,7 @@ them); ``image_folder`` reads a folder of image files laid out per class or with
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 import torch
@@ -232,17 +233,51 @@ class ImageFolder(DatasetSource):
 
     ``splits`` names the split folders (default train, val, test); test is optional. ``num_classes``
     lets tools that read no data (``describe``) know the class count; if given it must match.
+    ``image_size`` and ``channels`` default to the images' own, read from the training files' headers
+    when they agree (28×28 grayscale digits stay 1×28×28); photos of mixed sizes are resized to 64×64.
     """
 
-    def __init__(self, root: str, layout: str = "class_dirs", image_size: int | list[int] = 64, channels: int = 3,
-                 splits: dict[str, str] | None = None, num_classes: int | None = None):
+    FALLBACK_SIZE, FALLBACK_CHANNELS = 64, 3
+
+    def __init__(self, root: str, layout: str = "class_dirs", image_size: int | list[int] | None = None,
+                 channels: int | None = None, splits: dict[str, str] | None = None, num_classes: int | None = None):
         if layout not in ("class_dirs", "label_prefix"):
             raise DataError(f"image_folder: layout must be class_dirs or label_prefix, got {layout!r}")
-        if channels not in (1, 3):
+        if channels not in (None, 1, 3):
             raise DataError(f"image_folder: channels must be 1 or 3, got {channels}")
-        self.root, self.layout, self.size, self.channels = root, layout, _size_pair(image_size), channels
+        self.root, self.layout = root, layout
+        self.size = _size_pair(image_size) if image_size is not None else None
+        self.channels = channels
         self.folders = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.num_classes = num_classes
+
+    def _shape(self, train_files: list[tuple[str, int]] | None) -> tuple[int, int, int]:
+        """(channels, height, width): as configured, else the images' own (said in one line), else 3×64×64."""
+        if self.size is not None and self.channels is not None:
+            return (self.channels, *self.size)
+        from .image_files import image_headers
+
+        headers = image_headers([path for path, _ in (train_files or [])[:64]])
+        sizes = {size for size, _ in headers}
+        inferred = []
+        if self.size is None:
+            if len(sizes) == 1:
+                (width, height), = sizes
+                self.size = (height, width)
+                inferred.append(f"{height}x{width} pixels")
+            else:
+                self.size = _size_pair(self.FALLBACK_SIZE)
+                seen = f"sizes differ ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:2])}, ...)" if sizes else \
+                    "no image to read"
+                inferred.append(f"{seen}: resized to {self.FALLBACK_SIZE}x{self.FALLBACK_SIZE}")
+        if self.channels is None:
+            modes = {channels for _, channels in headers}
+            self.channels = modes.pop() if len(modes) == 1 else self.FALLBACK_CHANNELS
+            inferred.append("grayscale" if self.channels == 1 else "color")
+        print(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
+              f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels to change)",
+              file=sys.stderr)
+        return (self.channels, *self.size)
 
     def _list(self, split: str, class_names: list[str] | None):
         from .image_files import list_class_dirs, list_label_prefix
@@ -251,8 +286,10 @@ class ImageFolder(DatasetSource):
         return lister(os.path.join(self.root, self.folders[split]), class_names)
 
     def info(self) -> dict[str, Any]:
-        if self.num_classes is not None:
-            return _info((self.channels, *self.size), [str(i) for i in range(self.num_classes)])
+        if self.num_classes is not None:  # no data needed, but the images' own shape if they are there
+            folder = os.path.join(self.root, self.folders["train"])
+            files = self._list("train", None)[1] if os.path.isdir(folder) else None
+            return _info(self._shape(files), [str(i) for i in range(self.num_classes)])
         return dataset_info(self.load())
 
     def load(self) -> DatasetSplits:
@@ -274,11 +311,13 @@ class ImageFolder(DatasetSource):
         has_test = os.path.isdir(os.path.join(self.root, self.folders["test"]))
         test_files = self._list("test", class_names)[1] if has_test else None
 
+        channels, height, width = self._shape(train_files)
+
         def files(split: str, items):
-            return ImageFiles(items, self.size, self.channels, split) if items is not None else None
+            return ImageFiles(items, (height, width), channels, split) if items is not None else None
 
         return DatasetSplits(train=files("train", train_files), val=files("val", val_files),
-                             test=files("test", test_files), input_shape=(self.channels, *self.size),
+                             test=files("test", test_files), input_shape=(channels, height, width),
                              class_names=class_names)
 
 

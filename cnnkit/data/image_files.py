@@ -59,6 +59,20 @@ def list_label_prefix(folder: str, class_names: Optional[list[str]]) -> tuple[li
     return names, [(os.path.join(folder, f), index[label]) for f, label in zip(files, labels)]
 
 
+def image_headers(paths: list[str]) -> list[tuple[tuple[int, int], int]]:
+    """((width, height), channels) of each readable image, from its header alone (no decoding)."""
+    from PIL import Image
+
+    headers = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                headers.append((image.size, 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3))
+        except (OSError, ValueError):  # an unreadable file is reported when it is decoded
+            continue
+    return headers
+
+
 class ImageFiles(Dataset):
     """(path, label) pairs; each image is decoded, converted to ``channels`` and resized to ``size``."""
 
@@ -97,9 +111,11 @@ class ImageFiles(Dataset):
 
 
 def _decoder_reason(err: Exception) -> str:
-    """torchvision's decoder message without its C++ source location (``decode_image, file.cpp:61, ...``)."""
+    """torchvision's decoder message without its C++ function and source location
+    (``operator(), .../decode_png.cpp:79, Out of bound read ...`` → ``Out of bound read ...``)."""
     text = first_line(err)
     parts = [part.strip() for part in text.split(", ")]
-    while parts and (parts[0].startswith("decode_") or ".cpp:" in parts[0]):
-        parts.pop(0)
+    located = [i for i, part in enumerate(parts) if ".cpp:" in part]
+    if located:
+        parts = parts[located[-1] + 1:] or [p for p in parts if ".cpp:" not in p]
     return ", ".join(parts) or text

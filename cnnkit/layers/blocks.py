@@ -48,6 +48,20 @@ class WeightNormAct(nn.Sequential):
         super().__init__(layers)
 
 
+class NormAct(nn.Sequential):
+    """Norm and activation with no weight layer, in the scheme's order: ``pre`` → norm → act,
+    ``post`` → act → norm. Pre-activation blocks put it before their convs (BN → act → conv for
+    ``bn_pre``, act → BN → conv for ``bn_post``)."""
+
+    def __init__(self, num_features: int, norm: NormScheme, act: Callable[[], nn.Module], dim: int = 2):
+        if norm.order not in ORDERS:
+            raise ConfigError(f"norm order must be one of {', '.join(ORDERS)}, got {norm.order!r}")
+        ordered = [("norm", norm.make(num_features, dim)), ("act", act())]
+        if norm.order == "post":
+            ordered.reverse()
+        super().__init__(OrderedDict((name, layer) for name, layer in ordered if layer is not None))
+
+
 class ConvNormAct(WeightNormAct):
     """Conv2d + norm + activation; padding defaults to ``kernel_size // 2`` ("same" at stride 1)."""
 
