@@ -57,11 +57,11 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     SIGINT/SIGTERM end it as ``interrupted`` (``lifecycle.RunInterrupted``).
     """
     run = RunDir.for_config(cfg)
-    requeued = sorted(run.path.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime) if run.path.is_dir() else []
-    if ckpt is None and requeued:  # a SLURM job requeued after Lightning's pre-emption checkpoint
-        ckpt = str(requeued[-1])
+    if ckpt is None and not overwrite:
+        ckpt = _requeued_checkpoint(run)
     first_rank = process_rank() == 0  # under strategy=ddp the other ranks re-run this command and follow
-    verdict = run.verdict(cfg, resume=ckpt is not None, overwrite=overwrite, first_rank=first_rank)
+    verdict = run.verdict(cfg, resume=ckpt is not None, overwrite=overwrite, first_rank=first_rank,
+                          init_from=init_from)
     if verdict == KEEP:
         return _kept(run, cfg, resumed=ckpt is not None)
 
@@ -77,6 +77,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
 
     resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
     resume_checkpoint = read_checkpoint(resume_path) if resume_path else None
+    if resume_checkpoint is not None:
+        _check_resumable(resume_path, resume_checkpoint, cfg)
     init_path = resolve_checkpoint(init_from, None) if init_from else None
     init_checkpoint = read_checkpoint(init_path) if init_path else None
 
@@ -90,7 +92,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         load_weights(module, init_checkpoint, init_path, strict=False)
 
     checkpoint_io = AtomicCheckpointIO()
-    lifecycle = RunLifecycle(run, checkpoint_io)
+    lifecycle = RunLifecycle(run, checkpoint_io, init_from=str(init_from) if init_from else None)
     csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
                               if resume_checkpoint else None)
     best = ModelCheckpoint(
@@ -152,13 +154,36 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
                      last_checkpoint=last)
 
 
+def _requeued_checkpoint(run: RunDir) -> Optional[str]:
+    """Lightning's pre-emption checkpoint of a requeued SLURM job, when it is newer than last.ckpt."""
+    if not run.path.is_dir():
+        return None
+    requeued = sorted(run.path.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
+    last = run.last_checkpoint.stat().st_mtime if run.last_checkpoint.is_file() else float("-inf")
+    return str(requeued[-1]) if requeued and requeued[-1].stat().st_mtime > last else None
+
+
+def _check_resumable(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
+    """Resuming continues the checkpoint's own run (its optimizer, schedule and step): its config must be
+    this one, but for how to run it and its length; other weights to start from are ``--init-from``."""
+    from .config_diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, differences
+    from .errors import CheckpointError
+
+    stored = to_plain(load_config(base=checkpoint["hyper_parameters"]["config"], validate_config=False))
+    diffs = differences(stored, to_plain(cfg), RESULT_NEUTRAL + RESUME_FREE + LENGTH)
+    if diffs:
+        raise CheckpointError(f"checkpoint '{path}' was trained with another config ({describe(diffs)}); "
+                              f"--ckpt resumes that run as it was: to start this config from its weights, "
+                              f"use --init-from {path}")
+
+
 def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     """The result of a run that already holds what was asked for."""
     status = run.read_status()
     if resumed:
         scheduler = length_bound(to_plain(cfg.optim.scheduler))
-        longer = (f"its {scheduler} schedule is laid out over the run's length, so start a longer run with "
-                  f"--overwrite" if scheduler else "raise trainer.max_epochs to train on")
+        longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run with "
+                  f"--overwrite or name=<new name>" if scheduler else "raise trainer.max_epochs to train on")
         _say(f"cnnkit: run '{run.path}' already finished; nothing to resume ({longer})")
     best = status.get("best_checkpoint")
     diverged = None
@@ -199,7 +224,8 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     first_rank = process_rank() == 0
     # every refusal comes now, in well under a second, before torch is imported or anything trains
     verdicts = [RunDir.for_config(cfg).verdict(cfg, resume=resume is not None, overwrite=overwrite,
-                                               first_rank=first_rank) for cfg, resume in plans]
+                                               first_rank=first_rank, init_from=init_from)
+                for cfg, resume in plans]
     results = []
     for index, ((cfg, resume), verdict) in enumerate(zip(plans, verdicts), 1):
         if verdict != KEEP:  # a kept run needs nothing built

@@ -346,16 +346,16 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
             cfg = _merge(cfg, layer, f"config file '{source}'")
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), "override")
-    explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
-    if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
-        from .matrix import variant_from_overrides
-
-        cfg.variant = variant_from_overrides(overrides)
     try:
         OmegaConf.resolve(cfg)
     except oc_errors.OmegaConfBaseException as err:
         full_key = getattr(err, "full_key", None)
         raise ConfigError(f"config key '{full_key}': cannot resolve interpolation: {_first_line(err)}") from err
+    explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
+    if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
+        from .matrix import variant_from_overrides
+
+        cfg.variant = variant_from_overrides(overrides, cfg)
     check_matrix(cfg)
     if validate_config:
         validate(cfg)

@@ -15,6 +15,8 @@ RESULT_NEUTRAL = (
     "matrix",  # adding a seed to a recipe's matrix keeps the variants already run
     "report", "logger",
     "trainer.progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "checkpoint.every_n_steps", "checkpoint.save_last",  # extra saves of the same states
+    "data.dataset.download",  # whether missing data may be fetched
 )
 # Keys that say how to run, not what: a run may resume with other values.
 RESUME_FREE = (

@@ -50,8 +50,10 @@ class RunInterrupted(Exception):
     def __init__(self, run: RunDir, signum: int, step: int):
         self.run, self.signum, self.step = run, signum, step
         self.exit_code = 128 + signum
-        super().__init__(f"{run.where} interrupted by {signal.Signals(signum).name} at step {step}; resume it "
-                         f"with the same command and --ckpt last")
+        saved = run.last_checkpoint.is_file()
+        how = ("resume it from its last checkpoint with the same command and --ckpt last" if saved else
+               "no checkpoint was saved yet: the same command starts it over")
+        super().__init__(f"{run.where} interrupted by {signal.Signals(signum).name} at step {step}; {how}")
 
 
 def interrupt_signal(err: BaseException) -> Optional[int]:
@@ -65,9 +67,10 @@ def interrupt_signal(err: BaseException) -> Optional[int]:
 
 
 class RunLifecycle(L.Callback):
-    def __init__(self, run: RunDir, checkpoint_io: AtomicCheckpointIO):
+    def __init__(self, run: RunDir, checkpoint_io: AtomicCheckpointIO, init_from: Optional[str] = None):
         self.run = run
         self.checkpoint_io = checkpoint_io
+        self.init_from = init_from  # recorded: a rerun keeps this run only when it starts from the same weights
         self.divergence: Optional[Divergence] = None
         self.interrupted: Optional[int] = None  # the signal, once one stopped the run
         self.wandb_run_id: Optional[str] = None  # saved in checkpoints so a resumed run continues it
@@ -77,7 +80,8 @@ class RunLifecycle(L.Callback):
     def _write(self, status: str, **details: Any) -> None:
         assert status in STATUSES, status
         if rank_zero_only.rank == 0:
-            record = {"status": status, **details, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            record = {"status": status, **details, "init_from": self.init_from,
+                      "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             atomic_write_text(self.run.status_file, json.dumps(record, indent=2) + "\n")
 
     def start(self, step: int) -> None:
@@ -86,6 +90,9 @@ class RunLifecycle(L.Callback):
 
     def finish(self, step: int, metrics: dict[str, float], best: Optional[Path]) -> None:
         self._write("finished", step=step, metrics=metrics, best_checkpoint=str(best) if best else None)
+        if rank_zero_only.rank == 0:  # a requeued job's pre-emption checkpoints are spent
+            for stale in self.run.path.glob("hpc_ckpt_*.ckpt"):
+                stale.unlink(missing_ok=True)
 
     def record_divergence(self, last_good: Optional[Path]) -> None:
         d = self.divergence

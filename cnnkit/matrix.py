@@ -32,14 +32,18 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-# Overrides that name a single fit's variant, in this order; trainer, checkpoint and logging keys say
-# how to run, not what, so resuming on more devices or for longer finds the same run.
+# Overrides that name a single fit's variant, in this order (within a section, the schema's order);
+# trainer, checkpoint and logging keys say how to run, not what, so resuming on more devices or for
+# longer finds the same run. Where the data lives or whether it may be downloaded names nothing.
 NAMING_KEYS = ("model", "optim", "data.dataset", "data.augment", "data.batch_size", "loss", "seed",
                "eval_stats", "tta", "imports")
+NOT_NAMING = ("data.dataset.download",)
 MAX_NAME = 80
 
 
 def _naming_rank(key: str) -> int | None:
+    if any(key == k or key.startswith(k + ".") for k in NOT_NAMING):
+        return None
     for rank, prefix in enumerate(NAMING_KEYS):
         if key == prefix or key.startswith(prefix + "."):
             return rank
@@ -57,28 +61,41 @@ def _safe(name: str) -> str:
     return f"{head}-{digest}"
 
 
-def variant_from_overrides(overrides: Sequence[str]) -> str:
+def variant_from_overrides(overrides: Sequence[str], cfg: Any) -> str:
     """``norm=bn_post+act=sigmoid+lr=0.5`` for ``model.norm=bn_post model.act=sigmoid optim.lr=0.5``.
 
-    Only keys that change a result count (``NAMING_KEYS``); a key given twice counts once, as its
-    last value; no such override gives ``default``.
+    Only keys that change a result count (``NAMING_KEYS``), in a fixed order whatever the command
+    line's order; values are read from the resolved ``cfg`` (interpolations included); no such
+    override gives ``default``.
     """
     from omegaconf import OmegaConf
 
-    values: dict[str, Any] = {}
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if _naming_rank(key) is None:
-            continue
-        values.pop(key, None)
-        values[key] = OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=True)
-        for part in key.split("."):
-            values[key] = values[key][part]
-    if not values:
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    keys = [k for k in keys if _naming_rank(k) is not None]
+    if not keys:
         return "default"
-    keys = sorted(values, key=lambda k: (_naming_rank(k), list(values).index(k)))
-    short = _short_keys(keys)
-    return _safe("+".join(f"{short[k]}={format_value(values[k])}" for k in keys))
+    keys.sort(key=lambda k: (_naming_rank(k), _field_index(k), k))
+    shown = [k[:-len(".name")] if k.endswith(".name") else k for k in keys]  # model.norm.name=gn → norm=gn
+    short = _short_keys(shown)
+    values = {k: to_plain(OmegaConf.select(cfg, k)) for k in keys}
+    return _safe("+".join(f"{short[s]}={format_value(values[k])}" for k, s in zip(keys, shown)))
+
+
+def _field_index(key: str) -> int:
+    """The position of a key's field in its schema section (``model.norm`` comes before ``model.act``)."""
+    from dataclasses import fields
+
+    from .config import Config
+
+    parts = key.split(".")
+    section = next((f for f in fields(Config) if f.name == parts[0]), None)
+    if section is None or len(parts) < 2 or section.default_factory is None:
+        return 0
+    try:
+        names = [f.name for f in fields(section.default_factory())]
+    except TypeError:  # a plain dict or list section
+        return 0
+    return names.index(parts[1]) if parts[1] in names else len(names)
 
 
 def _short_keys(keys: Sequence[str]) -> dict[str, str]:

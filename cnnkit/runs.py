@@ -103,14 +103,17 @@ class RunDir:
         except Exception:  # unreadable or from an incompatible cnnkit: no basis to compare with
             return None
 
-    def verdict(self, cfg: Any, resume: bool, overwrite: bool, first_rank: bool = True) -> str:
+    def verdict(self, cfg: Any, resume: bool, overwrite: bool, first_rank: bool = True,
+                init_from: Optional[str] = None) -> str:
         """What a fit of ``cfg`` may do here: ``NEW``, ``CONTINUE`` or ``KEEP``; refusals raise one line.
 
-        A finished (or diverged) run is kept only when the config asked for now gives the same result
-        (keys in ``config_diff.RESULT_NEUTRAL`` aside); ``--ckpt last`` continues a killed, failed or
-        interrupted run, or trains a finished one longer, when nothing but how to run it
-        (``RESUME_FREE``) and its length differ. Other ranks of a job follow the first rank's decision
-        and never refuse.
+        A finished (or diverged) run is kept only when the config asked for now, and the weights it
+        starts from (``--init-from``), give the same result (keys in ``config_diff.RESULT_NEUTRAL``
+        aside); ``--ckpt last`` continues a killed, failed or interrupted run, or trains a finished one
+        longer, when nothing but how to run it (``RESUME_FREE``) and its length differ. A run that
+        stopped before its first checkpoint starts over. Every rank decides alike from the same files;
+        a rank other than the first skips the live-process check and follows a ``running`` status
+        (the first rank wrote it for this very job).
         """
         from .config import to_plain
 
@@ -122,14 +125,20 @@ class RunDir:
             return CONTINUE if resume and not overwrite else NEW
         status = self.read_status()
         state = status.get("status")
-        if not first_rank:
-            return KEEP if state in ("finished", "diverged") and not resume else (CONTINUE if resume else NEW)
+        if state == "running" and not first_rank:
+            return CONTINUE if resume else NEW
         if state == "running" and _alive_elsewhere(status):
             raise CnnkitError(f"run '{self.path}' is being trained right now by process {status['pid']}; "
                               f"wait for it to end or stop it, then resume with --ckpt last")
+        unfinished = state not in ("finished", "diverged")
+        if unfinished and not resume and not self.last_checkpoint.is_file():
+            return NEW  # it stopped before its first checkpoint: nothing to resume, nothing to keep
         stored, wanted = self.stored_config(), to_plain(cfg)
         diffs = differences(stored, wanted, RESULT_NEUTRAL) if stored is not None else []
-        if state in ("finished", "diverged") and not resume:
+        if not unfinished and not resume:
+            started_from = status.get("init_from")
+            if started_from != (str(init_from) if init_from else None):
+                diffs.append(("--init-from", started_from, init_from))
             if diffs:
                 raise self._changed(state, diffs)
             return KEEP
@@ -143,16 +152,18 @@ class RunDir:
             label = {"running": " killed", "failed": " failed", "interrupted": "n interrupted"}.get(state, "")
             raise CnnkitError(
                 f"run directory '{self.path}' already holds a{label} run; resume it with --ckpt last, "
-                f"start over with --overwrite, or set variant=<name> for a new run"
+                f"start over with --overwrite, or set name=<new name> for a new run"
             )
         changed = [d for d in diffs if d[0] not in RESUME_FREE + LENGTH]
         if changed:
             raise self._changed(state or "unfinished", changed, resuming=True)
-        longer = [d for d in diffs if d[0] in LENGTH]
-        if state == "finished" and not longer:
-            return KEEP
-        if longer:
-            _check_schedule_extends(self, cfg, longer)
+        length = [d for d in diffs if d[0] in LENGTH]
+        if not unfinished:
+            length = [d for d in length if _limit(d[2]) > _limit(d[1])]  # a finished run only trains longer
+            if not length:
+                return KEEP
+        if length:
+            _check_schedule_follows(self, cfg, length)
         return CONTINUE
 
     def prepare(self, fresh: bool) -> None:
@@ -165,7 +176,7 @@ class RunDir:
         action = "resume it with" if resuming else "reuse it for"
         return CnnkitError(
             f"run '{self.path}' ({state}) was made with another config, so cnnkit will not {action} this one: "
-            f"{describe(diffs)}; start over with --overwrite, or set variant=<name> for a new run"
+            f"{describe(diffs)}; start over with --overwrite, or set name=<new name> for a new run"
         )
 
 
@@ -199,14 +210,19 @@ def length_bound(scheduler_spec: Any) -> Optional[str]:
     return name if "total_steps" in inspect.signature(SCHEDULERS.get(name)).parameters else None
 
 
-def _check_schedule_extends(run: RunDir, cfg: Any, longer: list) -> None:
-    """Training on with another length continues a schedule only when the schedule does not depend on it."""
+def _limit(value: Any) -> float:
+    """A training limit as a number: -1 or None (``max_steps``' default) is no limit."""
+    return float("inf") if value is None or value < 0 else float(value)
+
+
+def _check_schedule_follows(run: RunDir, cfg: Any, length: list) -> None:
+    """Another length continues a schedule only when the schedule does not depend on it."""
     from .config import to_plain
 
     name = length_bound(to_plain(cfg.optim.scheduler))
     if name:
         raise CnnkitError(
-            f"run '{run.path}': optim.scheduler={name} is laid out over the run's length ({describe(longer)}), "
-            f"so training on would jump its learning rate; start a longer run instead: --overwrite (or another "
-            f"variant=), optionally with --init-from {run.last_checkpoint}"
+            f"run '{run.path}': optim.scheduler={name} is laid out over the run's length ({describe(length)}), "
+            f"so changing the length would jump its learning rate; train a new run of the length you want "
+            f"(--overwrite, or name=<new name>)"
         )

@@ -16,5 +16,9 @@ for recipe in "${recipes[@]}"; do
   mkdir -p "docs/$recipe"
   rm -f "docs/$recipe"/*.png
   cp "runs/$recipe"/*.png "runs/$recipe/REPORT.md" "docs/$recipe/"
-  echo "$recipe: $(( $(date +%s) - start )) s" | tee -a docs/timings.txt
+  # one line per recipe: this run's time replaces the recipe's previous line (the file never grows)
+  line="$recipe: $(( $(date +%s) - start )) s"
+  echo "$line"
+  { grep -v "^$recipe: " docs/timings.txt 2>/dev/null || true; echo "$line"; } > docs/timings.txt.new
+  mv docs/timings.txt.new docs/timings.txt
 done

@@ -47,7 +47,8 @@ def test_a_finished_run_trains_on_only_where_its_schedule_allows(scheduler, exte
     longer = tiny_config("trainer.limit_train_batches=3", f"optim.scheduler={scheduler}", "trainer.max_epochs=2")
     assert longer.variant == short.variant  # the length does not name the run
     if not extends:
-        with pytest.raises(CnnkitError, match=r"laid out over the run's length \(trainer.max_epochs 1 → 2\)"):
+        with pytest.raises(CnnkitError, match=r"laid out over the run's length \(trainer.max_epochs 1 → 2\), so "
+                                              r"changing the length would jump its learning rate"):
             cnnkit.fit(longer, ckpt="last")
         assert torch.load(first.last_checkpoint, weights_only=True)["global_step"] == 3  # untouched
         return
@@ -65,7 +66,7 @@ def test_a_finished_run_with_the_same_config_is_kept_and_with_another_is_refused
     assert again.kept and again.metrics == first.metrics
     assert (first.run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     with pytest.raises(CnnkitError, match=r"was made with another config.*trainer.limit_train_batches 3 → 5.*"
-                                          r"--overwrite, or set variant=<name>"):
+                                          r"--overwrite, or set name=<new name>"):
         cnnkit.fit(tiny_config("trainer.limit_train_batches=5"))
     with pytest.raises(CnnkitError, match=r"will not resume it with this one: trainer.limit_val_batches 2 → 1"):
         cnnkit.fit(tiny_config("trainer.limit_val_batches=1", "trainer.max_epochs=2"), ckpt="last")
@@ -109,7 +110,10 @@ def test_the_variant_is_named_from_the_overrides_that_change_a_result():
     assert len(long) <= 80 and re.fullmatch(r"backbone=simple_cnn\(channels=\[8,16\],.*\)-[0-9a-f]{8}", long)
     from cnnkit.matrix import variant_from_overrides
 
-    assert variant_from_overrides(["imports=[plugins/a b.py]"]) == "imports=[plugins_a_b.py]"  # one directory
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"imports": ["plugins/a b.py"]})
+    assert variant_from_overrides(["imports=[plugins/a b.py]"], cfg) == "imports=[plugins_a_b.py]"  # one directory
 
 
 def test_the_readme_commands_after_the_quickstart_each_get_their_own_run(tmp_path):
@@ -180,3 +184,75 @@ def test_confusion_matrix_is_written_by_the_module_into_its_run():
     confusion = json.loads((result.run_dir / "confusion.json").read_text())
     assert confusion["class_names"] == [str(i) for i in range(10)]
     assert sum(map(sum, confusion["matrix"])) > 0
+
+
+def test_a_shorter_length_on_a_finished_run_changes_nothing():
+    cfg = tiny_config("optim.scheduler=constant", "trainer.max_epochs=2")
+    first = cnnkit.fit(cfg)
+    stored, status = (first.run_dir / "config.yaml").read_text(), (first.run_dir / "status.json").read_text()
+    again = cnnkit.fit(tiny_config("optim.scheduler=constant", "trainer.max_epochs=1"), ckpt="last")
+    assert again.kept and again.metrics == first.metrics
+    assert (first.run_dir / "config.yaml").read_text() == stored
+    assert (first.run_dir / "status.json").read_text() == status
+
+
+def test_resuming_a_checkpoint_of_another_config_is_refused_pointing_to_init_from():
+    from cnnkit.errors import CheckpointError
+
+    other = cnnkit.fit(tiny_config())
+    with pytest.raises(CheckpointError, match=r"was trained with another config \(optim.lr 0.05 → 0.2\); "
+                                              r"--ckpt resumes that run as it was: .* use --init-from"):
+        cnnkit.fit(tiny_config("optim.lr=0.2"), ckpt=str(other.last_checkpoint))
+    assert not (other.run_dir.parent / "lr=0.2").exists()
+
+
+def test_a_run_started_from_other_weights_is_not_kept_for_a_run_without_them():
+    source = cnnkit.fit(tiny_config())
+    warm = cnnkit.fit(tiny_config("seed=1"), init_from=str(source.last_checkpoint))
+    assert json.loads((warm.run_dir / "status.json").read_text())["init_from"] == str(source.last_checkpoint)
+    assert cnnkit.fit(tiny_config("seed=1"), init_from=str(source.last_checkpoint)).kept
+    with pytest.raises(CnnkitError, match=r"--init-from .*last.ckpt → null"):
+        cnnkit.fit(tiny_config("seed=1"))
+
+
+def test_names_ignore_the_command_lines_order_and_read_resolved_values():
+    from cnnkit.config import load_config
+
+    assert tiny_config("model.act=sigmoid", "model.norm=bn_post").variant == "norm=bn_post+act=sigmoid"
+    assert tiny_config("optim.weight_decay=${optim.lr}").variant == "weight_decay=0.05"
+    assert tiny_config("model.norm.name=gn").variant == "norm=gn"
+    fast = load_config([str(REPO / "recipes/cifar10_fast.yaml")], ["data.dataset.download=true"],
+                       validate_config=False)
+    assert fast.variant == "default"  # whether data may be downloaded names nothing
+
+
+def test_every_rank_reaches_the_same_verdict_from_the_run_files():
+    from cnnkit.runs import CONTINUE, KEEP, NEW, RunDir
+
+    cfg = tiny_config()
+    result = cnnkit.fit(cfg)
+    run = RunDir(result.run_dir)
+    for first_rank in (True, False):  # e.g. a requeued job's leftover hpc checkpoint: nothing to do, on every rank
+        assert run.verdict(cfg, resume=True, overwrite=False, first_rank=first_rank) == KEEP
+        with pytest.raises(CnnkitError, match="trainer.limit_val_batches 2 → 1"):
+            run.verdict(tiny_config("trainer.limit_val_batches=1"), resume=False, overwrite=False,
+                        first_rank=first_rank)
+    status = json.loads(run.status_file.read_text())
+    run.status_file.write_text(json.dumps({**status, "status": "running", "pid": 1, "host": "elsewhere"}))
+    assert run.verdict(cfg, resume=False, overwrite=False, first_rank=False) == NEW  # rank 0 wrote it for this job
+    assert run.verdict(cfg, resume=True, overwrite=False, first_rank=False) == CONTINUE
+    run.status_file.write_text(json.dumps({"status": "interrupted", "step": 2}))
+    result.last_checkpoint.unlink()
+    assert run.verdict(cfg, resume=False, overwrite=False) == NEW  # stopped before its first save: start over
+
+
+def test_a_stale_preemption_checkpoint_is_not_resumed():
+    import os
+
+    first = cnnkit.fit(tiny_config("optim.scheduler=constant"))
+    stale = first.run_dir / "hpc_ckpt_1.ckpt"
+    stale.write_bytes(first.last_checkpoint.read_bytes())
+    os.utime(stale, (1, 1))  # older than last.ckpt
+    assert cnnkit.fit(tiny_config("optim.scheduler=constant")).kept
+    again = cnnkit.fit(tiny_config("optim.scheduler=constant"), overwrite=True)  # --overwrite ignores it
+    assert again.status == "finished" and not stale.exists()

@@ -127,8 +127,8 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, data
         assert killed.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal], killed.stderr[-2000:]
         assert status["status"] == "interrupted" and status["step"] == 26 and status["signal"] == signal
         last = killed.stderr.strip().splitlines()[-1]
-        assert last == (f"cnnkit: killed/{run.name} interrupted by {signal} at step 26; resume it with the same "
-                        f"command and --ckpt last"), killed.stderr[-2000:]
+        assert last == (f"cnnkit: killed/{run.name} interrupted by {signal} at step 26; resume it from its last "
+                        f"checkpoint with the same command and --ckpt last"), killed.stderr[-2000:]
         assert sum(line.startswith("cnnkit:") for line in killed.stderr.splitlines()) == 1
         assert "Traceback" not in killed.stderr
     else:
