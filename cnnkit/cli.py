@@ -8,6 +8,7 @@ Nothing heavy is imported at module level: ``--help`` needs neither torch nor Li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import logging
 import os
@@ -177,7 +178,11 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     from .anatomy import format_text
 
     cfg = api.load_config(args.config, args.overrides)
-    report = api.describe(cfg)
+    if args.format == "json":  # stdout is the JSON alone: notes about the data go to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            report = api.describe(cfg)
+    else:
+        report = api.describe(cfg)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:

@@ -26,32 +26,33 @@ RESUME_FREE = (
 LENGTH = ("trainer.max_epochs", "trainer.max_steps")
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted key → leaf value; lists stay whole (an augmentation list is one value)."""
-    if isinstance(node, dict) and node:
-        items: dict[str, Any] = {}
-        for key, value in node.items():
-            items.update(flatten(value, f"{prefix}{key}."))
-        return items
-    return {prefix[:-1]: node}
-
-
 def _ignored(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
-    """(key, old value, new value) for every leaf that differs, in the new config's key order."""
+def differences(old: Any, new: Any, ignore: Iterable[str] = (), key: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every difference, in the new config's key order.
+
+    Mappings on both sides are compared key by key; anything else (a list, a name replaced by a
+    ``{name: ...}`` spec) is one value.
+    """
     ignore = tuple(ignore)
-    a, b = flatten(old), flatten(new)
-    keys = list(b) + [k for k in a if k not in b]
-    return [(k, a.get(k), b.get(k)) for k in keys if not _ignored(k, ignore) and a.get(k) != b.get(k)]
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for k in list(new) + [k for k in old if k not in new]:
+            path = f"{key}.{k}" if key else str(k)
+            if not _ignored(path, ignore):
+                found += differences(old.get(k), new.get(k), ignore, path)
+        return found
+    return [] if old == new else [(key, old, new)]
 
 
 def describe(diffs: list[tuple[str, Any, Any]], most: int = 4) -> str:
-    """``trainer.max_epochs 1 → 15, trainer.limit_train_batches 3 → null (+2 more)``."""
+    """``trainer.max_epochs 1 → 15, model.backbone simple_cnn(channels=[32,64]) → mlp (+2 more)``."""
+    from .matrix import format_value
+
     def show(value: Any) -> str:
-        return "null" if value is None else str(value)
+        return "null" if value is None else format_value(value)
 
     shown = ", ".join(f"{key} {show(old)} → {show(new)}" for key, old, new in diffs[:most])
     return shown + (f" (+{len(diffs) - most} more)" if len(diffs) > most else "")

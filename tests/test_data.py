@@ -200,12 +200,12 @@ def test_an_image_folder_takes_its_images_own_size_and_channels(tmp_path, capsys
     root = gray_digits_folder(tmp_path / "mnist_like")
     cfg = load_config([], [f"data.dataset={{name: image_folder, root: {root}}}"])
     assert cnnkit.build_datamodule(cfg).load().train[0][0].shape == (1, 28, 28)
-    assert "input 1x28x28" in capsys.readouterr().err
+    assert "input 1x28x28" in capsys.readouterr().out
     described = cnnkit.describe(load_config([], [f"data.dataset={{name: image_folder, root: {root}, num_classes: 2}}"]))
-    assert described["input_shape"] == [1, 28, 28] and "input 1x28x28" in capsys.readouterr().err
+    assert described["input_shape"] == [1, 28, 28] and "input 1x28x28" in capsys.readouterr().out
     explicit = load_config([], [f"data.dataset={{name: image_folder, root: {root}, image_size: 16, channels: 3}}"])
     assert cnnkit.data_info(explicit)["input_shape"] == [3, 16, 16]
-    assert "cnnkit: image_folder" not in capsys.readouterr().err  # nothing inferred, nothing said
+    assert "cnnkit: image_folder" not in capsys.readouterr().out  # nothing inferred, nothing said
 
 
 def test_photos_of_mixed_sizes_are_resized_to_64(tmp_path, capsys):
@@ -215,4 +215,4 @@ def test_photos_of_mixed_sizes_are_resized_to_64(tmp_path, capsys):
     Image.new("RGB", (50, 20)).save(root / "train/3/odd.png")
     info = cnnkit.data_info(cnnkit.load_config([], [f"data.dataset={{name: image_folder, root: {root}}}"]))
     assert info["input_shape"] == [3, 64, 64]
-    assert "sizes differ (40x30, 50x20, ...): resized to 64x64" in capsys.readouterr().err
+    assert "sizes differ (40x30, 50x20, ...): resized to 64x64" in capsys.readouterr().out

@@ -116,32 +116,6 @@ def test_the_variant_is_named_from_the_overrides_that_change_a_result():
     assert variant_from_overrides(["imports=[plugins/a b.py]"], cfg) == "imports=[plugins_a_b.py]"  # one directory
 
 
-def test_the_readme_commands_after_the_quickstart_each_get_their_own_run(tmp_path):
-    """The README's order: the quickstart, the override example, your own layer, the Python API."""
-    import shutil
-
-    shutil.copy(REPO / "examples/my_norms.py", tmp_path / "my_norms.py")
-    commands = [
-        [],
-        ["model.norm=bn_post", "model.act=sigmoid", "optim.lr=0.5"],
-        ["imports=[my_norms.py]", "model.norm=instance_pre"],
-    ]
-    for overrides in commands:
-        proc = run_cli("fit", "--config", QUICKSTART, *overrides, "--config", SMOKE, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "cnnkit: finished quickstart/" in proc.stdout
-    cfg = cnnkit.load_config([QUICKSTART, SMOKE], ["model.norm=bn_post", "trainer.max_epochs=3"])
-    assert cnnkit.fit(cfg).status == "finished"
-    variants = sorted(p.name for p in (tmp_path / "runs/quickstart").iterdir())
-    assert variants == ["default", "norm=bn_post", "norm=bn_post+act=sigmoid+lr=0.5",
-                        "norm=instance_pre+imports=[my_norms.py]"]
-    again = run_cli("fit", "--config", QUICKSTART, *commands[1], "--config", SMOKE, cwd=tmp_path)
-    assert again.returncode == 0 and "finished before with the same config; kept it" in again.stderr
-    evaluated = run_cli("validate", "--config", QUICKSTART, *commands[1], "--config", SMOKE, "--ckpt", "last",
-                        cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-
-
 def test_a_refused_rerun_is_quick_and_imports_no_torch(tmp_path):
     import subprocess
     import sys

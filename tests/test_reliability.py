@@ -10,7 +10,7 @@ import torch
 from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, run_cli
 
 EXACT = [
-    "trainer.deterministic=true", "trainer.max_epochs=3", "trainer.progress_bar=none",
+    "trainer.deterministic=true", "trainer.max_epochs=2", "trainer.progress_bar=none",
     "trainer.enable_model_summary=false", "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1",
     "model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
     "data.augment=[random_crop, horizontal_flip, cutout]", "optim.scheduler=cosine",
@@ -99,7 +99,8 @@ def uninterrupted(tmp_path_factory):
 # improving after epoch 0: last.ckpt must still be epoch 1's end. SIGINT lands inside a hook, SIGTERM
 # stops at the next batch boundary; both leave status "interrupted" and exit 128 + the signal.
 TENSOR = ("data.loader=tensor",)
-AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint.monitor=epoch", "checkpoint.mode=min")
+AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint.monitor=epoch", "checkpoint.mode=min",
+              "trainer.max_epochs=3")
 
 
 @pytest.mark.parametrize("data, kill", [
@@ -313,7 +314,8 @@ FIT = ("fit", "--config", QUICKSTART, "--config", SMOKE)
 BAD_INPUTS = {
     "checkpoint of another model": (
         lambda t, ckpt: [*FIT, "--ckpt", str(ckpt), "model.backbone={name: mlp, hidden: [16]}"],
-        "does not fit the configured model (missing: model.backbone."),
+        "was trained with another config (model.backbone.name simple_cnn → mlp, model.backbone.hidden [128] → "
+        "[16], model.backbone.channels [32,64] → null); --ckpt resumes that run as it was"),
     "truncated checkpoint": (lambda t, ckpt: ["test", "--ckpt", truncated(ckpt, t)], "is corrupt or truncated"),
     "not a cnnkit checkpoint": (lambda t, ckpt: ["test", "--ckpt", not_cnnkit(t)], "not a cnnkit checkpoint"),
     "empty class folder": (lambda t, ckpt: [*FIT, image_folder(t, empty_class=True)], "b' has no images"),

@@ -79,8 +79,11 @@ def test_resume_keeps_metrics_history_and_appends():
 
 def test_resume_from_a_checkpoint_of_another_model_names_the_keys():
     first = cnnkit.fit(tiny_config())
-    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+    with pytest.raises(CheckpointError, match=r"was trained with another config \(model.backbone "
+                                              r"simple_cnn\(channels=\[32,64\],hidden=\[128\]\) → mlp\)"):
         cnnkit.fit(tiny_config("model.backbone=mlp"), ckpt=str(first.last_checkpoint))
+    with pytest.raises(CheckpointError, match=r"does not fit the configured model \(missing: model.backbone"):
+        cnnkit.evaluate("test", str(first.last_checkpoint), overrides=["model.backbone=mlp"])
 
 
 def test_init_from_copies_fitting_weights():

@@ -8,7 +8,6 @@ them); ``image_folder`` reads a folder of image files laid out per class or with
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Sequence
 
 import torch
@@ -273,10 +272,11 @@ class ImageFolder(DatasetSource):
         if self.channels is None:
             modes = {channels for _, channels in headers}
             self.channels = modes.pop() if len(modes) == 1 else self.FALLBACK_CHANNELS
-            inferred.append("grayscale" if self.channels == 1 else "color")
+            inferred.append(("grayscale" if self.channels == 1 else "color") if headers else
+                            f"no image to read: {self.channels} channels")
+        # stdout, like the run's summary: stderr carries one line when the input is wrong
         print(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
-              f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels to change)",
-              file=sys.stderr)
+              f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels to change)")
         return (self.channels, *self.size)
 
     def _list(self, split: str, class_names: list[str] | None):
