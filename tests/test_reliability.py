@@ -109,7 +109,7 @@ AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint
     (("data.loader=dataloader", "data.num_workers=0"), "step: 26"),
     (("data.loader=dataloader", "data.num_workers=2"), "step: 26"),
     (("data.loader=dataloader", "data.num_workers=2"), "epoch: 1"),
-    (("--config", str(REPO / "configs/trainer/ddp_cpu.yaml")), "step: 26"),
+    (("--config", str(REPO / "configs/trainer/ddp_cpu.yaml"), "trainer.max_epochs=3"), "step: 26"),
     (AFTER_BEST, "epoch: 2"),
     (TENSOR, "step: 26, signal: SIGINT"),
     (TENSOR, "step: 26, signal: SIGTERM"),
