@@ -195,7 +195,8 @@ def _alive_elsewhere(status: dict[str, Any]) -> bool:
     if not cmdline.parent.parent.is_dir():  # no /proc on this system: trust the pid
         return True
     try:
-        return b"cnnkit" in cmdline.read_bytes()
+        # cnnkit's own command (``-m cnnkit``, the ``cnnkit`` script), not any path that contains the word
+        return any(os.path.basename(arg) == b"cnnkit" for arg in cmdline.read_bytes().split(b"\0"))
     except OSError:  # it ended a moment ago
         return False
 
