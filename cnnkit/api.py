@@ -169,8 +169,10 @@ def _check_resumable(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) ->
     from .config_diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, differences
     from .errors import CheckpointError
 
-    stored = to_plain(load_config(base=checkpoint["hyper_parameters"]["config"], validate_config=False))
-    diffs = differences(stored, to_plain(cfg), RESULT_NEUTRAL + RESUME_FREE + LENGTH)
+    from .config import plain_stored
+
+    diffs = differences(plain_stored(checkpoint["hyper_parameters"]["config"]), to_plain(cfg),
+                        RESULT_NEUTRAL + RESUME_FREE + LENGTH)
     if diffs:
         raise CheckpointError(f"checkpoint '{path}' was trained with another config ({describe(diffs)}); "
                               f"--ckpt resumes that run as it was: to start this config from its weights, "

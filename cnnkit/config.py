@@ -362,6 +362,11 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
     return cfg
 
 
+def plain_stored(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a run's config.yaml, a checkpoint's) filled up to this schema, as plain data."""
+    return to_plain(load_config(base=stored, validate_config=False))
+
+
 def to_plain(node: Any) -> Any:
     """A config node as plain Python data (enums as strings): safe in checkpoints and W&B."""
     if isinstance(node, (DictConfig, ListConfig)):

@@ -91,7 +91,7 @@ class RunDir:
 
     def stored_config(self) -> Optional[dict[str, Any]]:
         """The run's resolved config as plain data, filled up to the current schema; None if there is none."""
-        from .config import load_config, to_plain
+        from .config import plain_stored
 
         if not self.config_file.is_file():
             return None
@@ -99,7 +99,7 @@ class RunDir:
             import yaml
 
             stored = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
-            return to_plain(load_config(base=stored, validate_config=False)) if isinstance(stored, dict) else None
+            return plain_stored(stored) if isinstance(stored, dict) else None
         except Exception:  # unreadable or from an incompatible cnnkit: no basis to compare with
             return None
 

@@ -27,6 +27,17 @@ def use_bias(bias: str | bool, norm_follows: bool) -> bool:
     return bias == "true" or (bias == "auto" and not norm_follows)
 
 
+def norm_act_order(norm: NormScheme, norm_layer: nn.Module | None,
+                   act_layer: nn.Module | None) -> list[tuple[str, nn.Module]]:
+    """``[("norm", ...), ("act", ...)]`` in the scheme's order (``post`` puts the activation first), without Nones."""
+    if norm.order not in ORDERS:
+        raise ConfigError(f"norm order must be one of {', '.join(ORDERS)}, got {norm.order!r}")
+    ordered = [("norm", norm_layer), ("act", act_layer)]
+    if norm.order == "post":
+        ordered.reverse()
+    return [(name, layer) for name, layer in ordered if layer is not None]
+
+
 class WeightNormAct(nn.Sequential):
     """``weight`` → norm → act (order ``pre``) or ``weight`` → act → norm (order ``post``)."""
 
@@ -35,16 +46,10 @@ class WeightNormAct(nn.Sequential):
 
     def __init__(self, make_weight: Callable[[bool], nn.Module], out_features: int,
                  norm: NormScheme, act: Callable[[], nn.Module] | None, bias: str | bool):
-        if norm.order not in ORDERS:
-            raise ConfigError(f"norm order must be one of {', '.join(ORDERS)}, got {norm.order!r}")
         norm_layer = norm.make(out_features, self.dim)
         norm_follows = norm_layer is not None and (norm.order == "pre" or act is None)
         layers = OrderedDict([(self.weight_name, make_weight(use_bias(bias, norm_follows)))])
-        act_layer = act() if act is not None else None
-        ordered = [("norm", norm_layer), ("act", act_layer)]
-        if norm.order == "post":
-            ordered.reverse()
-        layers.update((name, layer) for name, layer in ordered if layer is not None)
+        layers.update(norm_act_order(norm, norm_layer, act() if act is not None else None))
         super().__init__(layers)
 
 
@@ -54,12 +59,7 @@ class NormAct(nn.Sequential):
     ``bn_pre``, act → BN → conv for ``bn_post``)."""
 
     def __init__(self, num_features: int, norm: NormScheme, act: Callable[[], nn.Module], dim: int = 2):
-        if norm.order not in ORDERS:
-            raise ConfigError(f"norm order must be one of {', '.join(ORDERS)}, got {norm.order!r}")
-        ordered = [("norm", norm.make(num_features, dim)), ("act", act())]
-        if norm.order == "post":
-            ordered.reverse()
-        super().__init__(OrderedDict((name, layer) for name, layer in ordered if layer is not None))
+        super().__init__(OrderedDict(norm_act_order(norm, norm.make(num_features, dim), act())))
 
 
 class ConvNormAct(WeightNormAct):
