@@ -21,7 +21,8 @@ from .checkpoint import read_checkpoint, resolve_checkpoint
 from .config import load_config, to_plain, to_yaml, validate
 from .errors import ConfigError
 from .evaluation import checkpoint_config, evaluate, predict
-from .runs import KEEP, NEW, RunDir, atomic_write_text, length_bound, process_rank
+from .atomic import atomic_write_text
+from .runs import KEEP, NEW, RunDir, length_bound, process_rank
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info", "checkpoint_config"]

@@ -1,8 +1,8 @@
 """Checkpoints that are never half-written.
 
-Each checkpoint is written to a temporary file in the same directory, flushed to disk, and moved
-into place with ``os.replace`` — atomic on POSIX — so a run killed during a save (or a disk that
-fills up) leaves the previous ``last.ckpt`` intact. ``CNNKIT_FAULT_KILL_IN_SAVE=N`` kills the
+Each checkpoint is written through ``atomic.atomic_file`` (a temporary file beside it, flushed to
+disk, renamed into place), so a run killed during a save (or a disk that fills up) leaves the
+previous ``last.ckpt`` intact. ``CNNKIT_FAULT_KILL_IN_SAVE=N`` kills the
 process halfway through writing its N-th checkpoint: the fault-injection hook the tests use.
 """
 
@@ -12,11 +12,12 @@ import errno
 import io
 import os
 import signal
-import tempfile
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .atomic import atomic_file
 
 FAULT_ENV = "CNNKIT_FAULT_KILL_IN_SAVE"
 
@@ -35,38 +36,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if self.refused:
             return
         self.saves += 1
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         data = buffer.getbuffer()
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a checkpoint gets ordinary file permissions, not mkstemp's 0600
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with atomic_file(path) as handle:
                 if os.environ.get(FAULT_ENV) == str(self.saves):
                     handle.write(data[: len(data) // 2])
                     handle.flush()
                     os.kill(os.getpid(), signal.SIGKILL)
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
         except OSError as err:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 from .errors import CheckpointError
 
                 raise CheckpointError(f"could not save checkpoint '{path}': the disk is full or a file-size limit "
                                       f"was reached ({os.strerror(err.errno)}); the previous checkpoint is intact - "
                                       f"free space and resume with --ckpt last") from err
-            raise
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             raise
 
     def remove_checkpoint(self, path: str) -> None:

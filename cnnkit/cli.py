@@ -208,7 +208,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.output:
         from pathlib import Path
 
-        from .runs import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(Path(args.output), text)
         print(f"cnnkit: wrote {args.output}; start it with: wandb sweep {args.output}", file=sys.stderr)

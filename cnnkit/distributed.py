@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, DistributedSampler
 
+from .layers import bn_math
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -56,26 +58,11 @@ class AllReduceBatchNorm(_BatchNorm):
         self._check_input_dim(x)
         if not (self.training and is_distributed()):
             return super().forward(x)
-        channels = x.shape[1]
-        flat = x.transpose(0, 1).reshape(channels, -1)
-        count = torch.tensor([flat.shape[1]], dtype=x.dtype, device=x.device)
-        stats = torch.cat([flat.sum(1), (flat * flat).sum(1), count])
-        stats = _AllReduceSum.apply(stats)
-        total, total_sq, n = stats[:channels], stats[channels:2 * channels], stats[-1]
-        mean = total / n
-        var = total_sq / n - mean * mean
+        moments = bn_math.Moments.of(x).all_reduce(_AllReduceSum.apply)
+        mean, var = moments.mean, moments.var()
         if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-                unbiased = var.detach() * n / (n - 1).clamp_min(1)
-                self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
-        return y
+            bn_math.update_running_stats(self, mean, var, moments.count)
+        return bn_math.layer_normalize(self, x, mean, var)
 
 
 def convert_sync_bn(module: nn.Module, device_type: str) -> nn.Module:

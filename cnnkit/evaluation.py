@@ -14,7 +14,8 @@ from .builders import build_datamodule, build_module, load_weights
 from .checkpoint import read_checkpoint, resolve_checkpoint
 from .config import load_config
 from .errors import CheckpointError, DataError
-from .runs import RunDir, atomic_write_text
+from .atomic import atomic_write_text
+from .runs import RunDir
 from .trainer import build_trainer
 
 

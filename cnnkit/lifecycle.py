@@ -26,7 +26,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from .checkpoint_io import AtomicCheckpointIO
 from .errors import own_message
-from .runs import RunDir, atomic_write_text
+from .atomic import atomic_write_text
+from .runs import RunDir
 
 STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
 

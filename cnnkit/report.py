@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from .errors import CnnkitError, first_line
 from .matrix import group_name
-from .runs import atomic_write_text
+from .atomic import atomic_write_text
 
 
 @dataclass

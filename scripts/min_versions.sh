@@ -2,7 +2,9 @@
 # Check pyproject's lower bounds: install the lowest versions it allows of lightning, torchmetrics,
 # omegaconf and wandb (torch and torchvision as this machine serves them) into a new virtualenv and
 # run a fast subset of the suite there: core training, resume, the run lifecycle, W&B offline, DDP.
-#   bash scripts/min_versions.sh
+#   bash scripts/min_versions.sh              # a new virtualenv, removed afterwards
+#   bash scripts/min_versions.sh --in-place   # downgrade the active virtualenv instead (CI's own,
+#                                             # which it removes anyway: saves the torch install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE=disabled
@@ -18,14 +20,20 @@ for dep in deps:
         print(f"{name}=={version}")
 PY
 )
-venv=$(mktemp -d "${TMPDIR:-/tmp}/cnnkit-min-venv.XXXXXX")
-trap 'rm -rf "$venv"' EXIT
-python3 -m venv "$venv"
-# shellcheck disable=SC1091
-source "$venv/bin/activate"
 start=$(date +%s)
-# shellcheck disable=SC2086
-pip install --quiet -e ".[dev]" $pins
+if [ "${1:-}" = "--in-place" ]; then
+  [ -n "${VIRTUAL_ENV:-}" ] || { echo "min-versions: --in-place needs an active virtualenv" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  pip install --quiet $pins
+else
+  venv=$(mktemp -d "${TMPDIR:-/tmp}/cnnkit-min-venv.XXXXXX")
+  trap 'rm -rf "$venv"' EXIT
+  python3 -m venv "$venv"
+  # shellcheck disable=SC1091
+  source "$venv/bin/activate"
+  # shellcheck disable=SC2086
+  pip install --quiet -e ".[dev]" $pins
+fi
 echo "min-versions: installed in $(( $(date +%s) - start )) s:" $(pip freeze | grep -iE '^(lightning|torchmetrics|omegaconf|wandb|torch|torchvision)==')
 pytest -q -p no:cacheprovider \
   tests/test_training.py::test_fit_writes_a_complete_run_directory \

@@ -16,8 +16,7 @@ from ..layers.blocks import ConvNormAct
 from ..layers.norms import NoNorm, NormScheme
 from ..registry import BACKBONES
 from .head import classifier_head
-from .shapes import feature_shape
-from .simple_cnn import image_channels
+from .shapes import feature_shape, image_channels
 
 COURSE_INPUT = (3, 128, 128)
 COURSE_CLASSES = 11

@@ -21,7 +21,7 @@ from torch import nn
 from ..layers.blocks import ConvNormAct, NormAct, use_bias
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
-from .simple_cnn import image_channels
+from .shapes import image_channels
 
 
 class BasicBlock(nn.Module):

@@ -1,4 +1,5 @@
-"""Feature-map shapes by a probe forward pass, and the one-line error for inputs that are too small.
+"""Input and feature-map shapes: the image check every CNN backbone makes, feature shapes by a probe
+forward pass, and the one-line error for inputs that are too small.
 
 Heads derive their flatten width from this, never from a hard-coded size.
 """
@@ -11,6 +12,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+
+
+def image_channels(input_shape: Sequence[int], backbone: str) -> int:
+    """The channel count of a (C, H, W) input; vectors get a one-line error naming the backbone."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"{backbone} needs image inputs (channels, height, width), got shape {tuple(input_shape)}")
+    return int(input_shape[0])
 
 
 def _probe(features: nn.Module, input_shape: Sequence[int]) -> Optional[torch.Size]:

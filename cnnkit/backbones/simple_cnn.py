@@ -7,18 +7,11 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..errors import ConfigError
 from ..layers.blocks import ConvNormAct
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
 from .head import classifier_head
-from .shapes import feature_shape
-
-
-def image_channels(input_shape: Sequence[int], backbone: str) -> int:
-    if len(input_shape) != 3:
-        raise ConfigError(f"{backbone} needs image inputs (channels, height, width), got shape {tuple(input_shape)}")
-    return int(input_shape[0])
+from .shapes import feature_shape, image_channels
 
 
 @BACKBONES.register("simple_cnn", aliases=("cnn",),

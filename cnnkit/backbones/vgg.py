@@ -16,8 +16,7 @@ from ..layers.blocks import ConvNormAct
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
 from .head import classifier_head
-from .shapes import feature_shape
-from .simple_cnn import image_channels
+from .shapes import feature_shape, image_channels
 
 # Channel widths per stage, each stage ending in a pooling layer (the VGG paper's A, B and D).
 STAGES = {

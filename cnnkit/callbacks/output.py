@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from ..runs import atomic_write_text
+from ..atomic import atomic_write_text
 
 
 def run_path(trainer: Any) -> Optional[Path]:

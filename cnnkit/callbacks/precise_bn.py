@@ -17,6 +17,13 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..layers import bn_math
+
+
+def _sum_over_processes(packed: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(packed)
+    return packed
+
 
 def bn_layers(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
@@ -31,16 +38,11 @@ def recompute_bn_statistics(model: nn.Module, batches: Iterable[torch.Tensor], n
     layers = bn_layers(model)
     if not layers:
         return 0
-    sums = {layer: [torch.zeros(layer.num_features, dtype=torch.float64, device=layer.running_mean.device),
-                    torch.zeros(layer.num_features, dtype=torch.float64, device=layer.running_mean.device),
-                    torch.zeros((), dtype=torch.float64, device=layer.running_mean.device)] for layer in layers}
+    moments = {layer: bn_math.Moments.zeros(layer.num_features, device=layer.running_mean.device)
+               for layer in layers}
 
     def accumulate(layer: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach().to(torch.float64).transpose(0, 1).reshape(layer.num_features, -1)
-        total, total_sq, count = sums[layer]
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
-        count += x.shape[1]
+        moments[layer].add(inputs[0].detach())
 
     handles = [layer.register_forward_pre_hook(accumulate) for layer in layers]
     momenta = [layer.momentum for layer in layers]
@@ -63,18 +65,10 @@ def recompute_bn_statistics(model: nn.Module, batches: Iterable[torch.Tensor], n
         model.train(was_training)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     for layer in layers:
-        total, total_sq, count = sums[layer]
-        if distributed:
-            packed = torch.cat([total, total_sq, count.reshape(1)])
-            torch.distributed.all_reduce(packed)
-            n = layer.num_features
-            total, total_sq, count = packed[:n], packed[n:2 * n], packed[-1]
-        if count < 2:
+        total = moments[layer].all_reduce(_sum_over_processes) if distributed else moments[layer]
+        if total.count < 2:
             continue
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0) * count / (count - 1)
-        layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
-        layer.running_var.copy_(var.to(layer.running_var.dtype))
+        bn_math.set_running_stats(layer, total.mean, bn_math.unbiased(total.var(), total.count))
     return used
 
 

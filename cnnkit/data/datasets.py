@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..registry import DATASETS
+from .pixels import to_uint8
 from .splits import DatasetSplits, TensorImages, stratified_split
 
 
@@ -32,7 +33,7 @@ def _resize(images: torch.Tensor, image_size: int | Sequence[int] | None) -> tor
     dtype = images.dtype
     resized = F.interpolate(images.float(), size=_size_pair(image_size), mode="bilinear",
                             antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(dtype) if dtype == torch.uint8 else resized
+    return to_uint8(resized) if dtype == torch.uint8 else resized
 
 
 def _check_fraction(name: str, value: float) -> None:

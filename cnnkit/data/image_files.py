@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError, first_line
+from .pixels import to_unit_float
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -94,7 +95,7 @@ class ImageFiles(Dataset):
         except Exception as err:
             raise DataError(f"image_folder: cannot read image '{path}' ({_decoder_reason(err)}); "
                             f"replace or remove the file") from err
-        return TF.resize(image, list(self.size), antialias=True).float().div(255)
+        return to_unit_float(TF.resize(image, list(self.size), antialias=True))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.load(index)

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..seeding import order_seed, sample_augment_seed
 from .tensor_loader import ResumablePosition
 
 
@@ -27,7 +28,7 @@ class EpochSeededSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(order_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator).tolist()
         start, self.start = self.start, 0
         return iter([(index, self.epoch) for index in order[start:]])
@@ -48,7 +49,7 @@ class SeededAugmentation(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
         with torch.random.fork_rng(devices=[]):  # the global RNG (dropout's) is left as it was
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            torch.manual_seed(sample_augment_seed(self.seed, epoch, index))
             return self.dataset[index]
 
 

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .pixels import to_unit_float
 
 
 class TensorImages(Dataset):
@@ -22,8 +23,7 @@ class TensorImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[index]
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        x = to_unit_float(self.images[index])
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[index]
@@ -31,8 +31,7 @@ class TensorImages(Dataset):
     def inputs(self, batch_size: int = 1024):
         """The untransformed inputs in batches (for input statistics)."""
         for start in range(0, len(self), batch_size):
-            x = self.images[start:start + batch_size]
-            yield x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            yield to_unit_float(self.images[start:start + batch_size])
 
     def names(self) -> list[str]:
         return [f"{self.split}/{i}" for i in range(len(self))]

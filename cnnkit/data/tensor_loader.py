@@ -15,6 +15,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
+from ..seeding import batch_augment_seed, order_seed
+from .pixels import to_unit_float
+
 
 def supports_batches(transforms: Sequence[Any]) -> bool:
     return all(callable(getattr(t, "apply_batch", None)) for t in transforms)
@@ -67,7 +70,7 @@ class TensorBatches(ResumablePosition):
     def _order(self) -> torch.Tensor:
         n = len(self.labels)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch)
+            generator = torch.Generator().manual_seed(order_seed(self.seed, self.sampler.epoch))
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
@@ -84,8 +87,7 @@ class TensorBatches(ResumablePosition):
     # -- batches ----------------------------------------------------------------------------------
     def _batch(self, index: torch.Tensor, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         index = index.to(self.device)
-        x = self.images[index]
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        x = to_unit_float(self.images[index])
         for transform in self.transforms:
             x = transform.apply_batch(x, generator)
         return x, self.labels[index]
@@ -96,7 +98,7 @@ class TensorBatches(ResumablePosition):
         generator = None
         if self.transforms:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(self.seed * 7_919 + self.sampler.epoch)
+            generator.manual_seed(batch_augment_seed(self.seed, self.sampler.epoch))
         start, self._resume = self._resume, 0
         self.handed_out = 0
         for index in range(count):

@@ -15,16 +15,12 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import bn_math
+
 
 def _batch_stat_forward(layer: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    dims = [0] + list(range(2, x.ndim))
-    mean = x.mean(dim=dims, keepdim=True)
-    var = x.var(dim=dims, unbiased=False, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + layer.eps)
-    if layer.affine:
-        shape = [1, -1] + [1] * (x.ndim - 2)
-        y = y * layer.weight.reshape(shape) + layer.bias.reshape(shape)
-    return y
+    mean, var = bn_math.batch_mean_var(x)
+    return bn_math.layer_normalize(layer, x, mean, var)
 
 
 @contextmanager

@@ -8,7 +8,7 @@ Evaluation: x̂ = (x − μ̄) / √(σ̄² + ε)  — a fixed affine map.
 This module registers itself like a user's module would: a layer, a NormScheme, one decorator.
 It subclasses ``_BatchNorm`` only for its parameters and buffers (same names as torch's, so
 checkpoints and every BN-aware tool — eval_stats, precise BN, sync BN — treat it as BatchNorm);
-the forward pass is written out below.
+the forward pass below is assembled from ``bn_math``'s pieces, where each formula is written once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import NORMS
+from . import bn_math
 from .norms import BatchNorm
 
 
@@ -30,27 +31,13 @@ class ScratchBatchNorm(_BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        dims = [0] + list(range(2, x.dim()))
-        shape = [1, -1] + [1] * (x.dim() - 2)
         if self.training or not self.track_running_stats:
-            mean = x.mean(dim=dims)
-            var = ((x - mean.reshape(shape)) ** 2).mean(dim=dims)  # biased: what normalizes the batch
+            mean, var = bn_math.batch_mean_var(x)  # biased variance: what normalizes the batch
             if self.training and self.track_running_stats:
-                self._update_running_stats(mean.detach(), var.detach(), x.numel() // x.shape[1])
+                bn_math.update_running_stats(self, mean, var, x.numel() // x.shape[1])
         else:
             mean, var = self.running_mean, self.running_var
-        x_hat = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
-        if self.affine:
-            return x_hat * self.weight.reshape(shape) + self.bias.reshape(shape)
-        return x_hat
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-        self.num_batches_tracked += 1
-        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum  # None: plain average
-        unbiased = var * n / max(n - 1, 1)
-        self.running_mean.mul_(1 - m).add_(mean, alpha=m)
-        self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        return bn_math.layer_normalize(self, x, mean, var)
 
 
 @NORMS.register("bn_scratch", description="BatchNorm before the activation, written with plain tensor ops "

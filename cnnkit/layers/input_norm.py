@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import bn_math
+
 MIN_STD = 1e-3  # digits has pixels that are constant over the data set
 
 
@@ -38,14 +40,7 @@ def channel_statistics(batches, channels: int) -> tuple[torch.Tensor, torch.Tens
 
     Sums in float64 so a pass over a large image folder does not lose precision.
     """
-    count = 0
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_sq = torch.zeros(channels, dtype=torch.float64)
+    moments = bn_math.Moments.zeros(channels)
     for x in batches:
-        x = x.to(torch.float64).transpose(0, 1).reshape(channels, -1)
-        count += x.shape[1]
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
-    mean = total / count
-    var = (total_sq / count - mean * mean).clamp_min(0)
-    return mean.float(), var.sqrt().float()
+        moments.add(x)
+    return moments.mean.float(), moments.var().sqrt().float()
