@@ -44,8 +44,8 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     from .anatomy import describe_model
 
     info = data_info(cfg)
-    report = describe_model(build_model(cfg, info), info["input_shape"])
-    report["num_classes"] = info["num_classes"]
+    report = describe_model(build_model(cfg, info), info.input_shape)
+    report["num_classes"] = info.num_classes
     return report
 
 

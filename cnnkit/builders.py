@@ -9,6 +9,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from .config import to_plain
+from .data.info import DataInfo
 from .errors import CheckpointError
 
 
@@ -18,30 +19,30 @@ def build_datamodule(cfg: DictConfig):
     return ClassificationDataModule(cfg.data, seed=cfg.seed)
 
 
-def build_module(cfg: DictConfig, data_info: dict[str, Any], datamodule: Any = None):
+def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None):
     """The LightningModule; with a loaded ``datamodule``, input standardization gets its train-split statistics."""
     from .layers.input_norm import InputStandardize
     from .module import ClassifierModule
 
-    module = ClassifierModule(to_plain(cfg), data_info)
+    module = ClassifierModule(to_plain(cfg), data_info.as_dict())  # plain data: saved as hyper-parameters
     if datamodule is not None and isinstance(module.model.input_norm, InputStandardize):
         module.model.input_norm.set_statistics(*datamodule.input_statistics())
     return module
 
 
-def data_info(cfg: DictConfig) -> dict[str, Any]:
+def data_info(cfg: DictConfig) -> DataInfo:
     """Input shape and classes of the config's dataset, read from its entry (no data needed)."""
-    from .registry import DATASETS
+    from .plans import dataset_plan
 
-    return DATASETS.build(to_plain(cfg.data.dataset)).info()
+    return dataset_plan(cfg.data).build().info()
 
 
-def build_model(cfg: DictConfig, info: Optional[dict[str, Any]] = None):
+def build_model(cfg: DictConfig, info: Optional[DataInfo] = None):
     """The network alone (a ``torch.nn.Module``); ``info`` defaults to the config's dataset's."""
     from .model import build_classifier
 
     info = info or data_info(cfg)
-    return build_classifier(cfg.model, info["input_shape"], info["num_classes"])
+    return build_classifier(cfg.model, info.input_shape, info.num_classes)
 
 
 def load_weights(module, checkpoint: dict[str, Any], path: Path, strict: bool) -> None:

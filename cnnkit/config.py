@@ -14,12 +14,15 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from .errors import CnnkitError, ConfigError, first_line
+
+if TYPE_CHECKING:
+    from .registry import Plan
 
 SCHEMA_VERSION = 1
 INCLUDE_KEY = "include"
@@ -397,32 +400,24 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check everything a run needs from the config before anything is built or written."""
-    from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS, OPTIMIZERS, POOLINGS,
-                           SCHEDULERS, TRANSFORMS, import_user_code, split_spec)
+    from . import plans
+    from .registry import import_user_code
 
     import_user_code(list(cfg.imports))
 
     model = cfg.model
-    with key_context("model.norm"):
-        norm = NORMS.build(to_plain(model.norm))
+    model_plan = plans.model_plan(model)
     with key_context("model.act"):
-        ACTIVATIONS.build(to_plain(model.act))
-    with key_context("model.pool"):
-        POOLINGS.prepare(to_plain(model.pool), kernel_size=2)
+        model_plan.act.build()  # takes no inputs: building it checks the values, not only the names
     with key_context("model.init"):
-        INITS.build(to_plain(model.init))
-    with key_context("model.backbone"):
-        backbone, _ = BACKBONES.prepare(to_plain(model.backbone), optional=BACKBONE_INPUTS)
-    _warn_unused_model_keys(model, backbone, norm)
-    _require(model.bias in ("auto", True, False, "true", "false"),
-             f"model.bias must be auto, true or false, got {model.bias!r}")
+        model_plan.init.build()
+    norm = model_plan.norm
+    _warn_unused_model_keys(model, model_plan.backbone, norm)
 
     data = cfg.data
-    with key_context("data.dataset"):
-        DATASETS.prepare(to_plain(data.dataset))
-    for i, spec in enumerate(data.augment):
-        with key_context(f"data.augment[{i}]"):
-            TRANSFORMS.prepare(to_plain(spec), optional={"size": None})
+    dataset_plan = plans.dataset_plan(data)
+    augment_plans = plans.augment_plans(data)
+    _check_loader(data, dataset_plan, augment_plans)
     _require(data.batch_size >= 1, f"data.batch_size must be >= 1, got {data.batch_size}")
     if norm.batch_stats:
         _require(data.batch_size >= 2,
@@ -438,10 +433,8 @@ def validate(cfg: DictConfig) -> None:
     _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
     _require(optim.reference_batch_size >= 1,
              f"optim.reference_batch_size must be >= 1, got {optim.reference_batch_size}")
-    with key_context("optim.optimizer"):
-        OPTIMIZERS.prepare(to_plain(optim.optimizer), params=None, lr=optim.lr, weight_decay=optim.weight_decay)
-    with key_context("optim.scheduler"):
-        SCHEDULERS.prepare(to_plain(optim.scheduler), optional=SCHEDULER_INPUTS)
+    plans.optimizer_plan(optim)
+    plans.scheduler_plan(optim)
     _require(0.0 <= cfg.loss.label_smoothing < 1.0,
              f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}")
 
@@ -453,39 +446,71 @@ def validate(cfg: DictConfig) -> None:
     _require(trainer.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {trainer.log_every_n_steps}")
     _require(trainer.gradient_clip_val is None or trainer.gradient_clip_val > 0,
              f"trainer.gradient_clip_val must be > 0 (or null), got {trainer.gradient_clip_val}")
-    for i, spec in enumerate(cfg.callbacks):
-        with key_context(f"callbacks[{i}]"):  # the name here; arguments when the trainer is built
-            CALLBACKS.get_entry(split_spec(to_plain(spec), "callbacks")[0])
+    plans.callback_plans(cfg)
+    _check_devices(cfg)
     for key in ("name", "variant"):
         value = cfg[key]
         _require(bool(value) and "/" not in value and value not in (".", ".."),
                  f"{key} must be a non-empty name without '/', got {value!r}")
 
 
+def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> None:
+    from .data.tensor_loader import uses_tensor_path
+
+    uses_tensor_path(to_plain(data.loader), getattr(dataset.target, "in_memory", None),
+                     [plan.target for plan in augment])
+
+
+def known_world_size(trainer: DictConfig) -> Optional[int]:
+    """Processes the config asks for when it says how many (``devices: auto`` / -1 depend on the machine)."""
+    devices = to_plain(trainer.devices)
+    if isinstance(devices, list):
+        count = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        count = devices
+    elif isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        count = int(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    else:
+        return None
+    return count * trainer.num_nodes
+
+
+def _check_devices(cfg: DictConfig) -> None:
+    from .distributed import per_device_batch
+
+    world = known_world_size(cfg.trainer)
+    if world is not None:
+        per_device_batch(cfg.data.batch_size, world, cfg.trainer.accumulate_grad_batches)
+    if to_plain(cfg.trainer.progress_bar) == "rich":
+        import importlib.util
+
+        _require(importlib.util.find_spec("rich") is not None,
+                 "trainer.progress_bar=rich needs the 'rich' package: pip install rich "
+                 "(or use trainer.progress_bar=tqdm)")
+
+
 _MISSING = object()
 _SAID: set[str] = set()
 
 
-def _warn_unused_model_keys(model: DictConfig, backbone: Any, norm: Any) -> None:
+def _warn_unused_model_keys(model: DictConfig, backbone: "Plan", norm: Any) -> None:
     """A model key set away from its default that the backbone does not take does nothing: say so once.
 
     A norm scheme without layers still standardizes the inputs (outside the backbone), so only a
     scheme with layers counts as unused.
     """
     from .layers.norms import NormScheme
-    from .registry import accepted_kwargs
 
-    takes = accepted_kwargs(backbone)
     defaults = ModelConfig()
     for key in ("norm", "act", "pool", "bias"):
         value = to_plain(model[key])
-        if takes is None or key in takes or value in (getattr(defaults, key), "none"):  # none: nothing asked
+        if backbone.takes(key) or value in (getattr(defaults, key), "none"):  # none: nothing asked
             continue
         if key == "norm" and type(norm).make is NormScheme.make:
             continue
-        name = getattr(backbone, "__name__", str(backbone))
-        message = (f"cnnkit: warning: model.{key}={value} has no effect: backbone '{name}' "
-                   f"takes no {key}")
+        message = f"cnnkit: warning: model.{key}={value} has no effect: {backbone.what} takes no {key}"
         if message not in _SAID:
             _SAID.add(message)
             print(message, file=sys.stderr)
@@ -511,9 +536,3 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
             keys.append(path)
             keys.extend(_all_keys(node._get_node(key), path + "."))
     return keys
-
-
-# What cnnkit passes to parts it builds, besides what the config's spec says; a part that does
-# not take one of these simply does not get it.
-BACKBONE_INPUTS = {"input_shape": None, "num_classes": None, "norm": None, "act": None, "pool": None, "bias": None}
-SCHEDULER_INPUTS = {"optimizer": None, "total_steps": None, "steps_per_epoch": None, "lr": None}

@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 from .builders import build_datamodule, build_module, load_weights
 from .checkpoint import read_checkpoint, resolve_checkpoint
 from .config import load_config
-from .errors import CheckpointError, DataError
+from .data.info import DataInfo
 from .atomic import atomic_write_text
+from .errors import CheckpointError, DataError
 from .runs import RunDir
 from .trainer import build_trainer
 
@@ -29,8 +30,12 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
     return cfg, path, checkpoint
 
 
+def stored_data_info(checkpoint: dict[str, Any]) -> DataInfo:
+    return DataInfo.from_dict(checkpoint["hyper_parameters"]["data_info"])
+
+
 def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, Any]):
-    module = build_module(cfg, checkpoint["hyper_parameters"]["data_info"])
+    module = build_module(cfg, stored_data_info(checkpoint))
     load_weights(module, checkpoint, path, strict=True)
     return module
 
@@ -40,12 +45,10 @@ def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequen
     cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
     module = _module_from_checkpoint(cfg, path, checkpoint)
     datamodule = build_datamodule(cfg)
-    stored, current = checkpoint["hyper_parameters"]["data_info"], datamodule.info
-    if stored["num_classes"] != current["num_classes"] or list(stored["input_shape"]) != current["input_shape"]:
-        raise CheckpointError(
-            f"checkpoint '{path}' was trained on inputs {stored['input_shape']} with {stored['num_classes']} classes; "
-            f"the configured data has {current['input_shape']} with {current['num_classes']}"
-        )
+    stored, current = stored_data_info(checkpoint), datamodule.info
+    if (stored.num_classes, stored.input_shape) != (current.num_classes, current.input_shape):
+        raise CheckpointError(f"checkpoint '{path}' was trained on {stored.describe()}; "
+                              f"the configured data has {current.describe()}")
     trainer = build_trainer(cfg, None, False, [])
     run_stage = trainer.validate if stage == "validate" else trainer.test
     results = run_stage(module, datamodule=datamodule)
@@ -61,7 +64,7 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
 
     cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
     module = _module_from_checkpoint(cfg, path, checkpoint)
-    info = checkpoint["hyper_parameters"]["data_info"]
+    info = stored_data_info(checkpoint)
     batch = cfg.data.eval_batch_size or cfg.data.batch_size
     if input_dir is not None:
         if not os.path.isdir(input_dir):
@@ -70,7 +73,7 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
                         if f.lower().endswith(IMAGE_EXTENSIONS))
         if not images:
             raise DataError(f"predict: no images ({', '.join(IMAGE_EXTENSIONS)}) under '{input_dir}'")
-        channels, height, width = info["input_shape"]
+        channels, height, width = info.input_shape
         dataset = ImageFiles([(p, -1) for p in images], (height, width), channels, "input")
         source = Path(input_dir).name or "input"
     else:
@@ -89,7 +92,7 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     for probs in probabilities:
         best_p, best_c = probs.max(dim=-1)
         for p, c in zip(best_p.tolist(), best_c.tolist()):
-            writer.writerow([names[row], info["class_names"][c], f"{p:.6f}"])
+            writer.writerow([names[row], info.class_names[c], f"{p:.6f}"])
             row += 1
     atomic_write_text(out, buffer.getvalue())
     return out

@@ -10,9 +10,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .config import to_plain
 from .layers.input_norm import InputStandardize
-from .registry import ACTIVATIONS, BACKBONES, INITS, NORMS, POOLINGS
+from .plans import model_plan
 
 
 class Classifier(nn.Module):
@@ -27,23 +26,12 @@ class Classifier(nn.Module):
         return self.backbone(self.input_norm(x))
 
 
-def _bias(value: Any) -> str | bool:
-    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
-
-
 def build_classifier(model_cfg: Any, input_shape: Sequence[int], num_classes: int) -> Classifier:
-    """Every part by name from the registry; the norm scheme also decides on input standardization."""
-    norm = NORMS.build(to_plain(model_cfg.norm))
-    act_spec, pool_spec = to_plain(model_cfg.act), to_plain(model_cfg.pool)
-    inputs = {
-        "input_shape": tuple(input_shape),
-        "num_classes": num_classes,
-        "norm": norm,
-        "act": lambda: ACTIVATIONS.build(act_spec),
-        "pool": lambda kernel_size: POOLINGS.build(pool_spec, kernel_size=kernel_size),
-        "bias": _bias(model_cfg.bias),
-    }
-    backbone = BACKBONES.build(to_plain(model_cfg.backbone), optional=inputs)
-    INITS.build(to_plain(model_cfg.init))(backbone)
-    input_norm = InputStandardize(tuple(input_shape)) if norm.standardize_inputs else nn.Identity()
+    """Every part from the model's plan; the norm scheme also decides on input standardization."""
+    plan = model_plan(model_cfg)
+    backbone = plan.backbone.build(input_shape=tuple(input_shape), num_classes=num_classes, norm=plan.norm,
+                                   act=plan.act.build, pool=lambda kernel_size: plan.pool.build(kernel_size=kernel_size),
+                                   bias=plan.bias)
+    plan.init.build()(backbone)
+    input_norm = InputStandardize(tuple(input_shape)) if plan.norm.standardize_inputs else nn.Identity()
     return Classifier(backbone, input_norm)

@@ -17,13 +17,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .callbacks.output import run_path, write_json
 from .config import SCHEMA_VERSION, to_plain
+from .data.info import DataInfo
 from .distributed import average_bn_buffers, convert_sync_bn
 from .layers.batch_stats import batch_statistics
 from .lifecycle import Divergence
 from .lightning_adapter import logs_this_step
 from .model import build_classifier
 from .optim import parameter_groups, scaled_lr
-from .registry import OPTIMIZERS, SCHEDULERS
+from .plans import optimizer_plan, scheduler_plan
 
 SPLITS = ("train", "val", "test")
 TRAIN_METRICS = ("train_acc", "train_loss")  # accumulated over an epoch, so saved for a mid-epoch resume
@@ -42,10 +43,11 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.cfg = OmegaConf.create(config)
-        self.class_names = list(data_info["class_names"])
-        self.model = build_classifier(self.cfg.model, data_info["input_shape"], data_info["num_classes"])
+        self.data_info = DataInfo.from_dict(data_info)
+        self.class_names = list(self.data_info.class_names)
+        self.model = build_classifier(self.cfg.model, self.data_info.input_shape, self.data_info.num_classes)
         average = to_plain(self.cfg.metrics.average)
-        classes = data_info["num_classes"]
+        classes = self.data_info.num_classes
         for split in SPLITS:  # checks skipped: inputs come from our own code; NaN losses stop training first
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=classes, average=average, validate_args=False))
             setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
@@ -80,7 +82,7 @@ class ClassifierModule(L.LightningModule):
             idle += [f"{option} (the model has no BatchNorm layer)" for option, on in (
                 ("eval_stats: batch", to_plain(self.cfg.eval_stats) == "batch"),
                 ("distributed.sync_bn", self.cfg.distributed.sync_bn)) if on]
-        if to_plain(self.cfg.tta) == "flip" and len(self.hparams.data_info["input_shape"]) != 3:
+        if to_plain(self.cfg.tta) == "flip" and not self.data_info.is_image:
             idle.append("tta: flip (the inputs are not images)")
         for option in idle:
             rank_zero_warn(f"cnnkit: {option} has no effect here")
@@ -191,11 +193,10 @@ class ClassifierModule(L.LightningModule):
             rank_zero_info(f"cnnkit: lr {optim.lr:g} scaled ({to_plain(optim.lr_scaling)}) for global batch "
                            f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
         groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
-        optimizer = OPTIMIZERS.build(to_plain(optim.optimizer), params=groups, lr=lr,
-                                     weight_decay=optim.weight_decay)
+        optimizer = optimizer_plan(optim).build(params=groups, lr=lr, weight_decay=optim.weight_decay)
         per_epoch, total = self.total_steps()
-        scheduler = SCHEDULERS.build(to_plain(optim.scheduler), optional={
-            "optimizer": optimizer, "total_steps": total, "steps_per_epoch": per_epoch, "lr": lr})
+        scheduler = scheduler_plan(optim).build(optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch,
+                                                lr=lr)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

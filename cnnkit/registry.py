@@ -226,29 +226,53 @@ class Registry:
             yield self._find(name)
 
     # -- building -----------------------------------------------------------------------------
-    def prepare(self, spec: Any, optional: Mapping[str, Any] | None = None,
-                **overrides: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
-        """Resolve ``spec`` to (target, kwargs) and check the kwargs without calling anything.
+    def plan(self, spec: Any, given: tuple[str, ...] = (), offered: tuple[str, ...] = ()) -> "Plan":
+        """Resolve ``spec`` and check its arguments against the inputs cnnkit will add, calling nothing.
 
-        ``optional`` kwargs are passed only if the target takes them (and the spec did not set them).
+        ``given`` inputs are always passed (they win over the spec); ``offered`` ones only when the
+        target takes them and the spec did not set them. The same plan serves validation (which
+        stops here) and construction (``Plan.build`` with the inputs' values).
         """
         name, kwargs = split_spec(spec, self.kind)
         entry = self.get_entry(name)
         target = self.get(name)
-        merged = {**entry.preset, **kwargs, **overrides}
-        if optional:
-            takes = accepted_kwargs(target)
-            merged = {**{k: v for k, v in optional.items() if takes is None or k in takes}, **merged}
-        check_kwargs(target, merged, f"{self.singular} '{entry.name}'")
-        return target, merged
+        kwargs = {**entry.preset, **kwargs}
+        takes = accepted_kwargs(target)
+        passed = {*kwargs, *given, *(k for k in offered if takes is None or k in takes)}
+        check_kwargs(target, dict.fromkeys(passed), f"{self.singular} '{entry.name}'")
+        return Plan(f"{self.singular} '{entry.name}'", target, kwargs, tuple(given), tuple(offered))
 
-    def build(self, spec: Any, optional: Mapping[str, Any] | None = None, **overrides: Any) -> Any:
-        """Call the target of ``spec``; merge order: optional < preset < spec kwargs < overrides."""
-        target, kwargs = self.prepare(spec, optional, **overrides)
-        return target(**kwargs)
+    def build(self, spec: Any, optional: Mapping[str, Any] | None = None, **given: Any) -> Any:
+        """Plan and build in one go: ``given`` inputs always passed, ``optional`` ones if taken."""
+        optional = dict(optional or {})
+        return self.plan(spec, tuple(given), tuple(optional)).build(**optional, **given)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One part, checked and ready to build: the target, the config's arguments, the inputs it gets."""
+
+    what: str  # "backbone 'resnet20'", for messages
+    target: Callable[..., Any]
+    kwargs: dict[str, Any]  # the entry's preset, then the config spec's arguments
+    given: tuple[str, ...] = ()  # inputs always passed, over the spec
+    offered: tuple[str, ...] = ()  # inputs passed when the target takes them and the spec did not set them
+
+    def takes(self, key: str) -> bool:
+        accepted = accepted_kwargs(self.target)
+        return accepted is None or key in accepted
+
+    def build(self, **inputs: Any) -> Any:
+        expected = {*self.given, *self.offered}
+        if set(inputs) != expected:
+            raise TypeError(f"{self.what}: built with inputs {sorted(inputs)}, planned with {sorted(expected)}")
+        merged = {k: inputs[k] for k in self.offered if self.takes(k) and k not in self.kwargs}
+        merged.update(self.kwargs)
+        merged.update({k: inputs[k] for k in self.given})
+        return self.target(**merged)
 
 
 def split_spec(spec: Any, kind: str = "registry") -> tuple[str, dict[str, Any]]:

@@ -8,7 +8,33 @@ from omegaconf import DictConfig
 
 from .config import key_context, to_plain
 from .errors import ConfigError, first_line
+from .plans import callback_plans
 from .runs import RunDir
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """What the machine decides, checked before Lightning starts: the accelerator exists, and the
+    global batch divides over ``devices: auto`` / -1 once their count is known."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+
+    from .config import known_world_size
+    from .distributed import per_device_batch
+
+    t = cfg.trainer
+    accelerators = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "gpu": CUDAAccelerator, "mps": MPSAccelerator}
+    name = str(t.accelerator).lower()
+    if name == "gpu" and MPSAccelerator.is_available():
+        name = "mps"
+    accelerator = accelerators.get(name)
+    if accelerator is not None and not accelerator.is_available():
+        raise ConfigError(f"trainer.accelerator={t.accelerator}: this machine has no {name.upper()} device that "
+                          f"torch can use; use trainer.accelerator=auto (or cpu)")
+    if known_world_size(t) is None and str(to_plain(t.devices)) in ("auto", "-1"):
+        if name == "auto":
+            accelerator = next((a for a in (CUDAAccelerator, MPSAccelerator) if a.is_available()), CPUAccelerator)
+        if accelerator is not None:  # a user's registered accelerator counts its own devices
+            per_device_batch(cfg.data.batch_size, accelerator.auto_device_count() * t.num_nodes,
+                             t.accumulate_grad_batches)
 
 
 def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbacks: list[Any],
@@ -19,24 +45,19 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     from .checkpoint_io import AtomicCheckpointIO
-    from .registry import CALLBACKS
 
     t = cfg.trainer
+    check_accelerator(cfg)
     progress = to_plain(t.progress_bar)
     if progress == "rich":
-        try:
-            import rich  # noqa: F401
-        except ImportError as err:
-            raise ConfigError("trainer.progress_bar=rich needs the 'rich' package: pip install rich "
-                              "(or use trainer.progress_bar=tqdm)") from err
         callbacks.append(RichProgressBar())
     elif progress == "tqdm":
         callbacks.append(TQDMProgressBar())
-    for i, spec in enumerate(cfg.callbacks):
+    for i, plan in enumerate(callback_plans(cfg)):
         with key_context(f"callbacks[{i}]"):
             try:
-                callbacks.append(CALLBACKS.build(to_plain(spec)))
-            except (ValueError, TypeError) as err:
+                callbacks.append(plan.build())
+            except (ValueError, TypeError) as err:  # a value the callback's own checks refuse
                 raise ConfigError(first_line(err)) from err
     kwargs: dict[str, Any] = dict(
         accelerator=t.accelerator, devices=to_plain(t.devices), strategy=t.strategy, num_nodes=t.num_nodes,

@@ -237,7 +237,7 @@ def test_every_batchnorm_sits_on_the_side_of_the_activation_its_scheme_says(back
                            f"data.dataset={{name: digits, image_size: {MIN_SIZE[backbone]}}}"])
     model = cnnkit.build_model(cfg).eval()
     joins = {f"{name}.act" for name, module in model.named_modules() if isinstance(module, BasicBlock)}
-    trace = leaf_trace(model, torch.zeros(2, *cnnkit.data_info(cfg)["input_shape"]))
+    trace = leaf_trace(model, torch.zeros(2, *cnnkit.data_info(cfg).input_shape))
 
     def act(i):
         return 0 <= i < len(trace) and isinstance(trace[i][1], nn.ReLU) and trace[i][0] not in joins

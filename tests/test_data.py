@@ -150,12 +150,12 @@ def test_image_folder_missing_root_and_unreadable_image(tmp_path):
 
 
 def test_dataset_info_needs_no_data(tmp_path):
-    assert DATASETS.build({"name": "cifar10", "root": str(tmp_path / "absent")}).info() == {
+    assert DATASETS.build({"name": "cifar10", "root": str(tmp_path / "absent")}).info().as_dict() == {
         "input_shape": [3, 32, 32], "num_classes": 10, "class_names": [
             "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
-    assert DATASETS.build({"name": "mnist", "image_size": 32}).info()["input_shape"] == [1, 32, 32]
+    assert DATASETS.build({"name": "mnist", "image_size": 32}).info().input_shape == (1, 32, 32)
     folder = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "image_size": 128, "num_classes": 11})
-    assert folder.info()["input_shape"] == [3, 128, 128] and folder.info()["num_classes"] == 11
+    assert folder.info().input_shape == (3, 128, 128) and folder.info().num_classes == 11
 
 
 def test_image_folder_num_classes_must_match(tmp_path):
@@ -204,7 +204,7 @@ def test_an_image_folder_takes_its_images_own_size_and_channels(tmp_path, capsys
     described = cnnkit.describe(load_config([], [f"data.dataset={{name: image_folder, root: {root}, num_classes: 2}}"]))
     assert described["input_shape"] == [1, 28, 28] and "input 1x28x28" in capsys.readouterr().out
     explicit = load_config([], [f"data.dataset={{name: image_folder, root: {root}, image_size: 16, channels: 3}}"])
-    assert cnnkit.data_info(explicit)["input_shape"] == [3, 16, 16]
+    assert cnnkit.data_info(explicit).input_shape == (3, 16, 16)
     assert "cnnkit: image_folder" not in capsys.readouterr().out  # nothing inferred, nothing said
 
 
@@ -214,5 +214,5 @@ def test_photos_of_mixed_sizes_are_resized_to_64(tmp_path, capsys):
     root = gray_digits_folder(tmp_path / "photos", size=(40, 30), mode="RGB")
     Image.new("RGB", (50, 20)).save(root / "train/3/odd.png")
     info = cnnkit.data_info(cnnkit.load_config([], [f"data.dataset={{name: image_folder, root: {root}}}"]))
-    assert info["input_shape"] == [3, 64, 64]
+    assert info.input_shape == (3, 64, 64)
     assert "sizes differ (40x30, 50x20, ...): resized to 64x64" in capsys.readouterr().out

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import cnnkit
-from cnnkit.callbacks.activation_stats import ActivationPercentiles
-from cnnkit.callbacks.landscape import probe_along_gradient
+from cnnkit.analyses.activation_percentiles import ActivationPercentiles
+from cnnkit.analyses.landscape import probe_along_gradient
 from cnnkit.callbacks.precise_bn import recompute_bn_statistics
 from cnnkit.config import load_config
 from cnnkit.errors import ConfigError

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..layers.blocks import ConvNormAct
+from ..layers.blocks import Bias, ConvNormAct
 from ..layers.norms import NoNorm, NormScheme
 from ..registry import BACKBONES
 from .head import classifier_head
@@ -23,7 +23,7 @@ COURSE_CLASSES = 11
 
 
 def course_cnn(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormScheme,
-               act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: str | bool,
+               act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: Bias,
                channels: Sequence[int], pools: Sequence[int], hidden: Sequence[int]) -> nn.Sequential:
     in_channels = image_channels(input_shape, name)
     layers: list[nn.Module] = []
@@ -39,7 +39,7 @@ def course_cnn(name: str, input_shape: Sequence[int], num_classes: int, *, norm:
 @BACKBONES.register("hw3_2021", description="course HW3 2021 sample: 3 conv blocks 64/128/256, pools 2/2/4, "
                                             "FC 256 → 256 → 11 (128x128 input)")
 def hw3_2021(input_shape: Sequence[int] = COURSE_INPUT, num_classes: int = COURSE_CLASSES, *, norm: NormScheme,
-             act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: str | bool = "auto") -> nn.Module:
+             act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: Bias = "auto") -> nn.Module:
     return course_cnn("hw3_2021", input_shape, num_classes, norm=norm, act=act, pool=pool, bias=bias,
                       channels=(64, 128, 256), pools=(2, 2, 4), hidden=(256, 256))
 
@@ -47,6 +47,6 @@ def hw3_2021(input_shape: Sequence[int] = COURSE_INPUT, num_classes: int = COURS
 @BACKBONES.register("hw3_2022", description="course HW3 2022 sample: 5 conv blocks 64→512, pools of 2, "
                                             "FC 1024 → 512 → 11 (128x128 input)")
 def hw3_2022(input_shape: Sequence[int] = COURSE_INPUT, num_classes: int = COURSE_CLASSES, *, norm: NormScheme,
-             act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: str | bool = "auto") -> nn.Module:
+             act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: Bias = "auto") -> nn.Module:
     return course_cnn("hw3_2022", input_shape, num_classes, norm=norm, act=act, pool=pool, bias=bias,
                       channels=(64, 128, 256, 512, 512), pools=(2, 2, 2, 2, 2), hidden=(1024, 512))

@@ -6,12 +6,12 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..layers.blocks import LinearNormAct
+from ..layers.blocks import Bias, LinearNormAct
 from ..layers.norms import NormScheme
 
 
 def classifier_head(in_features: int, hidden: Sequence[int], num_classes: int, *, norm: NormScheme,
-                    act: Callable[[], nn.Module], bias: str | bool, dropout: float = 0.0) -> nn.Sequential:
+                    act: Callable[[], nn.Module], bias: Bias, dropout: float = 0.0) -> nn.Sequential:
     """Flatten, ``hidden`` LinearNormAct layers, then a plain linear layer to the logits."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features

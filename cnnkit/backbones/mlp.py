@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from ..layers.blocks import Bias
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
 from .head import classifier_head
@@ -15,7 +16,7 @@ from .head import classifier_head
 @BACKBONES.register("mlp", aliases=("fc",),
                     description="flatten → hidden fully-connected layers (norm + act each) → classifier")
 def mlp(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-        bias: str | bool = "auto",
+        bias: Bias = "auto",
         hidden: Sequence[int] = (100, 100, 100), dropout: float = 0.0) -> nn.Module:
     """Ioffe & Szegedy's MNIST network is ``hidden: [100, 100, 100]`` with sigmoid."""
     return classifier_head(math.prod(input_shape), hidden, num_classes, norm=norm, act=act, bias=bias,

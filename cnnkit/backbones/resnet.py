@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..layers.blocks import ConvNormAct, NormAct, use_bias
+from ..layers.blocks import Bias, ConvNormAct, NormAct, use_bias
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
 from .shapes import image_channels
@@ -28,7 +28,7 @@ class BasicBlock(nn.Module):
     """x → conv3x3 → norm/act → conv3x3 → norm, plus the shortcut, then act."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: NormScheme,
-                 act: Callable[[], nn.Module], bias: str | bool):
+                 act: Callable[[], nn.Module], bias: Bias):
         super().__init__()
         self.shortcut = (nn.Identity() if stride == 1 and in_channels == out_channels else
                          ConvNormAct(in_channels, out_channels, 1, stride, 0, norm=norm, act=None, bias=bias))
@@ -45,7 +45,7 @@ class PreActBlock(nn.Module):
     """x → norm/act → conv3x3 → norm/act → conv3x3, plus the shortcut (taken after the first norm/act)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: NormScheme,
-                 act: Callable[[], nn.Module], bias: str | bool):
+                 act: Callable[[], nn.Module], bias: Bias):
         super().__init__()
         self.pre1 = NormAct(in_channels, norm, act)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=use_bias(bias, _norm_first(norm)))
@@ -66,7 +66,7 @@ def _norm_first(norm: NormScheme) -> bool:
 
 
 def resnet(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormScheme,
-           act: Callable[[], nn.Module], bias: str | bool, widths: Sequence[int], blocks: Sequence[int],
+           act: Callable[[], nn.Module], bias: Bias, widths: Sequence[int], blocks: Sequence[int],
            preact: bool) -> nn.Sequential:
     in_channels = image_channels(input_shape, name)
     block = PreActBlock if preact else BasicBlock
@@ -88,7 +88,7 @@ def resnet(name: str, input_shape: Sequence[int], num_classes: int, *, norm: Nor
 
 def _register(name: str, widths: tuple[int, ...], blocks: tuple[int, ...], description: str) -> None:
     def build(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-              bias: str | bool = "auto", preact: bool = False, width: float = 1.0) -> nn.Module:
+              bias: Bias = "auto", preact: bool = False, width: float = 1.0) -> nn.Module:
         scaled = [max(1, round(w * width)) for w in widths]
         return resnet(name, input_shape, num_classes, norm=norm, act=act, bias=bias, widths=scaled,
                       blocks=blocks, preact=preact)

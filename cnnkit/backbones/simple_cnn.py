@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..layers.blocks import ConvNormAct
+from ..layers.blocks import Bias, ConvNormAct
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
 from .head import classifier_head
@@ -17,7 +17,7 @@ from .shapes import feature_shape, image_channels
 @BACKBONES.register("simple_cnn", aliases=("cnn",),
                     description="conv blocks (conv → norm/act, pool) → flatten → fully-connected head")
 def simple_cnn(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-               pool: Callable[..., nn.Module], bias: str | bool = "auto", channels: Sequence[int] = (32, 64),
+               pool: Callable[..., nn.Module], bias: Bias = "auto", channels: Sequence[int] = (32, 64),
                kernel_size: int = 3, pool_size: int = 2, hidden: Sequence[int] = (128,),
                dropout: float = 0.0) -> nn.Module:
     in_channels = image_channels(input_shape, "simple_cnn")

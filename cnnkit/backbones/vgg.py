@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers.blocks import ConvNormAct
+from ..layers.blocks import Bias, ConvNormAct
 from ..layers.norms import NormScheme
 from ..registry import BACKBONES
 from .head import classifier_head
@@ -27,7 +27,7 @@ STAGES = {
 
 
 def vgg(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormScheme,
-        act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: str | bool, width: float,
+        act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: Bias, width: float,
         hidden: Sequence[int], dropout: float) -> nn.Sequential:
     if width <= 0:
         raise ConfigError(f"{name}: width must be > 0, got {width}")
@@ -48,7 +48,7 @@ def vgg(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormSc
 
 def _register(name: str, layers: int) -> None:
     def build(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-              pool: Callable[..., nn.Module], bias: str | bool = "auto", width: float = 1.0,
+              pool: Callable[..., nn.Module], bias: Bias = "auto", width: float = 1.0,
               hidden: Sequence[int] = (512,), dropout: float = 0.0) -> nn.Module:
         return vgg(name, input_shape, num_classes, norm=norm, act=act, pool=pool, bias=bias, width=width,
                    hidden=hidden, dropout=dropout)

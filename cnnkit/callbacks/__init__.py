@@ -3,6 +3,7 @@
 Lightning's own are declared lazily, so ``cnnkit list`` does not import Lightning.
 """
 
+from ..analyses import register_callbacks as register_analysis_callbacks
 from ..registry import CALLBACKS
 
 CALLBACKS.register_lazy("early_stopping", "lightning.pytorch.callbacks:EarlyStopping",
@@ -14,16 +15,8 @@ CALLBACKS.register_lazy("model_checkpoint", "lightning.pytorch.callbacks:ModelCh
 CALLBACKS.register_lazy("device_stats", "lightning.pytorch.callbacks:DeviceStatsMonitor",
                         "Lightning's DeviceStatsMonitor: accelerator utilization and memory")
 
-# cnnkit's analysis callbacks (the course experiments), declared lazily for the same reason.
 CALLBACKS.register_lazy("precise_bn", "cnnkit.callbacks.precise_bn:PreciseBN",
                         "exact BN population statistics over N training batches before validation/test")
-CALLBACKS.register_lazy("eval_modes", "cnnkit.callbacks.eval_modes:EvalModes",
-                        "after test: accuracy with running / batch (at chosen eval batch sizes) / precise BN stats")
-CALLBACKS.register_lazy("activation_percentiles", "cnnkit.callbacks.activation_stats:ActivationPercentiles",
-                        "15/50/85th percentiles of a unit's pre-activation input over training")
-CALLBACKS.register_lazy("hessian_lr", "cnnkit.callbacks.surface:HessianLR",
-                        "Hessian at the start: condition number, and lr = factor * 2/lambda_max")
-CALLBACKS.register_lazy("loss_surface", "cnnkit.callbacks.surface:LossSurface",
-                        "weight path and loss grid of a two-parameter model, for contour plots")
-CALLBACKS.register_lazy("landscape", "cnnkit.callbacks.landscape:LandscapeProbes",
-                        "loss range, gradient predictiveness and beta-smoothness along the gradient every N steps")
+
+# the course analyses: one module each under cnnkit/analyses/, found by name (see analyses/__init__.py)
+register_analysis_callbacks(CALLBACKS)

@@ -13,11 +13,12 @@ from ..config import to_plain
 from ..distributed import UnpaddedDistributedSampler, per_device_batch
 from ..errors import ConfigError
 from ..layers.input_norm import channel_statistics
-from ..registry import DATASETS, TRANSFORMS
+from ..plans import augment_plans, dataset_plan
 from .datasets import dataset_info
+from .info import DataInfo
 from .resumable import ResumableDataLoader
 from .splits import DatasetSplits, TensorImages
-from .tensor_loader import TensorBatches, supports_batches
+from .tensor_loader import TensorBatches, uses_tensor_path
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -38,9 +39,9 @@ class ClassificationDataModule(L.LightningDataModule):
     def load(self) -> DatasetSplits:
         """Build the dataset entry once (raises DataError if its files are missing)."""
         if self.splits is None:
-            splits = DATASETS.build(to_plain(self.cfg.dataset)).load()
+            splits = dataset_plan(self.cfg).build().load()
             size = tuple(splits.input_shape[1:]) if len(splits.input_shape) == 3 else None
-            self.transforms = [TRANSFORMS.build(to_plain(spec), optional={"size": size}) for spec in self.cfg.augment]
+            self.transforms = [plan.build(size=size) for plan in augment_plans(self.cfg)]
             self.splits = splits
             if not self.tensor_path and self.transforms:
                 from torchvision.transforms import v2
@@ -51,18 +52,8 @@ class ClassificationDataModule(L.LightningDataModule):
     @property
     def tensor_path(self) -> bool:
         """Whether batches come from device-resident tensors (see data/tensor_loader.py)."""
-        mode = to_plain(self.cfg.loader)
-        in_memory = isinstance(self.splits.train, TensorImages)
-        batched = supports_batches(self.transforms)
-        if mode == "tensor":
-            if not in_memory:
-                raise ConfigError("data.loader=tensor needs a data set held in memory (digits, mnist, fashion_mnist, "
-                                  "cifar10, cifar100); use data.loader=dataloader for image folders")
-            if not batched:
-                names = [type(t).__name__ for t in self.transforms if not hasattr(t, "apply_batch")]
-                raise ConfigError(f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "
-                                  f"(random_crop, horizontal_flip and cutout do); use data.loader=dataloader")
-        return mode == "tensor" or (mode == "auto" and in_memory and batched)
+        return uses_tensor_path(to_plain(self.cfg.loader), isinstance(self.splits.train, TensorImages),
+                                self.transforms)
 
     def prepare_data(self) -> None:
         self.load()
@@ -71,7 +62,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.load()
 
     @property
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DataInfo:
         return dataset_info(self.load())
 
     def input_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..registry import DATASETS
+from .info import DataInfo
 from .pixels import to_uint8
 from .splits import DatasetSplits, TensorImages, stratified_split
 
@@ -66,16 +67,13 @@ def _in_memory(images: torch.Tensor, labels: torch.Tensor, class_names: list[str
 class DatasetSource:
     """A dataset entry: what its samples look like (``info``, reads no data) and ``load``."""
 
-    def info(self) -> dict[str, Any]:
+    in_memory = True  # load() holds every image in one tensor (the tensor-resident loader can serve it)
+
+    def info(self) -> DataInfo:
         raise NotImplementedError
 
     def load(self) -> DatasetSplits:
         raise NotImplementedError
-
-
-def _info(input_shape: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
-    return {"input_shape": [int(d) for d in input_shape], "num_classes": len(class_names),
-            "class_names": [str(c) for c in class_names]}
 
 
 @DATASETS.register("digits", description="scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)")
@@ -87,8 +85,8 @@ class Digits(DatasetSource):
         self.image_size, self.val_fraction, self.test_fraction, self.split_seed = (
             image_size, val_fraction, test_fraction, split_seed)
 
-    def info(self) -> dict[str, Any]:
-        return _info((1, *_size_pair(self.image_size or 8)), [str(i) for i in range(10)])
+    def info(self) -> DataInfo:
+        return DataInfo.of((1, *_size_pair(self.image_size or 8)), [str(i) for i in range(10)])
 
     def load(self) -> DatasetSplits:
         from sklearn.datasets import load_digits
@@ -117,8 +115,8 @@ class TwoScales(DatasetSource):
         self.samples, self.scale, self.noise, self.seed = samples, scale, noise, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
-    def info(self) -> dict[str, Any]:
-        return _info((2,), ["0", "1"])
+    def info(self) -> DataInfo:
+        return DataInfo.of((2,), ["0", "1"])
 
     def load(self) -> DatasetSplits:
         generator = torch.Generator().manual_seed(self.seed)
@@ -141,8 +139,8 @@ class Synthetic(DatasetSource):
         self.shape, self.num_classes, self.samples, self.seed = tuple(shape), num_classes, samples, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
-    def info(self) -> dict[str, Any]:
-        return _info(self.shape, [str(i) for i in range(self.num_classes)])
+    def info(self) -> DataInfo:
+        return DataInfo.of(self.shape, [str(i) for i in range(self.num_classes)])
 
     def load(self) -> DatasetSplits:
         generator = torch.Generator().manual_seed(self.seed)
@@ -166,9 +164,9 @@ class TorchvisionSource(DatasetSource):
         self.root, self.download, self.val_fraction, self.split_seed, self.image_size = (
             root, download, val_fraction, split_seed, image_size)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DataInfo:
         size = _size_pair(self.image_size) if self.image_size else self.shape[1:]
-        return _info((self.shape[0], *size), self.classes)
+        return DataInfo.of((self.shape[0], *size), self.classes)
 
     def _open(self, train: bool):
         import torchvision.datasets as tvd
@@ -229,6 +227,7 @@ class CIFAR100(TorchvisionSource):
 @DATASETS.register("image_folder", aliases=("folder",),
                    description="image files: train/ val/ [test/] with a folder per class, or label-prefixed names")
 class ImageFolder(DatasetSource):
+    in_memory = False  # images are read from their files as batches are made
     """``layout: class_dirs`` → ``root/train/<class>/*.jpg``; ``label_prefix`` → ``root/train/3_120.jpg``.
 
     ``splits`` names the split folders (default train, val, test); test is optional. ``num_classes``
@@ -286,11 +285,11 @@ class ImageFolder(DatasetSource):
         lister = list_class_dirs if self.layout == "class_dirs" else list_label_prefix
         return lister(os.path.join(self.root, self.folders[split]), class_names)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DataInfo:
         if self.num_classes is not None:  # no data needed, but the images' own shape if they are there
             folder = os.path.join(self.root, self.folders["train"])
             files = self._list("train", None)[1] if os.path.isdir(folder) else None
-            return _info(self._shape(files), [str(i) for i in range(self.num_classes)])
+            return DataInfo.of(self._shape(files), [str(i) for i in range(self.num_classes)])
         return dataset_info(self.load())
 
     def load(self) -> DatasetSplits:
@@ -324,4 +323,4 @@ class ImageFolder(DatasetSource):
 
 def dataset_info(splits: DatasetSplits) -> dict[str, Any]:
     """What a model needs from its data, as plain data (stored in checkpoints)."""
-    return _info(splits.input_shape, splits.class_names)
+    return DataInfo.of(splits.input_shape, splits.class_names)

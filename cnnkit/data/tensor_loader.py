@@ -15,12 +15,33 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
+from ..errors import ConfigError
+
 from ..seeding import batch_augment_seed, order_seed
 from .pixels import to_unit_float
 
 
 def supports_batches(transforms: Sequence[Any]) -> bool:
     return all(callable(getattr(t, "apply_batch", None)) for t in transforms)
+
+
+def uses_tensor_path(mode: str, in_memory: Optional[bool], transforms: Sequence[Any]) -> bool:
+    """``data.loader`` (auto | tensor | dataloader) → whether batches come from device-resident tensors.
+
+    ``transforms`` may be the transform classes (validation) or instances (the data module); an
+    unknown ``in_memory`` (a user's dataset, before loading) defers that check to the data module.
+    """
+    batched = supports_batches(transforms)
+    if mode == "tensor":
+        if in_memory is False:
+            raise ConfigError("data.loader=tensor needs a data set held in memory (digits, mnist, fashion_mnist, "
+                              "cifar10, cifar100); use data.loader=dataloader for image folders")
+        if not batched:
+            names = [getattr(t, "__name__", type(t).__name__) for t in transforms
+                     if not callable(getattr(t, "apply_batch", None))]
+            raise ConfigError(f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "
+                              f"(random_crop, horizontal_flip and cutout do); use data.loader=dataloader")
+    return mode == "tensor" or (mode == "auto" and bool(in_memory) and batched)
 
 
 class ResumablePosition:

@@ -8,23 +8,34 @@ stay separate child modules, which keeps ``SyncBatchNorm.convert_sync_batchnorm`
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable, Literal, Union
 
 from torch import nn
 
 from ..errors import ConfigError
 from .norms import ORDERS, NormScheme
 
-BIAS_MODES = ("auto", "true", "false")
+Bias = Union[bool, Literal["auto"]]
+BIAS_CHOICES = ("auto", "true", "false")
 
 
-def use_bias(bias: str | bool, norm_follows: bool) -> bool:
+def parse_bias(value: Any) -> Bias:
+    """``model.bias`` as blocks take it: ``"auto"``, True or False (YAML booleans or their spellings)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in BIAS_CHOICES:
+        raise ConfigError(f"bias must be one of {', '.join(BIAS_CHOICES)}, got {value!r}")
+    return "auto" if text == "auto" else text == "true"
+
+
+def use_bias(bias: Bias, norm_follows: bool) -> bool:
     """``auto`` drops the bias only where a norm directly follows (its β makes the bias redundant)."""
-    if isinstance(bias, bool):
-        return bias
-    if bias not in BIAS_MODES:
-        raise ConfigError(f"bias must be one of {', '.join(BIAS_MODES)}, got {bias!r}")
-    return bias == "true" or (bias == "auto" and not norm_follows)
+    if bias == "auto":
+        return not norm_follows
+    if not isinstance(bias, bool):
+        raise ConfigError(f"bias must be \"auto\", True or False (see parse_bias), got {bias!r}")
+    return bias
 
 
 def norm_act_order(norm: NormScheme, norm_layer: nn.Module | None,
@@ -45,7 +56,7 @@ class WeightNormAct(nn.Sequential):
     weight_name = "weight_layer"
 
     def __init__(self, make_weight: Callable[[bool], nn.Module], out_features: int,
-                 norm: NormScheme, act: Callable[[], nn.Module] | None, bias: str | bool):
+                 norm: NormScheme, act: Callable[[], nn.Module] | None, bias: Bias):
         norm_layer = norm.make(out_features, self.dim)
         norm_follows = norm_layer is not None and (norm.order == "pre" or act is None)
         layers = OrderedDict([(self.weight_name, make_weight(use_bias(bias, norm_follows)))])
@@ -70,7 +81,7 @@ class ConvNormAct(WeightNormAct):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  padding: int | None = None, *, norm: NormScheme, act: Callable[[], nn.Module] | None,
-                 bias: str | bool = "auto"):
+                 bias: Bias = "auto"):
         padding = kernel_size // 2 if padding is None else padding
         super().__init__(
             lambda b: nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=b),
@@ -85,6 +96,6 @@ class LinearNormAct(WeightNormAct):
     weight_name = "linear"
 
     def __init__(self, in_features: int, out_features: int, *, norm: NormScheme,
-                 act: Callable[[], nn.Module] | None, bias: str | bool = "auto"):
+                 act: Callable[[], nn.Module] | None, bias: Bias = "auto"):
         super().__init__(lambda b: nn.Linear(in_features, out_features, bias=b),
                          out_features, norm, act, bias)

@@ -9,7 +9,9 @@ at its ``batch_size``. Results go to ``<run>/eval_modes.json`` and the loggers.
 from __future__ import annotations
 
 import copy
+import statistics
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -18,8 +20,9 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from ..layers.batch_stats import batch_statistics
-from .output import run_path, write_json
-from .precise_bn import recompute_bn_statistics
+from ..callbacks.output import run_path, write_json
+from ..callbacks.precise_bn import recompute_bn_statistics
+from ._unit import Analysis, mean_std, pyplot, save_figure
 
 STATS = ("running", "batch", "precise")
 
@@ -80,3 +83,50 @@ class EvalModes(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"eval_modes/{r['stats']}@{r['batch_size']}": r["accuracy"] for r in self.results},
                                step=trainer.global_step)
+
+
+Callback = EvalModes
+
+
+class EvalModesReport(Analysis):
+    files = ("eval_modes.json",)
+
+    def _modes(self, run) -> list[dict[str, Any]]:
+        return self.of(run).get("eval_modes") or []
+
+    def tables(self, runs, groups) -> list[str]:
+        # columns by position: a mode whose batch size follows data.batch_size differs per variant
+        width = max(len(self._modes(r)) for rs in groups.values() for r in rs)
+        labels = []
+        for i in range(width):
+            entries = [self._modes(r)[i] for rs in groups.values() for r in rs if len(self._modes(r)) > i]
+            sizes = {e["batch_size"] for e in entries}
+            labels.append(f"{entries[0]['stats']} @ " + (str(sizes.pop()) if len(sizes) == 1 else "training batch"))
+        lines = ["", "## Test accuracy by BN statistics and eval batch size", "",
+                 "| variant | " + " | ".join(labels) + " |", "|---|" + "---|" * width]
+        for group, group_runs in groups.items():
+            cells = [mean_std([self._modes(r)[i]["accuracy"] for r in group_runs if len(self._modes(r)) > i])
+                     for i in range(width)]
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        return lines
+
+    def figures(self, runs, groups, out: Path) -> list[str]:
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for group, group_runs in groups.items():
+            table: dict[str, dict[int, list[float]]] = {}
+            for run in group_runs:
+                for item in self._modes(run):
+                    table.setdefault(item["stats"], {}).setdefault(item["batch_size"], []).append(item["accuracy"])
+            for stats, by_size in table.items():
+                sizes = sorted(by_size)
+                ax.plot(sizes, [statistics.mean(by_size[s]) for s in sizes], "o-",
+                        label=f"{group_runs[0].group}: {stats}")
+        ax.set_xscale("log")
+        ax.set_xlabel("eval batch size")
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=7)
+        return [save_figure(fig, out / "eval_modes.png")]
+
+
+ANALYSIS = EvalModesReport()

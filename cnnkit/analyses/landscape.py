@@ -9,13 +9,17 @@ training is unchanged.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+import statistics
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .output import RowLog
+from ..callbacks.output import RowLog
+from ._unit import Analysis, mean_std, pyplot, save_figure
 
 
 def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
@@ -79,3 +83,59 @@ class LandscapeProbes(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows.flush(trainer)
+
+
+Callback = LandscapeProbes
+
+
+def _finite_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if all(v is not None and math.isfinite(v) for v in r.values())]
+
+
+class LandscapeReport(Analysis):
+    files = ("landscape.csv",)
+
+    def means(self, run) -> Optional[dict[str, float]]:
+        finite = _finite_rows(self.of(run).get("landscape", []))
+        if not finite:
+            return None
+        return {"loss_range": statistics.mean(r["loss_max"] - r["loss_min"] for r in finite),
+                "grad_change": statistics.mean(r["grad_change_max"] for r in finite),
+                "beta": statistics.mean(r["beta"] for r in finite)}
+
+    def tables(self, runs, groups) -> list[str]:
+        scapes = [(g, [self.means(r) for r in rs]) for g, rs in groups.items() if any(self.means(r) for r in rs)]
+        if not scapes:
+            return []
+        lines = ["", "## Landscape probes, averaged over the run (mean ± std over seeds, then each seed)", "",
+                 "| variant | loss range along −g | max gradient change | effective β |", "|---|---|---|---|"]
+        for group, values in scapes:
+            values = [v for v in values if v]
+            lines.append(f"| {group} | {mean_std([v['loss_range'] for v in values], True)} | "
+                         f"{mean_std([v['grad_change'] for v in values], True)} | "
+                         f"{mean_std([v['beta'] for v in values], True)} |")
+        return lines
+
+    def figures(self, runs, groups, out: Path) -> list[str]:
+        plt = pyplot()
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for run in (group_runs[0] for group_runs in groups.values()):
+            rows = _finite_rows(self.of(run)["landscape"])
+            steps = [r["step"] for r in rows]
+            band = axes[0].fill_between(steps, [r["loss_min"] for r in rows], [r["loss_max"] for r in rows],
+                                        alpha=0.35, label=run.variant)
+            color = band.get_facecolor()[0]
+            axes[1].fill_between(steps, [r["grad_change_min"] for r in rows], [r["grad_change_max"] for r in rows],
+                                 alpha=0.35, color=color, label=run.variant)
+            axes[2].plot(steps, [r["beta"] for r in rows], color=color, label=run.variant)
+        for ax, title in zip(axes, ("loss along the gradient (range over step sizes)",
+                                    "gradient predictiveness: ‖∇L(θ−ηg) − ∇L(θ)‖",
+                                    "effective β-smoothness")):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        return [save_figure(fig, out / "landscape.png")]
+
+
+ANALYSIS = LandscapeReport()

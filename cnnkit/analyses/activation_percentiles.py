@@ -10,6 +10,7 @@ Without BN the percentiles drift in mean and spread; with BN they stay put.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
@@ -17,7 +18,8 @@ import torch
 
 from ..layers.batch_stats import batch_statistics
 from ..layers.blocks import WeightNormAct
-from .output import RowLog
+from ..callbacks.output import RowLog
+from ._unit import Analysis, pyplot, save_figure
 
 
 def default_activation(model: torch.nn.Module) -> str:
@@ -78,3 +80,43 @@ class ActivationPercentiles(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows.flush(trainer)
+
+
+Callback = ActivationPercentiles
+
+
+class ActivationPercentilesReport(Analysis):
+    files = ("activations.csv",)
+
+    def median_range(self, run) -> Optional[float]:
+        """How far the 50th percentile of the probed unit's input moved over training (E2)."""
+        values = [r["p50"] for r in self.of(run).get("activations", []) if r.get("p50") is not None]
+        return max(values) - min(values) if values else None
+
+    def tables(self, runs, groups) -> list[str]:
+        ranges = [(r.variant, self.median_range(r)) for r in runs if self.median_range(r) is not None]
+        if not ranges:
+            return []
+        return (["", "## Drift of the median pre-activation input over training (max − min of the 50th percentile)",
+                 "", "| run | range of the median |", "|---|---|"]
+                + [f"| {variant} | {value:.4f} |" for variant, value in ranges])
+
+    def figures(self, runs, groups, out: Path) -> list[str]:
+        firsts = [group_runs[0] for group_runs in groups.values()]
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(firsts), figsize=(5 * len(firsts), 4), squeeze=False, sharey=True)
+        for ax, run in zip(axes[0], firsts):
+            rows = self.of(run)["activations"]
+            steps = [r["step"] for r in rows]
+            keys = sorted((k for k in rows[0] if k.startswith("p")), key=lambda k: float(k[1:]))
+            ax.fill_between(steps, [r[keys[0]] for r in rows], [r[keys[-1]] for r in rows], alpha=0.3,
+                            label=f"{keys[0][1:]}–{keys[-1][1:]}th percentile")
+            ax.plot(steps, [r["p50"] for r in rows], label="median")
+            ax.set_title(run.variant, fontsize=9)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("input to one unit's activation")
+        return [save_figure(fig, out / "activations.png")]
+
+
+ANALYSIS = ActivationPercentilesReport()

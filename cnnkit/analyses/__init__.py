@@ -1,0 +1,45 @@
+"""Course analyses, one module each: its callback, the files it writes, its tables and figures.
+
+A module ``cnnkit/analyses/<name>.py`` is the analysis ``<name>``. A recipe adds it with
+``callbacks: [{name: <name>, ...}]``; ``cnnkit report`` summarizes and draws it for whichever run
+directories hold its files. The module defines ``Callback`` (a Lightning callback) and ``ANALYSIS``
+(an ``Analysis``: the files, the table, the figure). Adding an analysis is adding a module here —
+nothing else names it. Modules whose name starts with ``_`` hold shared pieces.
+
+Discovery reads module names and docstrings without importing them, so ``cnnkit list`` and
+config validation stay free of Lightning's import time.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._unit import Analysis
+    from ..registry import Registry
+
+HERE = Path(__file__).parent
+
+
+def names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if not m.name.startswith("_"))
+
+
+def summary(name: str) -> str:
+    """The first paragraph of the module's docstring, on one line (what ``cnnkit list`` shows)."""
+    doc = ast.get_docstring(ast.parse((HERE / f"{name}.py").read_text(encoding="utf-8"))) or name
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def register_callbacks(registry: "Registry") -> None:
+    for name in names():
+        registry.register_lazy(name, f"{__name__}.{name}:Callback", summary(name))
+
+
+def units() -> list["Analysis"]:
+    """Every analysis's report side, in name order (imports the modules)."""
+    return [importlib.import_module(f"{__name__}.{name}").ANALYSIS for name in names()]

@@ -1,0 +1,64 @@
+"""Hessian of the full-batch training loss at the start: condition number and lr = factor·2/λmax (E1).
+
+Its eigenvalues give the condition number and the largest stable step of gradient descent,
+2/λmax; with ``set_lr`` the learning rate becomes ``factor``·2/λmax, so each variant runs at its
+own largest stable step. Recorded in ``hessian.json``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from ..callbacks.output import write_json
+from ._full_batch import loss_of_flat, train_tensors
+from ._unit import Analysis
+
+
+class HessianLR(L.Callback):
+    def __init__(self, factor: float = 0.9, set_lr: bool = True, max_params: int = 5000):
+        self.factor, self.set_lr, self.max_params = factor, set_lr, max_params
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = pl_module.model
+        size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if size > self.max_params:
+            raise ValueError(f"hessian_lr: the model has {size} parameters; the full Hessian is for small "
+                             f"models (max_params={self.max_params})")
+        x, y = train_tensors(trainer, pl_module.device)
+        was_training = model.training
+        model.eval()
+        loss, flat = loss_of_flat(model, x, y)
+        hessian = torch.autograd.functional.hessian(loss, flat)
+        model.train(was_training)
+        eigenvalues = torch.linalg.eigvalsh(hessian.double())
+        top, bottom = float(eigenvalues.max()), float(eigenvalues.min())
+        lr = self.factor * 2.0 / top
+        record = {"lambda_max": top, "lambda_min": bottom,
+                  "condition_number": top / bottom if bottom > 0 else float("inf"),
+                  "largest_stable_lr": 2.0 / top, "lr": lr if self.set_lr else None}
+        if self.set_lr:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                    group["initial_lr"] = lr
+        write_json(trainer, "hessian.json", record)
+
+
+Callback = HessianLR
+
+
+class HessianReport(Analysis):
+    files = ("hessian.json",)
+
+    def tables(self, runs, groups) -> list[str]:
+        lines = ["", "## Hessian at the start", "", "| run | λmax | λmin | condition number | lr used |",
+                 "|---|---|---|---|---|"]
+        for run in runs:
+            h = self.of(run)["hessian"]
+            lines.append(f"| {run.variant} | {h['lambda_max']:.4g} | {h['lambda_min']:.4g} | "
+                         f"{h['condition_number']:,.1f} | {h['lr'] if h['lr'] is None else format(h['lr'], '.4g')} |")
+        return lines
+
+
+ANALYSIS = HessianReport()

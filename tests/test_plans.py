@@ -1,0 +1,98 @@
+"""One build plan per part: validation and construction make the same plans, and every config error
+is raised before Lightning's Trainer exists."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cnnkit.config import load_config
+from cnnkit.errors import ConfigError
+from cnnkit.layers.blocks import parse_bias
+
+from .conftest import QUICKSTART, REPO
+from .test_cli import BAD_INPUTS as CLI_BAD_INPUTS
+from .test_reliability import BAD_INPUTS as RUN_BAD_INPUTS
+from .test_reliability import trained_checkpoint  # noqa: F401  (a fixture the run cases use)
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """Every Trainer constructed from here on (construction itself goes ahead)."""
+    import lightning.pytorch as pl
+
+    made = []
+    original = pl.Trainer.__init__
+
+    def recording(self, *args, **kwargs):
+        made.append(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", recording)
+    return made
+
+
+def run_main(args) -> int:
+    from cnnkit.cli import main
+
+    try:
+        return main(list(args))
+    except SystemExit as exit:  # argparse's own errors
+        return exit.code
+
+
+@pytest.mark.parametrize("case", sorted(CLI_BAD_INPUTS))
+def test_every_cli_bad_input_fails_before_a_trainer_is_constructed(case, tmp_path, trainers, capsys):
+    code = run_main(CLI_BAD_INPUTS[case][0](tmp_path))
+    assert code == 2, capsys.readouterr().err
+    assert trainers == []
+
+
+@pytest.mark.parametrize("case", sorted(RUN_BAD_INPUTS))
+def test_every_run_bad_input_fails_before_a_trainer_is_constructed(case, tmp_path, trained_checkpoint,  # noqa: F811
+                                                                    trainers, capsys):
+    code = run_main(RUN_BAD_INPUTS[case][0](tmp_path, trained_checkpoint))
+    assert code == 2, capsys.readouterr().err
+    assert trainers == []
+
+
+def test_a_good_config_does_construct_a_trainer(tmp_path, trainers):
+    """The recording fixture sees construction (so the tests above can fail)."""
+    assert run_main(["fit", "--config", QUICKSTART, "--config", str(REPO / "configs/debug/smoke.yaml")]) == 0
+    assert len(trainers) >= 1
+
+
+def test_validation_makes_plans_and_builds_nothing_with_stand_in_arguments():
+    config_source = (REPO / "cnnkit" / "config.py").read_text()
+    assert not re.search(r"kernel_size=2|params=None|\.prepare\(", config_source)
+    for path in (REPO / "cnnkit").rglob("*.py"):
+        assert not re.search(r"[A-Z]+\.prepare\(|_INPUTS = \{", path.read_text()), path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("callbacks=[{name: landscape, every_n_step: 5}]", "callbacks[0]: callback 'landscape' has no argument "
+                                                       "'every_n_step' (did you mean 'every_n_steps'?)"),
+    ("trainer.devices=3", "data.batch_size=64 is the global batch: it must divide evenly by world size 3"),
+    ("data.loader=tensor", "data.loader=tensor needs a data set held in memory"),
+    ("model.bias=maybe", "model.bias: bias must be one of auto, true, false, got 'maybe'"),
+    ("optim.optimizer={name: sgd, momentun: 0.9}", "did you mean 'momentum'"),
+    ("optim.scheduler={name: cosine, warmup_step: 3}", "did you mean 'warmup_steps'"),
+    ("model.pool={name: max, kernel: 3}", "model.pool: pooling 'max' has no argument 'kernel'"),
+])
+def test_errors_the_config_alone_determines_are_raised_by_validation(override, message, tmp_path):
+    extra = ["data.dataset={name: image_folder, root: nowhere, num_classes: 2}"] if "loader" in override else []
+    with pytest.raises(ConfigError) as caught:
+        load_config([QUICKSTART], [override, *extra])
+    assert message in str(caught.value)
+
+
+def test_bias_is_parsed_once_into_auto_true_or_false():
+    assert [parse_bias(v) for v in ("auto", "AUTO", True, "true", False, "False")] == \
+        ["auto", "auto", True, True, False, False]
+    cfg = load_config([QUICKSTART], ["model.bias=false"])
+    from cnnkit.plans import model_plan
+
+    assert model_plan(cfg.model).bias is False
+    with pytest.raises(ConfigError, match="bias must be one of auto, true, false, got 'yes please'"):
+        parse_bias("yes please")
