@@ -42,6 +42,12 @@ def mean_std(values: list[Optional[float]], each: bool = False) -> str:
     return text + f" ({', '.join(f'{v:.3g}' for v in values)})" if each else text
 
 
+def table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A REPORT.md section: ``## title`` and a markdown table."""
+    lines = ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def pyplot():
     import matplotlib
 

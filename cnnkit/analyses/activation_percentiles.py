@@ -19,7 +19,7 @@ import torch
 from ..layers.batch_stats import batch_statistics
 from ..layers.blocks import WeightNormAct
 from ..callbacks.output import RowLog
-from ._unit import Analysis, pyplot, save_figure
+from ._unit import Analysis, pyplot, save_figure, table
 
 
 def default_activation(model: torch.nn.Module) -> str:
@@ -97,9 +97,8 @@ class ActivationPercentilesReport(Analysis):
         ranges = [(r.variant, self.median_range(r)) for r in runs if self.median_range(r) is not None]
         if not ranges:
             return []
-        return (["", "## Drift of the median pre-activation input over training (max − min of the 50th percentile)",
-                 "", "| run | range of the median |", "|---|---|"]
-                + [f"| {variant} | {value:.4f} |" for variant, value in ranges])
+        return table("Drift of the median pre-activation input over training (max − min of the 50th percentile)",
+                     ["run", "range of the median"], [[variant, f"{value:.4f}"] for variant, value in ranges])
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         firsts = [group_runs[0] for group_runs in groups.values()]

@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from ..layers.batch_stats import batch_statistics
 from ..callbacks.output import run_path, write_json
 from ..callbacks.precise_bn import recompute_bn_statistics
-from ._unit import Analysis, mean_std, pyplot, save_figure
+from ._unit import Analysis, mean_std, pyplot, save_figure, table
 
 STATS = ("running", "batch", "precise")
 
@@ -102,13 +102,9 @@ class EvalModesReport(Analysis):
             entries = [self._modes(r)[i] for rs in groups.values() for r in rs if len(self._modes(r)) > i]
             sizes = {e["batch_size"] for e in entries}
             labels.append(f"{entries[0]['stats']} @ " + (str(sizes.pop()) if len(sizes) == 1 else "training batch"))
-        lines = ["", "## Test accuracy by BN statistics and eval batch size", "",
-                 "| variant | " + " | ".join(labels) + " |", "|---|" + "---|" * width]
-        for group, group_runs in groups.items():
-            cells = [mean_std([self._modes(r)[i]["accuracy"] for r in group_runs if len(self._modes(r)) > i])
-                     for i in range(width)]
-            lines.append(f"| {group} | " + " | ".join(cells) + " |")
-        return lines
+        rows = [[group] + [mean_std([self._modes(r)[i]["accuracy"] for r in group_runs if len(self._modes(r)) > i])
+                           for i in range(width)] for group, group_runs in groups.items()]
+        return table("Test accuracy by BN statistics and eval batch size", ["variant", *labels], rows)
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         plt = pyplot()

@@ -12,7 +12,7 @@ import torch
 
 from ..callbacks.output import write_json
 from ._full_batch import loss_of_flat, train_tensors
-from ._unit import Analysis
+from ._unit import Analysis, table
 
 
 class HessianLR(L.Callback):
@@ -52,13 +52,13 @@ class HessianReport(Analysis):
     files = ("hessian.json",)
 
     def tables(self, runs, groups) -> list[str]:
-        lines = ["", "## Hessian at the start", "", "| run | λmax | λmin | condition number | lr used |",
-                 "|---|---|---|---|---|"]
+        rows = []
         for run in runs:
             h = self.of(run)["hessian"]
-            lines.append(f"| {run.variant} | {h['lambda_max']:.4g} | {h['lambda_min']:.4g} | "
-                         f"{h['condition_number']:,.1f} | {h['lr'] if h['lr'] is None else format(h['lr'], '.4g')} |")
-        return lines
+            lr = str(h["lr"]) if h["lr"] is None else format(h["lr"], ".4g")
+            rows.append([run.variant, f"{h['lambda_max']:.4g}", f"{h['lambda_min']:.4g}",
+                         f"{h['condition_number']:,.1f}", lr])
+        return table("Hessian at the start", ["run", "λmax", "λmin", "condition number", "lr used"], rows)
 
 
 ANALYSIS = HessianReport()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..callbacks.output import RowLog
-from ._unit import Analysis, mean_std, pyplot, save_figure
+from ._unit import Analysis, mean_std, pyplot, save_figure, table
 
 
 def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
@@ -107,14 +107,13 @@ class LandscapeReport(Analysis):
         scapes = [(g, [self.means(r) for r in rs]) for g, rs in groups.items() if any(self.means(r) for r in rs)]
         if not scapes:
             return []
-        lines = ["", "## Landscape probes, averaged over the run (mean ± std over seeds, then each seed)", "",
-                 "| variant | loss range along −g | max gradient change | effective β |", "|---|---|---|---|"]
+        rows = []
         for group, values in scapes:
             values = [v for v in values if v]
-            lines.append(f"| {group} | {mean_std([v['loss_range'] for v in values], True)} | "
-                         f"{mean_std([v['grad_change'] for v in values], True)} | "
-                         f"{mean_std([v['beta'] for v in values], True)} |")
-        return lines
+            rows.append([group] + [mean_std([v[key] for v in values], True) for key in ("loss_range", "grad_change",
+                                                                                      "beta")])
+        return table("Landscape probes, averaged over the run (mean ± std over seeds, then each seed)",
+                     ["variant", "loss range along −g", "max gradient change", "effective β"], rows)
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         plt = pyplot()

@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..callbacks.output import RowLog
 from ..layers import bn_math
 from ..layers.batch_stats import batch_statistics
-from ._unit import Analysis, mean_std, pyplot, save_figure
+from ._unit import Analysis, mean_std, pyplot, save_figure, table
 
 MIN_STD = 1e-5  # a channel that is constant over the data (a dead ReLU's output) has no scale to divide by
 
@@ -107,16 +107,16 @@ class RunningStatsGapReport(Analysis):
         return self.of(run).get("running_stats_gap", [])
 
     def tables(self, runs, groups) -> list[str]:
-        lines = ["", "## BN running statistics vs the population at the last validation (average over layers)", "",
-                 "| variant | mean gap (population stds) | variance gap (relative) | worst layer (variance gap) |",
-                 "|---|---|---|---|"]
+        cells = []
         for group, group_runs in groups.items():
             rows = self._rows(group_runs[0])
             worst = max(_layers(rows), key=lambda layer: rows[-1][f"{layer}/var_gap"])
-            lines.append(f"| {group} | {mean_std([_final_average(self._rows(r), 'mean_gap') for r in group_runs])} | "
-                         f"{mean_std([_final_average(self._rows(r), 'var_gap') for r in group_runs])} | "
-                         f"{worst}: {rows[-1][f'{worst}/var_gap']:.4f} |")
-        return lines
+            averages = [mean_std([_final_average(self._rows(r), kind) for r in group_runs])
+                        for kind in ("mean_gap", "var_gap")]
+            cells.append([group, *averages, f"{worst}: {rows[-1][f'{worst}/var_gap']:.4f}"])
+        return table("BN running statistics vs the population at the last validation (average over layers)",
+                     ["variant", "mean gap (population stds)", "variance gap (relative)", "worst layer (variance gap)"],
+                     cells)
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         plt = pyplot()
