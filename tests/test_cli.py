@@ -81,7 +81,8 @@ BAD_INPUTS = {
     "unreadable checkpoint": (lambda t: ["test", "--ckpt", garbage_ckpt(t)], "is corrupt or truncated"),
     "no checkpoint to resume": (lambda t: ["fit", "--config", QUICKSTART, "--ckpt", "last"], "no checkpoint to resume"),
     "test without ckpt": (lambda t: ["test", "--config", QUICKSTART], "test needs --ckpt"),
-    "gpu on a cpu machine": (lambda t: ["fit", "--config", QUICKSTART, "trainer.accelerator=gpu"], "trainer:"),
+    "gpu on a cpu machine": (lambda t: ["fit", "--config", QUICKSTART, "trainer.accelerator=gpu"],
+                             "trainer.accelerator=gpu: this machine has no GPU device"),
 }
 
 
