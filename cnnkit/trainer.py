@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 
 from .config import key_context, to_plain
 from .errors import ConfigError, first_line
-from .plans import callback_plans
 from .runs import RunDir
 
 
@@ -45,6 +44,7 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     from .checkpoint_io import AtomicCheckpointIO
+    from .plans import callback_plans
 
     t = cfg.trainer
     check_accelerator(cfg)

@@ -29,13 +29,10 @@ def parse_bias(value: Any) -> Bias:
     return "auto" if text == "auto" else text == "true"
 
 
-def use_bias(bias: Bias, norm_follows: bool) -> bool:
+def use_bias(bias: Bias | str, norm_follows: bool) -> bool:
     """``auto`` drops the bias only where a norm directly follows (its β makes the bias redundant)."""
-    if bias == "auto":
-        return not norm_follows
-    if not isinstance(bias, bool):
-        raise ConfigError(f"bias must be \"auto\", True or False (see parse_bias), got {bias!r}")
-    return bias
+    bias = parse_bias(bias)  # blocks built by hand may spell it "true"; from a config it arrives parsed
+    return not norm_follows if bias == "auto" else bias
 
 
 def norm_act_order(norm: NormScheme, norm_layer: nn.Module | None,
