@@ -236,11 +236,10 @@ class Registry:
         name, kwargs = split_spec(spec, self.kind)
         entry = self.get_entry(name)
         target = self.get(name)
-        kwargs = {**entry.preset, **kwargs}
-        takes = accepted_kwargs(target)
-        passed = {*kwargs, *given, *(k for k in offered if takes is None or k in takes)}
-        check_kwargs(target, dict.fromkeys(passed), f"{self.singular} '{entry.name}'")
-        return Plan(f"{self.singular} '{entry.name}'", target, kwargs, tuple(given), tuple(offered))
+        plan = Plan(f"{self.singular} '{entry.name}'", target, {**entry.preset, **kwargs}, tuple(given), tuple(offered))
+        passed = {*plan.kwargs, *given, *(k for k in offered if plan.takes(k))}
+        check_kwargs(target, dict.fromkeys(passed), plan.what)
+        return plan
 
     def build(self, spec: Any, optional: Mapping[str, Any] | None = None, **given: Any) -> Any:
         """Plan and build in one go: ``given`` inputs always passed, ``optional`` ones if taken."""
