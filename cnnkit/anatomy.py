@@ -16,8 +16,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)  # their window is known exactly: the formula must hold
 GLOBAL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear, nn.Flatten)
+UNKNOWN = "unknown"  # a layer changed the spatial size in a way its attributes do not tell
 
 
 @dataclass
@@ -29,8 +30,8 @@ class LayerRow:
     kernel: Optional[int] = None
     stride: Optional[int] = None
     padding: Optional[int] = None
-    receptive_field: Optional[int] = None  # None once every output sees the whole input
-    jump: Optional[int] = None
+    receptive_field: Any = None  # None once every output sees the whole input; UNKNOWN after an unknown layer
+    jump: Any = None
     macs: int = 0
     fc_equivalent_params: Optional[int] = None  # a dense layer with the same input → output maps
 
@@ -39,9 +40,19 @@ def _first(value: Any) -> int:
     return int(value[0] if isinstance(value, (tuple, list)) else value)
 
 
-def _window(module: nn.Module) -> tuple[int, int, int, int]:
+def _window(module: nn.Module) -> Optional[tuple[int, int, int, int]]:
+    """(kernel, stride, padding, dilation) from a layer's attributes, as torch's windowed layers name
+    them; a stride of None means the kernel size (``LPPool2d``). None when the attributes do not say
+    (no ``kernel_size``, or no ``stride`` at all, as in ``FractionalMaxPool2d``)."""
+    if not hasattr(module, "kernel_size") or not hasattr(module, "stride"):
+        return None
+    kernel = _first(module.kernel_size)
+    stride = kernel if module.stride is None else _first(module.stride)
     dilation = _first(getattr(module, "dilation", 1))
-    return _first(module.kernel_size), _first(module.stride), _first(module.padding), dilation
+    padding = getattr(module, "padding", 0)
+    if isinstance(padding, str):  # Conv2d's "same" / "valid"
+        padding = dilation * (kernel - 1) // 2 if padding == "same" else 0
+    return kernel, stride, _first(padding), dilation
 
 
 def describe_model(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
@@ -59,17 +70,24 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> dict[str, An
         r, j = state.get(id(x), last["value"]) if x is not None else last["value"]
         row = LayerRow(name=names[module], type=type(module).__name__, output_shape=list(output.shape[1:]),
                        params=sum(p.numel() for p in module.parameters(recurse=False)))
-        if isinstance(module, WINDOWED) and x is not None and x.dim() == 4:
-            k, s, p, d = _window(module)
+        spatial = x is not None and x.dim() == 4 and output.dim() == 4
+        window = _window(module) if spatial and not isinstance(module, GLOBAL) else None
+        if window is not None:
+            k, s, p, d = window
             effective = d * (k - 1) + 1
             predicted = [(size + 2 * p - effective) // s + 1 for size in x.shape[2:]]
-            if predicted != list(output.shape[2:]):
+            if predicted == list(output.shape[2:]):
+                row.kernel, row.stride, row.padding = k, s, p
+                if isinstance(r, int):
+                    r, j = r + (effective - 1) * j, j * s
+            elif isinstance(module, WINDOWED) and not getattr(module, "ceil_mode", False):
                 raise RuntimeError(f"describe: {row.name} gave {list(output.shape[2:])}, the formula {predicted}")
-            row.kernel, row.stride, row.padding = k, s, p
-            if r is not None:
-                r, j = r + (effective - 1) * j, j * s
+            else:  # e.g. ceil_mode, or an output size of its own: no formula to follow
+                r, j = UNKNOWN, UNKNOWN
         elif isinstance(module, GLOBAL):
             r, j = None, None
+        elif spatial and list(x.shape[2:]) != list(output.shape[2:]):
+            r, j = UNKNOWN, UNKNOWN
         if isinstance(module, nn.Conv2d) and x is not None:
             row.macs = output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
             row.fc_equivalent_params = x.numel() * output.numel() + (output.numel() if module.bias is not None else 0)
@@ -120,6 +138,8 @@ def _fmt(value: Any) -> str:
 
 
 def format_text(report: dict[str, Any], title: str) -> str:
+    from .terminal import text_table
+
     header = ["layer", "type", "output", "params", "k/s/p", "RF", "jump", "MACs"]
     table = [header]
     for row in report["layers"]:
@@ -127,11 +147,7 @@ def format_text(report: dict[str, Any], title: str) -> str:
         rf = "all" if row["receptive_field"] is None else _fmt(row["receptive_field"])
         table.append([row["name"], row["type"], _fmt(row["output_shape"]), _fmt(row["params"]), ksp, rf,
                       _fmt(row["jump"]), _fmt(row["macs"])])
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    lines = [title, ""]
-    for line in table:
-        lines.append("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(line, widths))).rstrip())
+    lines = [title, "", *text_table(table, left=2)]
     t = report["totals"]
     lines += ["", f"total: {_fmt(t['params'])} parameters ({_fmt(t['trainable_params'])} trainable), "
                   f"{_fmt(t['macs'])} multiply-accumulates per image, output {_fmt(t['output_shape'])}"]

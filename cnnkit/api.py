@@ -9,7 +9,7 @@ Everything a user can get wrong is checked before the run directory is touched.
 
 from __future__ import annotations
 
-import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .evaluation import checkpoint_config, evaluate, predict
 from .atomic import atomic_write_text
 from .runs import KEEP, NEW, RunDir, length_bound, process_rank
+from .terminal import say
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info", "checkpoint_config"]
@@ -37,6 +38,8 @@ class FitResult:
     last_checkpoint: Optional[Path] = None
     diverged: Optional[dict[str, Any]] = None  # step, lr, what, reason, last_good
     kept: bool = False  # an earlier run with the same config was kept, nothing trained
+    seconds: Optional[float] = None  # wall time of this fit, start-up included
+    wandb_sync: Optional[str] = None  # the command that uploads an offline W&B run
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -57,6 +60,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     A finished run made with the same config is kept, not retrained (``overwrite`` redoes it).
     SIGINT/SIGTERM end it as ``interrupted`` (``lifecycle.RunInterrupted``).
     """
+    started = time.monotonic()
     run = RunDir.for_config(cfg)
     if ckpt is None and not overwrite:
         ckpt = _requeued_checkpoint(run)
@@ -73,7 +77,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     from .callbacks.rng_state import RngState
     from .checkpoint_io import AtomicCheckpointIO
     from .lifecycle import RunInterrupted, RunLifecycle
-    from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger, stored_wandb_id
+    from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger, offline_sync_command, stored_wandb_id
+    from .terminal import active_matrix, run_header, verbose
     from .trainer import build_trainer
 
     resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
@@ -85,6 +90,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
+    if resume_checkpoint is not None:
+        datamodule.follow((resume_checkpoint.get("cnnkit") or {}).get("data_path"))
     datamodule.load()
     module = build_module(cfg, datamodule.info, datamodule=None if resume_checkpoint else datamodule)
     if resume_checkpoint is not None:
@@ -113,8 +120,12 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         run.prepare(fresh=verdict == NEW)
         atomic_write_text(run.config_file, to_yaml(cfg))
     lifecycle.start(int(resume_checkpoint["global_step"]) if resume_checkpoint else 0)
+    if first_rank and active_matrix() is None:  # a matrix variant is one line of its matrix instead
+        parameters = sum(p.numel() for p in module.model.parameters())
+        print(run_header(cfg, run.path, datamodule.describe(), parameters, trainer), flush=True)
 
     wandb_logger = None
+    wandb_sync = None
     failed = True
     try:
         wandb_logger = make_wandb_logger(cfg, run.path, stored_wandb_id(run.path, resume_checkpoint)
@@ -123,13 +134,14 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
             trainer.loggers = [csv_logger, wandb_logger]
             if first_rank:
                 lifecycle.wandb_run_id = wandb_logger.experiment.id
+                wandb_sync = offline_sync_command(wandb_logger)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None,
                     weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["params"] = float(lifecycle.parameters)
         if lifecycle.divergence is None and datamodule.load().test is not None:
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path or None,
-                                   weights_only=True)
+                                   weights_only=True, verbose=verbose())
             metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
         failed = False
     except BaseException as err:
@@ -149,10 +161,11 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         diverged = {"step": d.step, "lr": d.lr, "what": d.what, "reason": d.reason,
                     "last_good": str(last) if last else None}
         return FitResult(status="diverged", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
-                         last_checkpoint=last, diverged=diverged)
+                         last_checkpoint=last, diverged=diverged, seconds=time.monotonic() - started,
+                         wandb_sync=wandb_sync)
     lifecycle.finish(int(trainer.global_step), metrics, best_path)
     return FitResult(status="finished", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
-                     last_checkpoint=last)
+                     last_checkpoint=last, seconds=time.monotonic() - started, wandb_sync=wandb_sync)
 
 
 def _requeued_checkpoint(run: RunDir) -> Optional[str]:
@@ -187,7 +200,7 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
         scheduler = length_bound(to_plain(cfg.optim.scheduler))
         longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run with "
                   f"--overwrite or name=<new name>" if scheduler else "raise trainer.max_epochs to train on")
-        _say(f"cnnkit: run '{run.path}' already finished; nothing to resume ({longer})")
+        say(f"cnnkit: run '{run.path}' already finished; nothing to resume ({longer})")
     best = status.get("best_checkpoint")
     diverged = None
     if status.get("status") == "diverged":
@@ -209,6 +222,7 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     a result: the matrix goes on.
     """
     from .matrix import combinations
+    from .terminal import matrix_display
 
     base = load_config(files, overrides, validate_config=False)
     if not base.matrix:
@@ -229,21 +243,21 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     verdicts = [RunDir.for_config(cfg).verdict(cfg, resume=resume is not None, overwrite=overwrite,
                                                first_rank=first_rank, init_from=init_from)
                 for cfg, resume in plans]
-    results = []
-    for index, ((cfg, resume), verdict) in enumerate(zip(plans, verdicts), 1):
-        if verdict != KEEP:  # a kept run needs nothing built
-            validate(cfg)
-        if len(plans) > 1:
-            kept = ": finished before with the same config, kept (--overwrite redoes it)" if verdict == KEEP else ""
-            _say(f"cnnkit: [{index}/{len(plans)}] {cfg.name}/{cfg.variant}{kept}")
-        results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
+    results: list[FitResult] = []
+    if len(plans) == 1:
+        if verdicts[0] != KEEP:
+            validate(plans[0][0])
+        return [fit(plans[0][0], ckpt=plans[0][1], init_from=init_from, overwrite=overwrite)]
+    with matrix_display(base.name, plans, show_bar=to_plain(base.trainer.progress_bar) != "none",
+                        runs_dir=Path(base.runs_dir) / base.name, keys=list(base.matrix)) as display:
+        for index, ((cfg, resume), verdict) in enumerate(zip(plans, verdicts), 1):
+            if verdict != KEEP:  # a kept run needs nothing built
+                validate(cfg)
+            display.variant_started(index, cfg)
+            results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
+            display.variant_ended(index, cfg, results[-1])
+        display.close(results)
     return results
-
-
-def _say(message: str) -> None:
-    """A progress line on stderr, from rank 0 only."""
-    if process_rank() == 0:
-        print(message, file=sys.stderr)
 
 
 def combo_tags(values: dict[str, Any]) -> list[tuple[str, str]]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig
 
 from .config import to_plain
 from .data.info import DataInfo
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 
 def build_datamodule(cfg: DictConfig):
@@ -24,7 +25,8 @@ def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None):
     from .layers.input_norm import InputStandardize
     from .module import ClassifierModule
 
-    module = ClassifierModule(to_plain(cfg), data_info.as_dict())  # plain data: saved as hyper-parameters
+    with _resize_hint(cfg):
+        module = ClassifierModule(to_plain(cfg), data_info.as_dict())  # plain data: saved as hyper-parameters
     if datamodule is not None and isinstance(module.model.input_norm, InputStandardize):
         module.model.input_norm.set_statistics(*datamodule.input_statistics())
     return module
@@ -42,7 +44,24 @@ def build_model(cfg: DictConfig, info: Optional[DataInfo] = None):
     from .model import build_classifier
 
     info = info or data_info(cfg)
-    return build_classifier(cfg.model, info.input_shape, info.num_classes)
+    with _resize_hint(cfg):
+        return build_classifier(cfg.model, info.input_shape, info.num_classes)
+
+
+@contextmanager
+def _resize_hint(cfg: DictConfig) -> Iterator[None]:
+    """Images too small for the backbone: the fix names the dataset's own resize key when it has one."""
+    from .backbones.shapes import InputTooSmall
+    from .plans import dataset_plan
+
+    try:
+        yield
+    except InputTooSmall as err:
+        if dataset_plan(cfg.data).takes("image_size"):
+            fix = f"resize the data (data.dataset.image_size={err.minimum}) or use a shallower model"
+        else:
+            fix = "use larger images or a shallower model"
+        raise ConfigError(f"{err}; {fix}") from err
 
 
 def load_weights(module, checkpoint: dict[str, Any], path: Path, strict: bool) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
-import logging
 import os
 import signal
 import sys
-import warnings
 from typing import Optional, Sequence
+
+from .errors import ConfigError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -40,12 +40,20 @@ def _add_config_args(parser: argparse.ArgumentParser, ckpt_help: Optional[str]) 
     if ckpt_help:
         parser.add_argument("--ckpt", metavar="PATH|last", help=ckpt_help)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_output_args(parser)
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                        help="show Lightning's and W&B's own output too (model table, banners, run history)")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="cnnkit", description="Train and evaluate CNN classifiers from YAML recipes.",
                     epilog="Run 'cnnkit COMMAND --help' for a command's options.")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show Lightning's and W&B's own output too (model table, banners, run history)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
@@ -64,13 +72,17 @@ def build_parser() -> Parser:
         _add_config_args(sub, "checkpoint to evaluate ('last': the run's last.ckpt; needs --config)")
 
     predict = commands.add_parser("predict", help="write class probabilities to a CSV",
-                                  description="Predict a split or a folder of images; writes file,class,probability.")
+                                  description="Predict a split or image files, folders and globs; writes a CSV "
+                                              "(file, class, probability, label and correct where known, top-k) "
+                                              "and prints a table for up to 20 images.")
     _add_config_args(predict, "checkpoint to predict with ('last': the run's last.ckpt; needs --config)")
     source = predict.add_mutually_exclusive_group()
     source.add_argument("--split", choices=("train", "val", "test"), help="a split of the configured dataset "
                         "(default: test)")
-    source.add_argument("--input", metavar="DIR", help="a folder of images (searched recursively)")
+    source.add_argument("--input", "-i", action="append", default=[], metavar="PATH",
+                        help="an image file, a folder (searched recursively) or a quoted glob; repeat per path")
     predict.add_argument("--output", "-o", metavar="CSV", help="where to write (default: the run directory)")
+    predict.add_argument("--top-k", type=int, default=3, metavar="K", help="classes listed per image (default 3)")
 
     describe = commands.add_parser("describe", help="show the model's layers, shapes, receptive fields, MACs",
                                    description="One row per layer of the config's model: output shape, parameters, "
@@ -85,7 +97,7 @@ def build_parser() -> Parser:
     report.add_argument("runs", metavar="RUNS_DIR", help="a recipe's run directory, e.g. runs/bn_placement")
     report.add_argument("--no-wandb", action="store_true",
                         help="do not add the figures to the runs' W&B runs (done when the runs used W&B)")
-    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    _add_output_args(report)
 
     sweep = commands.add_parser("sweep", help="write a W&B sweep YAML from a recipe's matrix",
                                 description="Turn a recipe's matrix into a W&B grid sweep whose command runs "
@@ -96,10 +108,14 @@ def build_parser() -> Parser:
     sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
     listing = commands.add_parser("list", help="list registered names (norms, backbones, ...)",
-                                  description="List registry entries with one-line descriptions.")
-    listing.add_argument("registry", nargs="?", choices=REGISTRY_NAMES, metavar="REGISTRY",
-                         help=f"one of: {', '.join(REGISTRY_NAMES)} (default: all)")
-    listing.add_argument("pattern", nargs="?", help="only names matching this (substring or glob)")
+                                  description="List registry entries with one-line descriptions; naming one "
+                                              "registry also shows each entry's config keys and defaults. "
+                                              "'imports=[my_layers.py]' (or --config) adds your own entries.")
+    listing.add_argument("items", nargs="*", metavar="[REGISTRY] [PATTERN] [KEY=VALUE]",
+                         help=f"a registry ({', '.join(REGISTRY_NAMES)}; singular too), a substring or glob, "
+                              f"and config overrides such as 'imports=[my_layers.py]'")
+    listing.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
+                         help="a config whose imports: register your own entries")
     listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
@@ -124,25 +140,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
     from .runs import process_rank
+    from .terminal import summary_block
 
-    if process_rank() != 0:  # under strategy=ddp every rank runs this command; one reports
+    if process_rank() != 0 or len(results) != 1:  # under DDP every rank runs this; a matrix reported as it ran
         return 0
-    for result in results:
-        where = f"{result.run_dir.parent.name}/{result.run_dir.name}"
-        if result.kept and len(results) == 1 and not args.ckpt:
-            print(f"cnnkit: {where} {result.status} before with the same config; kept it (--overwrite redoes it)",
-                  file=sys.stderr)
-        if result.status == "diverged":
-            d = result.diverged or {}
-            kept = f"last good checkpoint {d['last_good']}" if d.get("last_good") else "no checkpoint kept"
-            print(f"cnnkit: {where} diverged: {d.get('reason', 'non-finite training loss')}; {kept}; "
-                  f"marked diverged in {result.run_dir}/status.json", file=sys.stderr)
-            continue
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.endswith("/acc"))
-        print(f"cnnkit: {result.status} {where} in {result.run_dir}" + (f": {summary}" if summary else ""))
-    if len(results) == 1 and results[0].status == "diverged":
-        return EXIT_DIVERGED
-    return 0
+    result = results[0]
+    if result.kept and not args.ckpt:
+        print(f"cnnkit: {result.run_dir.parent.name}/{result.run_dir.name} {result.status} before with the same "
+              f"config; kept it (--overwrite redoes it)", file=sys.stderr)
+    # a diverged run is a failed command: its block goes to stderr, and the exit code says so
+    print(summary_block(result), file=sys.stderr if result.status == "diverged" else sys.stdout, flush=True)
+    return EXIT_DIVERGED if result.status == "diverged" else 0
 
 
 def _require_ckpt(args: argparse.Namespace) -> None:
@@ -150,6 +158,19 @@ def _require_ckpt(args: argparse.Namespace) -> None:
         from .errors import CheckpointError
 
         raise CheckpointError(f"{args.command} needs --ckpt PATH (or --ckpt last with --config)")
+
+
+def _paths_among(tokens: Sequence[str]) -> list[str]:
+    """Bare tokens that name files or folders: a path is never read as a KEY=VALUE override."""
+    return [token for token in tokens if os.path.exists(token)]
+
+
+def _path_hint(command: Optional[str], paths: list[str]) -> str:
+    shown = " ".join(f"'{p}'" for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    if command == "predict":
+        return (f"{shown} is a path, not an option or KEY=VALUE override: repeat --input per path "
+                f"(--input a.png --input b.png) or quote a glob (--input 'images/*.png')")
+    return f"{shown} is a path, not a KEY=VALUE override: pass a checkpoint as --ckpt PATH, a config as --config FILE"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -163,19 +184,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import api
 
+    from .terminal import shown_path, text_table
+
     _require_ckpt(args)
-    out = api.predict(args.ckpt, args.config, args.overrides, split=args.split, input_dir=args.input,
-                      output=args.output)
-    print(f"cnnkit: wrote predictions to {out}")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    predictions = api.predict(args.ckpt, args.config, args.overrides, split=args.split, inputs=args.input,
+                              output=args.output, top_k=args.top_k)
+    if len(predictions.rows) <= TABLE_ROWS:
+        rows = [[shown_path(row[0]) if args.input else row[0], *row[1:]] for row in predictions.rows]
+        print("\n".join(text_table([predictions.header, *rows], left=2)))
+    accuracy = predictions.accuracy()
+    scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else ""
+    count = len(predictions.rows)
+    print(f"cnnkit: wrote {count} prediction{'s' if count != 1 else ''} to {shown_path(predictions.path)}{scored}")
     return 0
+
+
+TABLE_ROWS = 20  # predict prints its rows as a table up to this many images
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     import json
 
     from . import api
-    from .config import to_plain
     from .anatomy import format_text
+    from .config import to_plain
+    from .matrix import format_value
 
     cfg = api.load_config(args.config, args.overrides)
     if args.format == "json":  # stdout is the JSON alone: notes about the data go to stderr
@@ -187,8 +222,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         model = cfg.model
-        title = (f"{to_plain(model.backbone)} · norm {to_plain(model.norm)} · act {to_plain(model.act)} · "
-                 f"pool {to_plain(model.pool)} · input {'x'.join(map(str, report['input_shape']))} · "
+        title = (f"{format_value(to_plain(model.backbone))} · norm {format_value(to_plain(model.norm))} · "
+                 f"act {format_value(to_plain(model.act))} · pool {format_value(to_plain(model.pool))} · input {'x'.join(map(str, report['input_shape']))} · "
                  f"{report['num_classes']} classes")
         print(format_text(report, title), end="")
     return 0
@@ -226,46 +261,62 @@ def _matches(pattern: Optional[str], *texts: str) -> bool:
     return any(pattern in t.lower() for t in texts)
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import REGISTRIES
+def registry_kind(word: str) -> Optional[str]:
+    """``norms``, ``norm``, ``Norm`` → ``norms``; None for a word that names no registry."""
+    key = word.lower().replace("-", "_")
+    for kind in REGISTRY_NAMES:
+        if key in (kind, kind[:-1]):
+            return kind
+    return None
 
-    kinds = [args.registry] if args.registry else list(REGISTRY_NAMES)
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import difflib
+
+    from .config import load_config
+    from .plans import INPUTS
+    from .registry import REGISTRIES, import_user_code
+
+    overrides = [item for item in args.items if "=" in item]
+    words = [item for item in args.items if "=" not in item]
+    kind = registry_kind(words[0]) if words else None
+    if kind is None and len(words) > 1:
+        close = difflib.get_close_matches(words[0].lower(), REGISTRY_NAMES, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"list: unknown registry '{words[0]}'; {hint}registries: {', '.join(REGISTRY_NAMES)}")
+    patterns = words[1:] if kind else words
+    if len(patterns) > 1:
+        raise ConfigError(f"list takes one pattern, got {' '.join(patterns)} (quote a pattern with spaces)")
+    pattern = patterns[0] if patterns else None
+    if args.config or overrides:
+        import_user_code(list(load_config(args.config, overrides, validate_config=False).imports))
+    kinds = [kind] if kind else list(REGISTRY_NAMES)
     shown = 0
-    for kind in kinds:
+    for each in kinds:
         rows = []
-        for entry in REGISTRIES[kind].entries():
-            if not _matches(args.pattern, entry.name, *entry.aliases, entry.description):
+        for entry in REGISTRIES[each].entries():
+            if not _matches(pattern, entry.name, *entry.aliases, entry.description):
                 continue
             name = entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else "")
             traits = getattr(entry.target, "describe_traits", None)
             text = entry.description + (f" [{traits()}]" if callable(traits) else "")
-            rows.append((name, text))
+            keys = entry.arguments(skip=INPUTS.get(each, ())) if kind else None
+            rows.append((name, text, keys))
         if not rows:
             continue
         shown += len(rows)
-        print(f"{kind}:")
-        width = max(len(name) for name, _ in rows)
-        for name, text in rows:
+        print(f"{each}:")
+        width = max(len(name) for name, _, _ in rows)
+        for name, text, keys in rows:
             print(f"  {name:<{width}}  {text}")
+            if keys:
+                print(f"  {'':<{width}}    keys: {', '.join(keys)}")
     if not shown:
-        print(f"cnnkit: nothing matches '{args.pattern}'", file=sys.stderr)
+        close = difflib.get_close_matches((pattern or "").lower(), REGISTRY_NAMES, n=1) if not kind else []
+        hint = f" (did you mean the registry '{close[0]}'?)" if close else ""
+        print(f"cnnkit: nothing matches '{pattern}'{hint}", file=sys.stderr)
         return 1
     return 0
-
-
-def _not_a_tip(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip")
-
-
-def _quiet_known_noise() -> None:
-    """Drop Lightning's product tip and messages about Lightning's own internals: nothing to act on.
-
-    A run directory holding checkpoints is expected here (resume and --overwrite are explicit).
-    Set by the command-line entry point only: a library call leaves the process's filters alone.
-    """
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
@@ -279,6 +330,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come anywhere, also after an option (``fit --ckpt last a.b=1``)
     stray = [item for item in extra if "=" not in item or item.startswith("-")]
+    paths = _paths_among([*getattr(args, "overrides", []), *extra])
+    if paths:
+        parser.error(_path_hint(args.command, paths))
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
@@ -287,7 +341,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    _quiet_known_noise()
+    from .terminal import configure
+
+    configure(verbose_output=getattr(args, "verbose", False) or os.environ.get("CNNKIT_VERBOSE", "") not in ("", "0"))
     try:
         if getattr(args, "print_config", False):
             return _print_config(args)

@@ -39,12 +39,20 @@ class Loader(Enum):
     dataloader = "dataloader"  # torchvision transforms per sample in a torch DataLoader
 
 
+class Cache(Enum):
+    auto = "auto"  # image folders: decoded into memory once when they fit data.cache_budget, else none
+    memory = "memory"  # decoded once per process, held in memory (then the tensor path can serve them)
+    disk = "disk"  # decoded once into a cache file beside the data that later runs and other processes map
+    none = "none"  # decoded by the DataLoader each time an epoch uses an image
+
+
 class TestTimeAugmentation(Enum):
     none = "none"
     flip = "flip"  # average the logits of the image and its mirror image
 
 
 class ProgressBar(Enum):
+    auto = "auto"  # rich when installed, else tqdm; one line per epoch when the output is not a terminal
     tqdm = "tqdm"
     rich = "rich"
     none = "none"
@@ -89,6 +97,8 @@ class DataConfig:
     batch_size: int = 64  # global batch: split across devices
     eval_batch_size: Optional[int] = None  # default: batch_size
     loader: Loader = Loader.auto
+    cache: Cache = Cache.auto  # image folders: decode once (see data/decoded.py)
+    cache_budget: float = 4.0  # GiB of decoded images data.cache=auto may hold in memory
     num_workers: Optional[int] = None  # DataLoader workers; default: min(cores - 1, 8) for the DataLoader path
     augment: list[Any] = field(default_factory=list)  # training transforms, by name
 
@@ -131,8 +141,8 @@ class TrainerConfig:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
-    progress_bar: ProgressBar = ProgressBar.tqdm
-    enable_model_summary: bool = True
+    progress_bar: ProgressBar = ProgressBar.auto
+    enable_model_summary: bool = False  # Lightning's table of modules (always shown with --verbose)
     detect_anomaly: bool = False  # autograd anomaly detection: finds the op that made a NaN (slow)
     channels_last: bool = False  # NHWC memory layout for conv nets (faster with mixed precision on GPUs)
     compile: bool = False  # torch.compile the model (checkpoints keep the uncompiled parameter names)
@@ -175,6 +185,8 @@ class LoggerConfig:
 class ReportConfig:
     target_loss: Optional[float] = None  # "steps to target": first step whose train loss is at or below
     metric: str = "test/acc"  # the headline metric of bar charts and the best variant
+    question: Optional[str] = None  # the recipe's question: REPORT.md opens with it and the numbers' answer
+    compare: Optional[str] = None  # the matrix key the answer compares (default: the first one but seed)
 
 
 @dataclass
@@ -281,9 +293,11 @@ def _known_keys(schema: DictConfig, full_key: str) -> tuple[str, list[str]]:
 
 
 def _replace_renamed_specs(base: Any, layer: Any) -> None:
-    """A later spec naming another entry replaces the earlier one instead of merging arguments into it.
+    """A later spec naming another entry replaces the earlier one instead of merging arguments into it,
+    and arguments for a spec given by name alone go to that entry.
 
-    ``{name: cifar10, root: data}`` followed by ``{name: digits}`` must not become digits with a root.
+    ``{name: cifar10, root: data}`` followed by ``{name: digits}`` must not become digits with a root;
+    ``dataset: digits`` followed by ``data.dataset.image_size=32`` is ``{name: digits, image_size: 32}``.
     """
     if not isinstance(base, DictConfig) or not isinstance(layer, DictConfig):
         return
@@ -291,7 +305,9 @@ def _replace_renamed_specs(base: Any, layer: Any) -> None:
         if key not in base:
             continue
         old, new = base._get_node(key), layer._get_node(key)
-        if isinstance(old, DictConfig) and isinstance(new, DictConfig):
+        if isinstance(new, DictConfig) and "name" not in new and isinstance(old._value(), str):
+            base[key] = {"name": old._value()}
+        elif isinstance(old, DictConfig) and isinstance(new, DictConfig):
             if "name" in old and "name" in new and old.get("name") != new.get("name"):
                 base[key] = None
             else:
@@ -457,8 +473,11 @@ def validate(cfg: DictConfig) -> None:
 def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> None:
     from .data.tensor_loader import uses_tensor_path
 
-    uses_tensor_path(to_plain(data.loader), getattr(dataset.target, "in_memory", None),
-                     [plan.target for plan in augment])
+    in_memory = getattr(dataset.target, "in_memory", None)
+    if getattr(dataset.target, "decodable", False):  # image files: in memory once decoded
+        in_memory = {"memory": True, "disk": True, "none": False}.get(to_plain(data.cache))
+    _require(data.cache_budget > 0, f"data.cache_budget must be > 0 (GiB), got {data.cache_budget}")
+    uses_tensor_path(to_plain(data.loader), in_memory, [plan.target for plan in augment])
 
 
 def known_world_size(trainer: DictConfig) -> Optional[int]:

@@ -21,6 +21,7 @@ RESULT_NEUTRAL = (
 # Keys that say how to run, not what: a run may resume with other values.
 RESUME_FREE = (
     "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "data.num_workers",
+    "data.cache", "data.cache_budget",  # a resumed run follows the data path its checkpoint records
 )
 # The run's length: a finished run trains on when these grow (see ``length_bound_schedule``).
 LENGTH = ("trainer.max_epochs", "trainer.max_steps")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,12 +23,34 @@ from .trainer import build_trainer
 
 def checkpoint_config(ckpt: str, files: Sequence[str] = (),
                       overrides: Sequence[str] = ()) -> tuple[DictConfig, Path, dict[str, Any]]:
-    """The config a checkpoint was trained with, updated by ``files`` and ``overrides``."""
-    run = RunDir.for_config(load_config(files, overrides)) if ckpt == "last" else None
-    path = resolve_checkpoint(ckpt, run)
+    """The config a checkpoint was trained with, updated by ``files`` and ``overrides``.
+
+    ``last`` is the last.ckpt of the config's run; without ``files``, of the one run under runs/ that has one.
+    """
+    if ckpt == "last" and not files:
+        path = _only_last_checkpoint(load_config((), overrides, validate_config=False).runs_dir)
+    else:
+        run = RunDir.for_config(load_config(files, overrides)) if ckpt == "last" else None
+        path = resolve_checkpoint(ckpt, run)
     checkpoint = read_checkpoint(path)
     cfg = load_config(files, overrides, base=checkpoint["hyper_parameters"]["config"])
     return cfg, path, checkpoint
+
+
+def _only_last_checkpoint(runs_dir: str) -> Path:
+    """``--ckpt last`` without a config: the last.ckpt of the one run in ``runs_dir``, else which to choose."""
+    import sys
+
+    found = sorted(Path(runs_dir).glob("*/*/checkpoints/last.ckpt"))
+    if len(found) == 1:
+        print(f"cnnkit: --ckpt last: using {found[0]} (the only run under {runs_dir}/ with one)", file=sys.stderr)
+        return found[0]
+    if not found:
+        raise CheckpointError(f"--ckpt last: no run under '{runs_dir}/' has a checkpoints/last.ckpt; train one "
+                              f"first (cnnkit fit --config RECIPE) or pass a checkpoint's path")
+    runs = ", ".join(str(p.parent.parent.relative_to(runs_dir)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
+    raise CheckpointError(f"--ckpt last needs the run's config to tell which of {len(found)} runs ({runs}): add "
+                          f"--config RECIPE with the run's overrides, or pass its path, e.g. --ckpt {found[0]}")
 
 
 def stored_data_info(checkpoint: dict[str, Any]) -> DataInfo:
@@ -55,44 +78,104 @@ def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequen
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
 
+@dataclass
+class Predictions:
+    """What ``predict`` wrote: the CSV's path, header and rows (``label``/``correct`` where labels are known)."""
+
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+
+    def accuracy(self) -> Optional[tuple[float, int]]:
+        """(accuracy, count) over the rows whose true label is known; None when none is."""
+        if "correct" not in self.header:
+            return None
+        column = self.header.index("correct")
+        known = [row[column] for row in self.rows if row[column] != ""]
+        return (sum(c == "yes" for c in known) / len(known), len(known)) if known else None
+
+
+def image_inputs(inputs: Sequence[str]) -> list[str]:
+    """Image files from files, folders (searched recursively) and globs, in the order given, once each."""
+    import glob
+
+    from .data.image_files import IMAGE_EXTENSIONS
+
+    def images_under(folder: str) -> list[str]:
+        return sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
+                      if f.lower().endswith(IMAGE_EXTENSIONS))
+
+    found: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            matched = images_under(item)
+            if not matched:
+                raise DataError(f"predict: no images ({', '.join(IMAGE_EXTENSIONS)}) under '{item}'")
+        elif os.path.isfile(item):
+            if not item.lower().endswith(IMAGE_EXTENSIONS):
+                raise DataError(f"predict: '{item}' is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+            matched = [item]
+        elif glob.has_magic(item):
+            paths = sorted(glob.glob(item, recursive=True))
+            matched = [m for p in paths for m in (images_under(p) if os.path.isdir(p) else [p])
+                       if m.lower().endswith(IMAGE_EXTENSIONS)]
+            if not matched:
+                raise DataError(f"predict: no images match '{item}'")
+        else:
+            raise DataError(f"predict: input '{item}' does not exist (pass image files, folders or quoted globs)")
+        found += matched
+    return list(dict.fromkeys(found))
+
+
 def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (), split: Optional[str] = None,
-            input_dir: Optional[str] = None, output: Optional[str] = None) -> Path:
-    """Class probabilities for a split or a folder of images, written as CSV (file, class, probability)."""
+            inputs: Sequence[str] = (), output: Optional[str] = None, top_k: int = 3) -> Predictions:
+    """Class probabilities for a split, or for image files, folders and globs, written as CSV.
+
+    Each row: file, predicted class, its probability, the true label and whether the prediction is
+    correct (a split's labels; an image in a folder named after a class), and the ``top_k`` classes.
+    """
     from torch.utils.data import DataLoader
 
-    from .data.image_files import IMAGE_EXTENSIONS, ImageFiles
+    from .data.image_files import ImageFiles
 
     cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
     module = _module_from_checkpoint(cfg, path, checkpoint)
     info = stored_data_info(checkpoint)
     batch = cfg.data.eval_batch_size or cfg.data.batch_size
-    if input_dir is not None:
-        if not os.path.isdir(input_dir):
-            raise DataError(f"predict: input folder '{input_dir}' does not exist")
-        images = sorted(os.path.join(d, f) for d, _, fs in os.walk(input_dir) for f in fs
-                        if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not images:
-            raise DataError(f"predict: no images ({', '.join(IMAGE_EXTENSIONS)}) under '{input_dir}'")
+    if inputs:
+        images = image_inputs(inputs)
         channels, height, width = info.input_shape
-        dataset = ImageFiles([(p, -1) for p in images], (height, width), channels, "input")
-        source = Path(input_dir).name or "input"
+        index = {name: i for i, name in enumerate(info.class_names)}
+        labelled = [(p, index.get(Path(p).parent.name, -1)) for p in images]  # -1: label unknown
+        dataset = ImageFiles(labelled, (height, width), channels, "input")
+        single = len(inputs) == 1 and os.path.exists(inputs[0])  # one file or folder names the CSV
+        source = (Path(inputs[0]).stem or "input") if single else "input"
     else:
         split = split or "test"
         dataset = build_datamodule(cfg).load().get(split)
         source = split
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers or 0)
     trainer = build_trainer(cfg, None, False, [])
-    probabilities = trainer.predict(module, dataloaders=loader)
+    batches = trainer.predict(module, dataloaders=loader)
+    labels = [int(y) for _, ys in batches for y in ys.reshape(-1)]
+    known = any(label >= 0 for label in labels)
+    k = max(1, min(top_k, info.num_classes))
+    header = ["file", "class", "probability"] + (["label", "correct"] if known else []) + [f"top{k}"]
+    names, rows = dataset.names(), []
+    for probs, _ in batches:
+        top_p, top_c = probs.topk(k, dim=-1)
+        for ps, cs in zip(top_p.tolist(), top_c.tolist()):
+            i = len(rows)
+            row = [names[i], info.class_names[cs[0]], f"{ps[0]:.4f}"]
+            if known:
+                label = labels[i]
+                row += ["", ""] if label < 0 else [info.class_names[label], "yes" if label == cs[0] else "no"]
+            row.append(" ".join(f"{info.class_names[c]}:{p:.4f}" for c, p in zip(cs, ps)))
+            rows.append(row)
     out = Path(output) if output else RunDir.for_config(cfg).path / f"predictions-{source}.csv"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["file", "class", "probability"])
-    names = dataset.names()
-    row = 0
-    for probs in probabilities:
-        best_p, best_c = probs.max(dim=-1)
-        for p, c in zip(best_p.tolist(), best_c.tolist()):
-            writer.writerow([names[row], info.class_names[c], f"{p:.6f}"])
-            row += 1
+    writer.writerow(header)
+    writer.writerows(rows)
     atomic_write_text(out, buffer.getvalue())
-    return out
+    return Predictions(out, header, rows)

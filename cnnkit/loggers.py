@@ -100,7 +100,7 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
     logger = ResilientWandbLogger(
         project=wb.project, entity=wb.entity, group=wb.group or cfg.name, name=f"{cfg.name}/{cfg.variant}",
         tags=list(wb.tags), save_dir=str(run_dir), mode=mode, log_model=wb.log_model, id=run_id,
-        config=to_plain(cfg), job_type="fit", settings=wandb.Settings(init_timeout=wb.init_timeout),
+        config=to_plain(cfg), job_type="fit", settings=wandb_settings(wb.init_timeout),
     )
     if rank_zero_only.rank == 0:
         try:
@@ -112,10 +112,27 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
                   file=sys.stderr)
             return None
         (run_dir / WANDB_ID_FILE).write_text(run.id + "\n", encoding="utf-8")
-        if mode == "offline":
-            print(f"cnnkit: W&B is offline; the run is saved under {run_dir}/wandb - upload it later with: "
-                  f"wandb sync {run_dir}/wandb/offline-run-*", file=sys.stderr)
     return logger
+
+
+def wandb_settings(init_timeout: float) -> Any:
+    """W&B's banner, run history and summary only with ``--verbose`` (cnnkit's summary says what matters)."""
+    import wandb
+
+    from .terminal import verbose
+
+    return wandb.Settings(init_timeout=init_timeout, silent=not verbose())
+
+
+def offline_sync_command(logger: Any) -> Optional[str]:
+    """``wandb sync <run's offline directory>`` for an offline W&B run (None when online)."""
+    try:
+        settings = logger.experiment.settings
+        from .terminal import shown_path
+
+        return f"wandb sync {shown_path(settings.sync_dir)}" if settings.mode in ("offline", "dryrun") else None
+    except Exception:  # W&B failed: the logger turned itself off, and nothing waits to be uploaded
+        return None
 
 
 WANDB_ID_FILE = "wandb_id"

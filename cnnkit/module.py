@@ -168,8 +168,9 @@ class ClassifierModule(L.LightningModule):
             matrix = self.test_confusion.compute().tolist()  # a collective under DDP: every rank computes
             write_json(self.trainer, "confusion.json", {"class_names": self.class_names, "matrix": matrix})
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._predict_logits(batch[0]).softmax(dim=-1)
+    def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities and the batch's labels (-1 where a label is unknown)."""
+        return self._predict_logits(batch[0]).softmax(dim=-1), batch[1]
 
     # -- optimization ---------------------------------------------------------------------------
     def total_steps(self) -> tuple[int, int]:
@@ -202,8 +203,9 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
         checkpoint.setdefault("cnnkit", {}).update(
-            schema_version=SCHEMA_VERSION,
+            schema_version=SCHEMA_VERSION, data_path=getattr(datamodule, "path", None),  # followed on resume
             train_metrics=None if self._epoch_metrics_logged else self._epoch_metric_states())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

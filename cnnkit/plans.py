@@ -26,6 +26,9 @@ SCHEDULER_INPUTS = ("optimizer", "total_steps", "steps_per_epoch", "lr")
 OPTIMIZER_INPUTS = ("params", "lr", "weight_decay")
 POOL_INPUTS = ("kernel_size",)  # the backbone's pool size
 TRANSFORM_INPUTS = ("size",)  # the images' (height, width), for crops that default to it
+# by registry: what a config never sets itself (``list`` shows an entry's other arguments as its keys)
+INPUTS = {"backbones": BACKBONE_INPUTS, "schedulers": SCHEDULER_INPUTS, "optimizers": OPTIMIZER_INPUTS,
+          "poolings": POOL_INPUTS, "transforms": TRANSFORM_INPUTS}
 
 
 @dataclass(frozen=True)

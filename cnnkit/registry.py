@@ -71,6 +71,25 @@ class Entry:
     def origin(self) -> str:
         return self.import_path or definition_site(self.target)
 
+    def arguments(self, skip: tuple[str, ...] = ()) -> list[str]:
+        """``key=default`` (``key`` when required) for each argument a config may set, preset values as defaults."""
+        try:
+            params = inspect.signature(self.load()).parameters.values()
+        except (TypeError, ValueError):
+            return []
+        shown = []
+        for p in params:
+            if p.name in skip or p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+                continue
+            default = self.preset.get(p.name, p.default)
+            if default is inspect.Parameter.empty:
+                shown.append(p.name)
+            else:
+                value = list(default) if isinstance(default, tuple) else default
+                text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+                shown.append(f"{p.name}={text}")
+        return shown
+
 
 class Registry:
     """Maps names to callables that build one kind of part.

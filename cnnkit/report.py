@@ -8,13 +8,15 @@ aggregated as mean ± std.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .analyses import units
-from .analyses._unit import Analysis, mean_std, pyplot, read_csv, read_json, save_figure
+from .analyses._unit import (Analysis, mean_std, pyplot, read_csv, read_json, readable_log_axis, save_figure,
+                             variant_styles)
 from .atomic import atomic_write_text
 from .errors import CnnkitError, first_line
 from .matrix import group_name
@@ -113,53 +115,127 @@ def steps_to_target(run: Run, target: Optional[float], analyses: list[Analysis])
 
 
 # -- figures ------------------------------------------------------------------------------------
+def _diverged_at(run: Run) -> Optional[float]:
+    return run.status.get("step") if run.status.get("status") == "diverged" else None
+
+
+def _finite_until(run: Run, key: str) -> tuple[list[float], list[float]]:
+    """A run's series up to its divergence: the finite points logged before it."""
+    stop = _diverged_at(run)
+    points = [(s, v) for s, v in zip(*run.series(key)) if math.isfinite(v) and (stop is None or s < stop)]
+    return [s for s, _ in points], [v for _, v in points]
+
+
 def plot_curves(groups: dict[str, list[Run]], out: Path) -> Optional[str]:
+    """Training loss and validation accuracy per variant; a diverged run's line ends where it diverged (×)
+    and the loss axis keeps to the runs that did not."""
     plt = pyplot()
+    styles = variant_styles(groups)
     keys = [("train/loss_step", "training loss", True), ("val/acc", "validation accuracy", False)]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     drawn = False
     for ax, (key, label, log) in zip(axes, keys):
+        kept: list[float] = []  # the axis range: values of the runs that did not diverge
+        ends: list[tuple[Any, float, float]] = []  # (colour, step, value) where a run diverged
         for group, runs in groups.items():
-            series = [r.series(key) for r in runs]
-            series = [s for s in series if s[0]]
-            if not series:
-                continue
-            steps, values = series[0]
-            line, = ax.plot(steps, values, label=group, lw=1.2)
-            for other_steps, other_values in series[1:]:
-                ax.plot(other_steps, other_values, color=line.get_color(), lw=0.6, alpha=0.5)
-            drawn = True
+            style = styles[group]
+            for i, run in enumerate(runs):
+                steps, values = _finite_until(run, key)
+                if not steps:
+                    continue
+                ax.plot(steps, values, color=style["color"], linestyle=style["linestyle"], marker=style["marker"],
+                        markersize=3, lw=1.3 if i == 0 else 0.6, alpha=1.0 if i == 0 else 0.5,
+                        label=group if i == 0 else None)
+                if _diverged_at(run) is not None:
+                    ends.append((style["color"], steps[-1], values[-1]))
+                else:
+                    kept += values
+                drawn = True
+        kept = kept or [v for _, _, v in ends]
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-        if log:
+        positive = [v for v in kept if v > 0]
+        if log and positive:
             ax.set_yscale("log")
+            low, high = min(positive) / 1.5, max(positive) * 1.5
+        else:
+            low, high = min([0.0, *kept]), max([1.0, *kept]) * 1.02
+        ax.set_ylim(low, high)
+        for colour, step, value in ends:  # off the chart: the × sits on its edge
+            ax.plot(step, min(max(value, low), high), "x", color=colour, markersize=8, mew=2, clip_on=False)
+        if log and positive:
+            readable_log_axis(ax)
     if not drawn:
         plt.close(fig)
         return None
-    for ax in axes:
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.suptitle("curves per variant (thin lines: other seeds)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    seeds = max(len(runs) for runs in groups.values())
+    notes = ["× where a run diverged"] if any(_diverged_at(r) is not None for rs in groups.values() for r in rs) else []
+    if seeds > 1:
+        notes.insert(0, "thin lines: other seeds")
+    fig.suptitle("curves per variant" + (f" ({'; '.join(notes)})" if notes else ""))
     return save_figure(fig, out / "curves.png")
 
 
 def plot_final(groups: dict[str, list[Run]], metric: str, out: Path) -> Optional[str]:
+    """The metric per variant (mean ± std over its finished seeds); a variant whose runs diverged is a
+    hatched bar labelled with the step, so it never reads as a score of zero."""
     plt = pyplot()
-    names, means, stds = [], [], []
+    names, means, stds, notes = [], [], [], []
     for group, runs in groups.items():
         values = [r.final(metric) for r in runs if r.status.get("status") == "finished"]
-        values = [v for v in values if v is not None]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        diverged = sorted(int(s) for s in (_diverged_at(r) for r in runs) if s is not None)
         names.append(group)
-        means.append(statistics.mean(values) if values else 0.0)
+        means.append(statistics.mean(values) if values else None)
         stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-    if not any(means):
+        if diverged and not values:
+            notes.append("diverged at step " + (str(diverged[0]) if len(set(diverged)) == 1 else
+                                                 f"{diverged[0]}–{diverged[-1]}"))
+        elif diverged:
+            notes.append(f"{len(diverged)} of {len(runs)} runs diverged")
+        else:
+            notes.append("")
+    if all(m is None for m in means):
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.5))
-    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(metric + " (diverged runs: 0)")
-    ax.set_ylim(0, 1.05 if metric.endswith("acc") else None)
+    accuracy = metric.endswith("acc")
+    top = 1.05 if accuracy else max(m for m in means if m is not None) * 1.15
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.8))
+    x = list(range(len(names)))
+    scored = [i for i, m in enumerate(means) if m is not None]
+    ax.bar(scored, [means[i] for i in scored], yerr=[stds[i] for i in scored], capsize=3, color="tab:blue")
+    for i in scored:
+        if not notes[i]:
+            ax.text(i, means[i] / 2, f"{means[i]:.3f}", rotation=90, ha="center", va="center", fontsize=7,
+                    color="white")
+    for i, note in enumerate(notes):
+        if means[i] is None:  # nothing to score: a hatched, empty bar over the whole axis
+            ax.bar(i, top, color="none", edgecolor="tab:red", hatch="//", lw=0.8)
+        if note:
+            ax.text(i, (means[i] or 0) + 0.02 * top if means[i] is not None else top / 2, note, rotation=90,
+                    ha="center", va="bottom" if means[i] is not None else "center", fontsize=7, color="tab:red",
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+    ax.set_xticks(x, [_wrapped(name) for name in names], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, top)
+    ax.set_title(f"{metric} per variant (mean ± std over seeds)", fontsize=10)
     return save_figure(fig, out / "final.png")
+
+
+def _wrapped(label: str, width: int = 36) -> str:
+    """A long variant name on several lines, broken after its ``+``/``,`` separators."""
+    import re
+
+    parts, line = [], ""
+    for piece in re.split(r"(?<=[+,])", label):
+        if line and len(line) + len(piece) > width:
+            parts.append(line)
+            line = ""
+        line += piece
+    return "\n".join(parts + [line])
 
 
 def plot_confusion(run: Run, out: Path) -> Optional[str]:
@@ -180,6 +256,73 @@ def plot_confusion(run: Run, out: Path) -> Optional[str]:
     return save_figure(fig, out / "confusion.png")
 
 
+# -- the answer ------------------------------------------------------------------------------------
+def _score(runs: list[Run], metric: str) -> Optional[float]:
+    values = [r.final(metric) for r in runs if r.status.get("status") == "finished"]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.mean(values) if values else None
+
+
+def answer(groups: dict[str, list[Run]], metric: str, compare: Optional[str]) -> str:
+    """Two sentences from the numbers: the best and the worst variant; then, for a matrix of several
+    keys, the compared key's values averaged over the other settings and where they differ most, or,
+    for one key, the lead of the best over the next against the spread over seeds."""
+    from .analyses._unit import matrix_values
+
+    scores = {group: _score(runs, metric) for group, runs in groups.items()}
+    ranked = sorted(((s, g) for g, s in scores.items() if s is not None), reverse=True)
+    if not ranked:
+        return f"No run finished, so there is no {metric} to compare."
+    first = (f"The highest {metric} is {ranked[0][0]:.4f}, by {ranked[0][1]}" +
+             (f"; the lowest is {ranked[-1][0]:.4f}, by {ranked[-1][1]}." if len(ranked) > 1 else "."))
+    diverged = sum(r.status.get("status") == "diverged" for rs in groups.values() for r in rs)
+    lost = f"; {diverged} of {sum(len(rs) for rs in groups.values())} runs diverged" if diverged else ""
+    values = {group: matrix_values(runs[0]) for group, runs in groups.items()}
+    keys = [k for k in dict.fromkeys(k for v in values.values() for k in v) if len({v[k] for v in values.values()}) > 1]
+    key = compare if compare in keys else (keys[0] if keys else None)
+    if key is None or len(keys) == 1:
+        if len(ranked) < 2:
+            return first[:-1] + lost + "."
+        spread = [r.final(metric) for r in groups[ranked[0][1]] if r.status.get("status") == "finished"]
+        spread = [v for v in spread if v is not None]
+        noise = f" (its seeds spread ±{statistics.stdev(spread):.4f})" if len(spread) > 1 else ""
+        lead = ranked[0][0] - ranked[1][0]
+        leads = (f"ties with the next, {ranked[1][1]}" if lead < 5e-5 else
+                 f"leads the next, {ranked[1][1]}, by {lead:.4f}")
+        return f"{first} {ranked[0][1]} {leads}{noise}{lost}."
+    name = key.rsplit(".", 1)[-1]
+    parts = []
+    for value in dict.fromkeys(v[key] for v in values.values()):
+        members = [g for g, v in values.items() if v[key] == value]
+        scored = [scores[g] for g in members if scores[g] is not None]
+        failed = sum(r.status.get("status") == "diverged" for g in members for r in groups[g])
+        shown = f"{statistics.mean(scored):.4f}" if scored else "no finished run"
+        parts.append(f"{name}={_plain(value)} {shown}" +
+                     (f" ({failed} of {sum(len(groups[g]) for g in members)} runs diverged)" if failed else ""))
+    settings: dict[tuple, dict[str, Optional[float]]] = {}
+    for group, v in values.items():
+        settings.setdefault(tuple((k, v[k]) for k in keys if k != key), {})[v[key]] = scores[group]
+    gaps = [(max(s for s in by.values() if s is not None) - min(s for s in by.values() if s is not None), setting, by)
+            for setting, by in settings.items() if sum(s is not None for s in by.values()) > 1]
+    widest = ""
+    if gaps:
+        gap, setting, by = max(gaps, key=lambda item: item[0])
+        where = ", ".join(f"{k.rsplit('.', 1)[-1]}={_plain(v)}" for k, v in setting)
+        shown = " vs ".join(f"{name}={_plain(v)} {s:.4f}" for v, s in sorted(by.items(), key=lambda i: -(i[1] or -1))
+                            if s is not None)
+        widest = f"; they differ most at {where}: {shown}"
+    return f"{first} Averaged over the other settings, {metric} is " + "; ".join(parts) + widest + lost + "."
+
+
+def _plain(stored: str) -> str:
+    """A matrix value as it reads in a variant name (values are kept as JSON to compare them)."""
+    import json
+
+    from .matrix import format_value
+
+    return format_value(json.loads(stored))
+
+
 # -- the report ---------------------------------------------------------------------------------
 def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
     """Write figures and REPORT.md into ``root`` (and add the figures to the runs' W&B runs); return REPORT.md."""
@@ -198,10 +341,18 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
     figures.append(plot_confusion(best, root) if best else None)
     held = [(analysis, _holding(analysis, groups)) for analysis in analyses]
     held = [(analysis, held_groups) for analysis, held_groups in held if held_groups]
+    undrawn = []
     for analysis, held_groups in held:
-        figures += analysis.figures([r for r in runs if r.extras.get(analysis.name)], held_groups, root)
+        drawn = analysis.figures([r for r in runs if r.extras.get(analysis.name)], held_groups, root)
+        if not any(drawn):
+            undrawn.append(analysis.name)
+        figures += drawn
 
-    lines = [f"# Report: {root.name}", "", f"{len(runs)} runs in {len(groups)} variants, from `{root}`.", ""]
+    lines = [f"# Report: {root.name}", ""]
+    if report_cfg.get("question"):
+        lines += [f"**Question:** {report_cfg['question']}", ""]
+    lines += [f"**Answer, from the numbers below:** {answer(groups, metric, report_cfg.get('compare'))}", "",
+              f"{len(runs)} runs in {len(groups)} variants, from `{root}`.", ""]
     limited = [r for r in runs if r.limits]
     if limited:
         lines += [f"**{len(limited)} of {len(runs)} runs are limited** ({', '.join(limited[0].limits)}, e.g. the "
@@ -229,6 +380,8 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
         lines += analysis.tables([r for r in runs if r.extras.get(analysis.name)], held_groups)
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({name})" for name in figures if name]
+    lines += [f"- *{name}: no figure: its runs hold no finite values to draw (too few steps, or every value "
+              f"diverged)*" for name in undrawn]
     out = root / "REPORT.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     if log_to_wandb:
@@ -244,7 +397,7 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
     """
     import sys
 
-    from .loggers import WANDB_ID_FILE, wandb_mode
+    from .loggers import WANDB_ID_FILE, wandb_mode, wandb_settings
 
     targets = [r for r in runs if (r.path / WANDB_ID_FILE).is_file()]
     if not targets or not figures:
@@ -259,7 +412,7 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
         try:
             with wandb.init(id=(run.path / WANDB_ID_FILE).read_text().strip(), resume="allow", mode=mode,
                             project=wb.get("project"), entity=wb.get("entity"), dir=str(run.path),
-                            settings=wandb.Settings(init_timeout=wb.get("init_timeout", 60))) as session:
+                            settings=wandb_settings(wb.get("init_timeout", 60))) as session:
                 session.log({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
         except Exception as err:  # the local report is written; W&B is a bonus
             print(f"cnnkit: could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: "

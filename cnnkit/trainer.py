@@ -41,18 +41,17 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
     """The Trainer of a fit (``run`` given: checkpointing into it) or of an evaluation (``run`` None)."""
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import ProgressBar
 
+    from .callbacks.progress import progress_callbacks
     from .checkpoint_io import AtomicCheckpointIO
     from .plans import callback_plans
+    from .terminal import verbose
 
     t = cfg.trainer
     check_accelerator(cfg)
-    progress = to_plain(t.progress_bar)
-    if progress == "rich":
-        callbacks.append(RichProgressBar())
-    elif progress == "tqdm":
-        callbacks.append(TQDMProgressBar())
+    shown = progress_callbacks(to_plain(t.progress_bar))
+    callbacks.extend(shown)
     for i, plan in enumerate(callback_plans(cfg)):
         with key_context(f"callbacks[{i}]"):
             try:
@@ -64,8 +63,9 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
         precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.check_val_every_n_epoch, enable_model_summary=t.enable_model_summary,
-        enable_progress_bar=progress != "none", logger=loggers, callbacks=callbacks,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        enable_model_summary=t.enable_model_summary or verbose(),
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in shown), logger=loggers, callbacks=callbacks,
         enable_checkpointing=run is not None, default_root_dir=str(run.path) if run else None,
         benchmark=t.cudnn_benchmark, detect_anomaly=t.detect_anomaly,
         plugins=[checkpoint_io or AtomicCheckpointIO()],

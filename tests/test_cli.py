@@ -147,8 +147,10 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     predicted = run_cli("predict", *tiny, "--ckpt", "last", "--split", "val", "--output", str(out), cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 180 and set(rows[0]) == {"file", "class", "probability"}
+    assert len(rows) == 180 and list(rows[0]) == ["file", "class", "probability", "label", "correct", "top3"]
     assert rows[0]["class"] in [str(i) for i in range(10)] and 0 < float(rows[0]["probability"]) <= 1
+    assert all(r["correct"] == ("yes" if r["class"] == r["label"] else "no") for r in rows)
+    assert "cnnkit: wrote 180 predictions to" in predicted.stdout and "accuracy" in predicted.stdout
 
     images = tmp_path / "images" / "sub"
     images.mkdir(parents=True)

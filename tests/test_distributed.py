@@ -143,4 +143,7 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
         run = tmp_path / "runs" / "ddp" / variant
         assert json.loads((run / "status.json").read_text())["status"] == "finished"
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run per variant, not per rank
-    assert proc.stdout.count("cnnkit: finished") == 2  # reported once, by rank 0
+    lines = proc.stdout.splitlines()  # reported once, by rank 0
+    assert [line.split("  ")[:2] for line in lines if line.startswith("[")] == [
+        ["[1/2] sync_bn=False", "finished"], ["[2/2] sync_bn=True", "finished"]], proc.stdout
+    assert sum(line.startswith("cnnkit: ddp: 2 runs in ") for line in lines) == 1, proc.stdout

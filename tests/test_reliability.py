@@ -75,14 +75,36 @@ def assert_same(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def kill_images(tmp_path_factory):
+    """A 32x32 PNG class-folder tree (4 classes x 150 training images: 9 steps per epoch at batch 64)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("kill-images")
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 150), ("val", 20), ("test", 20)):
+        for c in range(4):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (torch.rand(32, 32, 3, generator=gen) * 100 + 40 * c).byte().numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def with_images(data: tuple[str, ...], root) -> list[str]:
+    return [item.replace("IMAGES", str(root)) for item in data]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, kill_images):
     """The uninterrupted run of each data path, computed once for all kill points."""
     done = {}
 
     def run(data: tuple[str, ...]):
         if data not in done:
             cwd = tmp_path_factory.mktemp("straight")
-            proc = run_cli("fit", "--config", QUICKSTART, *EXACT, *data, "name=straight", cwd=cwd, timeout=600)
+            proc = run_cli("fit", "--config", QUICKSTART, *EXACT, *with_images(data, kill_images), "name=straight",
+                           cwd=cwd, timeout=600)
             assert proc.returncode == 0, proc.stderr[-2000:]
             run = only_run(cwd / "runs/straight")
             done[data] = (final_state(run / "checkpoints/last.ckpt"), (run / "metrics.csv").read_text())
@@ -99,6 +121,9 @@ def uninterrupted(tmp_path_factory):
 # improving after epoch 0: last.ckpt must still be epoch 1's end. SIGINT lands inside a hook, SIGTERM
 # stops at the next batch boundary; both leave status "interrupted" and exit 128 + the signal.
 TENSOR = ("data.loader=tensor",)
+# a cached image folder on the tensor path, with every batched transform of the course's HW3 tiers
+CACHED_FOLDER = ("data.dataset={name: image_folder, root: IMAGES}", "data.cache=disk", "data.loader=tensor",
+                 "data.augment=[random_resized_crop, horizontal_flip, color_jitter, random_rotation]")
 AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint.monitor=epoch", "checkpoint.mode=min",
               "trainer.max_epochs=3")
 
@@ -113,12 +138,13 @@ AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint
     (AFTER_BEST, "epoch: 2"),
     (TENSOR, "step: 26, signal: SIGINT"),
     (TENSOR, "step: 26, signal: SIGTERM"),
+    (CACHED_FOLDER, "step: 13"),
 ], ids=["tensor-mid-epoch", "tensor-epoch-boundary", "dataloader-mid-epoch", "workers-mid-epoch",
         "workers-epoch-boundary", "ddp-two-processes-mid-epoch", "after-the-last-improvement",
-        "sigint-mid-epoch", "sigterm-mid-epoch"])
-def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, data, kill):
+        "sigint-mid-epoch", "sigterm-mid-epoch", "cached-image-folder-mid-epoch"])
+def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, kill_images, data, kill):
     (tmp_path / "killer.py").write_text(KILLER)
-    common = ["--config", QUICKSTART, *EXACT, *data, "name=killed", "imports=[killer.py]",
+    common = ["--config", QUICKSTART, *EXACT, *with_images(data, kill_images), "name=killed", "imports=[killer.py]",
               f"callbacks=[{{name: kill_at, {kill}}}]"]
     killed = run_cli("fit", *common, cwd=tmp_path, timeout=600)
     run = only_run(tmp_path / "runs/killed")
@@ -338,14 +364,15 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(case, tmp_path, tra
     assert not (tmp_path / "runs").is_dir() and not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("norm", ["bn_pre", "none"])
-def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, norm):
-    """bn_pre standardizes the inputs, so every training image is read before the run starts: nothing
-    is written. Without it images are read as training goes, in a worker: the run ends marked failed."""
+@pytest.mark.parametrize("norm, cache", [("bn_pre", "auto"), ("none", "auto"), ("bn_pre", "none"), ("none", "none")])
+def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, norm, cache):
+    """A folder that fits in memory is decoded before the run starts, and bn_pre standardizes the inputs
+    with every training image: either way nothing is written. Otherwise images are read as training goes,
+    in a worker: the run ends marked failed."""
     proc = run_cli(*FIT, image_folder(tmp_path, unreadable=True), f"model.norm={norm}", "data.num_workers=1",
-                   "trainer.limit_train_batches=null", "data.batch_size=2", cwd=tmp_path)
+                   "trainer.limit_train_batches=null", "data.batch_size=2", f"data.cache={cache}", cwd=tmp_path)
     assert "broken.png' (Unsupported image file" in proc.stderr and ".cpp" not in proc.stderr
-    if norm == "bn_pre":
+    if norm == "bn_pre" or cache == "auto":
         assert_one_line_error(proc, "cannot read image")
         assert not (tmp_path / "runs").exists()
     else:  # Lightning has started and said so; the error is still one line
@@ -363,11 +390,12 @@ def test_a_diverging_variant_is_one_line_and_the_matrix_finishes_the_others(tmp_
                       "matrix:\n  optim.lr: [1.0e+30, 0.01]\n")
     proc = run_cli(*FIT, "--config", str(recipe), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]  # the matrix ran to its end
-    lines = [line for line in proc.stderr.splitlines() if " diverged: " in line]
+    lines = [line for line in proc.stdout.splitlines() if " diverged: " in line]
     assert len(lines) == 1
-    assert lines[0].startswith("cnnkit: diverge/lr=1e+30 diverged: non-finite training loss at step ")
-    assert "(lr 1e+30)" in lines[0] and "status.json" in lines[0]
-    assert "finished diverge/lr=0.01" in proc.stdout
+    assert lines[0].startswith("[1/2] lr=1e+30  diverged: non-finite training loss at step ")
+    assert "(lr 1e+30)" in lines[0]
+    assert any(line.startswith("[2/2] lr=0.01  finished") for line in proc.stdout.splitlines()), proc.stdout
+    assert "(1 diverged, 1 finished)" in proc.stdout
     alone = run_cli(*FIT, "--config", str(recipe), "--only", "optim.lr=1.0e+30", "--overwrite", cwd=tmp_path)
     assert alone.returncode == 3  # a single diverged run is a failed command
 

@@ -76,10 +76,15 @@ def datamodule(*overrides):
 
 def test_auto_loader_picks_the_tensor_path_only_when_everything_is_batched():
     assert isinstance(datamodule("data.augment=[random_crop, hflip, cutout]").train_dataloader(), TensorBatches)
-    assert isinstance(datamodule("data.augment=[color_jitter]").train_dataloader(), DataLoader)
+    assert isinstance(datamodule("data.augment=[random_resized_crop, color_jitter, random_rotation]")
+                      .train_dataloader(), TensorBatches)
+    assert isinstance(datamodule("data.augment=[trivial_augment]").train_dataloader(), DataLoader)
+    assert isinstance(datamodule("data.augment=[{name: color_jitter, hue: 0.1}]").train_dataloader(), DataLoader)
     assert isinstance(datamodule("data.loader=dataloader").train_dataloader(), DataLoader)
+    with pytest.raises(ConfigError, match="TrivialAugmentWide have no batched version"):
+        datamodule("data.loader=tensor", "data.augment=[trivial_augment]").train_dataloader()
     with pytest.raises(ConfigError, match="ColorJitter have no batched version"):
-        datamodule("data.loader=tensor", "data.augment=[{name: color_jitter, saturation: 0}]").train_dataloader()
+        datamodule("data.loader=tensor", "data.augment=[{name: color_jitter, hue: 0.1}]").train_dataloader()
 
 
 def test_both_paths_give_the_same_validation_data():

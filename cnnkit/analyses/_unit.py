@@ -48,6 +48,59 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def matrix_values(run) -> dict[str, Any]:
+    """The run's value of each matrix key but the seed, from its stored config (its place in the matrix)."""
+    config = run.config or {}
+    values = {}
+    for key in (config.get("matrix") or {}):
+        if key == "seed":
+            continue
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[key] = json.dumps(node, sort_keys=True)
+    return values
+
+
+def variant_styles(groups: dict[str, list]) -> dict[str, dict[str, Any]]:
+    """A colour and a line style per variant, no two variants alike: the matrix key with the fewest
+    values (at most four) picks the line style, the other keys together the colour."""
+    plt = pyplot()
+    values = {group: matrix_values(runs[0]) for group, runs in groups.items()}
+    keys = [k for k in dict.fromkeys(k for v in values.values() for k in v)
+            if len({v.get(k) for v in values.values()}) > 1]
+    styled = min((k for k in keys if len({v.get(k) for v in values.values()}) <= len(LINE_STYLES)),
+                 key=lambda k: len({v.get(k) for v in values.values()}), default=None) if len(keys) > 1 else None
+    colour_keys = [k for k in keys if k != styled]
+    colours = list(dict.fromkeys(tuple(v.get(k) for k in colour_keys) for v in values.values()))
+    styles = list(dict.fromkeys(v.get(styled) for v in values.values())) if styled else [None]
+    palette = plt.get_cmap("tab10" if len(colours) <= 10 else "tab20").colors
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
+    out = {}
+    for group, v in values.items():
+        c = colours.index(tuple(v.get(k) for k in colour_keys))
+        out[group] = {"color": palette[c % len(palette)],
+                      "linestyle": LINE_STYLES[styles.index(v.get(styled))] if styled else "-",
+                      "marker": markers[c // len(palette)] if len(colours) > len(palette) else None}
+    return out
+
+
+def readable_log_axis(ax, axis: str = "y") -> None:
+    """Log-axis tick labels as plain numbers (0.02, 2, 300), not 2×10^0."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    target.set_major_formatter(plain)
+    target.set_minor_locator(LogLocator(subs=(2, 5)))
+    # minor labels only where there is room: a span of two decades or less
+    target.set_minor_formatter(plain if low > 0 and high / low <= 100 else NullFormatter())
+
+
 def pyplot():
     import matplotlib
 
@@ -57,9 +110,14 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> Optional[str]:
+    """Write ``fig``; a figure with nothing drawn on any axes is not written (None), and the report says so."""
+    if not any(ax.has_data() for ax in fig.axes):
+        pyplot().close(fig)
+        path.unlink(missing_ok=True)
+        return None
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends placed beside the axes stay in
     pyplot().close(fig)
     return path.name
 
@@ -87,8 +145,8 @@ class Analysis:
         """Markdown lines for REPORT.md (each table with its own ``## `` heading)."""
         return []
 
-    def figures(self, runs: list, groups: dict[str, list], out: Path) -> list[str]:
-        """File names of the figures written into ``out``."""
+    def figures(self, runs: list, groups: dict[str, list], out: Path) -> list[Optional[str]]:
+        """File names of the figures written into ``out`` (None for one with no data to draw)."""
         return []
 
     def training_loss(self, data: dict[str, Any]) -> Optional[list[tuple[float, float]]]:

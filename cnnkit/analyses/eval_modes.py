@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from ..layers.batch_stats import batch_statistics
 from ..callbacks.output import run_path, write_json
 from ..callbacks.precise_bn import recompute_bn_statistics
-from ._unit import Analysis, mean_std, pyplot, save_figure, table
+from ._unit import Analysis, mean_std, pyplot, readable_log_axis, save_figure, table
 
 STATS = ("running", "batch", "precise")
 
@@ -107,22 +107,38 @@ class EvalModesReport(Analysis):
         return table("Test accuracy by BN statistics and eval batch size", ["variant", *labels], rows)
 
     def figures(self, runs, groups, out: Path) -> list[str]:
+        """Test accuracy against the eval batch size: a line per variant and BN statistics. Variants that
+        differ only in their training batch size (evaluated at it) are one line over those sizes."""
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series: dict[tuple[str, str], dict[int, list[float]]] = {}
         for group, group_runs in groups.items():
-            table: dict[str, dict[int, list[float]]] = {}
+            base = "+".join(p for p in group.split("+") if not p.startswith("batch_size=")) or group
             for run in group_runs:
                 for item in self._modes(run):
-                    table.setdefault(item["stats"], {}).setdefault(item["batch_size"], []).append(item["accuracy"])
-            for stats, by_size in table.items():
-                sizes = sorted(by_size)
-                ax.plot(sizes, [statistics.mean(by_size[s]) for s in sizes], "o-",
-                        label=f"{group_runs[0].group}: {stats}")
+                    points = series.setdefault((base, item["stats"]), {})
+                    points.setdefault(item["batch_size"], []).append(item["accuracy"])
+        bases = list(dict.fromkeys(base for base, _ in series))
+        palette = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20").colors
+        fig, ax = plt.subplots(figsize=(8.5, 4.8))
+        for (base, stats), points in series.items():
+            sizes = sorted(points)
+            color, style = palette[bases.index(base) % len(palette)], STAT_STYLES[stats]
+            if len(sizes) == 1 and stats != "batch":  # eval mode normalizes each sample alone: any batch size
+                ax.axhline(statistics.mean(points[sizes[0]]), color=color, linestyle=style, lw=1.2,
+                           label=f"{base}: {stats} (any eval batch)")
+                continue
+            ax.plot(sizes, [statistics.mean(points[s]) for s in sizes], marker="o", ms=4, color=color,
+                    linestyle=style, label=f"{base}: {stats}")
         ax.set_xscale("log")
+        readable_log_axis(ax, "x")
         ax.set_xlabel("eval batch size")
         ax.set_ylabel("test accuracy")
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_title("test accuracy by BN statistics (line style) and eval batch size (mean over seeds)", fontsize=9)
+        fig.legend(*ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
+                   frameon=False)
         return [save_figure(fig, out / "eval_modes.png")]
 
 
+STAT_STYLES = {"running": "-", "batch": "--", "precise": ":"}
 ANALYSIS = EvalModesReport()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..callbacks.output import RowLog
-from ._unit import Analysis, mean_std, pyplot, save_figure, table
+from ._unit import Analysis, mean_std, pyplot, readable_log_axis, save_figure, table, variant_styles
 
 
 def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
@@ -117,23 +117,28 @@ class LandscapeReport(Analysis):
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         plt = pyplot()
+        styles = variant_styles(groups)
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for run in (group_runs[0] for group_runs in groups.values()):
-            rows = _finite_rows(self.of(run)["landscape"])
+        for group, group_runs in groups.items():
+            rows = _finite_rows(self.of(group_runs[0])["landscape"])
+            if not rows:
+                continue
             steps = [r["step"] for r in rows]
-            band = axes[0].fill_between(steps, [r["loss_min"] for r in rows], [r["loss_max"] for r in rows],
-                                        alpha=0.35, label=run.variant)
-            color = band.get_facecolor()[0]
+            color, style = styles[group]["color"], styles[group]["linestyle"]
+            axes[0].fill_between(steps, [r["loss_min"] for r in rows], [r["loss_max"] for r in rows],
+                                 alpha=0.35, color=color, linestyle=style, label=group)
             axes[1].fill_between(steps, [r["grad_change_min"] for r in rows], [r["grad_change_max"] for r in rows],
-                                 alpha=0.35, color=color, label=run.variant)
-            axes[2].plot(steps, [r["beta"] for r in rows], color=color, label=run.variant)
+                                 alpha=0.35, color=color, linestyle=style, label=group)
+            axes[2].plot(steps, [r["beta"] for r in rows], color=color, linestyle=style, label=group)
         for ax, title in zip(axes, ("loss along the gradient (range over step sizes)",
                                     "gradient predictiveness: ‖∇L(θ−ηg) − ∇L(θ)‖",
                                     "effective β-smoothness")):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
-            ax.set_yscale("log")
-            ax.legend(fontsize=7)
+            if ax.has_data():
+                ax.set_yscale("log")
+                readable_log_axis(ax)
+                ax.legend(fontsize=7)
         return [save_figure(fig, out / "landscape.png")]
 
 

@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..callbacks.output import RowLog
 from ..layers import bn_math
 from ..layers.batch_stats import batch_statistics
-from ._unit import Analysis, mean_std, pyplot, save_figure, table
+from ._unit import Analysis, mean_std, pyplot, readable_log_axis, save_figure, table
 
 MIN_STD = 1e-5  # a channel that is constant over the data (a dead ReLU's output) has no scale to divide by
 
@@ -130,6 +130,7 @@ class RunningStatsGapReport(Analysis):
                 for layer in _layers(rows):
                     ax.plot(steps, [r[f"{layer}/{kind}"] for r in rows], "o-", ms=3, lw=1, label=layer)
                 ax.set_yscale("log")
+                readable_log_axis(ax)
                 ax.set_xlabel("step")
                 if column == 0:
                     ax.set_ylabel(label, fontsize=8)

@@ -14,6 +14,15 @@ from torch import nn
 from ..errors import ConfigError
 
 
+class InputTooSmall(ConfigError):
+    """The data's images are smaller than the backbone's downsampling allows; ``minimum`` is the least
+    square size that works. The message's fix names the config key of the data that resizes them."""
+
+    def __init__(self, message: str, minimum: int):
+        super().__init__(message)
+        self.minimum = minimum
+
+
 def image_channels(input_shape: Sequence[int], backbone: str) -> int:
     """The channel count of a (C, H, W) input; vectors get a one-line error naming the backbone."""
     if len(input_shape) != 3:
@@ -47,7 +56,5 @@ def feature_shape(features: nn.Module, input_shape: Sequence[int], backbone: str
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (low, middle) if _probe(features, (channels, middle, middle)) is not None else (middle, high)
-    raise ConfigError(
-        f"{backbone} needs inputs of at least {high}x{high}, got {'x'.join(str(d) for d in input_shape[1:])}; "
-        f"resize the data (data.dataset.image_size={high}) or use a shallower model"
-    )
+    raise InputTooSmall(f"{backbone} needs inputs of at least {high}x{high}, got "
+                        f"{'x'.join(str(d) for d in input_shape[1:])}", high)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -14,11 +17,13 @@ from ..distributed import UnpaddedDistributedSampler, per_device_batch
 from ..errors import ConfigError
 from ..layers.input_norm import channel_statistics
 from ..plans import augment_plans, dataset_plan
+from ..terminal import note
 from .datasets import dataset_info
+from .image_files import ImageFiles
 from .info import DataInfo
 from .resumable import ResumableDataLoader
 from .splits import DatasetSplits, TensorImages
-from .tensor_loader import TensorBatches, uses_tensor_path
+from .tensor_loader import TensorBatches, batched, uses_tensor_path
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -34,24 +39,97 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed = seed
         self.splits: Optional[DatasetSplits] = None
         self.transforms: list[Any] = []
+        self.recorded_path: Optional[str] = None  # a resumed run's path: its batches must stay the same
 
     # -- data ---------------------------------------------------------------------------------
     def load(self) -> DatasetSplits:
-        """Build the dataset entry once (raises DataError if its files are missing)."""
+        """Build the dataset entry once (raises DataError if its files are missing); image files are
+        decoded once when ``data.cache`` says so."""
         if self.splits is None:
-            splits = dataset_plan(self.cfg).build().load()
+            source = dataset_plan(self.cfg).build()
+            splits = source.load()
             size = tuple(splits.input_shape[1:]) if len(splits.input_shape) == 3 else None
             self.transforms = [plan.build(size=size) for plan in augment_plans(self.cfg)]
+            if isinstance(splits.train, ImageFiles):
+                splits = self._decode_once(splits, getattr(source, "root", None))
             self.splits = splits
+            self._say_path()
             if not self.tensor_path and self.transforms:
                 from torchvision.transforms import v2
 
                 splits.train.transform = v2.Compose(self.transforms)
         return self.splits
 
+    def follow(self, recorded: Optional[str]) -> None:
+        """Resume on the path (``tensor`` | ``dataloader``) the run was made on, whatever this machine
+        would choose: the two give different batches. Call before ``load``."""
+        self.recorded_path = recorded
+
+    def _decode_once(self, splits: DatasetSplits, root: Optional[str]) -> DatasetSplits:
+        from .decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
+
+        parts = [s for s in (splits.train, splits.val, splits.test) if s is not None]
+        total = sum(decoded_bytes(part) for part in parts)
+        count = sum(len(part) for part in parts)
+        how = choose(to_plain(self.cfg.cache), self.cfg.cache_budget, total)
+        if how == "none" and self.recorded_path == "tensor":
+            how = "memory"
+            note(f"cnnkit: resuming on the tensor path this run started on: the images ({size_text(total)}) are "
+                 f"decoded into memory (data.cache would not decode them on this machine)")
+        if how == "none":
+            if to_plain(self.cfg.cache) == "auto":
+                note(f"cnnkit: data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
+                     f"{self.cfg.cache_budget:g} GiB: the DataLoader decodes them every epoch (data.cache=disk "
+                     f"decodes them once into a file instead)")
+            return splits
+        started = time.monotonic()
+        folder = None
+        if how == "disk":
+            root = root or os.path.commonpath([path for path, _ in splits.train.items])
+            folder = cache_folder(root)
+            if folder.parent != Path(root):
+                note(f"cnnkit: '{root}' cannot be written; the decoded-image cache is in {folder}")
+        decoded, built = {}, 0
+        for name in ("train", "val", "test"):
+            if getattr(splits, name) is not None:
+                decoded[name], decoded_now = decoded_split(getattr(splits, name), name, folder)
+                built += len(decoded[name]) if decoded_now else 0
+        took = f"{time.monotonic() - started:.1f} s"
+        if folder is None:
+            note(f"cnnkit: data: {count:,} images decoded once into memory ({size_text(total)}, {took})")
+        elif built:
+            note(f"cnnkit: data: {built:,} of {count:,} images decoded in {took} into the cache {folder} "
+                 f"({size_text(total)}; later runs map it)")
+        else:
+            note(f"cnnkit: data: {count:,} decoded images mapped from the cache {folder} ({size_text(total)})")
+        return dataclasses.replace(splits, **decoded)
+
+    def _say_path(self) -> None:
+        """One line when ``data.loader: auto`` takes the DataLoader for a reason the user may not expect."""
+        mode = to_plain(self.cfg.loader)
+        in_memory = isinstance(self.splits.train, TensorImages)
+        if self.recorded_path == "dataloader" and uses_tensor_path(mode, in_memory, self.transforms):
+            note("cnnkit: resuming on the DataLoader path this run started on (this machine would take the "
+                 "tensor path, whose batches differ)")
+        elif mode == "auto" and in_memory and not self.tensor_path:
+            from ..registry import split_spec
+
+            names = [split_spec(to_plain(spec))[0] for spec in self.cfg.augment]
+            slow = [name for name, t in zip(names, self.transforms) if not batched(t)]
+            note(f"cnnkit: data: the DataLoader path, since {', '.join(slow)} has no batched version "
+                 f"(batched: random_crop, random_resized_crop, horizontal_flip, cutout, color_jitter without hue, "
+                 f"random_rotation)")
+
+    @property
+    def path(self) -> str:
+        """``tensor`` or ``dataloader``: recorded in checkpoints, followed on resume."""
+        return "tensor" if self.tensor_path else "dataloader"
+
     @property
     def tensor_path(self) -> bool:
         """Whether batches come from device-resident tensors (see data/tensor_loader.py)."""
+        if self.recorded_path == "dataloader":
+            return False
         return uses_tensor_path(to_plain(self.cfg.loader), isinstance(self.splits.train, TensorImages),
                                 self.transforms)
 
@@ -64,6 +142,16 @@ class ClassificationDataModule(L.LightningDataModule):
     @property
     def info(self) -> DataInfo:
         return dataset_info(self.load())
+
+    def describe(self) -> str:
+        """``digits 1437/180/180 of 1x8x8, 10 classes``: the data in a phrase, for the run's header line."""
+        from ..matrix import format_value
+
+        splits = self.load()
+        sizes = "/".join(str(len(s)) for s in (splits.train, splits.val, splits.test) if s is not None)
+        name = format_value(to_plain(self.cfg.dataset)).split("(")[0]
+        info = self.info
+        return f"{name} {sizes} of {'x'.join(map(str, info.input_shape))}, {info.num_classes} classes"
 
     def input_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (per-feature) mean and std of the un-augmented training inputs."""

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..registry import DATASETS
+from ..terminal import note
 from .info import DataInfo
 from .pixels import to_uint8
 from .splits import DatasetSplits, TensorImages, stratified_split
@@ -227,7 +228,6 @@ class CIFAR100(TorchvisionSource):
 @DATASETS.register("image_folder", aliases=("folder",),
                    description="image files: train/ val/ [test/] with a folder per class, or label-prefixed names")
 class ImageFolder(DatasetSource):
-    in_memory = False  # images are read from their files as batches are made
     """``layout: class_dirs`` → ``root/train/<class>/*.jpg``; ``label_prefix`` → ``root/train/3_120.jpg``.
 
     ``splits`` names the split folders (default train, val, test); test is optional. ``num_classes``
@@ -235,6 +235,9 @@ class ImageFolder(DatasetSource):
     ``image_size`` and ``channels`` default to the images' own, read from the training files' headers
     when they agree (28×28 grayscale digits stay 1×28×28); photos of mixed sizes are resized to 64×64.
     """
+
+    in_memory = False  # image files: decoded as batches are made, unless data.cache decodes them once
+    decodable = True
 
     FALLBACK_SIZE, FALLBACK_CHANNELS = 64, 3
 
@@ -274,9 +277,8 @@ class ImageFolder(DatasetSource):
             self.channels = modes.pop() if len(modes) == 1 else self.FALLBACK_CHANNELS
             inferred.append(("grayscale" if self.channels == 1 else "color") if headers else
                             f"no image to read: {self.channels} channels")
-        # stdout, like the run's summary: stderr carries one line when the input is wrong
-        print(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
-              f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels to change)")
+        note(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
+             f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels to change)")
         return (self.channels, *self.size)
 
     def _list(self, split: str, class_names: list[str] | None):

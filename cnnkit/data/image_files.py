@@ -74,6 +74,24 @@ def image_headers(paths: list[str]) -> list[tuple[tuple[int, int], int]]:
     return headers
 
 
+class UnreadableImage(DataError):
+    """An image file the decoder refuses; ``path`` and ``reason`` let a caller name a better reason.
+
+    Constructed from its message alone too: torch re-raises a DataLoader worker's error that way.
+    """
+
+    def __init__(self, message: str, path: str = "", reason: str = ""):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+    @classmethod
+    def of(cls, path: str, reason: str) -> "UnreadableImage":
+        return cls(f"image_folder: cannot read image '{path}' ({reason}); replace or remove the file", path, reason)
+
+    def __reduce__(self):  # raised in a decoding process, re-raised in the main one
+        return type(self), (str(self), self.path, self.reason)
+
+
 class ImageFiles(Dataset):
     """(path, label) pairs; each image is decoded, converted to ``channels`` and resized to ``size``."""
 
@@ -84,7 +102,8 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(self, index: int) -> torch.Tensor:
+    def decode(self, index: int) -> torch.Tensor:
+        """The image as uint8 (channels, height, width), converted and resized; what a cache holds."""
         from torchvision.io import ImageReadMode, decode_image
         from torchvision.transforms.v2 import functional as TF
 
@@ -93,9 +112,13 @@ class ImageFiles(Dataset):
         try:
             image = decode_image(path, mode=mode)
         except Exception as err:
-            raise DataError(f"image_folder: cannot read image '{path}' ({_decoder_reason(err)}); "
-                            f"replace or remove the file") from err
-        return to_unit_float(TF.resize(image, list(self.size), antialias=True))
+            raise UnreadableImage.of(path, _decoder_reason(err)) from err
+        if tuple(image.shape[-2:]) == tuple(self.size):  # already the size: resizing would copy it unchanged
+            return image
+        return TF.resize(image, list(self.size), antialias=True)
+
+    def load(self, index: int) -> torch.Tensor:
+        return to_unit_float(self.decode(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.load(index)

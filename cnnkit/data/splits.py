@@ -16,8 +16,10 @@ class TensorImages(Dataset):
     """Images held in memory as one tensor (uint8 in [0, 255] or float in [0, 1]) with labels."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, split: str,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 names: Optional[list[str]] = None):
         self.images, self.labels, self.split, self.transform = images, labels.long(), split, transform
+        self._names = names  # e.g. the files a decoded image folder came from
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -34,7 +36,7 @@ class TensorImages(Dataset):
             yield to_unit_float(self.images[start:start + batch_size])
 
     def names(self) -> list[str]:
-        return [f"{self.split}/{i}" for i in range(len(self))]
+        return self._names or [f"{self.split}/{i}" for i in range(len(self))]
 
 
 @dataclass

@@ -21,8 +21,16 @@ from ..seeding import batch_augment_seed, order_seed
 from .pixels import to_unit_float
 
 
+def batched(transform: Any) -> bool:
+    """Whether ``transform`` (a class or an instance) has a batched version; an instance may say that
+    its settings have none (``batchable``, e.g. color_jitter with hue)."""
+    has_method = callable(getattr(transform, "apply_batch", None))
+    settings = getattr(transform, "batchable", True) if not isinstance(transform, type) else True
+    return has_method and bool(settings)
+
+
 def supports_batches(transforms: Sequence[Any]) -> bool:
-    return all(callable(getattr(t, "apply_batch", None)) for t in transforms)
+    return all(batched(t) for t in transforms)
 
 
 def uses_tensor_path(mode: str, in_memory: Optional[bool], transforms: Sequence[Any]) -> bool:
@@ -31,17 +39,18 @@ def uses_tensor_path(mode: str, in_memory: Optional[bool], transforms: Sequence[
     ``transforms`` may be the transform classes (validation) or instances (the data module); an
     unknown ``in_memory`` (a user's dataset, before loading) defers that check to the data module.
     """
-    batched = supports_batches(transforms)
+    every_one_batched = supports_batches(transforms)
     if mode == "tensor":
         if in_memory is False:
             raise ConfigError("data.loader=tensor needs a data set held in memory (digits, mnist, fashion_mnist, "
-                              "cifar10, cifar100); use data.loader=dataloader for image folders")
-        if not batched:
-            names = [getattr(t, "__name__", type(t).__name__) for t in transforms
-                     if not callable(getattr(t, "apply_batch", None))]
+                              "cifar10, cifar100, or an image folder with data.cache=memory or disk); "
+                              "use data.loader=dataloader")
+        if not every_one_batched:
+            names = [getattr(t, "__name__", type(t).__name__) for t in transforms if not batched(t)]
             raise ConfigError(f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "
-                              f"(random_crop, horizontal_flip and cutout do); use data.loader=dataloader")
-    return mode == "tensor" or (mode == "auto" and bool(in_memory) and batched)
+                              f"(random_crop, random_resized_crop, horizontal_flip, cutout, color_jitter without hue and "
+                              f"random_rotation do); use data.loader=dataloader")
+    return mode == "tensor" or (mode == "auto" and bool(in_memory) and every_one_batched)
 
 
 class ResumablePosition:

@@ -8,6 +8,7 @@ training device.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -84,14 +85,148 @@ class Cutout(torch.nn.Module):
         return x * self._mask(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
 
 
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's box (top, left, height, width) resized to ``size``, bilinearly, in one ``grid_sample``.
+
+    The sampling points are those of ``torchvision``'s ``resized_crop`` without antialiasing: output
+    pixel centres mapped into the box (half-pixel convention), clamped to the box's edge pixels.
+    """
+    n, _, height, width = x.shape
+    out_h, out_w = size
+    top, left, box_h, box_w = (boxes[:, i, None].to(x.dtype) for i in range(4))
+    ys = top + (torch.arange(out_h, device=x.device, dtype=x.dtype) + 0.5) * box_h / out_h - 0.5
+    xs = left + (torch.arange(out_w, device=x.device, dtype=x.dtype) + 0.5) * box_w / out_w - 0.5
+    ys = torch.minimum(torch.maximum(ys, top), top + box_h - 1)
+    xs = torch.minimum(torch.maximum(xs, left), left + box_w - 1)
+    grid = torch.stack([((2 * xs + 1) / width - 1)[:, None, :].expand(n, out_h, out_w),
+                        ((2 * ys + 1) / height - 1)[:, :, None].expand(n, out_h, out_w)], dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class RandomResizedCrop(v2.RandomResizedCrop):
+    """Random scale/aspect-ratio crop resized to the input size (Inception-style); batched: one box per image.
+
+    The boxes are drawn as torchvision draws them (up to 10 tries, else a centre crop); the batched
+    resize is bilinear without antialiasing.
+    """
+
+    def boxes(self, n: int, height: int, width: int, generator: Optional[torch.Generator],
+              device: torch.device) -> torch.Tensor:
+        """(n, 4) boxes: top, left, height, width."""
+        tries = 10
+        area = height * width
+        scale = torch.empty(n, tries, device=device).uniform_(*self.scale, generator=generator)
+        log_ratio = torch.empty(n, tries, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]),
+                                                                  generator=generator)
+        ratio = torch.exp(log_ratio)
+        w = torch.round(torch.sqrt(area * scale * ratio))
+        h = torch.round(torch.sqrt(area * scale / ratio))
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        pick = torch.argmax(fits.int(), dim=1)  # the first try that fits
+        w, h = w.gather(1, pick[:, None])[:, 0], h.gather(1, pick[:, None])[:, 0]
+        top = torch.floor(torch.rand(n, generator=generator, device=device) * (height - h + 1))
+        left = torch.floor(torch.rand(n, generator=generator, device=device) * (width - w + 1))
+        # no try fits: torchvision's fallback, the whole image's centre with the ratio clamped to the range
+        in_ratio = width / height
+        fw, fh = ((width, round(width / min(self.ratio))) if in_ratio < min(self.ratio) else
+                  (round(height * max(self.ratio)), height) if in_ratio > max(self.ratio) else (width, height))
+        fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], device=device, dtype=w.dtype)
+        boxes = torch.stack([top, left, h, w], dim=1)
+        return torch.where(fits.any(dim=1)[:, None], boxes, fallback)
+
+    def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return resized_crops(x, self.boxes(x.shape[0], x.shape[2], x.shape[3], generator, x.device), self.size)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's luma weights; one channel stays as it is."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    return (ratio * x + (1 - ratio) * other).clamp_(0, 1)
+
+
+class ColorJitter(v2.ColorJitter):
+    """Random brightness, contrast and saturation per image (hue: per-image pipeline only).
+
+    Batched: one factor per image and adjustment, the adjustments in one random order per batch
+    (torchvision draws the order per image).
+    """
+
+    ADJUSTMENTS = ("brightness", "contrast", "saturation")
+
+    @property
+    def batchable(self) -> bool:
+        return self.hue is None
+
+    def factors(self, n: int, generator: Optional[torch.Generator], device: torch.device) -> dict[str, torch.Tensor]:
+        return {name: torch.empty(n, device=device).uniform_(*getattr(self, name), generator=generator)
+                for name in self.ADJUSTMENTS if getattr(self, name) is not None}
+
+    @staticmethod
+    def adjust(x: torch.Tensor, name: str, factor: torch.Tensor) -> torch.Tensor:
+        """One adjustment with a factor per image, as ``torchvision.transforms.v2.functional`` does it."""
+        factor = factor[:, None, None, None]
+        if name == "brightness":
+            return _blend(x, torch.zeros_like(x), factor)
+        if name == "contrast":
+            return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+        return x if x.shape[1] == 1 else _blend(x, _grayscale(x), factor)
+
+    def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        if not self.batchable:
+            raise ValueError("color_jitter with hue has no batched version")
+        factors = self.factors(x.shape[0], generator, x.device)
+        names = list(factors)
+        for i in torch.randperm(len(names), generator=generator, device=x.device).tolist():
+            x = self.adjust(x, names[i], factors[names[i]])
+        return x
+
+
+class RandomRotation(v2.RandomRotation):
+    """Rotation by a random angle in ``degrees`` about the centre, corners filled with 0; batched: one
+    angle per image (bilinear; torchvision's default is nearest)."""
+
+    def __init__(self, degrees=15, interpolation=v2.InterpolationMode.BILINEAR, expand: bool = False,
+                 center=None, fill=0):
+        super().__init__(degrees, interpolation=interpolation, expand=expand, center=center, fill=fill)
+
+    @property
+    def batchable(self) -> bool:
+        return not self.expand and self.center is None and self.fill in (0, None)
+
+    def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator],
+                    angles: Optional[torch.Tensor] = None) -> torch.Tensor:
+        n, _, height, width = x.shape
+        if angles is None:
+            angles = torch.empty(n, device=x.device).uniform_(*self.degrees, generator=generator)
+        theta = torch.deg2rad(angles.to(x.dtype))
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        # output pixel → input pixel, in coordinates normalized to [-1, 1] (aspect ratio kept)
+        aspect = height / width
+        zero = torch.zeros_like(cos)
+        affine = torch.stack([torch.stack([cos, -sin * aspect, zero], 1),
+                              torch.stack([sin / aspect, cos, zero], 1)], 1)
+        grid = F.affine_grid(affine, list(x.shape), align_corners=False)
+        mode = "nearest" if self.interpolation == v2.InterpolationMode.NEAREST else "bilinear"
+        return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
 TRANSFORMS.register("random_crop", RandomCrop,
                     description="random crop of the input size after zero padding (default side/8); batched")
-TRANSFORMS.register("random_resized_crop", v2.RandomResizedCrop,
-                    description="random scale/aspect crop resized to the input size (Inception-style)")
+TRANSFORMS.register("random_resized_crop", RandomResizedCrop,
+                    description="random scale/aspect crop resized to the input size (Inception-style); batched")
 TRANSFORMS.register("horizontal_flip", HorizontalFlip, aliases=("hflip", "flip"),
                     description="mirror left-right with probability p (default 0.5); batched")
 TRANSFORMS.register("cutout", Cutout, description="zero a random length x length square (default side/4); batched")
-TRANSFORMS.register("color_jitter", v2.ColorJitter, brightness=0.2, contrast=0.2, saturation=0.2,
-                    description="random brightness/contrast/saturation (and hue) changes")
+TRANSFORMS.register("color_jitter", ColorJitter, brightness=0.2, contrast=0.2, saturation=0.2,
+                    description="random brightness/contrast/saturation (and hue) changes; batched without hue")
+TRANSFORMS.register("random_rotation", RandomRotation,
+                    description="rotation by a random angle in [-degrees, degrees] (default 15) about the centre; "
+                                "batched")
 TRANSFORMS.register("trivial_augment", v2.TrivialAugmentWide,
                     description="TrivialAugment (Müller & Hutter 2021): one random op of random strength")

@@ -1,0 +1,139 @@
+"""What a run shows while it trains: one live bar on a terminal, one line per epoch elsewhere.
+
+Lightning's own bars add a sanity-check bar, a validation bar per epoch and every logged metric;
+these subclasses keep the training bar alone with epoch, step, loss and val/acc on it. Output that
+is not a terminal (CI, a pipe, a SLURM log) gets no carriage-return bars: one line per epoch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+SHOWN = (("train/loss_step", "loss"), ("val/acc", "val/acc"))  # logged key → label on the bar
+
+
+def interactive(stream: Any = None) -> bool:
+    """Whether ``stream`` (stdout) is a terminal that redraws a bar in place."""
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("TERM") != "dumb"
+
+
+def epoch_label(trainer: L.Trainer) -> str:
+    total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    return f"epoch {trainer.current_epoch + 1}" + (f"/{total}" if total else "")
+
+
+def shown_metrics(trainer: L.Trainer, validated: bool = True) -> dict[str, Any]:
+    """The few numbers a person follows during training (Lightning's bar shows every logged one);
+    val/acc only once ``validated`` (the sanity check's value is of the untrained model)."""
+    metrics = trainer.progress_bar_metrics
+    shown: dict[str, Any] = {"step": int(trainer.global_step)}
+    shown.update({label: float(metrics[key]) for key, label in SHOWN
+                  if key in metrics and (validated or not key.startswith("val/"))})
+    return shown
+
+
+class _Validated:
+    """Remembers whether a validation of this fit ran (not the sanity check)."""
+
+    validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validated = self.validated or not trainer.sanity_checking
+        parent = getattr(super(), "on_validation_end", None)
+        if parent is not None:
+            parent(trainer, pl_module)
+
+
+class TqdmBar(_Validated, TQDMProgressBar):
+    """Lightning's tqdm bar with the training bar alone; evaluation bars vanish when done."""
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_test_tqdm(self) -> Tqdm:
+        bar = super().init_test_tqdm()
+        bar.leave = False
+        return bar
+
+    def init_predict_tqdm(self) -> Tqdm:
+        bar = super().init_predict_tqdm()
+        bar.leave = False
+        return bar
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(epoch_label(trainer))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return shown_metrics(trainer, self.validated)
+
+
+class RichBar(_Validated, RichProgressBar):
+    """Lightning's rich bar with the training bar alone (val/acc shows in its metrics column)."""
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return shown_metrics(trainer, self.validated)
+
+
+class EpochLines(_Validated, L.Callback):
+    """One line per epoch, for output that is not a terminal."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        parts = [epoch_label(trainer)]
+        for label, value in shown_metrics(trainer, self.validated).items():
+            parts.append(f"{label} {value}" if label == "step" else f"{label} {value:.4f}")
+        parts.append(f"{time.monotonic() - self.started:.1f} s")
+        print("  ".join(parts), flush=True)
+
+
+class MatrixEpochs(_Validated, L.Callback):
+    """A matrix variant's epochs, shown on the matrix's overall bar (``terminal.MatrixDisplay``)."""
+
+    def __init__(self, display: Any):
+        self.display = display
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.display.epoch_ended(trainer, shown_metrics(trainer, self.validated))
+
+
+def progress_callbacks(setting: str) -> list[L.Callback]:
+    """The callbacks that show a run's progress for ``trainer.progress_bar`` on this output."""
+    from ..terminal import active_matrix
+
+    matrix = active_matrix()
+    if setting == "none":
+        return []
+    if matrix is not None:  # a matrix variant: its progress is one part of the matrix's bar
+        return [MatrixEpochs(matrix)] if matrix.bar is not None else []
+    if not interactive():
+        return [EpochLines()]
+    if setting == "rich" or (setting == "auto" and importlib.util.find_spec("rich") is not None):
+        return [RichBar()]
+    return [TqdmBar()]

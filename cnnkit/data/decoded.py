@@ -1,0 +1,230 @@
+"""Image folders decoded once: their uint8 images held in memory, or in a cache file later runs map.
+
+``data.cache`` decides, per run:
+- ``none``: the DataLoader path decodes every image each time an epoch uses it;
+- ``memory``: each process decodes the folder once (in parallel over the cores) and holds it;
+- ``disk``: the first process decodes it into ``<root>/.cnnkit-cache/<split>-<key>.npy`` (or the user
+  cache directory when the folder is read-only); every later run, and every other process, maps
+  that file instead of decoding. The key covers the file list, each file's size and modification
+  time, and the decoded shape, so a changed, added or removed image rebuilds it. A file lock makes
+  processes that start together (torchrun, SLURM) build it once;
+- ``auto``: ``memory`` when the decoded images fit ``data.cache_budget`` (GiB), else ``none``.
+
+Decoded images are exactly what the DataLoader path would compute (same decoder, same resize), so
+the data set is the same; an unreadable image is found here, before training, with its file named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from ..atomic import atomic_file
+from ..errors import DataError
+from .image_files import ImageFiles, UnreadableImage
+
+CACHE_FOLDER = ".cnnkit-cache"
+FORMAT = 1  # part of the key: a cache written by another layout is never read
+
+
+def decoded_bytes(files: ImageFiles) -> int:
+    return len(files) * files.channels * files.size[0] * files.size[1]
+
+
+def workers(count: int) -> int:
+    """Processes to decode ``count`` images with: one per core, when there are enough images to pay for
+    starting them (decoding holds the GIL, so threads would not help)."""
+    return max(1, min(os.cpu_count() or 1, 16, count // 1000))
+
+
+# What the decoding processes share: set before they fork, so each inherits it (no pickling).
+_job: Optional[tuple[ImageFiles, torch.Tensor]] = None
+
+
+def _start_worker() -> None:
+    torch.set_num_threads(1)  # each process decodes on one core
+
+
+def _decode_range(bounds: tuple[int, int]) -> int:
+    files, images = _job
+    for index in range(*bounds):
+        images[index] = files.decode(index)
+    return bounds[1] - bounds[0]
+
+
+def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """A uint8 tensor in an anonymous shared mapping: forked processes write into it in place (and,
+    unlike /dev/shm, it is not bounded by a container's small shared-memory mount)."""
+    import math
+    import mmap
+
+    buffer = mmap.mmap(-1, max(1, math.prod(shape)))
+    return torch.frombuffer(buffer, dtype=torch.uint8, count=math.prod(shape)).view(shape)
+
+
+@contextmanager
+def native_messages() -> Iterator[list[str]]:
+    """Collect what C libraries write straight to the process's stderr (libpng's "bad header", its iCCP
+    warnings) while decoding: a broken image is then one line of cnnkit's, naming the library's reason."""
+    import tempfile
+
+    collected: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield collected
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            collected.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines()
+                             if line.strip())
+
+
+def decode(files: ImageFiles, what: str) -> torch.Tensor:
+    """Every image of ``files`` as one uint8 tensor (N, C, H, W), decoded by a process per core."""
+    import multiprocessing
+
+    from ..callbacks.progress import interactive
+
+    global _job
+    shape = (len(files), files.channels, *files.size)
+    processes = workers(len(files)) if "fork" in multiprocessing.get_all_start_methods() else 1
+    images = _shared_uint8(shape) if processes > 1 else torch.empty(shape, dtype=torch.uint8)
+    bar = None
+    if interactive() and len(files) > 1000:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(files), desc=f"decoding {what}", unit="img", leave=False, file=sys.stdout)
+    step = 256
+    ranges = [(start, min(start + step, len(files))) for start in range(0, len(files), step)]
+    try:
+        with native_messages() as messages:
+            if processes > 1:
+                _job = (files, images)
+                _decode_range((0, 1))  # loads the decoders here once, before the processes fork
+                with multiprocessing.get_context("fork").Pool(processes, initializer=_start_worker) as pool:
+                    for done in pool.imap_unordered(_decode_range, ranges):
+                        if bar is not None:
+                            bar.update(done)
+            else:
+                for bounds in ranges:
+                    _job = (files, images)
+                    done = _decode_range(bounds)
+                    if bar is not None:
+                        bar.update(done)
+    except UnreadableImage as err:
+        errors = [m for m in messages if "error" in m.lower()]
+        if errors and err.reason.rstrip(".").lower() in ("internal error", ""):
+            raise UnreadableImage.of(err.path, errors[0]) from err
+        raise
+    finally:
+        _job = None
+        if bar is not None:
+            bar.close()
+    return images
+
+
+# -- the cache file ---------------------------------------------------------------------------------
+def cache_key(files: ImageFiles) -> str:
+    """A digest of what the decoded images depend on: the files (path, size, mtime) and the shape."""
+    digest = hashlib.sha1(json.dumps([FORMAT, files.channels, list(files.size)]).encode())
+    for path, label in files.items:
+        try:
+            stat = os.stat(path)
+        except OSError as err:
+            raise DataError(f"image_folder: cannot read image '{path}' ({err.strerror}); replace or remove "
+                            f"the file") from err
+        digest.update(f"{os.path.abspath(path)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def cache_folder(root: str) -> Path:
+    """``<root>/.cnnkit-cache``, or the user's cache directory when the data folder cannot be written."""
+    beside = Path(root) / CACHE_FOLDER
+    if _writable(beside):
+        return beside
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = home / "cnnkit" / "decoded" / hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
+    if not _writable(folder):
+        raise DataError(f"data.cache=disk: neither '{beside}' nor '{folder}' can be written; "
+                        f"use data.cache=memory")
+    return folder
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock held across processes (POSIX ``flock``; elsewhere, none)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def from_disk_cache(files: ImageFiles, folder: Path, split: str) -> tuple[torch.Tensor, bool]:
+    """The decoded images of ``files`` mapped from their cache file in ``folder``, and whether this call
+    built it (decoding them) or found it."""
+    import numpy as np
+
+    path = folder / f"{split}-{cache_key(files)}.npy"
+    built = False
+    with file_lock(folder / f"{split}.lock"):
+        if not path.is_file():
+            images = decode(files, split)
+            for stale in folder.glob(f"{split}-*.npy"):  # images of another version of the folder
+                stale.unlink(missing_ok=True)
+            with atomic_file(path) as handle:
+                np.save(handle, images.numpy())
+            built = True
+    return torch.from_numpy(np.load(path, mmap_mode="c")), built  # copy-on-write: the file is never written
+
+
+def choose(mode: str, budget_gib: float, total_bytes: int) -> str:
+    """``memory``, ``disk`` or ``none`` for ``data.cache``, given the decoded size of every split."""
+    if mode != "auto":
+        return mode
+    return "memory" if total_bytes <= budget_gib * 2 ** 30 else "none"
+
+
+def size_text(count: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def decoded_split(files: ImageFiles, split: str, folder: Optional[Path] = None):
+    """``files`` as in-memory images (``TensorImages``): decoded now, or mapped from the cache in
+    ``folder``; and whether images were decoded."""
+    from .splits import TensorImages
+
+    images, built = from_disk_cache(files, folder, split) if folder is not None else (decode(files, split), True)
+    labels = torch.tensor([label for _, label in files.items], dtype=torch.long)
+    return TensorImages(images, labels, split, names=files.names()), built
