@@ -130,6 +130,7 @@ class RunLifecycle(L.Callback):
         """False once the run diverged or any weight or buffer is non-finite, so last.ckpt stays the last
         good state: an update can overflow the weights a step before the loss shows it, and a diverged
         forward pass leaves NaN in BN's running statistics. Decided on every rank alike."""
+        pl_module.check_divergence()  # with the step guard, its device flag is read back here
         if self.divergence is None and pl_module.divergence is not None:
             self.divergence = pl_module.divergence
         if self.divergence is not None:

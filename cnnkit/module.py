@@ -53,6 +53,8 @@ class ClassifierModule(L.LightningModule):
             setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
         self.test_confusion = MulticlassConfusionMatrix(num_classes=classes, validate_args=False)
         self.divergence: Optional[Divergence] = None  # set when training goes non-finite; the run's owner records it
+        self.step_guard = None  # set at the start of training when the optimizer can skip steps on the device
+        self._recent_lrs: Any = ()
         self._epoch_metrics_logged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,32 +105,82 @@ class ClassifierModule(L.LightningModule):
     # -- steps --------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
         x, y = batch
+        guard = self.step_guard
+        if guard is not None:
+            guard.before_forward()
+            self._recent_lrs.append((int(self.global_step), self._lr()))
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.loss.label_smoothing)
-        # one host sync per step: a non-finite loss must stop the run before it updates the weights
-        non_finite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
-        if non_finite:
-            self.stop_diverged("training loss")
-            return None  # skip the update: the weights stay those of the last finite step
+        logging = logs_this_step(self.trainer)
+        if guard is not None:  # decided on the device (step_guard.py): read back only where the step is logged
+            guard.after_loss(loss)
+            if logging and self.check_divergence():
+                return loss  # its update is skipped on the device like every one since the first bad step
+        else:  # one host sync per step: a non-finite loss must stop the run before it updates the weights
+            non_finite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
+            if non_finite:
+                self.stop_diverged("training loss")
+                return None  # skip the update: the weights stay those of the last finite step
         detached = loss.detach()
         self.train_loss.update(detached)  # metric updates stay on the device; logged once per epoch
         self.train_acc.update(logits.detach(), y)
-        if logs_this_step(self.trainer):  # each self.log costs Lightning bookkeeping: only on steps it writes
+        if logging:  # each self.log costs Lightning bookkeeping: only on steps it writes
             self.log("train/loss_step", detached, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.step_guard is not None:
+            self.step_guard.before_optimizer_step(optimizer)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.step_guard is not None:
+            self.step_guard.after_batch()
+
+    def check_divergence(self) -> bool:
+        """Whether training went non-finite; with the step guard this reads its flag back (a host sync)."""
+        if self.divergence is None and self.step_guard is not None:
+            step = self.step_guard.first_bad_step()
+            if step is not None:
+                self.stop_diverged("training loss", step)
+        return self.divergence is not None
+
+    def _lr(self) -> float:
+        return float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else float("nan")
+
+    def on_train_start(self) -> None:
+        """The step guard, when the optimizer can skip updates on the device and no loss scaler or other
+        process takes part in the decision (a GradScaler skips steps of its own; under DDP every rank
+        must agree, which Lightning's loop syncs for anyway)."""
+        from collections import deque
+
+        from .step_guard import StepGuard, skips_on_device
+
+        self.step_guard = None
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        if optimizer is not None and skips_on_device(optimizer) and self._may_guard_on_device():
+            self.step_guard = StepGuard(self.model, int(self.global_step), self.device)
+        self._recent_lrs = deque(maxlen=max(2, self.trainer.log_every_n_steps + 1))
+
+    def _may_guard_on_device(self) -> bool:
+        return (self.trainer.world_size == 1 and "16-mixed" not in str(self.trainer.precision)
+                and self.device.type in ("cpu", "cuda"))
+
+
 
     def on_train_epoch_start(self) -> None:
         self._epoch_metrics_logged = False
 
     def on_train_epoch_end(self) -> None:
+        self.check_divergence()  # once an epoch at least (a host sync)
         self.log("train/loss_epoch", self.train_loss)
         self.log("train/acc", self.train_acc)
         self._epoch_metrics_logged = True  # a checkpoint saved from here on has no epoch left to resume
 
-    def stop_diverged(self, what: str) -> Divergence:
-        """Stop training: ``what`` (the loss or the weights) went non-finite at this step."""
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-        self.divergence = self.divergence or Divergence(step=int(self.global_step), lr=float(lr), what=what)
+    def stop_diverged(self, what: str, step: Optional[int] = None) -> Divergence:
+        """Stop training: ``what`` (the loss or the weights) went non-finite at ``step`` (default: this one)."""
+        step = int(self.global_step) if step is None else step
+        lr = dict(self._recent_lrs).get(step, self._lr()) if self.step_guard is not None else self._lr()
+        self.divergence = self.divergence or Divergence(step=step, lr=lr, what=what)
         self.trainer.should_stop = True
         return self.divergence
 
@@ -194,7 +246,8 @@ class ClassifierModule(L.LightningModule):
             rank_zero_info(f"cnnkit: lr {optim.lr:g} scaled ({to_plain(optim.lr_scaling)}) for global batch "
                            f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
         groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
-        optimizer = optimizer_plan(optim).build(params=groups, lr=lr, weight_decay=optim.weight_decay)
+        fused = True if self._may_guard_on_device() else None  # torch's fused step can skip on the device
+        optimizer = optimizer_plan(optim).build(params=groups, lr=lr, weight_decay=optim.weight_decay, fused=fused)
         per_epoch, total = self.total_steps()
         scheduler = scheduler_plan(optim).build(optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch,
                                                 lr=lr)

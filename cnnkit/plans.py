@@ -24,10 +24,11 @@ from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS
 BACKBONE_INPUTS = ("input_shape", "num_classes", "norm", "act", "pool", "bias")
 SCHEDULER_INPUTS = ("optimizer", "total_steps", "steps_per_epoch", "lr")
 OPTIMIZER_INPUTS = ("params", "lr", "weight_decay")
+OPTIMIZER_OFFERED = ("fused",)  # torch's fused implementation, which can skip a non-finite step on the device
 POOL_INPUTS = ("kernel_size",)  # the backbone's pool size
 TRANSFORM_INPUTS = ("size",)  # the images' (height, width), for crops that default to it
 # by registry: what a config never sets itself (``list`` shows an entry's other arguments as its keys)
-INPUTS = {"backbones": BACKBONE_INPUTS, "schedulers": SCHEDULER_INPUTS, "optimizers": OPTIMIZER_INPUTS,
+INPUTS = {"backbones": BACKBONE_INPUTS, "schedulers": SCHEDULER_INPUTS, "optimizers": OPTIMIZER_INPUTS + OPTIMIZER_OFFERED,
           "poolings": POOL_INPUTS, "transforms": TRANSFORM_INPUTS}
 
 
@@ -59,7 +60,7 @@ def model_plan(model_cfg: Any) -> ModelPlan:
 
 def optimizer_plan(optim_cfg: Any) -> Plan:
     with key_context("optim.optimizer"):
-        return OPTIMIZERS.plan(to_plain(optim_cfg.optimizer), given=OPTIMIZER_INPUTS)
+        return OPTIMIZERS.plan(to_plain(optim_cfg.optimizer), given=OPTIMIZER_INPUTS, offered=OPTIMIZER_OFFERED)
 
 
 def scheduler_plan(optim_cfg: Any) -> Plan:

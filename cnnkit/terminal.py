@@ -136,7 +136,7 @@ def summary_block(result: Any) -> str:
         lines = [f"cnnkit: {where} diverged{took}: {d.get('reason', 'non-finite training loss')}; {kept}; "
                  f"marked diverged in {result.run_dir}/status.json"]
     else:
-        lines = [f"cnnkit: {result.status} {where}{took} in {result.run_dir}"]
+        lines = [f"cnnkit: {result.status} {where}{took} ({shown_path(result.run_dir)})"]
         shown = metric_text(result.metrics, every=True)
         if shown:
             lines.append(f"  {shown}")
