@@ -79,11 +79,14 @@ def distinct_models(limit: int | None) -> list[tuple[str, list[str]]]:
     return runs[:limit] if limit else runs
 
 
-def smoke_runs(args, workdir: Path) -> dict[str, Any]:
+def smoke_runs(args, workdir: Path, deadline: float) -> dict[str, Any]:
     overlay = REPO / "configs" / "debug" / ("smoke.yaml" if args.cpu else "smoke_gpu.yaml")
-    done, failed = [], []
+    done, failed, skipped = [], [], []
     models = distinct_models(3 if args.quick else None)
     for index, (label, (recipe, *overrides)) in enumerate(models):
+        if time.monotonic() > deadline:
+            skipped.append(label)
+            continue
         try:
             cfg = cnnkit.load_config([recipe, str(overlay)], [*overrides, f"runs_dir={workdir}", f"name=smoke{index}",
                                                               "data.batch_size=16", "trainer.log_every_n_steps=1"])
@@ -93,38 +96,46 @@ def smoke_runs(args, workdir: Path) -> dict[str, Any]:
             failed.append(f"{label}: {type(err).__name__}: {err}".splitlines()[0])
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(models)} models failed: " + "; ".join(failed[:5]))
-    return {"models": len(models), "finished": len(done)}
+    result = {"models": len(models), "finished": len(done)}
+    if skipped:
+        result["skipped (time budget)"] = skipped
+    return result
 
 
 # -- 3. speed -----------------------------------------------------------------------------------------
 class StepTimer(L.Callback):
-    """Times steps after a warm-up; counts synchronizing CUDA calls between logging steps by source."""
+    """Times steps after a warm-up; counts synchronizing CUDA calls between logging steps by source.
+
+    A watched window runs from one step's end to the next one's: fetching and augmenting the next
+    batch, its forward and backward, the optimizer and the hooks, all of it.
+    """
 
     def __init__(self, warmup: int, log_every: int):
         self.warmup, self.log_every = warmup, log_every
         self.start = self.end = 0.0
         self.steps = 0
-        self.syncs: dict[str, int] = {}
         self.watched = 0
-        self._catcher = None
+        self.watching = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.warmup:
             _synchronize()
             self.start = time.perf_counter()
-        watch = torch.cuda.is_available() and trainer.global_step > self.warmup and \
-            (trainer.global_step + 1) % self.log_every != 0
-        if watch:
-            torch.cuda.set_sync_debug_mode("warn")
-            self.watched += 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if torch.cuda.is_available():
+        step = trainer.global_step  # the next step's number
+        if self.watching:
             torch.cuda.set_sync_debug_mode(0)
-        if trainer.global_step > self.warmup:
+            self.watching = False
+            self.watched += 1
+        if step > self.warmup:
             _synchronize()
             self.end = time.perf_counter()
-            self.steps = trainer.global_step - self.warmup
+            self.steps = step - self.warmup
+        # watch the next step unless it logs (a logging step reads values back by design)
+        if torch.cuda.is_available() and step >= self.warmup and (step + 1) % self.log_every != 0:
+            torch.cuda.set_sync_debug_mode("warn")
+            self.watching = True
 
 
 TIMERS: list[StepTimer] = []
@@ -214,45 +225,51 @@ def plain_rate(cfg_files: list[str], overrides: list[str], steps: int, warmup: i
     return cfg.data.batch_size * steps / (time.perf_counter() - start)
 
 
-def speed(args, workdir: Path) -> dict[str, Any]:
+def speed(args, workdir: Path, deadline: float) -> dict[str, Any]:
     device = "cpu" if args.cpu else "cuda"
     accelerator = ["trainer.accelerator=cpu"] if args.cpu else ["trainer.accelerator=gpu"]
     samples = 2048 if args.quick else 50_000
     cifar = [str(REPO / "recipes" / "cifar10_fast.yaml")]
-    data = [f"data.dataset={{name: synthetic, shape: [3, 32, 32], samples: {samples}}}", *accelerator]
-    steps, warmup = (4, 2) if args.quick else (100, 20)
-    settings = [("32-true", False, False), ("bf16-mixed", False, False), ("bf16-mixed", True, False),
-                ("bf16-mixed", True, True)]
+    data = [f"data.dataset={{name: synthetic, shape: [3, 32, 32], samples: {samples}}}", *accelerator,
+            "data.augment=[random_crop, horizontal_flip]"]
+    steps, warmup = (4, 2) if args.quick else (60, 10)
+    resnet = [("32-true", False, False), ("bf16-mixed", False, False), ("bf16-mixed", True, False),
+              ("bf16-mixed", True, True)]
+    small_settings = [("32-true", False, False), ("bf16-mixed", True, False)]
     if args.quick:
-        settings = [("32-true", False, False)]
+        resnet = small_settings = [("32-true", False, False)]
     cases: dict[str, Any] = {}
     small = ["model.backbone={name: simple_cnn, channels: [64, 128, 256], hidden: [256]}", "data.batch_size=512"]
-    for label, files, extra in (("cifar10_fast resnet18", cifar, ["data.batch_size=64"] if args.quick else []),
-                                ("small fast net (simple_cnn 64-128-256)", cifar,
-                                 small if not args.quick else [*small[:1], "data.batch_size=64"])):
-        for precision, channels_last, compile_model in settings:
-            name = f"{label} · {precision}" + (" · channels_last" if channels_last else "") + \
-                   (" · compile" if compile_model else "")
-            switches = [f"trainer.precision={precision}", f"trainer.channels_last={str(channels_last).lower()}",
-                        f"trainer.compile={str(compile_model).lower()}"]
-            ours, plain, syncs = [], [], {}
-            for _ in range(1 if args.quick else 2):  # alternate
-                rate, syncs = cnnkit_rate(files, [*data, *extra, *switches], steps, warmup, 50, workdir)
-                ours.append(rate)
-                plain.append(plain_rate(files, [*data, *extra, *switches], steps, warmup, precision, channels_last,
-                                        compile_model, device))
-            c, p = statistics.median(ours), statistics.median(plain)
-            batch = cnnkit.load_config(files, [*data, *extra]).data.batch_size
-            name = name.replace(" · ", f", batch {batch} · ", 1)
-            cases[name] = {"cnnkit_images_per_s": c, "plain_images_per_s": p, "overhead": p / c,
-                           "batch_size": batch, "host_syncs_per_step": syncs}
-            print(f"  {name}: cnnkit {c:,.0f} images/s, plain {p:,.0f} images/s, overhead {p / c:.3f}x, "
-                  f"syncs/step {syncs or 0}", flush=True)
+    plan = [("cifar10_fast resnet18", ["data.batch_size=64"] if args.quick else [], setting) for setting in resnet]
+    plan += [("small fast net (simple_cnn 64-128-256)", small if not args.quick else [*small[:1], "data.batch_size=64"],
+              setting) for setting in small_settings]
+    for label, extra, (precision, channels_last, compile_model) in plan:
+        if time.monotonic() > deadline:
+            cases[f"{label} · {precision}"] = {"skipped": "the time budget ran out"}
+            continue
+        name = f"{label} · {precision}" + (" · channels_last" if channels_last else "") + \
+               (" · compile" if compile_model else "")
+        switches = [f"trainer.precision={precision}", f"trainer.channels_last={str(channels_last).lower()}",
+                    f"trainer.compile={str(compile_model).lower()}"]
+        ours, plain, syncs = [], [], {}
+        for _ in range(1 if args.quick or compile_model else 2):  # alternate
+            rate, syncs = cnnkit_rate(cifar, [*data, *extra, *switches], steps, warmup, 50, workdir)
+            ours.append(rate)
+            plain.append(plain_rate(cifar, [*data, *extra, *switches], steps, warmup, precision, channels_last,
+                                    compile_model, device))
+        c, p = statistics.median(ours), statistics.median(plain)
+        batch = cnnkit.load_config(cifar, [*data, *extra]).data.batch_size
+        name = name.replace(" · ", f", batch {batch} · ", 1)
+        cases[name] = {"cnnkit_images_per_s": c, "plain_images_per_s": p, "overhead": p / c,
+                       "batch_size": batch, "host_syncs_per_step": syncs}
+        print(f"  {name}: cnnkit {c:,.0f} images/s, plain {p:,.0f} images/s, overhead {p / c:.3f}x, "
+              f"syncs/step {syncs or 0}", flush=True)
     return cases
 
 
 # -- the check ----------------------------------------------------------------------------------------
-def run_part(name: str, part: Callable[[], Any], results: dict[str, Any]) -> None:
+def run_part(name: str, part: Callable[[], Any], results: dict[str, Any], output: Path) -> None:
+    """Run one part and write every result so far: a check stopped by a time limit keeps what it measured."""
     print(f"== {name}", flush=True)
     started = time.monotonic()
     try:
@@ -262,6 +279,8 @@ def run_part(name: str, part: Callable[[], Any], results: dict[str, Any]) -> Non
         results[name] = {"ok": False, "seconds": time.monotonic() - started,
                          "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
         print(f"   FAILED: {type(err).__name__}: {str(err)[:2000]}", flush=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main() -> int:
@@ -269,6 +288,8 @@ def main() -> int:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (the dry run)")
     parser.add_argument("--quick", action="store_true", help="a few steps and models per part")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "gpu.json"))
+    parser.add_argument("--budget", type=float, default=420.0,
+                        help="seconds the smoke runs and speed parts may start new work in (default 420)")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     from cnnkit.terminal import configure
@@ -281,16 +302,24 @@ def main() -> int:
     results: dict[str, Any] = {
         "device": "cpu" if args.cpu else torch.cuda.get_device_name(0), "torch": torch.__version__,
         "lightning": L.__version__, "quick": args.quick, "cpu_dry_run": args.cpu}
-    run_part("pytest -m gpu", lambda: gpu_tests(args), results)
-    run_part("smoke run per distinct model", lambda: smoke_runs(args, workdir), results)
-    run_part("speed", lambda: speed(args, workdir), results)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    output = Path(args.output)
+    started = time.monotonic()
+    run_part("pytest -m gpu", lambda: gpu_tests(args), results, output)
+    # the smoke runs get a third of what is left of the budget, the speed part the rest
+    smoke_deadline = started + args.budget / 3
+    run_part("smoke run per distinct model", lambda: smoke_runs(args, workdir, smoke_deadline), results, output)
+    run_part("speed", lambda: speed(args, workdir, started + args.budget), results, output)
     print(f"\n{'part':<32} {'result':<8} {'seconds':>8}")
     for name in ("pytest -m gpu", "smoke run per distinct model", "speed"):
         part = results[name]
         print(f"{name:<32} {'ok' if part['ok'] else 'FAILED':<8} {part['seconds']:>8.1f}")
-    print(f"wrote {args.output}")
+    for name, case in (results["speed"].get("result") or {}).items():
+        if "skipped" in case:
+            print(f"  {name}: skipped ({case['skipped']})")
+        else:
+            print(f"  {name}: cnnkit {case['cnnkit_images_per_s']:,.0f} images/s, plain {case['plain_images_per_s']:,.0f}"
+                  f", overhead {case['overhead']:.3f}x, host syncs per step {case['host_syncs_per_step'] or 0}")
+    print(f"wrote {output}")
     return 0 if all(results[n]["ok"] for n in ("pytest -m gpu", "smoke run per distinct model", "speed")) else 1
 
 

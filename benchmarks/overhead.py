@@ -82,7 +82,7 @@ def plain_step(overrides: list[str], steps: int, warmup: int) -> float:
     datamodule.load()
     model = cnnkit.build_model(cfg, datamodule.info)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.9, fused=True)  # as cnnkit's
     batches = iter(())
     start = 0.0
     for step in range(steps + warmup):

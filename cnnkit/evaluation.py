@@ -28,7 +28,7 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
     ``last`` is the last.ckpt of the config's run; without ``files``, of the one run under runs/ that has one.
     """
     if ckpt == "last" and not files:
-        path = _only_last_checkpoint(load_config((), overrides, validate_config=False).runs_dir)
+        path = _only_last_checkpoint(load_config((), overrides, validate_config=False), overrides)
     else:
         run = RunDir.for_config(load_config(files, overrides)) if ckpt == "last" else None
         path = resolve_checkpoint(ckpt, run)
@@ -37,13 +37,32 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
     return cfg, path, checkpoint
 
 
-def _only_last_checkpoint(runs_dir: str) -> Path:
-    """``--ckpt last`` without a config: the last.ckpt of the one run in ``runs_dir``, else which to choose."""
-    import sys
+def _label_rule(cfg: DictConfig, info: DataInfo):
+    """How an input file's true label is known (-1: it is not): by the layout of the image folder the
+    model was trained on; a model trained on other data says nothing about files."""
+    from .config import to_plain
+    from .registry import DATASETS, split_spec
 
-    found = sorted(Path(runs_dir).glob("*/*/checkpoints/last.ckpt"))
+    name, kwargs = split_spec(to_plain(cfg.data.dataset))
+    index = {class_name: i for i, class_name in enumerate(info.class_names)}
+    if DATASETS.get_entry(name).name != "image_folder":
+        return lambda path: -1
+    if kwargs.get("layout", "class_dirs") == "label_prefix":
+        return lambda path: index.get(Path(path).name.split("_", 1)[0], -1) if "_" in Path(path).name else -1
+    return lambda path: index.get(Path(path).parent.name, -1)
+
+
+def _only_last_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> Path:
+    """``--ckpt last`` without a config: the last.ckpt of the one run under ``runs_dir`` (of the ``name=``
+    and the variant the overrides give, where they give them), else which to choose."""
+    from .terminal import note
+
+    runs_dir = cfg.runs_dir
+    named = any(o.partition("=")[0].strip() == "name" for o in overrides)
+    found = sorted(Path(runs_dir).glob(f"{cfg.name if named else '*'}/{cfg.variant if cfg.variant != 'default' else '*'}"
+                                       f"/checkpoints/last.ckpt"))
     if len(found) == 1:
-        print(f"cnnkit: --ckpt last: using {found[0]} (the only run under {runs_dir}/ with one)", file=sys.stderr)
+        note(f"cnnkit: --ckpt last: using {found[0]} (the only run under {runs_dir}/ with one)")
         return found[0]
     if not found:
         raise CheckpointError(f"--ckpt last: no run under '{runs_dir}/' has a checkpoints/last.ckpt; train one "
@@ -63,11 +82,17 @@ def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, A
     return module
 
 
+def _one_pass(cfg: DictConfig) -> DictConfig:
+    """An evaluation reads each image once: decoding a folder's every split first would only add work."""
+    cfg.data.cache = "none"
+    return cfg
+
+
 def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict[str, float]:
     """``stage`` is ``validate`` or ``test``: metrics of a checkpoint's model on that split."""
     cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
     module = _module_from_checkpoint(cfg, path, checkpoint)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(_one_pass(cfg))
     stored, current = stored_data_info(checkpoint), datamodule.info
     if (stored.num_classes, stored.input_shape) != (current.num_classes, current.input_shape):
         raise CheckpointError(f"checkpoint '{path}' was trained on {stored.describe()}; "
@@ -132,7 +157,9 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     """Class probabilities for a split, or for image files, folders and globs, written as CSV.
 
     Each row: file, predicted class, its probability, the true label and whether the prediction is
-    correct (a split's labels; an image in a folder named after a class), and the ``top_k`` classes.
+    correct where the label is known (a split's labels; for a model trained on an image folder, an
+    image laid out as that folder's were: in a folder named after its class, or named ``<label>_...``),
+    and the ``top_k`` classes.
     """
     from torch.utils.data import DataLoader
 
@@ -145,14 +172,13 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     if inputs:
         images = image_inputs(inputs)
         channels, height, width = info.input_shape
-        index = {name: i for i, name in enumerate(info.class_names)}
-        labelled = [(p, index.get(Path(p).parent.name, -1)) for p in images]  # -1: label unknown
-        dataset = ImageFiles(labelled, (height, width), channels, "input")
+        label_of = _label_rule(cfg, info)
+        dataset = ImageFiles([(p, label_of(p)) for p in images], (height, width), channels, "input")
         single = len(inputs) == 1 and os.path.exists(inputs[0])  # one file or folder names the CSV
-        source = (Path(inputs[0]).stem or "input") if single else "input"
+        source = "input" + (f"-{Path(inputs[0]).stem}" if single and Path(inputs[0]).stem else "")
     else:
         split = split or "test"
-        dataset = build_datamodule(cfg).load().get(split)
+        dataset = build_datamodule(_one_pass(cfg)).load().get(split)
         source = split
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers or 0)
     trainer = build_trainer(cfg, None, False, [])

@@ -25,8 +25,24 @@ from .lightning_adapter import logs_this_step
 from .model import build_classifier
 from .optim import parameter_groups, scaled_lr
 from .plans import optimizer_plan, scheduler_plan
+from .step_guard import FUSED_CAPABLE
 
 SPLITS = ("train", "val", "test")
+IGNORED = -100  # the training accuracy's ignore_index: a batch the step guard skipped counts nowhere
+SCALED_PRECISIONS = ("16-mixed", "16")  # a GradScaler decides about non-finite steps itself
+
+
+class RecentSteps(dict):
+    """The learning rate of the last few optimizer steps (a diverged step is named after the fact)."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = max(2, keep)
+
+    def __setitem__(self, step: int, lr: float) -> None:
+        super().__setitem__(step, lr)
+        for old in [k for k in self if k <= step - self.keep]:
+            del self[old]
 TRAIN_METRICS = ("train_acc", "train_loss")  # accumulated over an epoch, so saved for a mid-epoch resume
 
 
@@ -49,12 +65,13 @@ class ClassifierModule(L.LightningModule):
         average = to_plain(self.cfg.metrics.average)
         classes = self.data_info.num_classes
         for split in SPLITS:  # checks skipped: inputs come from our own code; NaN losses stop training first
-            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=classes, average=average, validate_args=False))
+            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=classes, average=average, validate_args=False,
+                                                             ignore_index=IGNORED if split == "train" else None))
             setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
         self.test_confusion = MulticlassConfusionMatrix(num_classes=classes, validate_args=False)
         self.divergence: Optional[Divergence] = None  # set when training goes non-finite; the run's owner records it
         self.step_guard = None  # set at the start of training when the optimizer can skip steps on the device
-        self._recent_lrs: Any = ()
+        self._recent_lrs = RecentSteps(1)
         self._epoch_metrics_logged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,22 +125,25 @@ class ClassifierModule(L.LightningModule):
         guard = self.step_guard
         if guard is not None:
             guard.before_forward()
-            self._recent_lrs.append((int(self.global_step), self._lr()))
+            self._recent_lrs[int(self.global_step)] = self._lr()
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.loss.label_smoothing)
         logging = logs_this_step(self.trainer)
+        detached = loss.detach()
         if guard is not None:  # decided on the device (step_guard.py): read back only where the step is logged
-            guard.after_loss(loss)
-            if logging and self.check_divergence():
-                return loss  # its update is skipped on the device like every one since the first bad step
+            good = guard.after_loss(loss)
+            if logging:
+                self.check_divergence()
+            # a bad batch counts in no training metric (its update is skipped on the device too)
+            self.train_loss.update(torch.where(good, detached, 0.0), weight=good.float())
+            self.train_acc.update(logits.detach(), torch.where(good, y, IGNORED))
         else:  # one host sync per step: a non-finite loss must stop the run before it updates the weights
             non_finite = self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False)
             if non_finite:
                 self.stop_diverged("training loss")
                 return None  # skip the update: the weights stay those of the last finite step
-        detached = loss.detach()
-        self.train_loss.update(detached)  # metric updates stay on the device; logged once per epoch
-        self.train_acc.update(logits.detach(), y)
+            self.train_loss.update(detached)  # metric updates stay on the device; logged once per epoch
+            self.train_acc.update(logits.detach(), y)
         if logging:  # each self.log costs Lightning bookkeeping: only on steps it writes
             self.log("train/loss_step", detached, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -132,9 +152,9 @@ class ClassifierModule(L.LightningModule):
         if self.step_guard is not None:
             self.step_guard.before_optimizer_step(optimizer)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.step_guard is not None:
-            self.step_guard.after_batch()
+    def on_after_backward(self) -> None:
+        if self.step_guard is not None:  # before the callbacks see the batch's end: BN's buffers as they were
+            self.step_guard.after_backward()
 
     def check_divergence(self) -> bool:
         """Whether training went non-finite; with the step guard this reads its flag back (a host sync)."""
@@ -151,21 +171,17 @@ class ClassifierModule(L.LightningModule):
         """The step guard, when the optimizer can skip updates on the device and no loss scaler or other
         process takes part in the decision (a GradScaler skips steps of its own; under DDP every rank
         must agree, which Lightning's loop syncs for anyway)."""
-        from collections import deque
-
         from .step_guard import StepGuard, skips_on_device
 
         self.step_guard = None
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         if optimizer is not None and skips_on_device(optimizer) and self._may_guard_on_device():
             self.step_guard = StepGuard(self.model, int(self.global_step), self.device)
-        self._recent_lrs = deque(maxlen=max(2, self.trainer.log_every_n_steps + 1))
+        self._recent_lrs = RecentSteps(self.trainer.log_every_n_steps + 1)
 
     def _may_guard_on_device(self) -> bool:
-        return (self.trainer.world_size == 1 and "16-mixed" not in str(self.trainer.precision)
+        return (self.trainer.world_size == 1 and str(self.trainer.precision) not in SCALED_PRECISIONS
                 and self.device.type in ("cpu", "cuda"))
-
-
 
     def on_train_epoch_start(self) -> None:
         self._epoch_metrics_logged = False
@@ -179,7 +195,7 @@ class ClassifierModule(L.LightningModule):
     def stop_diverged(self, what: str, step: Optional[int] = None) -> Divergence:
         """Stop training: ``what`` (the loss or the weights) went non-finite at ``step`` (default: this one)."""
         step = int(self.global_step) if step is None else step
-        lr = dict(self._recent_lrs).get(step, self._lr()) if self.step_guard is not None else self._lr()
+        lr = self._recent_lrs.get(step, self._lr()) if self.step_guard is not None else self._lr()
         self.divergence = self.divergence or Divergence(step=step, lr=lr, what=what)
         self.trainer.should_stop = True
         return self.divergence
@@ -246,8 +262,11 @@ class ClassifierModule(L.LightningModule):
             rank_zero_info(f"cnnkit: lr {optim.lr:g} scaled ({to_plain(optim.lr_scaling)}) for global batch "
                            f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
         groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
-        fused = True if self._may_guard_on_device() else None  # torch's fused step can skip on the device
-        optimizer = optimizer_plan(optim).build(params=groups, lr=lr, weight_decay=optim.weight_decay, fused=fused)
+        plan = optimizer_plan(optim)
+        # torch's fused SGD/Adam/AdamW can skip a non-finite step on the device (step_guard.py)
+        fused = True if self._may_guard_on_device() and plan.target in FUSED_CAPABLE and \
+            "foreach" not in plan.kwargs else None
+        optimizer = plan.build(params=groups, lr=lr, weight_decay=optim.weight_decay, fused=fused)
         per_epoch, total = self.total_steps()
         scheduler = scheduler_plan(optim).build(optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch,
                                                 lr=lr)

@@ -28,7 +28,7 @@ OPTIMIZER_OFFERED = ("fused",)  # torch's fused implementation, which can skip a
 POOL_INPUTS = ("kernel_size",)  # the backbone's pool size
 TRANSFORM_INPUTS = ("size",)  # the images' (height, width), for crops that default to it
 # by registry: what a config never sets itself (``list`` shows an entry's other arguments as its keys)
-INPUTS = {"backbones": BACKBONE_INPUTS, "schedulers": SCHEDULER_INPUTS, "optimizers": OPTIMIZER_INPUTS + OPTIMIZER_OFFERED,
+INPUTS = {"backbones": BACKBONE_INPUTS, "schedulers": SCHEDULER_INPUTS, "optimizers": OPTIMIZER_INPUTS,
           "poolings": POOL_INPUTS, "transforms": TRANSFORM_INPUTS}
 
 

@@ -1,8 +1,10 @@
 """``cnnkit report runs/<recipe>``: figures and a REPORT.md table from run directories.
 
-Reads only local files — each variant's config.yaml, status.json, metrics.csv, confusion.json and
-the files of whichever analyses (``cnnkit/analyses/``) its runs hold — so no W&B account is needed.
-Each analysis adds its own tables and figures. Seeds of one variant (``+seed=N`` in its name) are
+Reads only local files — each variant's config.yaml, status.json, metrics.csv and the files of
+whichever analyses (``cnnkit/analyses/``) its runs hold — so no W&B account is needed. REPORT.md is
+the recipe's question, an answer from the numbers and one table of every variant; each analysis
+adds its own tables and figures (the training curves and the headline metric per variant are
+analyses too, of the files every run writes). Seeds of one variant (``+seed=N`` in its name) are
 aggregated as mean ± std.
 """
 
@@ -15,8 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .analyses import units
-from .analyses._unit import (Analysis, mean_std, pyplot, read_csv, read_json, readable_log_axis, save_figure,
-                             variant_styles)
+from .analyses._unit import Analysis, mean_std, read_csv, read_json
 from .atomic import atomic_write_text
 from .errors import CnnkitError, first_line
 from .matrix import group_name
@@ -64,7 +65,6 @@ def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run
         config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
         run = Run(path=path, variant=path.name, group=group_name(path.name), config=config or {},
                   status=read_json(path / "status.json") or {}, metrics=read_csv(path / "metrics.csv"))
-        run.extras["confusion"] = read_json(path / "confusion.json")
         for analysis in units() if analyses is None else analyses:
             run.extras[analysis.name] = analysis.load(path)
         runs.append(run)
@@ -112,148 +112,6 @@ def steps_to_target(run: Run, target: Optional[float], analyses: list[Analysis])
         if loss is not None and loss <= target:
             return int(step)
     return None
-
-
-# -- figures ------------------------------------------------------------------------------------
-def _diverged_at(run: Run) -> Optional[float]:
-    return run.status.get("step") if run.status.get("status") == "diverged" else None
-
-
-def _finite_until(run: Run, key: str) -> tuple[list[float], list[float]]:
-    """A run's series up to its divergence: the finite points logged before it."""
-    stop = _diverged_at(run)
-    points = [(s, v) for s, v in zip(*run.series(key)) if math.isfinite(v) and (stop is None or s < stop)]
-    return [s for s, _ in points], [v for _, v in points]
-
-
-def plot_curves(groups: dict[str, list[Run]], out: Path) -> Optional[str]:
-    """Training loss and validation accuracy per variant; a diverged run's line ends where it diverged (×)
-    and the loss axis keeps to the runs that did not."""
-    plt = pyplot()
-    styles = variant_styles(groups)
-    keys = [("train/loss_step", "training loss", True), ("val/acc", "validation accuracy", False)]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    drawn = False
-    for ax, (key, label, log) in zip(axes, keys):
-        kept: list[float] = []  # the axis range: values of the runs that did not diverge
-        ends: list[tuple[Any, float, float]] = []  # (colour, step, value) where a run diverged
-        for group, runs in groups.items():
-            style = styles[group]
-            for i, run in enumerate(runs):
-                steps, values = _finite_until(run, key)
-                if not steps:
-                    continue
-                ax.plot(steps, values, color=style["color"], linestyle=style["linestyle"], marker=style["marker"],
-                        markersize=3, lw=1.3 if i == 0 else 0.6, alpha=1.0 if i == 0 else 0.5,
-                        label=group if i == 0 else None)
-                if _diverged_at(run) is not None:
-                    ends.append((style["color"], steps[-1], values[-1]))
-                else:
-                    kept += values
-                drawn = True
-        kept = kept or [v for _, _, v in ends]
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        positive = [v for v in kept if v > 0]
-        if log and positive:
-            ax.set_yscale("log")
-            low, high = min(positive) / 1.5, max(positive) * 1.5
-        else:
-            low, high = min([0.0, *kept]), max([1.0, *kept]) * 1.02
-        ax.set_ylim(low, high)
-        for colour, step, value in ends:  # off the chart: the × sits on its edge
-            ax.plot(step, min(max(value, low), high), "x", color=colour, markersize=8, mew=2, clip_on=False)
-        if log and positive:
-            readable_log_axis(ax)
-    if not drawn:
-        plt.close(fig)
-        return None
-    handles, labels = axes[0].get_legend_handles_labels()
-    if not handles:
-        handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
-    seeds = max(len(runs) for runs in groups.values())
-    notes = ["× where a run diverged"] if any(_diverged_at(r) is not None for rs in groups.values() for r in rs) else []
-    if seeds > 1:
-        notes.insert(0, "thin lines: other seeds")
-    fig.suptitle("curves per variant" + (f" ({'; '.join(notes)})" if notes else ""))
-    return save_figure(fig, out / "curves.png")
-
-
-def plot_final(groups: dict[str, list[Run]], metric: str, out: Path) -> Optional[str]:
-    """The metric per variant (mean ± std over its finished seeds); a variant whose runs diverged is a
-    hatched bar labelled with the step, so it never reads as a score of zero."""
-    plt = pyplot()
-    names, means, stds, notes = [], [], [], []
-    for group, runs in groups.items():
-        values = [r.final(metric) for r in runs if r.status.get("status") == "finished"]
-        values = [v for v in values if v is not None and math.isfinite(v)]
-        diverged = sorted(int(s) for s in (_diverged_at(r) for r in runs) if s is not None)
-        names.append(group)
-        means.append(statistics.mean(values) if values else None)
-        stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        if diverged and not values:
-            notes.append("diverged at step " + (str(diverged[0]) if len(set(diverged)) == 1 else
-                                                 f"{diverged[0]}–{diverged[-1]}"))
-        elif diverged:
-            notes.append(f"{len(diverged)} of {len(runs)} runs diverged")
-        else:
-            notes.append("")
-    if all(m is None for m in means):
-        return None
-    accuracy = metric.endswith("acc")
-    top = 1.05 if accuracy else max(m for m in means if m is not None) * 1.15
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.8))
-    x = list(range(len(names)))
-    scored = [i for i, m in enumerate(means) if m is not None]
-    ax.bar(scored, [means[i] for i in scored], yerr=[stds[i] for i in scored], capsize=3, color="tab:blue")
-    for i in scored:
-        if not notes[i]:
-            ax.text(i, means[i] / 2, f"{means[i]:.3f}", rotation=90, ha="center", va="center", fontsize=7,
-                    color="white")
-    for i, note in enumerate(notes):
-        if means[i] is None:  # nothing to score: a hatched, empty bar over the whole axis
-            ax.bar(i, top, color="none", edgecolor="tab:red", hatch="//", lw=0.8)
-        if note:
-            ax.text(i, (means[i] or 0) + 0.02 * top if means[i] is not None else top / 2, note, rotation=90,
-                    ha="center", va="bottom" if means[i] is not None else "center", fontsize=7, color="tab:red",
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
-    ax.set_xticks(x, [_wrapped(name) for name in names], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, top)
-    ax.set_title(f"{metric} per variant (mean ± std over seeds)", fontsize=10)
-    return save_figure(fig, out / "final.png")
-
-
-def _wrapped(label: str, width: int = 36) -> str:
-    """A long variant name on several lines, broken after its ``+``/``,`` separators."""
-    import re
-
-    parts, line = [], ""
-    for piece in re.split(r"(?<=[+,])", label):
-        if line and len(line) + len(piece) > width:
-            parts.append(line)
-            line = ""
-        line += piece
-    return "\n".join(parts + [line])
-
-
-def plot_confusion(run: Run, out: Path) -> Optional[str]:
-    confusion = run.extras.get("confusion")
-    if not confusion:
-        return None
-    plt = pyplot()
-    matrix = confusion["matrix"]
-    names = confusion["class_names"]
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"test confusion: {run.variant}", fontsize=9)
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    return save_figure(fig, out / "confusion.png")
 
 
 # -- the answer ------------------------------------------------------------------------------------
@@ -335,10 +193,7 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
     report_cfg = runs[0].config.get("report", {}) or {}
     metric = report_cfg.get("metric", "test/acc")
     target = report_cfg.get("target_loss")
-    figures = [plot_curves(groups, root), plot_final(groups, metric, root)]
-    finished = [r for r in runs if r.status.get("status") == "finished" and r.final(metric) is not None]
-    best = max(finished, key=lambda r: r.final(metric)) if finished else None
-    figures.append(plot_confusion(best, root) if best else None)
+    figures: list[Optional[str]] = []
     held = [(analysis, _holding(analysis, groups)) for analysis in analyses]
     held = [(analysis, held_groups) for analysis, held_groups in held if held_groups]
     undrawn = []

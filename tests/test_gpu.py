@@ -119,30 +119,30 @@ def test_exact_resume_on_the_gpu_ends_bitwise_equal_with_the_cuda_rng_restored(t
 
 
 def test_no_host_sync_per_step_from_cnnkit_in_bf16(tmp_path):
-    """Between logging steps cnnkit's own code makes no synchronizing CUDA call."""
+    """Between logging steps cnnkit's own code — the loader, the batched augmentation, the step guard —
+    makes no synchronizing CUDA call (watched from one step's end to a later one's: the batch fetch too)."""
     import warnings
 
     from cnnkit.registry import CALLBACKS
 
-    seen: list[str] = []
-
     class Watch(__import__("lightning").Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == 5:
                 torch.cuda.set_sync_debug_mode("warn")
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == 15:
                 torch.cuda.set_sync_debug_mode(0)
 
     CALLBACKS.register("sync_watch", Watch, override=True)
     cfg = gpu_config(CIFAR, "data.batch_size=64", "trainer.precision=bf16-mixed", "trainer.max_steps=16",
+                     "data.augment=[random_crop, random_resized_crop, horizontal_flip, cutout, color_jitter, "
+                     "random_rotation]",
                      "trainer.max_epochs=-1", "trainer.limit_train_batches=null", "trainer.log_every_n_steps=50",
                      "checkpoint.save_last=false", "callbacks=[sync_watch]", f"runs_dir={tmp_path}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cnnkit.fit(cfg)
+        result = cnnkit.fit(cfg)
     torch.cuda.set_sync_debug_mode(0)
+    assert result.status == "finished"
     seen = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
     ours = [s for s in seen if f"{os.sep}cnnkit{os.sep}" in s and "site-packages" not in s]
     assert not ours, ours

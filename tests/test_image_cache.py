@@ -70,13 +70,31 @@ def test_color_jitter_matches_torchvision_per_image_and_order():
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 20, 28)], ids=["square", "wide"])
-def test_rotation_matches_torchvision_per_image(shape):
+@pytest.mark.parametrize("fill", [0, 0.5, None])
+def test_rotation_matches_torchvision_per_image(shape, fill):
     x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(2))
     angles = torch.tensor([10.0, -25.0, 0.0, 90.0])
-    out = RandomRotation(90).apply_batch(x, None, angles)
+    out = RandomRotation(90, fill=fill).apply_batch(x, None, angles)
     for image, rotated, angle in zip(x, out, angles.tolist()):
-        expected = TF.rotate(image, angle, interpolation=v2.InterpolationMode.BILINEAR)
+        expected = TF.rotate(image, angle, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
         torch.testing.assert_close(rotated, expected, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_batched_keeps_each_images_own_order():
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    jitter = ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5)
+    generator = torch.Generator().manual_seed(9)
+    factors = jitter.factors(3, torch.Generator().manual_seed(9), torch.device("cpu"))
+    orders = torch.tensor([[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+    out = jitter.apply_batch(x, generator, orders=orders)
+    names = list(factors)
+    for i in range(3):
+        expected = x[i:i + 1]
+        for index in orders[i].tolist():
+            expected = jitter.adjust(expected, names[index], factors[names[index]][i:i + 1])
+        torch.testing.assert_close(out[i:i + 1], expected, atol=1e-6, rtol=0)
+    drawn = jitter.orders(1000, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert len({tuple(o) for o in drawn.tolist()}) == 6  # every order occurs
 
 
 def test_batched_transforms_draw_per_image_and_repeat_with_the_seed():
@@ -259,3 +277,15 @@ def test_two_processes_build_the_disk_cache_once_and_both_train(tmp_path, launch
     assert len(list((tmp_path / "images" / CACHE_FOLDER).glob("*.npy"))) == 3
     status = json.loads(next((tmp_path / "runs" / "quickstart").glob("*/status.json")).read_text())
     assert status["status"] == "finished" and math.isfinite(status["metrics"]["test/acc"])
+
+
+def test_caches_of_other_shapes_of_one_folder_live_side_by_side(tmp_path, monkeypatch):
+    dataset = make_folder(tmp_path / "images")
+    decoded = count_decodes(monkeypatch)
+    for size in (32, 16, 32, 16):
+        cfg = cnnkit.load_config([QUICKSTART, SMOKE], [dataset.replace("}", f", image_size: {size}}}"), SMALL,
+                                                       "data.cache=disk"])
+        cnnkit.build_datamodule(cfg).load()
+    assert len(decoded) == 2 * 72  # each shape decoded once, then mapped
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "images" / CACHE_FOLDER).glob("*.npy"))
+    assert names == ["test-3x16x16", "test-3x32x32", "train-3x16x16", "train-3x32x32", "val-3x16x16", "val-3x32x32"]

@@ -43,27 +43,51 @@ def predict(capsys, checkpoint, *args: str) -> tuple[list[str], list[dict[str, s
 def test_one_file(capsys, checkpoint, images):
     printed, rows = predict(capsys, checkpoint, "--input", str(images / "3" / "0.png"))
     assert [r["file"] for r in rows] == [str(images / "3" / "0.png")]
-    assert list(rows[0]) == ["file", "class", "probability", "label", "correct", "top3"]
-    assert rows[0]["label"] == "3" and rows[0]["correct"] == ("yes" if rows[0]["class"] == "3" else "no")
+    # trained on digits, not on an image folder: a file's folder says nothing about its label
+    assert list(rows[0]) == ["file", "class", "probability", "top3"]
     top = [item.split(":") for item in rows[0]["top3"].split()]
     assert top[0][0] == rows[0]["class"] and float(top[0][1]) == pytest.approx(float(rows[0]["probability"]))
     assert [float(p) for _, p in top] == sorted((float(p) for _, p in top), reverse=True)
-    assert printed[0].split() == ["file", "class", "probability", "label", "correct", "top3"]
-    assert len(printed) == 3 and printed[-1].startswith("cnnkit: wrote 1 prediction to out.csv; accuracy ")
+    assert printed[0].split() == ["file", "class", "probability", "top3"]
+    assert len(printed) == 3 and printed[-1] == "cnnkit: wrote 1 prediction to out.csv"
 
 
 def test_several_files_a_glob_and_a_folder(capsys, checkpoint, images):
     files = [str(images / "3" / "1.png"), str(images / "loose" / "x.png")]
     _, rows = predict(capsys, checkpoint, "--input", files[0], "--input", files[1])
     assert [r["file"] for r in rows] == files
-    assert rows[1]["label"] == "" and rows[1]["correct"] == ""  # a folder that names no class: label unknown
 
     _, rows = predict(capsys, checkpoint, "--input", str(images / "*" / "*.png"))
     assert sorted(Path(r["file"]).name for r in rows) == ["0.png", "1.png", "2.png", "x.png"]
 
     printed, rows = predict(capsys, checkpoint, "--input", str(images))
     assert len(rows) == 4 and len(printed) == 1 + 4 + 1  # header, one row per image, the summary line
-    assert "accuracy" in printed[-1] and "on the 3 with a known label" in printed[-1]
+
+
+def test_a_model_trained_on_an_image_folder_knows_the_labels_of_files_laid_out_alike(capsys, tmp_path):
+    import cnnkit
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, value in (("cat", 30), ("dog", 200)):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            for i in range(8):
+                Image.new("L", (8, 8), value + i).save(tmp_path / "pets" / split / name / f"{i}.png")
+    cfg = cnnkit.load_config([QUICKSTART, SMOKE], [f"data.dataset={{name: image_folder, root: {tmp_path / 'pets'}}}",
+                                                   "data.batch_size=8", f"runs_dir={tmp_path / 'runs'}"])
+    model = cnnkit.fit(cfg).last_checkpoint
+    (tmp_path / "new").mkdir()
+    Image.new("L", (8, 8), 30).save(tmp_path / "new" / "unsorted.png")
+    capsys.readouterr()  # the fit's own lines
+    printed, rows = predict(capsys, model, "--input", str(tmp_path / "pets" / "val"), "--input",
+                            str(tmp_path / "new" / "unsorted.png"))
+    assert list(rows[0]) == ["file", "class", "probability", "label", "correct", "top2"]
+    assert [r["label"] for r in rows] == ["cat"] * 8 + ["dog"] * 8 + [""]  # a folder named after no class
+    assert all(r["correct"] == ("yes" if r["class"] == r["label"] else "no") for r in rows[:16])
+    correct = sum(r["correct"] == "yes" for r in rows)
+    assert printed[-1] == f"cnnkit: wrote 17 predictions to out.csv; accuracy {correct / 16:.4f} on the 16 with a " \
+                          f"known label"
+    assert len(printed) == 1 + 17 + 1
 
 
 def test_many_images_are_a_csv_without_a_table(capsys, checkpoint, tmp_path):

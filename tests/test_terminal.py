@@ -13,6 +13,8 @@ import subprocess
 import sys
 import termios
 
+import pytest
+
 from tests.conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -73,6 +75,19 @@ def test_a_quickstart_on_a_terminal_is_a_header_one_bar_and_a_summary(tmp_path):
     assert re.search(r"test/acc 0\.\d{4}  test/loss", summary) and "best checkpoint: runs/quickstart" in summary
     assert "W&B is offline; upload the run with: wandb sync runs/quickstart/default/wandb/offline-run-" in summary
     assert not [line for line in lines if line.startswith(NOISE)], lines
+
+
+def test_the_default_bar_with_rich_installed_is_riches_and_as_short(tmp_path):
+    pytest.importorskip("rich")
+    output = run_in_terminal("fit", "--config", QUICKSTART, "trainer.max_epochs=3", cwd=tmp_path, columns=100)
+    lines = visible_lines(output)
+    assert len(lines) <= 15, "\n".join(lines)
+    assert lines[0].startswith("cnnkit: quickstart/default · cpu")
+    bars = [line for line in lines if line.startswith("epoch ")]
+    assert len(bars) == 1 and bars[0].startswith("epoch 3/3") and "step: 57 loss:" in bars[0] and "val/acc:" in bars[0]
+    assert len(bars[0]) <= 100  # one line on a 100-column terminal
+    assert not any(line.startswith(("Testing", "Validation", "Sanity")) for line in lines), lines
+    assert any(line.startswith("cnnkit: finished quickstart/default in ") for line in lines)
 
 
 def test_without_a_bar_the_whole_output_is_a_few_lines(tmp_path):

@@ -1,9 +1,11 @@
 """Course analyses, one module each: its callback, the files it writes, its tables and figures.
 
-A module ``cnnkit/analyses/<name>.py`` is the analysis ``<name>``. A recipe adds it with
-``callbacks: [{name: <name>, ...}]``; ``cnnkit report`` summarizes and draws it for whichever run
-directories hold its files. The module defines ``Callback`` (a Lightning callback) and ``ANALYSIS``
-(an ``Analysis``: the files, the table, the figure). Adding an analysis is adding a module here —
+A module ``cnnkit/analyses/<name>.py`` is the analysis ``<name>``. It defines ``ANALYSIS`` (an
+``Analysis``: the files it reads from a run directory, its tables, its figures) and, when it measures
+something during training, ``Callback`` (a Lightning callback), which a recipe adds with
+``callbacks: [{name: <name>, ...}]``. ``cnnkit report`` summarizes and draws every analysis for
+whichever run directories hold its files; those without a callback (the curves, the final metric,
+the confusion matrix) read what every run writes. Adding an analysis is adding a module here —
 nothing else names it. Modules whose name starts with ``_`` hold shared pieces.
 
 Discovery reads module names and docstrings without importing them, so ``cnnkit list`` and
@@ -35,11 +37,21 @@ def summary(name: str) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
+def has_callback(name: str) -> bool:
+    """Whether the module defines ``Callback`` (read from its source: nothing is imported)."""
+    tree = ast.parse((HERE / f"{name}.py").read_text(encoding="utf-8"))
+    return any(isinstance(node, (ast.Assign, ast.ClassDef)) and
+               any(getattr(t, "id", None) == "Callback" for t in getattr(node, "targets", [])) or
+               getattr(node, "name", None) == "Callback" for node in tree.body)
+
+
 def register_callbacks(registry: "Registry") -> None:
     for name in names():
-        registry.register_lazy(name, f"{__name__}.{name}:Callback", summary(name))
+        if has_callback(name):
+            registry.register_lazy(name, f"{__name__}.{name}:Callback", summary(name))
 
 
 def units() -> list["Analysis"]:
-    """Every analysis's report side, in name order (imports the modules)."""
-    return [importlib.import_module(f"{__name__}.{name}").ANALYSIS for name in names()]
+    """Every analysis's report side, in report order, then by name (imports the modules)."""
+    found = [importlib.import_module(f"{__name__}.{name}").ANALYSIS for name in names()]
+    return sorted(found, key=lambda unit: (unit.order, unit.name))

@@ -48,6 +48,16 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def diverged_at(run) -> Optional[float]:
+    """The step a run diverged at (None: it did not)."""
+    return run.status.get("step") if run.status.get("status") == "diverged" else None
+
+
+def report_setting(runs: list, key: str, default: Any) -> Any:
+    """A ``report:`` key of the recipe the runs came from."""
+    return ((runs[0].config.get("report") or {}) if runs else {}).get(key, default)
+
+
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
@@ -70,6 +80,8 @@ def variant_styles(groups: dict[str, list]) -> dict[str, dict[str, Any]]:
     values (at most four) picks the line style, the other keys together the colour."""
     plt = pyplot()
     values = {group: matrix_values(runs[0]) for group, runs in groups.items()}
+    if not any(values.values()):  # runs made without a matrix (single fits of one name): by their names
+        values = {group: {"variant": group} for group in groups}
     keys = [k for k in dict.fromkeys(k for v in values.values() for k in v)
             if len({v.get(k) for v in values.values()}) > 1]
     styled = min((k for k in keys if len({v.get(k) for v in values.values()}) <= len(LINE_STYLES)),
@@ -132,6 +144,7 @@ class Analysis:
 
     name: str = ""
     files: tuple[str, ...] = ()
+    order: int = 100  # where its figures and tables come in the report (the run's own curves first)
 
     def load(self, path: Path) -> Optional[dict[str, Any]]:
         found = {}

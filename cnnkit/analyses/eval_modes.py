@@ -9,6 +9,7 @@ at its ``batch_size``. Results go to ``<run>/eval_modes.json`` and the loggers.
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 from contextlib import nullcontext
 from pathlib import Path
@@ -110,9 +111,15 @@ class EvalModesReport(Analysis):
         """Test accuracy against the eval batch size: a line per variant and BN statistics. Variants that
         differ only in their training batch size (evaluated at it) are one line over those sizes."""
         plt = pyplot()
+        from ..matrix import format_value
+        from ._unit import matrix_values
+
         series: dict[tuple[str, str], dict[int, list[float]]] = {}
         for group, group_runs in groups.items():
-            base = "+".join(p for p in group.split("+") if not p.startswith("batch_size=")) or group
+            # variants that differ only in the training batch (evaluated at it) share one line
+            values = {k: v for k, v in matrix_values(group_runs[0]).items() if k != "data.batch_size"}
+            base = ("+".join(f"{k.rsplit('.', 1)[-1]}={format_value(json.loads(v))}" for k, v in values.items()) or group
+                    if "data.batch_size" in matrix_values(group_runs[0]) else group)
             for run in group_runs:
                 for item in self._modes(run):
                     points = series.setdefault((base, item["stats"]), {})

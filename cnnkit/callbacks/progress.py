@@ -82,7 +82,8 @@ class TqdmBar(_Validated, TQDMProgressBar):
 
 
 class RichBar(_Validated, RichProgressBar):
-    """Lightning's rich bar with the training bar alone (val/acc shows in its metrics column)."""
+    """Lightning's rich bar with the training bar alone (val/acc shows in its metrics column), the epoch
+    counted from 1, and no bar left behind by a fit's final test."""
 
     def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -90,8 +91,28 @@ class RichBar(_Validated, RichProgressBar):
     def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, description=epoch_label(trainer))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.progress is not None and self.test_progress_bar_id is not None:
+            self.progress.update(self.test_progress_bar_id, visible=False)
+        super().on_test_end(trainer, pl_module)
+
+    def configure_columns(self, trainer: L.Trainer) -> list:
+        """Lightning's columns with a shorter bar and without the it/s one: the metrics fit a 100-column line."""
+        columns = [c for c in super().configure_columns(trainer) if type(c).__name__ != "ProcessingSpeedColumn"]
+        for column in columns:
+            if hasattr(column, "bar_width"):
+                column.bar_width = 24
+        return columns
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        return shown_metrics(trainer, self.validated)
+        shown = shown_metrics(trainer, self.validated)
+        shown["step"] = str(shown["step"])  # rich formats every number as .3f
+        return shown
 
 
 class EpochLines(_Validated, L.Callback):

@@ -23,7 +23,7 @@ from .image_files import ImageFiles
 from .info import DataInfo
 from .resumable import ResumableDataLoader
 from .splits import DatasetSplits, TensorImages
-from .tensor_loader import TensorBatches, batched, uses_tensor_path
+from .tensor_loader import TensorBatches, batched, batched_names, uses_tensor_path
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -117,8 +117,7 @@ class ClassificationDataModule(L.LightningDataModule):
             names = [split_spec(to_plain(spec))[0] for spec in self.cfg.augment]
             slow = [name for name, t in zip(names, self.transforms) if not batched(t)]
             note(f"cnnkit: data: the DataLoader path, since {', '.join(slow)} has no batched version "
-                 f"(batched: random_crop, random_resized_crop, horizontal_flip, cutout, color_jitter without hue, "
-                 f"random_rotation)")
+                 f"(batched: {batched_names()}; color_jitter only without hue)")
 
     @property
     def path(self) -> str:

@@ -39,9 +39,11 @@ def decoded_bytes(files: ImageFiles) -> int:
 
 
 def workers(count: int) -> int:
-    """Processes to decode ``count`` images with: one per core, when there are enough images to pay for
-    starting them (decoding holds the GIL, so threads would not help)."""
-    return max(1, min(os.cpu_count() or 1, 16, count // 1000))
+    """Processes to decode ``count`` images with: one per core (shared by the processes of this machine
+    that decode at once, e.g. torchrun's), when there are enough images to pay for starting them
+    (decoding holds the GIL, so threads would not help)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min((os.cpu_count() or 1) // max(1, local), 16, count // 1000))
 
 
 # What the decoding processes share: set before they fork, so each inherits it (no pickling).
@@ -69,10 +71,15 @@ def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.frombuffer(buffer, dtype=torch.uint8, count=math.prod(shape)).view(shape)
 
 
+DECODER_NOISE = ("libpng ", "libjpeg", "Corrupt JPEG", "Premature end of JPEG", "Not a JPEG", "Invalid SOS",
+                 "Huffman", "Unsupported marker", "Warning: ")
+
+
 @contextmanager
 def native_messages() -> Iterator[list[str]]:
-    """Collect what C libraries write straight to the process's stderr (libpng's "bad header", its iCCP
-    warnings) while decoding: a broken image is then one line of cnnkit's, naming the library's reason."""
+    """Collect what the C decoders write straight to the process's stderr (libpng's "bad header", its
+    iCCP warnings) while decoding, so a broken image is one line of cnnkit's naming their reason; any
+    other line written meanwhile is passed on to stderr afterwards."""
     import tempfile
 
     collected: list[str] = []
@@ -83,16 +90,40 @@ def native_messages() -> Iterator[list[str]]:
         try:
             yield collected
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            collected.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines()
-                             if line.strip())
+            for line in sink.read().decode(errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                if line.strip().startswith(DECODER_NOISE):
+                    collected.append(line.strip())
+                else:
+                    print(line, file=sys.stderr)
+
+
+def _reason(files: ImageFiles, err: UnreadableImage) -> UnreadableImage:
+    """The decoder's own reason for ``err``'s file: decoded again alone, its library's message caught."""
+    if err.reason.rstrip(".").lower() not in ("internal error", ""):
+        return err
+    index = next((i for i, (path, _) in enumerate(files.items) if path == err.path), None)
+    if index is None:
+        return err
+    with native_messages() as messages:
+        try:
+            files.decode(index)
+        except UnreadableImage:
+            pass
+    errors = [m for m in messages if "error" in m.lower()]
+    return UnreadableImage.of(err.path, errors[0]) if errors else err
 
 
 def decode(files: ImageFiles, what: str) -> torch.Tensor:
     """Every image of ``files`` as one uint8 tensor (N, C, H, W), decoded by a process per core."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from ..callbacks.progress import interactive
 
@@ -107,26 +138,26 @@ def decode(files: ImageFiles, what: str) -> torch.Tensor:
         bar = tqdm(total=len(files), desc=f"decoding {what}", unit="img", leave=False, file=sys.stdout)
     step = 256
     ranges = [(start, min(start + step, len(files))) for start in range(0, len(files), step)]
+    _job = (files, images)
     try:
-        with native_messages() as messages:
+        with native_messages():
             if processes > 1:
-                _job = (files, images)
                 _decode_range((0, 1))  # loads the decoders here once, before the processes fork
-                with multiprocessing.get_context("fork").Pool(processes, initializer=_start_worker) as pool:
-                    for done in pool.imap_unordered(_decode_range, ranges):
+                with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                                         initializer=_start_worker) as pool:
+                    for done in pool.map(_decode_range, ranges):
                         if bar is not None:
                             bar.update(done)
             else:
                 for bounds in ranges:
-                    _job = (files, images)
                     done = _decode_range(bounds)
                     if bar is not None:
                         bar.update(done)
     except UnreadableImage as err:
-        errors = [m for m in messages if "error" in m.lower()]
-        if errors and err.reason.rstrip(".").lower() in ("internal error", ""):
-            raise UnreadableImage.of(err.path, errors[0]) from err
-        raise
+        raise _reason(files, err) from err
+    except BrokenProcessPool as err:
+        raise DataError(f"image_folder: a process decoding the {what} images died (out of memory?); "
+                        f"use data.cache=none to decode them as batches are made") from err
     finally:
         _job = None
         if bar is not None:
@@ -135,8 +166,9 @@ def decode(files: ImageFiles, what: str) -> torch.Tensor:
 
 
 # -- the cache file ---------------------------------------------------------------------------------
-def cache_key(files: ImageFiles) -> str:
-    """A digest of what the decoded images depend on: the files (path, size, mtime) and the shape."""
+def cache_name(files: ImageFiles, split: str) -> str:
+    """``<split>-<C>x<H>x<W>-<key>.npy``: the key is a digest of the files (path, label, size, mtime), so
+    another version of the folder has another name, while other shapes of it keep their own files."""
     digest = hashlib.sha1(json.dumps([FORMAT, files.channels, list(files.size)]).encode())
     for path, label in files.items:
         try:
@@ -145,7 +177,7 @@ def cache_key(files: ImageFiles) -> str:
             raise DataError(f"image_folder: cannot read image '{path}' ({err.strerror}); replace or remove "
                             f"the file") from err
         digest.update(f"{os.path.abspath(path)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+    return f"{split}-{files.channels}x{files.size[0]}x{files.size[1]}-{digest.hexdigest()[:20]}.npy"
 
 
 def _writable(folder: Path) -> bool:
@@ -193,17 +225,21 @@ def from_disk_cache(files: ImageFiles, folder: Path, split: str) -> tuple[torch.
     built it (decoding them) or found it."""
     import numpy as np
 
-    path = folder / f"{split}-{cache_key(files)}.npy"
+    name = cache_name(files, split)
+    path = folder / name
     built = False
     with file_lock(folder / f"{split}.lock"):
+        for partial in folder.glob(f".{split}-*.tmp"):  # left by a process killed while writing
+            partial.unlink(missing_ok=True)
         if not path.is_file():
             images = decode(files, split)
-            for stale in folder.glob(f"{split}-*.npy"):  # images of another version of the folder
+            for stale in folder.glob(name.rsplit("-", 1)[0] + "-*.npy"):  # another version of these files
                 stale.unlink(missing_ok=True)
             with atomic_file(path) as handle:
                 np.save(handle, images.numpy())
             built = True
-    return torch.from_numpy(np.load(path, mmap_mode="c")), built  # copy-on-write: the file is never written
+        mapped = np.load(path, mmap_mode="c")  # mapped under the lock: no other process removes it meanwhile
+    return torch.from_numpy(mapped), built  # copy-on-write: the file is never written
 
 
 def choose(mode: str, budget_gib: float, total_bytes: int) -> str:

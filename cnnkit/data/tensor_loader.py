@@ -33,6 +33,13 @@ def supports_batches(transforms: Sequence[Any]) -> bool:
     return all(batched(t) for t in transforms)
 
 
+def batched_names() -> str:
+    """The registered training transforms that have a batched version, for messages."""
+    from ..registry import TRANSFORMS
+
+    return ", ".join(e.name for e in TRANSFORMS.entries() if batched(e.load()))
+
+
 def uses_tensor_path(mode: str, in_memory: Optional[bool], transforms: Sequence[Any]) -> bool:
     """``data.loader`` (auto | tensor | dataloader) → whether batches come from device-resident tensors.
 
@@ -48,8 +55,7 @@ def uses_tensor_path(mode: str, in_memory: Optional[bool], transforms: Sequence[
         if not every_one_batched:
             names = [getattr(t, "__name__", type(t).__name__) for t in transforms if not batched(t)]
             raise ConfigError(f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "
-                              f"(random_crop, random_resized_crop, horizontal_flip, cutout, color_jitter without hue and "
-                              f"random_rotation do); use data.loader=dataloader")
+                              f"(these do: {batched_names()}); use data.loader=dataloader")
     return mode == "tensor" or (mode == "auto" and bool(in_memory) and every_one_batched)
 
 
@@ -116,14 +122,13 @@ class TensorBatches(ResumablePosition):
 
     # -- batches ----------------------------------------------------------------------------------
     def _batch(self, index: torch.Tensor, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = index.to(self.device)
         x = to_unit_float(self.images[index])
         for transform in self.transforms:
             x = transform.apply_batch(x, generator)
         return x, self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order()
+        order = self._order().to(self.device)  # one copy an epoch: a batch's indices need no host sync
         count = len(self)
         generator = None
         if self.transforms:

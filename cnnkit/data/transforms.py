@@ -130,8 +130,8 @@ class RandomResizedCrop(v2.RandomResizedCrop):
         in_ratio = width / height
         fw, fh = ((width, round(width / min(self.ratio))) if in_ratio < min(self.ratio) else
                   (round(height * max(self.ratio)), height) if in_ratio > max(self.ratio) else (width, height))
-        fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], device=device, dtype=w.dtype)
-        boxes = torch.stack([top, left, h, w], dim=1)
+        fallback = torch.stack([torch.full_like(top, v) for v in ((height - fh) // 2, (width - fw) // 2, fh, fw)], 1)
+        boxes = torch.stack([top, left, h, w], dim=1)  # built on the device: no copy from the host, no sync
         return torch.where(fits.any(dim=1)[:, None], boxes, fallback)
 
     def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -153,8 +153,9 @@ def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.T
 class ColorJitter(v2.ColorJitter):
     """Random brightness, contrast and saturation per image (hue: per-image pipeline only).
 
-    Batched: one factor per image and adjustment, the adjustments in one random order per batch
-    (torchvision draws the order per image).
+    Batched: one factor per image and adjustment, and each image's own random order of the
+    adjustments, as torchvision draws them (at each of the three positions every adjustment is
+    computed and each image keeps its own: three times the arithmetic, no host sync).
     """
 
     ADJUSTMENTS = ("brightness", "contrast", "saturation")
@@ -177,19 +178,31 @@ class ColorJitter(v2.ColorJitter):
             return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
         return x if x.shape[1] == 1 else _blend(x, _grayscale(x), factor)
 
-    def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def orders(self, n: int, count: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+        """(n, count): each image's order of the adjustments, a random permutation."""
+        return torch.argsort(torch.rand(n, count, generator=generator, device=device), dim=1)
+
+    def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator],
+                    orders: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.batchable:
             raise ValueError("color_jitter with hue has no batched version")
         factors = self.factors(x.shape[0], generator, x.device)
         names = list(factors)
-        for i in torch.randperm(len(names), generator=generator, device=x.device).tolist():
-            x = self.adjust(x, names[i], factors[names[i]])
+        if orders is None:
+            orders = self.orders(x.shape[0], len(names), generator, x.device)
+        for position in range(len(names)):
+            adjusted = x
+            for index, name in enumerate(names):
+                here = (orders[:, position] == index)[:, None, None, None]
+                adjusted = torch.where(here, self.adjust(x, name, factors[name]), adjusted)
+            x = adjusted
         return x
 
 
 class RandomRotation(v2.RandomRotation):
-    """Rotation by a random angle in ``degrees`` about the centre, corners filled with 0; batched: one
-    angle per image (bilinear; torchvision's default is nearest)."""
+    """Rotation by a random angle in ``degrees`` about the centre, the corners filled with ``fill``;
+    batched: one angle per image (bilinear by default; torchvision's default is nearest). As in
+    torchvision, the border blends into the fill by the interpolated share of the image."""
 
     def __init__(self, degrees=15, interpolation=v2.InterpolationMode.BILINEAR, expand: bool = False,
                  center=None, fill=0):
@@ -197,7 +210,7 @@ class RandomRotation(v2.RandomRotation):
 
     @property
     def batchable(self) -> bool:
-        return not self.expand and self.center is None and self.fill in (0, None)
+        return not self.expand and self.center is None and (self.fill is None or isinstance(self.fill, (int, float)))
 
     def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator],
                     angles: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -213,7 +226,15 @@ class RandomRotation(v2.RandomRotation):
                               torch.stack([sin / aspect, cos, zero], 1)], 1)
         grid = F.affine_grid(affine, list(x.shape), align_corners=False)
         mode = "nearest" if self.interpolation == v2.InterpolationMode.NEAREST else "bilinear"
-        return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        if self.fill is None:
+            return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        # torchvision samples a mask of ones beside the image and blends the fill in by it
+        sampled = F.grid_sample(torch.cat([x, torch.ones_like(x[:, :1])], 1), grid, mode=mode, padding_mode="zeros",
+                                align_corners=False)
+        image, mask = sampled[:, :-1], sampled[:, -1:]
+        if mode == "nearest":
+            mask = (mask >= 0.5).to(x.dtype)
+        return image * mask + (1.0 - mask) * float(self.fill)
 
 
 TRANSFORMS.register("random_crop", RandomCrop,
