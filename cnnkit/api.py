@@ -40,6 +40,7 @@ class FitResult:
     kept: bool = False  # an earlier run with the same config was kept, nothing trained
     seconds: Optional[float] = None  # wall time of this fit, start-up included
     wandb_sync: Optional[str] = None  # the command that uploads an offline W&B run
+    limits: list[str] = field(default_factory=list)  # trainer.limit_* settings (e.g. the smoke overlay's)
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -162,10 +163,16 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
                     "last_good": str(last) if last else None}
         return FitResult(status="diverged", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
                          last_checkpoint=last, diverged=diverged, seconds=time.monotonic() - started,
-                         wandb_sync=wandb_sync)
+                         wandb_sync=wandb_sync, limits=_limits(cfg))
     lifecycle.finish(int(trainer.global_step), metrics, best_path)
     return FitResult(status="finished", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
-                     last_checkpoint=last, seconds=time.monotonic() - started, wandb_sync=wandb_sync)
+                     last_checkpoint=last, seconds=time.monotonic() - started, wandb_sync=wandb_sync,
+                     limits=_limits(cfg))
+
+
+def _limits(cfg: DictConfig) -> list[str]:
+    return [f"{key}={cfg.trainer[key]}" for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+            if cfg.trainer[key] is not None]
 
 
 def _requeued_checkpoint(run: RunDir) -> Optional[str]:

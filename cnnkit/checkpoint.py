@@ -10,8 +10,25 @@ from .errors import CheckpointError, first_line
 from .runs import RunDir
 
 
+def best_checkpoint(run: RunDir) -> Path:
+    """The run's best checkpoint: the one its status.json records, else the newest best-*.ckpt."""
+    recorded = run.read_status().get("best_checkpoint") if run.status_file.is_file() else None
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    found = sorted(run.checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"no best checkpoint in '{run.checkpoints}' (checkpoint.save_top_k=0, or the run has not "
+                              f"validated yet); use --ckpt last or a path")
+    return found[-1]
+
+
 def resolve_checkpoint(arg: str, run: RunDir | None) -> Path:
-    """``last`` means the run's checkpoints/last.ckpt; anything else is a path."""
+    """``last`` means the run's checkpoints/last.ckpt, ``best`` its best one by checkpoint.monitor;
+    anything else is a path."""
+    if arg == "best":
+        if run is None:
+            raise CheckpointError("--ckpt best needs --config to find the run; or pass the checkpoint's path")
+        return best_checkpoint(run)
     if arg == "last":
         if run is None:
             raise CheckpointError("--ckpt last needs --config to find the run; or pass the checkpoint's path")

@@ -69,13 +69,15 @@ def build_parser() -> Parser:
                             ("test", "evaluate a checkpoint on the test split")):
         sub = commands.add_parser(name, help=help_text, description=f"{help_text.capitalize()}; the model is "
                                   f"rebuilt from the config stored in the checkpoint.")
-        _add_config_args(sub, "checkpoint to evaluate ('last': the run's last.ckpt; needs --config)")
+        _add_config_args(sub, "checkpoint to evaluate ('last' / 'best': the run's last or best checkpoint, of "
+                              "the --config's run or the one run under runs/)")
 
     predict = commands.add_parser("predict", help="write class probabilities to a CSV",
                                   description="Predict a split or image files, folders and globs; writes a CSV "
                                               "(file, class, probability, label and correct where known, top-k) "
                                               "and prints a table for up to 20 images.")
-    _add_config_args(predict, "checkpoint to predict with ('last': the run's last.ckpt; needs --config)")
+    _add_config_args(predict, "checkpoint to predict with ('last' / 'best': the run's last or best "
+                                  "checkpoint, of the --config's run or the one run under runs/)")
     source = predict.add_mutually_exclusive_group()
     source.add_argument("--split", choices=("train", "val", "test"), help="a split of the configured dataset "
                         "(default: test)")
@@ -176,8 +178,11 @@ def _path_hint(command: Optional[str], paths: list[str]) -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import api
 
+    from .terminal import metric_text
+
     _require_ckpt(args)
-    api.evaluate(args.command, args.ckpt, args.config, args.overrides)
+    metrics = api.evaluate(args.command, args.ckpt, args.config, args.overrides)
+    print(f"cnnkit: {args.command}: {metric_text(metrics, every=True) or 'no metrics'}")
     return 0
 
 
@@ -194,6 +199,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if len(predictions.rows) <= TABLE_ROWS:
         rows = [[shown_path(row[0]) if args.input else row[0], *row[1:]] for row in predictions.rows]
         print("\n".join(text_table([predictions.header, *rows], left=2)))
+    else:
+        print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here (the CSV has them all)")
     accuracy = predictions.accuracy()
     scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else ""
     count = len(predictions.rows)
@@ -232,7 +239,9 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    print(f"cnnkit: wrote {build_report(args.runs, log_to_wandb=not args.no_wandb)}")
+    report = build_report(args.runs, log_to_wandb=not args.no_wandb)
+    figures = sorted(p.name for p in report.parent.glob("*.png"))
+    print(f"cnnkit: wrote {report}" + (f" and {', '.join(figures)} beside it" if figures else ""))
     return 0
 
 
@@ -262,12 +271,14 @@ def _matches(pattern: Optional[str], *texts: str) -> bool:
 
 
 def registry_kind(word: str) -> Optional[str]:
-    """``norms``, ``norm``, ``Norm`` → ``norms``; None for a word that names no registry."""
+    """``norms``, ``norm``, ``Norm``, and a config key's name (``pool``, ``act``) → the registry; None for
+    a word that names none."""
     key = word.lower().replace("-", "_")
     for kind in REGISTRY_NAMES:
         if key in (kind, kind[:-1]):
             return kind
-    return None
+    starting = [kind for kind in REGISTRY_NAMES if len(key) >= 3 and kind.startswith(key)]
+    return starting[0] if len(starting) == 1 else None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -313,9 +324,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 print(f"  {'':<{width}}    keys: {', '.join(keys)}")
     if not shown:
         close = difflib.get_close_matches((pattern or "").lower(), REGISTRY_NAMES, n=1) if not kind else []
-        hint = f" (did you mean the registry '{close[0]}'?)" if close else ""
-        print(f"cnnkit: nothing matches '{pattern}'{hint}", file=sys.stderr)
-        return 1
+        hint = f"did you mean the registry '{close[0]}'? " if close else ""
+        where = f"in {kind}" if kind else f"in any registry ({', '.join(REGISTRY_NAMES)})"
+        raise ConfigError(f"list: nothing matches '{pattern}' {where}; {hint}'python -m cnnkit list' shows every name")
     return 0
 
 

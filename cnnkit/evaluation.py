@@ -25,13 +25,20 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
                       overrides: Sequence[str] = ()) -> tuple[DictConfig, Path, dict[str, Any]]:
     """The config a checkpoint was trained with, updated by ``files`` and ``overrides``.
 
-    ``last`` is the last.ckpt of the config's run; without ``files``, of the one run under runs/ that has one.
+    ``last`` (``best``) is the last (best) checkpoint of the config's run; without ``files``, of the one
+    run under runs/ that has a last.ckpt.
     """
-    if ckpt == "last" and not files:
-        path = _only_last_checkpoint(load_config((), overrides, validate_config=False), overrides)
+    from .terminal import note, shown_path
+
+    named = ckpt in ("last", "best")
+    if named and not files:
+        run = _only_run(load_config((), overrides, validate_config=False), overrides, ckpt)
     else:
-        run = RunDir.for_config(load_config(files, overrides)) if ckpt == "last" else None
-        path = resolve_checkpoint(ckpt, run)
+        run = RunDir.for_config(load_config(files, overrides)) if named else None
+    path = resolve_checkpoint(ckpt, run)
+    if named:
+        alone = " (the only run under runs/)" if not files else ""
+        note(f"cnnkit: --ckpt {ckpt}: {shown_path(path)}{alone}")
     checkpoint = read_checkpoint(path)
     cfg = load_config(files, overrides, base=checkpoint["hyper_parameters"]["config"])
     return cfg, path, checkpoint
@@ -52,24 +59,28 @@ def _label_rule(cfg: DictConfig, info: DataInfo):
     return lambda path: index.get(Path(path).parent.name, -1)
 
 
-def _only_last_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> Path:
-    """``--ckpt last`` without a config: the last.ckpt of the one run under ``runs_dir`` (of the ``name=``
-    and the variant the overrides give, where they give them), else which to choose."""
-    from .terminal import note
+def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
+    """``--ckpt last|best`` without a config: the one run under ``runs_dir`` that has a last.ckpt (of the
+    ``name=`` and the variant the overrides give, where they give them), else which to choose."""
+    from .terminal import command_path
 
     runs_dir = cfg.runs_dir
     named = any(o.partition("=")[0].strip() == "name" for o in overrides)
     found = sorted(Path(runs_dir).glob(f"{cfg.name if named else '*'}/{cfg.variant if cfg.variant != 'default' else '*'}"
                                        f"/checkpoints/last.ckpt"))
-    if len(found) == 1:
-        note(f"cnnkit: --ckpt last: using {found[0]} (the only run under {runs_dir}/ with one)")
-        return found[0]
+    if len(found) == 1:  # the one run here (the caller names the checkpoint it takes)
+        return RunDir(found[0].parent.parent)
     if not found:
-        raise CheckpointError(f"--ckpt last: no run under '{runs_dir}/' has a checkpoints/last.ckpt; train one "
+        raise CheckpointError(f"--ckpt {which}: no run under '{runs_dir}/' has a checkpoints/last.ckpt; train one "
                               f"first (cnnkit fit --config RECIPE) or pass a checkpoint's path")
     runs = ", ".join(str(p.parent.parent.relative_to(runs_dir)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
-    raise CheckpointError(f"--ckpt last needs the run's config to tell which of {len(found)} runs ({runs}): add "
-                          f"--config RECIPE with the run's overrides, or pass its path, e.g. --ckpt {found[0]}")
+    raise CheckpointError(f"--ckpt {which} needs the run's config to tell which of {len(found)} runs ({runs}): add "
+                          f"--config RECIPE with the run's overrides, or pass its path, e.g. --ckpt {command_path(found[0])}")
+
+
+def _run_of_checkpoint(path: Path, cfg: DictConfig) -> Path:
+    """The run directory a checkpoint lives in (``<run>/checkpoints/x.ckpt``), else the config's."""
+    return path.parent.parent if path.parent.name == "checkpoints" else RunDir.for_config(cfg).path
 
 
 def stored_data_info(checkpoint: dict[str, Any]) -> DataInfo:
@@ -84,7 +95,9 @@ def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, A
 
 def _one_pass(cfg: DictConfig) -> DictConfig:
     """An evaluation reads each image once: decoding a folder's every split first would only add work."""
-    cfg.data.cache = "none"
+    from .config import Cache
+
+    cfg.data.cache = Cache.none
     return cfg
 
 
@@ -97,9 +110,11 @@ def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequen
     if (stored.num_classes, stored.input_shape) != (current.num_classes, current.input_shape):
         raise CheckpointError(f"checkpoint '{path}' was trained on {stored.describe()}; "
                               f"the configured data has {current.describe()}")
+    from .terminal import verbose
+
     trainer = build_trainer(cfg, None, False, [])
     run_stage = trainer.validate if stage == "validate" else trainer.test
-    results = run_stage(module, datamodule=datamodule)
+    results = run_stage(module, datamodule=datamodule, verbose=verbose())  # the command prints its own line
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
 
@@ -198,7 +213,7 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
                 row += ["", ""] if label < 0 else [info.class_names[label], "yes" if label == cs[0] else "no"]
             row.append(" ".join(f"{info.class_names[c]}:{p:.4f}" for c, p in zip(cs, ps)))
             rows.append(row)
-    out = Path(output) if output else RunDir.for_config(cfg).path / f"predictions-{source}.csv"
+    out = Path(output) if output else _run_of_checkpoint(path, cfg) / f"predictions-{source}.csv"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)

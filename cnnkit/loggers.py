@@ -128,9 +128,9 @@ def offline_sync_command(logger: Any) -> Optional[str]:
     """``wandb sync <run's offline directory>`` for an offline W&B run (None when online)."""
     try:
         settings = logger.experiment.settings
-        from .terminal import shown_path
+        from .terminal import command_path
 
-        return f"wandb sync {shown_path(settings.sync_dir)}" if settings.mode in ("offline", "dryrun") else None
+        return f"wandb sync {command_path(settings.sync_dir)}" if settings.mode in ("offline", "dryrun") else None
     except Exception:  # W&B failed: the logger turned itself off, and nothing waits to be uploaded
         return None
 

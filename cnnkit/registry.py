@@ -334,6 +334,8 @@ def check_kwargs(target: Callable[..., Any], kwargs: Mapping[str, Any], what: st
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
+            if isinstance(key, str) and ":" in key:  # {name:bn_pre} is one key in YAML's flow style
+                hint = " (in YAML flow style put a space after each colon: {name: bn_pre, momentum: 0.1})"
             raise RegistryError(
                 f"{what} has no argument '{key}'{hint}; it accepts: {', '.join(accepted) or 'nothing'}"
             )

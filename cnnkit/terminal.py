@@ -9,10 +9,12 @@ calls leave the process's logging and warnings as they are. Progress while a run
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 _verbose = False
@@ -121,7 +123,7 @@ def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any
         device = f"{trainer.world_size}× {device}"
     model = cfg.model
     parts = [format_value(to_plain(model.backbone)), f"norm {format_value(to_plain(model.norm))}",
-             f"act {format_value(to_plain(model.act))}"]
+             f"act {format_value(to_plain(model.act))}", f"pool {format_value(to_plain(model.pool))}"]
     return (f"cnnkit: {cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
             f"{' '.join(parts)}, {_count(parameters)} parameters · {run_path}")
 
@@ -136,15 +138,28 @@ def summary_block(result: Any) -> str:
         lines = [f"cnnkit: {where} diverged{took}: {d.get('reason', 'non-finite training loss')}; {kept}; "
                  f"marked diverged in {result.run_dir}/status.json"]
     else:
-        lines = [f"cnnkit: {result.status} {where}{took} ({shown_path(result.run_dir)})"]
-        shown = metric_text(result.metrics, every=True)
-        if shown:
-            lines.append(f"  {shown}")
+        limited = f" [limited: {', '.join(result.limits)}]" if getattr(result, "limits", None) else ""
+        lines = [f"cnnkit: {result.status} {where}{took}{limited} ({shown_path(result.run_dir)})"]
+        tested = metric_text({k: v for k, v in result.metrics.items() if k.startswith("test/")}, every=True)
+        last = metric_text({k: v for k, v in result.metrics.items() if not k.startswith("test/")}, every=True)
+        if tested:  # the fit tests its best checkpoint; the other numbers are the last epoch's
+            epoch = re.search(r"epoch(\d+)", Path(result.best_checkpoint).name) if result.best_checkpoint else None
+            of = f"the best checkpoint, epoch {int(epoch.group(1)) + 1}" if epoch else "the last state"
+            lines.append(f"  test ({of}): {tested}")
+        if last:
+            lines.append(f"  last epoch: {last}")
         if result.best_checkpoint:
-            lines.append(f"  best checkpoint: {shown_path(result.best_checkpoint)}")
+            lines.append(f"  best checkpoint: {command_path(result.best_checkpoint)}  (--ckpt best)")
     if result.wandb_sync:
         lines.append(f"  W&B is offline; upload the run with: {result.wandb_sync}")
     return "\n".join(lines)
+
+
+def command_path(path: Any) -> str:
+    """A path as it can be pasted into a shell: run directories hold ``=``, ``(``, ``[``."""
+    import shlex
+
+    return shlex.quote(shown_path(path))
 
 
 def shown_path(path: Any) -> str:
@@ -234,10 +249,11 @@ class MatrixDisplay:
             counts[state] = counts.get(state, 0) + 1
         tally = ", ".join(f"{n} {state}" for state, n in counts.items())
         print(f"cnnkit: {self.name}: {len(results)} runs in {_seconds(time.monotonic() - self.started)} ({tally}) "
-              f"in {runs_dir}; compare them with: python -m cnnkit report {runs_dir}", flush=True)
+              f"in {runs_dir}; compare them with: python -m cnnkit report {command_path(runs_dir)}", flush=True)
         offline = [r.wandb_sync for r in results if r.wandb_sync]
         if offline:
-            print(f"  W&B is offline; upload the runs with: wandb sync {runs_dir}/*/wandb/offline-run-*", flush=True)
+            print(f"  W&B is offline; upload the runs with: wandb sync {command_path(runs_dir)}/*/wandb/offline-run-*",
+                  flush=True)
 
 
 _matrix: Optional[MatrixDisplay] = None

@@ -41,8 +41,10 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
     assert first.returncode == 0, first.stderr[-2000:]
     alone = run_cli("test", "--ckpt", "last", cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr[-2000:]
-    assert "using runs/quickstart/default/checkpoints/last.ckpt (the only run" in alone.stdout
+    assert "--ckpt last: runs/quickstart/default/checkpoints/last.ckpt (the only run under runs/)" in alone.stdout
     assert "test/acc" in alone.stdout
+    best = run_cli("test", "--ckpt", "best", cwd=tmp_path)  # the best checkpoint, by checkpoint.monitor
+    assert best.returncode == 0 and "--ckpt best: runs/quickstart/default/checkpoints/best-epoch000" in best.stdout
 
     second = run_cli("fit", "--config", QUICKSTART, "--config", SMOKE, "model.norm=bn_post", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -55,7 +57,7 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
                           cwd=tmp_path)
     assert with_config.returncode == 0, with_config.stderr[-2000:]
     by_override = run_cli("test", "--ckpt", "last", "model.norm=bn_post", cwd=tmp_path)  # the variant it names
-    assert by_override.returncode == 0 and "using runs/quickstart/norm=bn_post/checkpoints/last.ckpt" in \
+    assert by_override.returncode == 0 and "--ckpt last: runs/quickstart/norm=bn_post/checkpoints/last.ckpt" in \
         by_override.stdout, by_override.stderr[-2000:]
 
 

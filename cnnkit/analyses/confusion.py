@@ -29,6 +29,14 @@ class Confusion(Analysis):
         ax.set_ylabel("true")
         ax.set_title(f"test confusion: {best.variant}", fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
+        matrix = confusion["matrix"]
+        if len(names) <= 12:  # the counts themselves, where they fit: a few errors are visible then
+            peak = max(max(row) for row in matrix) or 1
+            for i, row in enumerate(matrix):
+                for j, count in enumerate(row):
+                    if count:
+                        ax.text(j, i, str(int(count)), ha="center", va="center", fontsize=6,
+                                color="white" if count > peak / 2 else "black")
         return [save_figure(fig, out / "confusion.png")]
 
 

@@ -56,9 +56,11 @@ class FinalMetric(Analysis):
         scored = [i for i, m in enumerate(means) if m is not None]
         ax.bar(scored, [means[i] for i in scored], yerr=[stds[i] for i in scored], capsize=3, color="tab:blue")
         for i in scored:
-            if not notes[i]:
-                ax.text(i, means[i] / 2, f"{means[i]:.3f}", rotation=90, ha="center", va="center", fontsize=7,
-                        color="white")
+            if not notes[i]:  # the value on its bar (above a bar too short to hold it)
+                inside = means[i] > 0.25 * top
+                ax.text(i, means[i] / 2 if inside else means[i] + 0.02 * top, f"{means[i]:.3f}", rotation=90,
+                        ha="center", va="center" if inside else "bottom", fontsize=7,
+                        color="white" if inside else "black")
         for i, note in enumerate(notes):
             if means[i] is None:  # nothing to score: a hatched, empty bar over the whole axis
                 ax.bar(i, top, color="none", edgecolor="tab:red", hatch="//", lw=0.8)
@@ -69,7 +71,8 @@ class FinalMetric(Analysis):
         ax.set_xticks(range(len(names)), [wrapped(name) for name in names], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(metric)
         ax.set_ylim(0, top)
-        ax.set_title(f"{metric} per variant (mean ± std over seeds)", fontsize=10)
+        seeds = max(len(group_runs) for group_runs in groups.values())
+        ax.set_title(f"{metric} per variant" + (" (mean ± std over seeds)" if seeds > 1 else ""), fontsize=10)
         return [save_figure(fig, out / "final.png")]
 
 

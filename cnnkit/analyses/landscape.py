@@ -129,7 +129,8 @@ class LandscapeReport(Analysis):
                                  alpha=0.35, color=color, linestyle=style, label=group)
             axes[1].fill_between(steps, [r["grad_change_min"] for r in rows], [r["grad_change_max"] for r in rows],
                                  alpha=0.35, color=color, linestyle=style, label=group)
-            axes[2].plot(steps, [r["beta"] for r in rows], color=color, linestyle=style, label=group)
+            marker = "o" if len(steps) < 3 else None  # a probe or two: a line would not show
+            axes[2].plot(steps, [r["beta"] for r in rows], color=color, linestyle=style, marker=marker, label=group)
         for ax, title in zip(axes, ("loss along the gradient (range over step sizes)",
                                     "gradient predictiveness: ‖∇L(θ−ηg) − ∇L(θ)‖",
                                     "effective β-smoothness")):

@@ -11,7 +11,7 @@ import importlib.util
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
@@ -22,9 +22,15 @@ SHOWN = (("train/loss_step", "loss"), ("val/acc", "val/acc"))  # logged key → 
 
 
 def interactive(stream: Any = None) -> bool:
-    """Whether ``stream`` (stdout) is a terminal that redraws a bar in place."""
+    """Whether ``stream`` (stdout) is a terminal that redraws a bar in place (one that reports no width,
+    as some pseudo-terminals do, would draw a bar of nothing)."""
     stream = stream or sys.stdout
-    return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("TERM") != "dumb"
+    if not getattr(stream, "isatty", lambda: False)() or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def epoch_label(trainer: L.Trainer) -> str:
@@ -116,20 +122,37 @@ class RichBar(_Validated, RichProgressBar):
 
 
 class EpochLines(_Validated, L.Callback):
-    """One line per epoch, for output that is not a terminal."""
+    """One line per epoch, for output that is not a terminal: the epoch's mean training loss (known once
+    Lightning has gathered the epoch's metrics, so the line comes as the next epoch starts or training
+    ends) and the latest val/acc."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.pending: Optional[tuple[str, int, float]] = None  # (epoch label, step, seconds) not yet printed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)
         self.started = time.monotonic()
 
-    @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        parts = [epoch_label(trainer)]
-        for label, value in shown_metrics(trainer, self.validated).items():
-            parts.append(f"{label} {value}" if label == "step" else f"{label} {value:.4f}")
-        parts.append(f"{time.monotonic() - self.started:.1f} s")
+        self.pending = (epoch_label(trainer), int(trainer.global_step), time.monotonic() - self.started)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)
+
+    @rank_zero_only
+    def _flush(self, trainer: L.Trainer) -> None:
+        if self.pending is None:
+            return
+        label, step, seconds = self.pending
+        self.pending = None
+        parts = [label, f"step {step}"]
+        metrics = trainer.callback_metrics
+        if "train/loss_epoch" in metrics:
+            parts.append(f"loss {float(metrics['train/loss_epoch']):.4g}")
+        if self.validated and "val/acc" in metrics:
+            parts.append(f"val/acc {float(metrics['val/acc']):.4f}")
+        parts.append(f"{seconds:.1f} s")
         print("  ".join(parts), flush=True)
 
 
