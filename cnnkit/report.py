@@ -199,7 +199,7 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
     undrawn = []
     for analysis, held_groups in held:
         drawn = analysis.figures([r for r in runs if r.extras.get(analysis.name)], held_groups, root)
-        if not any(drawn):
+        if drawn and not any(drawn):  # it had figures to draw, and nothing to draw them from
             undrawn.append(analysis.name)
         figures += drawn
 

@@ -49,9 +49,10 @@ class FinalMetric(Analysis):
                 notes.append(f"{len(diverged)} of {len(group_runs)} runs diverged")
             else:
                 notes.append("")
-        if all(m is None for m in means):
+        if all(m is None for m in means) and not any(notes):
             return []
-        top = 1.05 if metric.endswith("acc") else max(m for m in means if m is not None) * 1.15
+        scores = [m for m in means if m is not None]
+        top = 1.05 if metric.endswith("acc") or not scores else max(scores) * 1.15
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4.8))
         scored = [i for i, m in enumerate(means) if m is not None]
         ax.bar(scored, [means[i] for i in scored], yerr=[stds[i] for i in scored], capsize=3, color="tab:blue")

@@ -184,18 +184,32 @@ class ColorJitter(v2.ColorJitter):
 
     def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator],
                     orders: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Each adjustment is a blend, clamped: ``a·x + (1 − a)·ref`` with ref 0 (brightness), the image's
+        mean gray (contrast) or each pixel's gray (saturation). At every position of the order each
+        image blends with its own adjustment's factor and reference: one blend a position."""
         if not self.batchable:
             raise ValueError("color_jitter with hue has no batched version")
-        factors = self.factors(x.shape[0], generator, x.device)
+        n = x.shape[0]
+        factors = self.factors(n, generator, x.device)
         names = list(factors)
         if orders is None:
-            orders = self.orders(x.shape[0], len(names), generator, x.device)
+            orders = self.orders(n, len(names), generator, x.device)
         for position in range(len(names)):
-            adjusted = x
+            ratio = torch.ones(n, device=x.device, dtype=x.dtype)
+            to_mean = torch.zeros(n, dtype=torch.bool, device=x.device)
+            to_gray = torch.zeros(n, dtype=torch.bool, device=x.device)
             for index, name in enumerate(names):
-                here = (orders[:, position] == index)[:, None, None, None]
-                adjusted = torch.where(here, self.adjust(x, name, factors[name]), adjusted)
-            x = adjusted
+                chosen = orders[:, position] == index
+                if name == "saturation" and x.shape[1] == 1:
+                    continue  # one channel: saturation leaves it as it is
+                ratio = torch.where(chosen, factors[name].to(x.dtype), ratio)
+                to_mean = to_mean | (chosen if name == "contrast" else False)
+                to_gray = to_gray | (chosen if name == "saturation" else False)
+            gray = _grayscale(x)
+            reference = torch.where(to_gray[:, None, None, None], gray,
+                                    torch.where(to_mean[:, None, None, None], gray.mean(dim=(1, 2, 3), keepdim=True),
+                                                torch.zeros((), device=x.device, dtype=x.dtype)))
+            x = _blend(x, reference, ratio[:, None, None, None])
         return x
 
 
