@@ -83,6 +83,21 @@ def test_final_marks_diverged_variants_and_keeps_the_metric_axis(groups, monkeyp
     assert labels == ["diverged at step 40", "diverged at step 40"]
 
 
+def test_a_value_label_is_never_crossed_by_its_error_bar(monkeypatch):
+    """A short bar's value sits above its error bar; a tall bar's value is boxed over the bar's line."""
+    def seeds(norm, accs):
+        return [Run(path=Path(f"{norm}{i}"), variant=f"norm={norm}+seed={i}", group=f"norm={norm}",
+                    config={"report": {"metric": "test/acc"}}, metrics=[],
+                    status={"status": "finished", "metrics": {"test/acc": acc}}) for i, acc in enumerate(accs)]
+    groups = {"norm=none": seeds("none", [0.05, 0.25]), "norm=bn_pre": seeds("bn_pre", [0.3, 0.7])}
+    figures = capture(monkeypatch, final)
+    final.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
+    short, tall = figures[0].axes[0].texts
+    assert short.get_text() == "0.150" and short.get_position()[1] >= 0.15 + 0.1414  # mean + std
+    assert tall.get_text() == "0.500" and tall.get_bbox_patch() is not None
+    assert tall.get_zorder() > max(line.get_zorder() for line in figures[0].axes[0].lines)
+
+
 def test_a_figure_with_nothing_to_draw_is_not_written_and_the_report_says_so(tmp_path):
     for name in ("a", "b"):
         run = tmp_path / "recipe" / name

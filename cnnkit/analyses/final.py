@@ -57,11 +57,12 @@ class FinalMetric(Analysis):
         scored = [i for i, m in enumerate(means) if m is not None]
         ax.bar(scored, [means[i] for i in scored], yerr=[stds[i] for i in scored], capsize=3, color="tab:blue")
         for i in scored:
-            if not notes[i]:  # the value on its bar (above a bar too short to hold it)
+            if not notes[i]:  # the value on its bar, over the error bar (above the error bar if too short)
                 inside = means[i] > 0.25 * top
-                ax.text(i, means[i] / 2 if inside else means[i] + 0.02 * top, f"{means[i]:.3f}", rotation=90,
-                        ha="center", va="center" if inside else "bottom", fontsize=7,
-                        color="white" if inside else "black")
+                ax.text(i, means[i] / 2 if inside else means[i] + stds[i] + 0.02 * top, f"{means[i]:.3f}",
+                        rotation=90, ha="center", va="center" if inside else "bottom", fontsize=7,
+                        color="white" if inside else "black", zorder=3,
+                        bbox={"facecolor": "tab:blue" if inside else "white", "edgecolor": "none", "pad": 1})
         for i, note in enumerate(notes):
             if means[i] is None:  # nothing to score: a hatched, empty bar over the whole axis
                 ax.bar(i, top, color="none", edgecolor="tab:red", hatch="//", lw=0.8)
