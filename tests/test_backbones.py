@@ -13,7 +13,7 @@ from cnnkit.errors import ConfigError
 from cnnkit.layers.bn_scratch import ScratchBatchNorm
 from cnnkit.registry import BACKBONES
 
-from .conftest import SMOKE, run_cli
+from .conftest import SMOKE, cli
 
 # Smallest digits size each backbone takes (digits are 8x8; image_size resizes them).
 MIN_SIZE = {"mlp": 8, "simple_cnn": 8, "lenet": 12, "vgg11": 32, "vgg13": 32, "vgg16": 32, "resnet20": 8,
@@ -33,7 +33,7 @@ def config_for(backbone, norm="bn_pre", size=None, *extra):
 
 def test_all_backbones_are_listed():
     assert set(MIN_SIZE) <= set(BACKBONES.names())
-    proc = run_cli("list", "backbones")
+    proc = cli("list", "backbones")
     assert all(name in proc.stdout for name in MIN_SIZE)
 
 
@@ -166,12 +166,12 @@ def test_describe_every_backbone(backbone):
 
 
 def test_describe_cli_json_needs_no_data():
-    proc = run_cli("describe", "data.dataset={name: cifar10, root: /no/such/root}", "model.backbone=resnet20",
-                   "--format", "json")
+    proc = cli("describe", "data.dataset={name: cifar10, root: /no/such/root}", "model.backbone=resnet20",
+               "--format", "json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["input_shape"] == [3, 32, 32] and report["totals"]["output_shape"] == [10]
-    text = run_cli("describe", "model.backbone=lenet", "data.dataset={name: digits, image_size: 28}")
+    text = cli("describe", "model.backbone=lenet", "data.dataset={name: digits, image_size: 28}")
     assert text.returncode == 0 and "parameter sharing" in text.stdout and "k/s/p" in text.stdout
 
 

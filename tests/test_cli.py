@@ -1,4 +1,8 @@
-"""The command line as a user meets it: subprocesses, exit codes, one-line errors."""
+"""The command line as a user meets it: exit codes and one-line errors.
+
+Most commands run in this process through ``cli`` (what ``python -m cnnkit`` runs, stdout and stderr
+captured); a real process is started only where the process is the thing under test: what ``--help``
+imports, and one representative of each kind of mistake at the process boundary."""
 
 import csv
 import json
@@ -9,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, run_cli
+from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, cli, run_cli
 
 
 def test_help_imports_neither_torch_nor_lightning():
@@ -17,7 +21,7 @@ def test_help_imports_neither_torch_nor_lightning():
     assert proc.returncode == 0 and "fit" in proc.stdout
     assert not imported(proc, "torch") and not imported(proc, "lightning")
     for command in ("fit", "validate", "test", "predict", "list"):
-        assert run_cli(command, "--help").returncode == 0
+        assert cli(command, "--help").returncode == 0
 
 
 def subprocess_importtime(*args):
@@ -41,11 +45,11 @@ def test_list_norms_shows_the_four_schemes_without_lightning():
                     l.strip().startswith(name + " ("))
         assert len(line.split()) > 3  # has a description
     assert not imported(proc, "lightning")
-    everything = run_cli("list")
+    everything = cli("list")
     assert all(f"{kind}:" in everything.stdout for kind in ("backbones", "datasets", "callbacks", "schedulers"))
-    assert "early_stopping" in run_cli("list", "callbacks", "early*").stdout
-    assert_one_line_error(run_cli("list", "norms", "zzz"), "list: nothing matches 'zzz' in norms")
-    assert run_cli("list", "pool").stdout.startswith("poolings:\n")  # a config key's name finds its registry
+    assert "early_stopping" in cli("list", "callbacks", "early*").stdout
+    assert_one_line_error(cli("list", "norms", "zzz"), "list: nothing matches 'zzz' in norms")
+    assert cli("list", "pool").stdout.startswith("poolings:\n")  # a config key's name finds its registry
 
 
 def garbage_ckpt(tmp_path):
@@ -88,64 +92,73 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(case, tmp_path):
+def test_bad_input_is_one_line_and_exit_2_and_leaves_nothing(case, tmp_path, trainers):
     if case == "gpu on a cpu machine" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     make_args, fragment = BAD_INPUTS[case]
-    proc = run_cli(*make_args(tmp_path), cwd=tmp_path)
-    assert_one_line_error(proc, fragment)
+    assert_one_line_error(cli(*make_args(tmp_path)), fragment)
+    assert not (tmp_path / "runs").exists()
+    assert trainers == []  # refused before Lightning's Trainer exists
+
+
+# one mistake of each kind (usage, config file, registry name, data, checkpoint) through a real process:
+# its exit code and its whole stderr are the process's own
+AT_THE_PROCESS_BOUNDARY = ["unknown subcommand", "yaml syntax", "unknown name", "data root", "unreadable checkpoint"]
+
+
+@pytest.mark.parametrize("case", AT_THE_PROCESS_BOUNDARY)
+def test_a_process_given_bad_input_exits_2_with_one_line(case, tmp_path):
+    make_args, fragment = BAD_INPUTS[case]
+    assert_one_line_error(run_cli(*make_args(tmp_path), cwd=tmp_path), fragment)
     assert not (tmp_path / "runs").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path):
     proc = run_cli("fit", "--config", QUICKSTART, "model.norm=bn_pree", "--debug", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
-    proc = run_cli("fit", "--config", QUICKSTART, "model.norm=bn_pree", cwd=tmp_path,
-                   env_extra={"CNNKIT_DEBUG": "1"})
+    proc = cli("fit", "--config", QUICKSTART, "model.norm=bn_pree", env_extra={"CNNKIT_DEBUG": "1"})
     assert "Traceback" in proc.stderr
 
 
 def test_print_config_prints_the_resolved_config(tmp_path):
-    proc = run_cli("fit", "--config", QUICKSTART, "model.norm=bn_post", "--print-config", cwd=tmp_path)
+    proc = cli("fit", "--config", QUICKSTART, "model.norm=bn_post", "--print-config")
     assert proc.returncode == 0 and "norm: bn_post" in proc.stdout and "schema_version: 1" in proc.stdout
     assert not (tmp_path / "runs").exists()
 
 
 def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     tiny = ["--config", QUICKSTART, "--config", SMOKE]
-    fit = run_cli("fit", *tiny, "trainer.max_epochs=1", cwd=tmp_path)
+    fit = cli("fit", *tiny, "trainer.max_epochs=1")
     assert fit.returncode == 0, fit.stderr
     run = tmp_path / "runs" / "quickstart" / "default"
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
-    kept = run_cli("fit", *tiny, "trainer.max_epochs=1", cwd=tmp_path)
+    kept = cli("fit", *tiny, "trainer.max_epochs=1")
     assert kept.returncode == 0 and "finished before with the same config; kept it" in kept.stderr
-    refused = run_cli("fit", *tiny, "trainer.max_epochs=2", cwd=tmp_path)
+    refused = cli("fit", *tiny, "trainer.max_epochs=2")
     assert_one_line_error(refused, "was made with another config, so cnnkit will not reuse it for this one: "
                                    "trainer.max_epochs 1 → 2")
-    cosine = run_cli("fit", *tiny, "trainer.max_epochs=2", "--ckpt", "last", cwd=tmp_path)
+    cosine = cli("fit", *tiny, "trainer.max_epochs=2", "--ckpt", "last")
     assert_one_line_error(cosine, "optim.scheduler=cosine is laid out over the run's length")
 
-    resumed = run_cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
-                      "--ckpt", "last", cwd=tmp_path)
+    resumed = cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
+                  "--ckpt", "last")
     assert_one_line_error(resumed, "optim.scheduler cosine → constant")  # the schedule is part of the result
-    run_cli("fit", *tiny, "trainer.max_epochs=1", "optim.scheduler=constant", "variant=default", "--overwrite",
-            cwd=tmp_path)
-    resumed = run_cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
-                      "--ckpt", "last", cwd=tmp_path)
+    cli("fit", *tiny, "trainer.max_epochs=1", "optim.scheduler=constant", "variant=default", "--overwrite")
+    resumed = cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
+                  "--ckpt", "last")
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6  # 2 epochs x 3
     epochs = {row["epoch"] for row in csv.DictReader(open(run / "metrics.csv")) if row.get("val/acc")}
     assert epochs == {"0", "1"}
 
     # test from a checkpoint alone: the model comes from the config stored in it
-    tested = run_cli("test", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "trainer.progress_bar=none",
-                     cwd=tmp_path)
+    tested = cli("test", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "trainer.progress_bar=none")
     assert tested.returncode == 0, tested.stderr
     assert "test/acc" in tested.stdout
 
     out = tmp_path / "preds.csv"
-    predicted = run_cli("predict", *tiny, "--ckpt", "last", "--split", "val", "--output", str(out), cwd=tmp_path)
+    predicted = cli("predict", *tiny, "--ckpt", "last", "--split", "val", "--output", str(out))
     assert predicted.returncode == 0, predicted.stderr
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 180 and list(rows[0]) == ["file", "class", "probability", "label", "correct", "top3"]
@@ -158,9 +171,8 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     from PIL import Image
 
     Image.new("L", (8, 8), 128).save(images / "a.png")
-    from_folder = run_cli("predict", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--input",
-                          str(tmp_path / "images"), "--output", str(tmp_path / "folder.csv"),
-                          "trainer.progress_bar=none", cwd=tmp_path)
+    from_folder = cli("predict", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--input",
+                      str(tmp_path / "images"), "--output", str(tmp_path / "folder.csv"), "trainer.progress_bar=none")
     assert from_folder.returncode == 0, from_folder.stderr
     rows = list(csv.DictReader(open(tmp_path / "folder.csv")))
     assert [Path(r["file"]).name for r in rows] == ["a.png"]
@@ -169,11 +181,11 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
 def test_a_checkpoint_that_carries_code_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"hyper_parameters": {"config": {}, "data_info": {}}, "payload": Path("x")}, path)
-    proc = run_cli("test", "--ckpt", str(path), cwd=tmp_path)
+    proc = cli("test", "--ckpt", str(path))
     assert_one_line_error(proc, "refuses to load it")
     not_ours = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, not_ours)
-    assert_one_line_error(run_cli("test", "--ckpt", str(not_ours), cwd=tmp_path), "not a cnnkit checkpoint")
+    assert_one_line_error(cli("test", "--ckpt", str(not_ours)), "not a cnnkit checkpoint")
 
 
 def test_an_error_from_a_dataloader_worker_shows_its_own_line():

@@ -14,7 +14,7 @@ from cnnkit.config import load_config
 from cnnkit.distributed import AllReduceBatchNorm, UnpaddedDistributedSampler, average_bn_buffers, convert_sync_bn
 from cnnkit.optim import scaled_lr
 
-from .conftest import QUICKSTART, REPO, SMOKE, run_cli
+from .conftest import QUICKSTART, REPO, SMOKE, cli, run_cli
 
 WORLD = 2
 
@@ -119,7 +119,7 @@ def test_resume_continues_the_same_wandb_run(monkeypatch):
 def test_sweep_yaml_from_a_recipe_matrix():
     import yaml
 
-    proc = run_cli("sweep", str(REPO / "recipes" / "bn_placement.cpu.yaml"))
+    proc = cli("sweep", str(REPO / "recipes" / "bn_placement.cpu.yaml"))
     sweep = yaml.safe_load(proc.stdout)
     assert sweep["method"] == "grid" and sweep["parameters"]["model.norm"]["values"] == ["none", "bn_pre", "bn_post"]
     assert sweep["command"][-1] == "${args_no_hyphens}"

@@ -18,7 +18,7 @@ import cnnkit
 from cnnkit.data.decoded import CACHE_FOLDER
 from cnnkit.data.image_files import ImageFiles
 from cnnkit.data.transforms import ColorJitter, RandomResizedCrop, RandomRotation, resized_crops
-from tests.conftest import QUICKSTART, REPO, SMOKE, run_cli
+from tests.conftest import QUICKSTART, REPO, SMOKE, cli
 
 
 # -- batched transforms against torchvision's, image by image ------------------------------------------
@@ -215,7 +215,7 @@ def test_a_read_only_folder_caches_in_the_users_cache_directory(tmp_path, monkey
 def test_an_unreadable_image_is_found_while_decoding_before_training(tmp_path):
     dataset = make_folder(tmp_path / "images")
     (tmp_path / "images" / "train" / "c0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    proc = run_cli("fit", "--config", QUICKSTART, "--config", SMOKE, dataset, SMALL, "model.norm=none", cwd=tmp_path)
+    proc = cli("fit", "--config", QUICKSTART, "--config", SMOKE, dataset, SMALL, "model.norm=none")
     assert proc.returncode == 2 and "broken.png" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # before the run directory was made
 

@@ -11,7 +11,7 @@ import torch
 import cnnkit
 from cnnkit.errors import CnnkitError
 
-from .conftest import QUICKSTART, REPO, SMOKE, run_cli, tiny_config
+from .conftest import QUICKSTART, REPO, SMOKE, cli, tiny_config
 
 FEW = ["trainer.limit_train_batches=3", "trainer.max_epochs=4", "trainer.log_every_n_steps=1"]
 
@@ -121,7 +121,7 @@ def test_a_refused_rerun_is_quick_and_imports_no_torch(tmp_path):
     import sys
     import time
 
-    first = run_cli("fit", "--config", QUICKSTART, "--config", SMOKE, cwd=tmp_path)
+    first = cli("fit", "--config", QUICKSTART, "--config", SMOKE)
     assert first.returncode == 0, first.stderr[-2000:]
     probe = ("import sys, time; from cnnkit.cli import main; t = time.perf_counter(); "
              f"code = main(['fit', '--config', {QUICKSTART!r}, '--config', {SMOKE!r}, 'trainer.max_epochs=2']); "

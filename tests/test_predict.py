@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cnnkit.cli import main
-from tests.conftest import QUICKSTART, SMOKE, run_cli
+from tests.conftest import QUICKSTART, SMOKE, cli
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +113,10 @@ def test_a_split_has_its_true_labels(capsys, checkpoint):
 def test_paths_are_never_overrides_and_the_hint_works(tmp_path, checkpoint, images):
     # what a shell makes of an unquoted glob: bare paths after one --input
     a, b = str(images / "3" / "0.png"), str(images / "3" / "1.png")
-    proc = run_cli("predict", "--ckpt", str(checkpoint), "--input", a, b, cwd=tmp_path)
+    proc = cli("predict", "--ckpt", str(checkpoint), "--input", a, b)
     assert proc.returncode == 2 and "repeat --input per path (--input a.png --input b.png)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    fixed = run_cli("predict", "--ckpt", str(checkpoint), "--input", a, "--input", b, cwd=tmp_path)
+    fixed = cli("predict", "--ckpt", str(checkpoint), "--input", a, "--input", b)
     assert fixed.returncode == 0, fixed.stderr
     assert "cnnkit: wrote 2 predictions" in fixed.stdout
 
@@ -124,9 +124,9 @@ def test_paths_are_never_overrides_and_the_hint_works(tmp_path, checkpoint, imag
     odd = tmp_path / "norm=bn_post"
     odd.mkdir()
     (odd / "y.png").write_bytes((images / "3" / "2.png").read_bytes())
-    proc = run_cli("predict", "--ckpt", str(checkpoint), "--input", str(odd), cwd=tmp_path)
+    proc = cli("predict", "--ckpt", str(checkpoint), "--input", str(odd))
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("predict", "--ckpt", str(checkpoint), str(odd / "y.png"), cwd=tmp_path)
+    proc = cli("predict", "--ckpt", str(checkpoint), str(odd / "y.png"))
     assert proc.returncode == 2 and "is a path, not an option or KEY=VALUE override" in proc.stderr
 
 
@@ -135,5 +135,5 @@ def test_paths_are_never_overrides_and_the_hint_works(tmp_path, checkpoint, imag
     ("nothing/*.png", "no images match 'nothing/*.png'"),
 ])
 def test_an_input_that_names_no_image_is_one_line(tmp_path, checkpoint, given, message):
-    proc = run_cli("predict", "--ckpt", str(checkpoint), "--input", given, cwd=tmp_path)
+    proc = cli("predict", "--ckpt", str(checkpoint), "--input", given)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
