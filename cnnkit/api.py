@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .evaluation import checkpoint_config, evaluate, predict
 from .atomic import atomic_write_text
 from .runs import KEEP, NEW, RunDir, length_bound, process_rank
-from .terminal import say
+from .terminal import quiet, say
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info", "checkpoint_config"]
@@ -35,6 +35,9 @@ class FitResult:
     run_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     best_checkpoint: Optional[Path] = None
+    best_by: Optional[str] = None  # checkpoint.monitor, which chose the best checkpoint
+    best_epoch: Optional[int] = None  # the best checkpoint's epoch, counted from 1 (the one the test metrics are of)
+    epochs: Optional[int] = None  # epochs trained
     last_checkpoint: Optional[Path] = None
     diverged: Optional[dict[str, Any]] = None  # step, lr, what, reason, last_good
     kept: bool = False  # an earlier run with the same config was kept, nothing trained
@@ -54,6 +57,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 # -- fit ------------------------------------------------------------------------------------------
+@quiet
 def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = None,
         overwrite: bool = False) -> FitResult:
     """Train ``cfg`` in its run directory; ``ckpt`` (a path or ``last``) resumes, ``init_from`` fine-tunes.
@@ -72,8 +76,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         return _kept(run, cfg, resumed=ckpt is not None)
 
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from .callbacks.best_checkpoint import BestCheckpoint
     from .callbacks.last_checkpoint import LastCheckpoint
     from .callbacks.rng_state import RngState
     from .checkpoint_io import AtomicCheckpointIO
@@ -104,12 +108,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     lifecycle = RunLifecycle(run, checkpoint_io, init_from=str(init_from) if init_from else None)
     csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
                               if resume_checkpoint else None)
-    best = ModelCheckpoint(
-        dirpath=str(run.checkpoints), filename="best-epoch{epoch:03d}-step{step:06d}",
-        auto_insert_metric_name=False, monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
-        save_top_k=cfg.checkpoint.save_top_k, save_last=False, every_n_epochs=cfg.checkpoint.every_n_epochs,
-        enable_version_counter=False,
-    )
+    best = BestCheckpoint(str(run.checkpoints), monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
+                          save_top_k=cfg.checkpoint.save_top_k, every_n_epochs=cfg.checkpoint.every_n_epochs)
     callbacks: list[Any] = [lifecycle, best, RngState()]
     if cfg.checkpoint.save_last:
         callbacks.append(LastCheckpoint(str(run.checkpoints)))
@@ -156,16 +156,18 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     last = run.last_checkpoint if run.last_checkpoint.is_file() else None
     best_path = Path(best.best_model_path) if best.best_model_path else None
     best_path = best_path if best_path and best_path.is_file() else None  # a diverged run skipped its later saves
+    chosen = dict(best_by=cfg.checkpoint.monitor, best_epoch=best.best_epoch if best_path else None,
+                  epochs=int(trainer.current_epoch))
     if lifecycle.divergence is not None:
         lifecycle.record_divergence(last)
         d = lifecycle.divergence
         diverged = {"step": d.step, "lr": d.lr, "what": d.what, "reason": d.reason,
                     "last_good": str(last) if last else None}
         return FitResult(status="diverged", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
-                         last_checkpoint=last, diverged=diverged, seconds=time.monotonic() - started,
+                         **chosen, last_checkpoint=last, diverged=diverged, seconds=time.monotonic() - started,
                          wandb_sync=wandb_sync, limits=_limits(cfg))
-    lifecycle.finish(int(trainer.global_step), metrics, best_path)
-    return FitResult(status="finished", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
+    lifecycle.finish(int(trainer.global_step), metrics, best_path, chosen["best_epoch"], chosen["epochs"])
+    return FitResult(status="finished", run_dir=run.path, metrics=metrics, best_checkpoint=best_path, **chosen,
                      last_checkpoint=last, seconds=time.monotonic() - started, wandb_sync=wandb_sync,
                      limits=_limits(cfg))
 
@@ -213,7 +215,8 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     if status.get("status") == "diverged":
         diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")}
     return FitResult(status=status.get("status", "finished"), run_dir=run.path, metrics=status.get("metrics", {}),
-                     best_checkpoint=Path(best) if best else None,
+                     best_checkpoint=Path(best) if best else None, best_by=cfg.checkpoint.monitor,
+                     best_epoch=status.get("best_epoch"), epochs=status.get("epochs"),
                      last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
                      diverged=diverged, kept=True)
 

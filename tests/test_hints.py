@@ -43,8 +43,8 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert "--ckpt last: runs/quickstart/default/checkpoints/last.ckpt (the only run under runs/)" in alone.stdout
     assert "test/acc" in alone.stdout
-    best = run_cli("test", "--ckpt", "best", cwd=tmp_path)  # the best checkpoint, by checkpoint.monitor
-    assert best.returncode == 0 and "--ckpt best: runs/quickstart/default/checkpoints/best-epoch000" in best.stdout
+    best = run_cli("test", "--ckpt", "best", cwd=tmp_path)  # the best checkpoint, by checkpoint.monitor; epochs from 1
+    assert best.returncode == 0 and "--ckpt best: runs/quickstart/default/checkpoints/best-epoch001-" in best.stdout
 
     second = run_cli("fit", "--config", QUICKSTART, "--config", SMOKE, "model.norm=bn_post", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
