@@ -202,7 +202,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here (the CSV has them all)")
     accuracy = predictions.accuracy()
-    scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else ""
+    scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else \
+        (f"; {predictions.no_labels}" if predictions.no_labels else "")
     count = len(predictions.rows)
     print(f"cnnkit: wrote {count} prediction{'s' if count != 1 else ''} to {shown_path(predictions.path)}{scored}")
     return 0
