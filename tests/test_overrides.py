@@ -205,3 +205,16 @@ def test_fit_without_a_recipe_says_how_to_give_one(capsys):
         "built-in defaults without one, name the run: name=NAME")
     assert main(["fit", "name=mine", "trainer.max_epochs=0"]) == 2  # past that check, to the config's own
     assert "trainer.max_epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_a_rerun_compares_entry_names_as_the_registry_reads_them():
+    from cnnkit.config_diff import RESULT_NEUTRAL, differences
+
+    stored = {"model": {"act": "relu", "norm": {"name": "bn_pre", "momentum": 0.1}}, "data": {"dataset": "mnist"}}
+    assert differences(stored, {"model": {"act": "Relu", "norm": {"name": "BN-Pre", "momentum": 0.1}},
+                                "data": {"dataset": {"name": "mnist", "download": True}}}, RESULT_NEUTRAL) == []
+    assert differences(stored, {"model": {"act": {"name": "relu", "inplace": True}, "norm": "bn_pre"},
+                                "data": {"dataset": "mnist"}}) == [
+        ("model.act.inplace", None, True), ("model.norm.momentum", 0.1, None)]
+    assert differences(stored, {"model": {**stored["model"], "act": "gelu"}, "data": stored["data"]}) == [
+        ("model.act", "relu", "gelu")]
