@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .builders import build_datamodule, build_model, build_module, data_info, load_weights
 from .checkpoint import read_checkpoint, resolve_checkpoint
@@ -228,46 +228,98 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
 
     Every run directory is checked first, from its files alone: a finished variant made with the
     same config is kept, one made with another config refuses the whole command (naming the keys)
-    before anything trains. With ``ckpt="last"`` unfinished variants resume. A diverged variant is
-    a result: the matrix goes on.
+    before anything trains; every variant to train is validated before the first trains. With
+    ``ckpt="last"`` unfinished variants resume. A diverged variant is a result: the matrix goes on.
+    The matrix's values are the recipe's: the command line's overrides apply after them, and an
+    argument override that a variant's entry does not take is left out of that variant, said once.
     """
-    from .matrix import combinations
     from .terminal import matrix_display
 
-    base = load_config(files, overrides, validate_config=False)
-    if not base.matrix:
-        if only:
-            raise ConfigError("--only needs a recipe with a matrix: section")
-        plans = [(base, ckpt)]
-    else:
-        # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
-        pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
-        plans = []
-        for variant, combo, values in combinations(base, [*only, *pinned]):
-            cfg = load_config(files, [*overrides, *combo, f"variant={variant}"], validate_config=False)
-            cfg.logger.wandb.tags = list(cfg.logger.wandb.tags) + [f"{k}={v}" for k, v in combo_tags(values)]
-            run = RunDir.for_config(cfg)
-            plans.append((cfg, ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None))
+    base, plans = plan_recipe(files, overrides, only, ckpt)
     first_rank = process_rank() == 0
     # every refusal comes now, in well under a second, before torch is imported or anything trains
     verdicts = [RunDir.for_config(cfg).verdict(cfg, resume=resume is not None, overwrite=overwrite,
                                                first_rank=first_rank, init_from=init_from)
                 for cfg, resume in plans]
+    for (cfg, _), verdict in zip(plans, verdicts):
+        if verdict != KEEP:  # a kept run needs nothing built
+            validate(cfg)
     results: list[FitResult] = []
     if len(plans) == 1:
-        if verdicts[0] != KEEP:
-            validate(plans[0][0])
         return [fit(plans[0][0], ckpt=plans[0][1], init_from=init_from, overwrite=overwrite)]
     with matrix_display(base.name, plans, show_bar=to_plain(base.trainer.progress_bar) != "none",
                         runs_dir=Path(base.runs_dir) / base.name, keys=list(base.matrix)) as display:
-        for index, ((cfg, resume), verdict) in enumerate(zip(plans, verdicts), 1):
-            if verdict != KEEP:  # a kept run needs nothing built
-                validate(cfg)
+        for index, (cfg, resume) in enumerate(plans, 1):
             display.variant_started(index, cfg)
             results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
             display.variant_ended(index, cfg, results[-1])
         display.close(results)
     return results
+
+
+def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
+                ckpt: Optional[str] = None) -> tuple[DictConfig, list[tuple[DictConfig, Optional[str]]]]:
+    """The recipe with the overrides, and each run it makes: (its config, the checkpoint it resumes from)."""
+    from .matrix import combinations
+
+    base = load_config(files, overrides, validate_config=False)
+    if not base.matrix:
+        if only:
+            raise ConfigError("--only needs a recipe with a matrix: section")
+        return base, [(base, ckpt)]
+    # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
+    pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
+    variants = combinations(base, [*only, *pinned])
+    configs = [load_config(files, [*overrides, f"variant={variant}"], validate_config=False, combination=combo)
+               for variant, combo, _ in variants]
+    left_out = _arguments_left_out(overrides, configs)
+    plans = []
+    for cfg, (variant, combo, values) in zip(configs, variants):
+        if variant in left_out:
+            kept = [o for o in overrides if o not in left_out[variant]]
+            cfg = load_config(files, [*kept, f"variant={variant}"], validate_config=False, combination=combo)
+        cfg.logger.wandb.tags = list(cfg.logger.wandb.tags) + [f"{k}={v}" for k, v in combo_tags(values)]
+        run = RunDir.for_config(cfg)
+        plans.append((cfg, ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None))
+    return base, plans
+
+
+def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> dict[str, list[str]]:
+    """Per variant, the argument overrides its registry entry does not take (``model.norm.eps=1e-3`` where
+    ``norm: none``): left out there, said in one line each. An override that no variant takes stays, so
+    validation names it as the mistake it is."""
+    from .config import SPEC_KEYS, parse_override, spec_roles
+    from .registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
+
+    arguments = {}
+    for item in overrides:
+        layer = parse_override(item)
+        for key, role in spec_roles(layer).items():
+            if role == "arguments":
+                arguments[item] = (key, list(OmegaConf.select(layer, key).keys()))
+    skipped: dict[str, dict[str, str]] = {item: {} for item in arguments}  # override → {variant: its entry}
+    for cfg in configs if arguments else ():
+        import_user_code(list(cfg.imports))  # a user's own entries are looked up like the built-in ones
+        for item, (key, names) in arguments.items():
+            try:
+                entry, _ = split_spec(to_plain(OmegaConf.select(cfg, key)))
+                accepted = accepted_kwargs(REGISTRIES[SPEC_KEYS[key]].get(entry))
+            except RegistryError:  # an unknown name: validation says so
+                continue
+            if accepted is not None and any(name not in accepted for name in names):
+                skipped[item][cfg.variant] = entry
+    left_out: dict[str, list[str]] = {}
+    for item, where in skipped.items():
+        if not where or len(where) == len(configs):
+            continue
+        key, names = arguments[item]
+        shown = ", ".join(list(where)[:3]) + (f" (+{len(where) - 3} more)" if len(where) > 3 else "")
+        entries = " or ".join(f"'{e}'" for e in sorted(set(where.values())))
+        say(f"cnnkit: note: {item} is left out of {len(where)} of {len(configs)} variants, whose "
+            f"{key.rsplit('.', 1)[-1]} {entries} takes no argument {', '.join(repr(n) for n in names)}: {shown}")
+        for variant in where:
+            left_out.setdefault(variant, []).append(item)
+    return left_out
 
 
 def combo_tags(values: dict[str, Any]) -> list[tuple[str, str]]:

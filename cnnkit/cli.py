@@ -139,6 +139,10 @@ def _print_config(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from . import api
 
+    if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
+        # without a recipe every such run would land, unnamed, in runs/default/
+        raise ConfigError("fit needs a recipe: --config FILE (e.g. --config recipes/quickstart.yaml); to train "
+                          "the built-in defaults without one, name the run: name=NAME")
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
     from .runs import process_rank
