@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .builders import build_datamodule, build_model, build_module, data_info, load_weights
 from .checkpoint import read_checkpoint, resolve_checkpoint
@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .evaluation import checkpoint_config, evaluate, predict
 from .atomic import atomic_write_text
 from .runs import KEEP, NEW, RunDir, length_bound, process_rank
-from .terminal import say
+from .terminal import quiet, say
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info", "checkpoint_config"]
@@ -35,6 +35,9 @@ class FitResult:
     run_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     best_checkpoint: Optional[Path] = None
+    best_by: Optional[str] = None  # checkpoint.monitor, which chose the best checkpoint
+    best_epoch: Optional[int] = None  # the best checkpoint's epoch, counted from 1 (the one the test metrics are of)
+    epochs: Optional[int] = None  # epochs trained
     last_checkpoint: Optional[Path] = None
     diverged: Optional[dict[str, Any]] = None  # step, lr, what, reason, last_good
     kept: bool = False  # an earlier run with the same config was kept, nothing trained
@@ -54,6 +57,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 # -- fit ------------------------------------------------------------------------------------------
+@quiet
 def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = None,
         overwrite: bool = False) -> FitResult:
     """Train ``cfg`` in its run directory; ``ckpt`` (a path or ``last``) resumes, ``init_from`` fine-tunes.
@@ -72,8 +76,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         return _kept(run, cfg, resumed=ckpt is not None)
 
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from .callbacks.best_checkpoint import BestCheckpoint
     from .callbacks.last_checkpoint import LastCheckpoint
     from .callbacks.rng_state import RngState
     from .checkpoint_io import AtomicCheckpointIO
@@ -104,12 +108,8 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     lifecycle = RunLifecycle(run, checkpoint_io, init_from=str(init_from) if init_from else None)
     csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
                               if resume_checkpoint else None)
-    best = ModelCheckpoint(
-        dirpath=str(run.checkpoints), filename="best-epoch{epoch:03d}-step{step:06d}",
-        auto_insert_metric_name=False, monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
-        save_top_k=cfg.checkpoint.save_top_k, save_last=False, every_n_epochs=cfg.checkpoint.every_n_epochs,
-        enable_version_counter=False,
-    )
+    best = BestCheckpoint(str(run.checkpoints), monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
+                          save_top_k=cfg.checkpoint.save_top_k, every_n_epochs=cfg.checkpoint.every_n_epochs)
     callbacks: list[Any] = [lifecycle, best, RngState()]
     if cfg.checkpoint.save_last:
         callbacks.append(LastCheckpoint(str(run.checkpoints)))
@@ -156,16 +156,18 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     last = run.last_checkpoint if run.last_checkpoint.is_file() else None
     best_path = Path(best.best_model_path) if best.best_model_path else None
     best_path = best_path if best_path and best_path.is_file() else None  # a diverged run skipped its later saves
+    chosen = dict(best_by=cfg.checkpoint.monitor, best_epoch=best.best_epoch if best_path else None,
+                  epochs=int(trainer.current_epoch))
     if lifecycle.divergence is not None:
         lifecycle.record_divergence(last)
         d = lifecycle.divergence
         diverged = {"step": d.step, "lr": d.lr, "what": d.what, "reason": d.reason,
                     "last_good": str(last) if last else None}
         return FitResult(status="diverged", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
-                         last_checkpoint=last, diverged=diverged, seconds=time.monotonic() - started,
+                         **chosen, last_checkpoint=last, diverged=diverged, seconds=time.monotonic() - started,
                          wandb_sync=wandb_sync, limits=_limits(cfg))
-    lifecycle.finish(int(trainer.global_step), metrics, best_path)
-    return FitResult(status="finished", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
+    lifecycle.finish(int(trainer.global_step), metrics, best_path, chosen["best_epoch"], chosen["epochs"])
+    return FitResult(status="finished", run_dir=run.path, metrics=metrics, best_checkpoint=best_path, **chosen,
                      last_checkpoint=last, seconds=time.monotonic() - started, wandb_sync=wandb_sync,
                      limits=_limits(cfg))
 
@@ -213,7 +215,8 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     if status.get("status") == "diverged":
         diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")}
     return FitResult(status=status.get("status", "finished"), run_dir=run.path, metrics=status.get("metrics", {}),
-                     best_checkpoint=Path(best) if best else None,
+                     best_checkpoint=Path(best) if best else None, best_by=cfg.checkpoint.monitor,
+                     best_epoch=status.get("best_epoch"), epochs=status.get("epochs"),
                      last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
                      diverged=diverged, kept=True)
 
@@ -225,46 +228,98 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
 
     Every run directory is checked first, from its files alone: a finished variant made with the
     same config is kept, one made with another config refuses the whole command (naming the keys)
-    before anything trains. With ``ckpt="last"`` unfinished variants resume. A diverged variant is
-    a result: the matrix goes on.
+    before anything trains; every variant to train is validated before the first trains. With
+    ``ckpt="last"`` unfinished variants resume. A diverged variant is a result: the matrix goes on.
+    The matrix's values are the recipe's: the command line's overrides apply after them, and an
+    argument override that a variant's entry does not take is left out of that variant, said once.
     """
-    from .matrix import combinations
     from .terminal import matrix_display
 
-    base = load_config(files, overrides, validate_config=False)
-    if not base.matrix:
-        if only:
-            raise ConfigError("--only needs a recipe with a matrix: section")
-        plans = [(base, ckpt)]
-    else:
-        # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
-        pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
-        plans = []
-        for variant, combo, values in combinations(base, [*only, *pinned]):
-            cfg = load_config(files, [*overrides, *combo, f"variant={variant}"], validate_config=False)
-            cfg.logger.wandb.tags = list(cfg.logger.wandb.tags) + [f"{k}={v}" for k, v in combo_tags(values)]
-            run = RunDir.for_config(cfg)
-            plans.append((cfg, ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None))
+    base, plans = plan_recipe(files, overrides, only, ckpt)
     first_rank = process_rank() == 0
     # every refusal comes now, in well under a second, before torch is imported or anything trains
     verdicts = [RunDir.for_config(cfg).verdict(cfg, resume=resume is not None, overwrite=overwrite,
                                                first_rank=first_rank, init_from=init_from)
                 for cfg, resume in plans]
+    for (cfg, _), verdict in zip(plans, verdicts):
+        if verdict != KEEP:  # a kept run needs nothing built
+            validate(cfg)
     results: list[FitResult] = []
     if len(plans) == 1:
-        if verdicts[0] != KEEP:
-            validate(plans[0][0])
         return [fit(plans[0][0], ckpt=plans[0][1], init_from=init_from, overwrite=overwrite)]
     with matrix_display(base.name, plans, show_bar=to_plain(base.trainer.progress_bar) != "none",
                         runs_dir=Path(base.runs_dir) / base.name, keys=list(base.matrix)) as display:
-        for index, ((cfg, resume), verdict) in enumerate(zip(plans, verdicts), 1):
-            if verdict != KEEP:  # a kept run needs nothing built
-                validate(cfg)
+        for index, (cfg, resume) in enumerate(plans, 1):
             display.variant_started(index, cfg)
             results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
             display.variant_ended(index, cfg, results[-1])
         display.close(results)
     return results
+
+
+def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
+                ckpt: Optional[str] = None) -> tuple[DictConfig, list[tuple[DictConfig, Optional[str]]]]:
+    """The recipe with the overrides, and each run it makes: (its config, the checkpoint it resumes from)."""
+    from .matrix import combinations
+
+    base = load_config(files, overrides, validate_config=False)
+    if not base.matrix:
+        if only:
+            raise ConfigError("--only needs a recipe with a matrix: section")
+        return base, [(base, ckpt)]
+    # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
+    pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
+    variants = combinations(base, [*only, *pinned])
+    configs = [load_config(files, [*overrides, f"variant={variant}"], validate_config=False, combination=combo)
+               for variant, combo, _ in variants]
+    left_out = _arguments_left_out(overrides, configs)
+    plans = []
+    for cfg, (variant, combo, values) in zip(configs, variants):
+        if variant in left_out:
+            kept = [o for o in overrides if o not in left_out[variant]]
+            cfg = load_config(files, [*kept, f"variant={variant}"], validate_config=False, combination=combo)
+        cfg.logger.wandb.tags = list(cfg.logger.wandb.tags) + [f"{k}={v}" for k, v in combo_tags(values)]
+        run = RunDir.for_config(cfg)
+        plans.append((cfg, ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None))
+    return base, plans
+
+
+def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> dict[str, list[str]]:
+    """Per variant, the argument overrides its registry entry does not take (``model.norm.eps=1e-3`` where
+    ``norm: none``): left out there, said in one line each. An override that no variant takes stays, so
+    validation names it as the mistake it is."""
+    from .config import SPEC_KEYS, parse_override, spec_roles
+    from .registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
+
+    arguments = {}
+    for item in overrides:
+        layer = parse_override(item)
+        for key, role in spec_roles(layer).items():
+            if role == "arguments":
+                arguments[item] = (key, list(OmegaConf.select(layer, key).keys()))
+    skipped: dict[str, dict[str, str]] = {item: {} for item in arguments}  # override → {variant: its entry}
+    for cfg in configs if arguments else ():
+        import_user_code(list(cfg.imports))  # a user's own entries are looked up like the built-in ones
+        for item, (key, names) in arguments.items():
+            try:
+                entry, _ = split_spec(to_plain(OmegaConf.select(cfg, key)))
+                accepted = accepted_kwargs(REGISTRIES[SPEC_KEYS[key]].get(entry))
+            except RegistryError:  # an unknown name: validation says so
+                continue
+            if accepted is not None and any(name not in accepted for name in names):
+                skipped[item][cfg.variant] = entry
+    left_out: dict[str, list[str]] = {}
+    for item, where in skipped.items():
+        if not where or len(where) == len(configs):
+            continue
+        key, names = arguments[item]
+        shown = ", ".join(list(where)[:3]) + (f" (+{len(where) - 3} more)" if len(where) > 3 else "")
+        entries = " or ".join(f"'{e}'" for e in sorted(set(where.values())))
+        say(f"cnnkit: note: {item} is left out of {len(where)} of {len(configs)} variants, whose "
+            f"{key.rsplit('.', 1)[-1]} {entries} takes no argument {', '.join(repr(n) for n in names)}: {shown}")
+        for variant in where:
+            left_out.setdefault(variant, []).append(item)
+    return left_out
 
 
 def combo_tags(values: dict[str, Any]) -> list[tuple[str, str]]:

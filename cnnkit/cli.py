@@ -139,6 +139,10 @@ def _print_config(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from . import api
 
+    if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
+        # without a recipe every such run would land, unnamed, in runs/default/
+        raise ConfigError("fit needs a recipe: --config FILE (e.g. --config recipes/quickstart.yaml); to train "
+                          "the built-in defaults without one, name the run: name=NAME")
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
     from .runs import process_rank
@@ -202,7 +206,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here (the CSV has them all)")
     accuracy = predictions.accuracy()
-    scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else ""
+    scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else \
+        (f"; {predictions.no_labels}" if predictions.no_labels else "")
     count = len(predictions.rows)
     print(f"cnnkit: wrote {count} prediction{'s' if count != 1 else ''} to {shown_path(predictions.path)}{scored}")
     return 0

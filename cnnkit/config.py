@@ -1,9 +1,10 @@
 """The one config schema (omegaconf structured dataclasses), and loading, merging, validating it.
 
 Merge order: schema defaults ← ``--config`` files (repeatable, later wins; each may ``include:``
-other files relative to itself) ← dotlist overrides (``model.norm=bn_post``). Everything is
-checked here, before a run directory exists or a step is taken: unknown keys, wrong types,
-unknown registry names, arguments a part does not take, values out of range.
+other files relative to itself) ← a matrix combination's values (the recipe's own) ← command-line
+overrides (``model.norm=bn_post``), left to right, each its own layer. Everything is checked here,
+before a run directory exists or a step is taken: unknown keys, wrong types, unknown registry
+names, arguments a part does not take, values out of range.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from .errors import CnnkitError, ConfigError, first_line
+from .registry import normalize
 
 if TYPE_CHECKING:
     from .registry import Plan
@@ -213,6 +215,24 @@ class Config:
     matrix: dict[str, Any] = field(default_factory=dict)  # dotted key → list of values; one run per combination
 
 
+_MISSING = object()
+
+# The keys whose value names one registry entry: a name, or ``{name: ..., <argument>: ...}``.
+SPEC_KEYS = {"model.backbone": "backbones", "model.norm": "norms", "model.act": "activations",
+             "model.pool": "poolings", "model.init": "inits", "data.dataset": "datasets",
+             "optim.optimizer": "optimizers", "optim.scheduler": "schedulers"}
+
+
+def spec_key(key: str) -> str | None:
+    """The registry-spec key that ``key`` is or lies under (``model.norm.groups`` → ``model.norm``)."""
+    return next((k for k in SPEC_KEYS if key == k or key.startswith(k + ".")), None)
+
+
+def same_entry(a: Any, b: Any) -> bool:
+    """Whether two entry names are one name once normalized (``Relu``, ``relu``; ``bn-pre``, ``bn_pre``)."""
+    return isinstance(a, str) and isinstance(b, str) and normalize(a) == normalize(b)
+
+
 # -- reading files ------------------------------------------------------------------------------
 def read_config_file(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
     """A YAML file and the files it includes, in merge order, each with its path for messages."""
@@ -256,26 +276,45 @@ def read_config_file(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, 
     return layers
 
 
-def parse_overrides(overrides: Sequence[str]) -> DictConfig:
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. model.norm=bn_post)")
+def parse_override(item: str) -> DictConfig:
+    """One ``key=value`` override as a config layer of its own."""
+    if "=" not in item or item.startswith("="):
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. model.norm=bn_post)")
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.from_dotlist([item])
     except Exception as err:
-        culprit = next((item for item in overrides if not _parses(item)), " ".join(overrides))
         raise ConfigError(
-            f"override '{culprit}' is not valid YAML ({_first_line(err)}); write mappings and lists as "
+            f"override '{item}' is not valid YAML ({_first_line(err)}); write mappings and lists as "
             "'key={name: value, other: [1, 2]}' with a space after each ':' and quote the whole override"
         ) from err
 
 
-def _parses(override: str) -> bool:
-    try:
-        OmegaConf.from_dotlist([override])
-        return True
-    except Exception:
-        return False
+def spec_roles(layer: DictConfig) -> dict[str, str]:
+    """Which registry specs a layer touches, and how: ``name`` (it names the entry: a name, a mapping
+    with ``name``, or ``<key>.name=...``) or ``arguments`` (it sets arguments of whatever entry is there)."""
+    roles = {}
+    for key in SPEC_KEYS:
+        value = OmegaConf.select(layer, key, default=_MISSING)
+        if isinstance(value, str) or (isinstance(value, DictConfig) and "name" in value):
+            roles[key] = "name"
+        elif isinstance(value, DictConfig):
+            roles[key] = "arguments"
+    return roles
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, DictConfig]]:
+    """The command line's overrides as layers, in order; an argument set before a name override that
+    replaces its entry would be dropped without a word, so that order is an error naming both."""
+    layers = [(item, parse_override(item)) for item in overrides]
+    for index, (item, layer) in enumerate(layers):
+        for key, role in spec_roles(layer).items():
+            earlier = next((o for o, e in layers[:index] if spec_roles(e).get(key) == "arguments"), None)
+            if role == "name" and earlier is not None:
+                raise ConfigError(
+                    f"override '{earlier}' comes before '{item}', which replaces {key} with a new entry (its "
+                    f"arguments start from that entry's defaults): put '{earlier}' after '{item}'"
+                )
+    return layers
 
 
 # -- merging with clear errors -----------------------------------------------------------------
@@ -298,6 +337,8 @@ def _replace_renamed_specs(base: Any, layer: Any) -> None:
 
     ``{name: cifar10, root: data}`` followed by ``{name: digits}`` must not become digits with a root;
     ``dataset: digits`` followed by ``data.dataset.image_size=32`` is ``{name: digits, image_size: 32}``.
+    (Within config files a spec naming the same entry adds its arguments; a command-line override that
+    names an entry always replaces it, see ``load_config``.)
     """
     if not isinstance(base, DictConfig) or not isinstance(layer, DictConfig):
         return
@@ -308,17 +349,20 @@ def _replace_renamed_specs(base: Any, layer: Any) -> None:
         if isinstance(new, DictConfig) and "name" not in new and isinstance(old._value(), str):
             base[key] = {"name": old._value()}
         elif isinstance(old, DictConfig) and isinstance(new, DictConfig):
-            if "name" in old and "name" in new and old.get("name") != new.get("name"):
+            if "name" in old and "name" in new and not same_entry(old.get("name"), new.get("name")):
                 base[key] = None
             else:
                 _replace_renamed_specs(old, new)
 
 
-def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+def _merge(base: DictConfig, layer: DictConfig, source: str, replace: Sequence[str] = ()) -> None:
+    """``layer`` into ``base``, in place (a copy per layer would cost more than the merge); the registry
+    specs at ``replace`` start anew from the layer's entry."""
     try:
-        base = base.copy()
+        for key in replace:
+            OmegaConf.update(base, key, None, force_add=True)
         _replace_renamed_specs(base, layer)
-        return OmegaConf.merge(base, layer)
+        base.merge_with(layer)
     except oc_errors.ConfigKeyError as err:
         full_key = getattr(err, "full_key", None) or ""
         leaf, known = _known_keys(base, full_key)
@@ -350,34 +394,56 @@ def migrate(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
-                base: dict[str, Any] | None = None, validate_config: bool = True) -> DictConfig:
-    """Schema ← ``base`` (e.g. a checkpoint's config) ← files ← overrides, resolved and validated.
+                base: dict[str, Any] | None = None, validate_config: bool = True,
+                combination: Sequence[str] = ()) -> DictConfig:
+    """Schema ← ``base`` (e.g. a checkpoint's config) ← files ← ``combination`` ← overrides, resolved and
+    validated.
+
+    ``combination`` is one matrix combination's ``key=value`` values: they belong to the recipe, so
+    the command line's overrides come after them. Overrides apply left to right, each as its own
+    layer: one that names a registry entry (``model.norm=gn``, ``model.norm={name: gn, ...}``,
+    ``model.norm.name=gn``) replaces the entry, its arguments back at the entry's defaults, and later
+    dotted keys (``model.norm.groups=8``) set the new entry's arguments.
 
     Without a ``base`` or a matrix, and unless ``variant`` is set, the variant is named from the
-    overrides that change a result (``matrix.variant_from_overrides``): the same command always
-    finds the same run directory, on every DDP rank.
+    overrides whose values differ from the recipe's (``matrix.variant_from_overrides``): the same
+    command always finds the same run directory, on every DDP rank.
     """
     cfg = OmegaConf.structured(Config)
     if base is not None:
-        cfg = _merge(cfg, OmegaConf.create(migrate(base)), "stored config")
+        _merge(cfg, OmegaConf.create(migrate(base)), "stored config")
     for path in files:
         for source, layer in read_config_file(path):
-            cfg = _merge(cfg, layer, f"config file '{source}'")
-    if overrides:
-        cfg = _merge(cfg, parse_overrides(overrides), "override")
+            _merge(cfg, layer, f"config file '{source}'")
+    for item in combination:
+        layer = parse_override(item)
+        _merge(cfg, layer, f"matrix value '{item}'", _named_specs(layer))
+    recipe = cfg.copy() if overrides else cfg
+    for item, layer in parse_overrides(overrides):
+        _merge(cfg, layer, f"override '{item}'", _named_specs(layer))
+    cfg = _resolved(cfg)
+    explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
+    if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
+        from .matrix import variant_from_overrides
+
+        cfg.variant = variant_from_overrides(overrides, cfg, _resolved(recipe))
+    check_matrix(cfg)
+    if validate_config:
+        validate(cfg)
+    return cfg
+
+
+def _named_specs(layer: DictConfig) -> list[str]:
+    return [key for key, role in spec_roles(layer).items() if role == "name"]
+
+
+def _resolved(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with its interpolations resolved, in place: a bad ``${...}`` fails here, not in training."""
     try:
         OmegaConf.resolve(cfg)
     except oc_errors.OmegaConfBaseException as err:
         full_key = getattr(err, "full_key", None)
         raise ConfigError(f"config key '{full_key}': cannot resolve interpolation: {_first_line(err)}") from err
-    explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
-    if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
-        from .matrix import variant_from_overrides
-
-        cfg.variant = variant_from_overrides(overrides, cfg)
-    check_matrix(cfg)
-    if validate_config:
-        validate(cfg)
     return cfg
 
 
@@ -510,7 +576,6 @@ def _check_devices(cfg: DictConfig) -> None:
                  "(or use trainer.progress_bar=tqdm)")
 
 
-_MISSING = object()
 _SAID: set[str] = set()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from .config import SPEC_KEYS, same_entry
+
 # Keys that never change what a run computes: ignored when deciding whether a finished run is reusable.
 RESULT_NEUTRAL = (
     "schema_version", "name", "variant", "runs_dir",  # they place the run; equal for the same directory
@@ -35,9 +37,14 @@ def differences(old: Any, new: Any, ignore: Iterable[str] = (), key: str = "") -
     """(dotted key, old value, new value) for every difference, in the new config's key order.
 
     Mappings on both sides are compared key by key; anything else (a list, a name replaced by a
-    ``{name: ...}`` spec) is one value.
+    ``{name: ...}`` spec of another entry) is one value. A registry spec's entry name counts as the
+    same after the registry's normalization (``Relu`` is ``relu``), and ``relu`` is ``{name: relu}``.
     """
     ignore = tuple(ignore)
+    if key in SPEC_KEYS:
+        old, new = _as_mapping(old, new), _as_mapping(new, old)
+        if isinstance(old, dict) and isinstance(new, dict) and same_entry(old.get("name"), new.get("name")):
+            new = {**new, "name": old.get("name")}
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for k in list(new) + [k for k in old if k not in new]:
@@ -46,6 +53,15 @@ def differences(old: Any, new: Any, ignore: Iterable[str] = (), key: str = "") -
                 found += differences(old.get(k), new.get(k), ignore, path)
         return found
     return [] if old == new else [(key, old, new)]
+
+
+def _as_mapping(spec: Any, other: Any) -> Any:
+    """A spec given by name alone as ``{name: ...}``, where the other side is a mapping of the same entry."""
+    if isinstance(spec, str) and isinstance(other, dict) and same_entry(spec, other.get("name")):
+        return {"name": spec}
+    if isinstance(spec, str) and same_entry(spec, other):
+        return {"name": spec}
+    return spec
 
 
 def describe(diffs: list[tuple[str, Any, Any]], most: int = 4) -> str:

@@ -18,6 +18,7 @@ from .data.info import DataInfo
 from .atomic import atomic_write_text
 from .errors import CheckpointError, DataError
 from .runs import RunDir
+from .terminal import quiet
 from .trainer import build_trainer
 
 
@@ -45,18 +46,27 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
 
 
 def _label_rule(cfg: DictConfig, info: DataInfo):
-    """How an input file's true label is known (-1: it is not): by the layout of the image folder the
-    model was trained on; a model trained on other data says nothing about files."""
+    """How an input file's true label is known (-1: it is not), and what to say when no file has one.
+
+    Only by the layout of the image folder the model was trained on, whose classes are its folders'
+    names: a model trained on other data (digits, MNIST: classes "0".."9") would read a label into any
+    folder that happens to be named "3" and print an accuracy that means nothing.
+    """
     from .config import to_plain
     from .registry import DATASETS, split_spec
 
     name, kwargs = split_spec(to_plain(cfg.data.dataset))
     index = {class_name: i for i, class_name in enumerate(info.class_names)}
+    classes = ", ".join(info.class_names[:4]) + (", ..." if len(info.class_names) > 4 else "")
     if DATASETS.get_entry(name).name != "image_folder":
-        return lambda path: -1
+        return (lambda path: -1), (f"no true labels: a file's label is read only for a model trained on an "
+                                   f"image folder (from a folder named after its class); this one was trained "
+                                   f"on {name}")
     if kwargs.get("layout", "class_dirs") == "label_prefix":
-        return lambda path: index.get(Path(path).name.split("_", 1)[0], -1) if "_" in Path(path).name else -1
-    return lambda path: index.get(Path(path).parent.name, -1)
+        return ((lambda path: index.get(Path(path).name.split("_", 1)[0], -1) if "_" in Path(path).name else -1),
+                f"no true labels: no file is named <class>_... after one of the model's classes ({classes})")
+    return ((lambda path: index.get(Path(path).parent.name, -1)),
+            f"no true labels: no file sits in a folder named after one of the model's classes ({classes})")
 
 
 def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
@@ -101,6 +111,7 @@ def _one_pass(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+@quiet
 def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict[str, float]:
     """``stage`` is ``validate`` or ``test``: metrics of a checkpoint's model on that split."""
     cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
@@ -125,6 +136,7 @@ class Predictions:
     path: Path
     header: list[str]
     rows: list[list[str]]
+    no_labels: Optional[str] = None  # why no file has a true label, when none has
 
     def accuracy(self) -> Optional[tuple[float, int]]:
         """(accuracy, count) over the rows whose true label is known; None when none is."""
@@ -167,6 +179,7 @@ def image_inputs(inputs: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+@quiet
 def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (), split: Optional[str] = None,
             inputs: Sequence[str] = (), output: Optional[str] = None, top_k: int = 3) -> Predictions:
     """Class probabilities for a split, or for image files, folders and globs, written as CSV.
@@ -187,12 +200,12 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     if inputs:
         images = image_inputs(inputs)
         channels, height, width = info.input_shape
-        label_of = _label_rule(cfg, info)
+        label_of, no_labels = _label_rule(cfg, info)
         dataset = ImageFiles([(p, label_of(p)) for p in images], (height, width), channels, "input")
         single = len(inputs) == 1 and os.path.exists(inputs[0])  # one file or folder names the CSV
         source = "input" + (f"-{Path(inputs[0]).stem}" if single and Path(inputs[0]).stem else "")
     else:
-        split = split or "test"
+        split, no_labels = split or "test", None
         dataset = build_datamodule(_one_pass(cfg)).load().get(split)
         source = split
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.data.num_workers or 0)
@@ -219,4 +232,4 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     writer.writerow(header)
     writer.writerows(rows)
     atomic_write_text(out, buffer.getvalue())
-    return Predictions(out, header, rows)
+    return Predictions(out, header, rows, None if known else no_labels)

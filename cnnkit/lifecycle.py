@@ -89,8 +89,11 @@ class RunLifecycle(L.Callback):
         """``running``, with this process's id and host so another fit can tell whether it is alive."""
         self._write("running", step=step, pid=os.getpid(), host=socket.gethostname())
 
-    def finish(self, step: int, metrics: dict[str, float], best: Optional[Path]) -> None:
-        self._write("finished", step=step, metrics=metrics, best_checkpoint=str(best) if best else None)
+    def finish(self, step: int, metrics: dict[str, float], best: Optional[Path], best_epoch: Optional[int] = None,
+               epochs: Optional[int] = None) -> None:
+        """``best_epoch`` (counted from 1, as printed) is the one the test metrics are of; ``epochs`` trained."""
+        self._write("finished", step=step, metrics=metrics, best_checkpoint=str(best) if best else None,
+                    best_epoch=best_epoch, epochs=epochs)
         if rank_zero_only.rank == 0:  # a requeued job's pre-emption checkpoints are spent
             for stale in self.run.path.glob("hpc_ckpt_*.ckpt"):
                 stale.unlink(missing_ok=True)

@@ -2,8 +2,12 @@
 
 Matrix combinations come in a fixed order (keys as written, values as listed), each named by its
 values (``norm=bn_pre+lr=0.5+seed=1``), with its own run directory and W&B run, grouped by the
-recipe. A single fit is named the same way from the overrides that change its result, so two
-different commands never share a run directory and the same command finds its run again.
+recipe. A single fit is named the same way from the overrides whose values differ from the
+recipe's, so two different commands never share a run directory, a command that changes nothing
+finds the recipe's own run, and the same command finds its run again.
+
+A name is typed in a shell without quotes: ``key=value`` parts joined by ``+``; within a value only
+letters, digits, ``.``, ``_`` and ``-``, and a number's exponent sign (see ``name_value``).
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from .config import to_plain
+from .config import spec_key, to_plain
 from .errors import ConfigError
 
 
 def format_value(value: Any) -> str:
-    """A value as it appears in a variant name: names plain, mappings as name(arg=value,...)."""
+    """A value as it reads in messages, tables and titles: names plain, mappings as name(arg=value,...)."""
     if isinstance(value, dict):
         args = ",".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
         if "name" not in value:
@@ -30,6 +34,29 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def name_value(value: Any) -> str:
+    """A value as it reads in a run directory's name, typed without quotes in any shell.
+
+    A spec is its name, then ``-<argument><value>`` per argument (``{name: gn, groups: 8}`` →
+    ``gn-groups8``); a list joins its items with ``-`` (``[32, 64]`` → ``32-64``), an empty one is
+    ``none``; a float as ``%g`` (``1e+30``), booleans and null as YAML writes them; in text any other
+    character than a letter, a digit, ``.``, ``_`` or ``-`` becomes ``_`` (``plugins/a b.py`` →
+    ``plugins_a_b.py``).
+    """
+    if isinstance(value, (dict, list, tuple)) and not value:
+        return "none"
+    if isinstance(value, dict):
+        parts = [name_value(value["name"])] if "name" in value else []
+        return "-".join(parts + [f"{name_value(k)}{name_value(v)}" for k, v in value.items() if k != "name"])
+    if isinstance(value, (list, tuple)):
+        return "-".join(name_value(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return f"{value:g}"  # 1e+30 keeps its sign: a number's '+' splits no name
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(value))
 
 
 # Overrides that name a single fit's variant, in this order (within a section, the schema's order);
@@ -51,8 +78,7 @@ def _naming_rank(key: str) -> int | None:
 
 
 def _safe(name: str) -> str:
-    """A name usable as one directory: no path separators or spaces; long ones shortened with a stable digest."""
-    name = "".join("_" if c in "/\\" or c.isspace() else c for c in name)
+    """A name usable as one directory: long ones shortened with a stable digest."""
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]  # never hash(): it differs per process
@@ -61,24 +87,40 @@ def _safe(name: str) -> str:
     return f"{head}-{digest}"
 
 
-def variant_from_overrides(overrides: Sequence[str], cfg: Any) -> str:
+def variant_from_overrides(overrides: Sequence[str], cfg: Any, recipe: Any = None) -> str:
     """``norm=bn_post+act=sigmoid+lr=0.5`` for ``model.norm=bn_post model.act=sigmoid optim.lr=0.5``.
 
-    Only keys that change a result count (``NAMING_KEYS``), in a fixed order whatever the command
-    line's order; values are read from the resolved ``cfg`` (interpolations included); no such
-    override gives ``default``.
+    Only keys that change a result count (``NAMING_KEYS``), and only where the resolved value
+    differs from the ``recipe``'s (the config without the command line's overrides; registry names
+    compared normalized), in a fixed order whatever the command line's order. A registry spec is
+    named whole (``model.norm=gn model.norm.groups=8`` → ``norm=gn-groups8``). Values are read from
+    the resolved ``cfg`` (interpolations included); no such override gives ``default``.
     """
-    from omegaconf import OmegaConf
+    from .config_diff import differences
 
-    keys = {item.partition("=")[0].strip() for item in overrides}
-    keys = [k for k in keys if _naming_rank(k) is not None]
+    touched = [item.partition("=")[0].strip() for item in overrides]
+    if recipe is None:
+        changed = touched
+    else:
+        changed = [key for key, _, _ in differences(to_plain(recipe), to_plain(cfg))
+                   if any(key == t or key.startswith(t + ".") or t.startswith(key + ".") for t in touched)]
+    keys = list(dict.fromkeys(spec_key(k) or k for k in changed if _naming_rank(k) is not None))
     if not keys:
         return "default"
     keys.sort(key=lambda k: (_naming_rank(k), _field_index(k), k))
-    shown = [k[:-len(".name")] if k.endswith(".name") else k for k in keys]  # model.norm.name=gn → norm=gn
-    short = _short_keys(shown)
-    values = {k: to_plain(OmegaConf.select(cfg, k)) for k in keys}
-    return _safe("+".join(f"{short[s]}={format_value(values[k])}" for k, s in zip(keys, shown)))
+    short = _short_keys(keys)
+    return _safe("+".join(f"{short[k]}={name_value(_naming_value(k, cfg))}" for k in keys))
+
+
+def _naming_value(key: str, cfg: Any) -> Any:
+    """The value a key shows in a name: a spec without the arguments that name nothing."""
+    from omegaconf import OmegaConf
+
+    value = to_plain(OmegaConf.select(cfg, key))
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if _naming_rank(f"{key}.{k}") is not None}
+        return value["name"] if list(value) == ["name"] else value
+    return value
 
 
 def _field_index(key: str) -> int:
@@ -131,16 +173,17 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
         chosen = dict(zip(keys, values))
         if not all(_matches(v, chosen[k]) for k, v in wanted):
             continue
-        name = "+".join(f"{short[k]}={format_value(v)}" for k, v in chosen.items())
-        result.append((name.replace("/", "_"), [_override(k, v) for k, v in chosen.items()], chosen))
+        name = "+".join(f"{short[k]}={name_value(v)}" for k, v in chosen.items())
+        result.append((name, [_override(k, v) for k, v in chosen.items()], chosen))
     if not result:
         raise ConfigError(f"--only {' '.join(only)} matches none of the matrix's combinations")
     return result
 
 
 def _matches(text: str, value: Any) -> bool:
-    """Whether ``--only key=text`` selects ``value``: as the variant name spells it, or the same number."""
-    if text in (format_value(value), str(value)):
+    """Whether ``--only key=text`` selects ``value``: as the variant name or a message spells it, or the
+    same number."""
+    if text in (name_value(value), format_value(value), str(value)):
         return True
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:

@@ -1,23 +1,24 @@
 """What a cnnkit command prints: a header line per run, a summary block, a line per matrix variant.
 
 Lightning and W&B print banners, availability lines, model tables and run histories of their own;
-the command line keeps their warnings and errors only (``--verbose`` shows everything). Library
-calls leave the process's logging and warnings as they are. Progress while a run trains is
-``callbacks/progress.py``'s; results go to stdout, notes and errors to stderr.
+while cnnkit drives Lightning (``lightning_quiet``, the same for the command line and the Python
+API) only their warnings and errors show (``--verbose`` or ``CNNKIT_VERBOSE=1`` shows everything),
+and the caller's logging and warning settings are restored afterwards. Progress while a run trains
+is ``callbacks/progress.py``'s; results go to stdout, notes and errors to stderr.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
+import os
 import sys
 import time
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-_verbose = False
+_verbose: Optional[bool] = None  # set by the command line; else CNNKIT_VERBOSE decides
 
 # Lightning's warnings that say nothing a cnnkit user can act on: cnnkit chooses the workers and the
 # checkpoint directory itself, and a tiny smoke run logs less often than every log_every_n_steps.
@@ -31,8 +32,10 @@ HARMLESS_WARNINGS = (
 
 
 def verbose() -> bool:
-    """Whether Lightning's and W&B's own output is wanted (``--verbose``)."""
-    return _verbose
+    """Whether Lightning's and W&B's own output is wanted (``--verbose``, or ``CNNKIT_VERBOSE=1``)."""
+    if _verbose is not None:
+        return _verbose
+    return os.environ.get("CNNKIT_VERBOSE", "") not in ("", "0")
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
@@ -46,7 +49,6 @@ def _lightning_loggers() -> list[str]:
     imported, but not of the subpackages below them, whose modules all log through them.
     """
     import importlib.util
-    import os
 
     spec = importlib.util.find_spec("lightning")
     if spec is None or not spec.submodule_search_locations:
@@ -63,17 +65,59 @@ def _lightning_loggers() -> list[str]:
 
 
 def configure(verbose_output: bool) -> None:
-    """Set once by the command line: Lightning's info lines (devices, "fit stopped", "restoring
-    states") and its harmless warnings only with ``verbose_output``; its product tip never."""
+    """Set once by the command line (``--verbose``)."""
     global _verbose
     _verbose = verbose_output
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
-    if verbose_output:
-        return
-    for name in _lightning_loggers():
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
+
+
+@contextmanager
+def lightning_quiet() -> Iterator[None]:
+    """While cnnkit runs Lightning: its info lines (devices, "fit stopped", "restoring states") and its
+    harmless warnings only when ``verbose()``, its product tip never; then the caller's settings again."""
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    added = _not_a_tip not in tips.filters
+    tips.addFilter(_not_a_tip)
+    levels: dict[str, int] = {}
+    try:
+        if not verbose():
+            for name in _lightning_loggers():
+                logger = logging.getLogger(name)
+                levels[name] = logger.level
+                logger.setLevel(logging.WARNING)
+        with _ignored(() if verbose() else HARMLESS_WARNINGS):
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if added:
+            tips.removeFilter(_not_a_tip)
+
+
+@contextmanager
+def _ignored(patterns: Sequence[str]) -> Iterator[None]:
+    """Warnings matching ``patterns`` ignored for a while. The filters that modules imported meanwhile
+    set (Lightning's, scipy's) outlive it, as they would have without it."""
+    with warnings.catch_warnings():
+        for pattern in patterns:
+            warnings.filterwarnings("ignore", message=pattern)
+        ours = list(warnings.filters)
+        try:
+            yield
+        finally:
+            imported = [f for f in warnings.filters if f not in ours]
+    for action, message, category, module, lineno in reversed(imported):
+        warnings.filterwarnings(action, message.pattern if message else "", category,
+                                module.pattern if module else "", lineno)
+
+
+def quiet(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` runs under ``lightning_quiet`` (the API's fit, evaluate and predict)."""
+    @functools.wraps(function)
+    def quietly(*args: Any, **kwargs: Any) -> Any:
+        with lightning_quiet():
+            return function(*args, **kwargs)
+
+    return quietly
 
 
 def say(message: str) -> None:
@@ -143,9 +187,7 @@ def summary_block(result: Any) -> str:
         tested = metric_text({k: v for k, v in result.metrics.items() if k.startswith("test/")}, every=True)
         last = metric_text({k: v for k, v in result.metrics.items() if not k.startswith("test/")}, every=True)
         if tested:  # the fit tests its best checkpoint; the other numbers are the last epoch's
-            epoch = re.search(r"epoch(\d+)", Path(result.best_checkpoint).name) if result.best_checkpoint else None
-            of = f"the best checkpoint, epoch {int(epoch.group(1)) + 1}" if epoch else "the last state"
-            lines.append(f"  test ({of}): {tested}")
+            lines.append(f"  test ({tested_weights(result)}): {tested}")
         if last:
             lines.append(f"  last epoch: {last}")
         if result.best_checkpoint:
@@ -153,6 +195,15 @@ def summary_block(result: Any) -> str:
     if result.wandb_sync:
         lines.append(f"  W&B is offline; upload the run with: {result.wandb_sync}")
     return "\n".join(lines)
+
+
+def tested_weights(result: Any) -> str:
+    """Which weights a fit's test metrics are of: ``best checkpoint by val/acc, epoch 9 of 15``."""
+    if not result.best_checkpoint:  # checkpoint.save_top_k=0: the state training ended with
+        return f"the weights after epoch {result.epochs}" if result.epochs else "the final weights"
+    by = f" by {result.best_by}" if result.best_by else ""
+    of = f" of {result.epochs}" if result.epochs else ""
+    return f"best checkpoint{by}" + (f", epoch {result.best_epoch}{of}" if result.best_epoch else "")
 
 
 def command_path(path: Any) -> str:

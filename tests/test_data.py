@@ -102,6 +102,67 @@ def test_torchvision_dataset_missing_is_one_clear_error(tmp_path):
         load_splits({"name": "cifar10", "root": str(tmp_path)})
 
 
+def offline(monkeypatch, response=None):
+    """No network, as on a machine without one: every URL torchvision opens fails to resolve (or, with
+    ``response``, answers with it)."""
+    import urllib.error
+    import urllib.request
+
+    def urlopen(request, *args, **kwargs):
+        if response is None:
+            raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+        return response(request.full_url)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+@pytest.mark.parametrize("name, tv_class, where", [("mnist", "MNIST", "data/MNIST/raw"),
+                                                   ("cifar10", "CIFAR10", "data/cifar-10-batches-py")])
+def test_a_failed_download_says_so_in_one_line_and_leaves_nothing_behind(monkeypatch, capsys, tmp_path, name,
+                                                                        tv_class, where):
+    from cnnkit.cli import main
+
+    from tests.conftest import QUICKSTART, SMOKE
+
+    offline(monkeypatch)
+    spec = f"data.dataset={{name: {name}, download: true}}"
+    assert main(["fit", "--config", QUICKSTART, "--config", SMOKE, spec]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"cnnkit: error: downloading {tv_class} into 'data' failed: ")
+    assert "<urlopen error [Errno -3] Temporary failure in name resolution>" in lines[0]
+    assert lines[0].endswith(f"; check the network (or proxy), or copy the files into '{where}' and set "
+                             f"data.dataset.download=false")
+    assert lines[0].count("urlopen error") == 1  # torchvision's every mirror, said once
+    assert list(tmp_path.iterdir()) == []  # no data/, no empty data/MNIST/raw, no run directory
+
+
+def test_a_download_cut_off_midway_removes_its_partial_file_and_keeps_the_users(monkeypatch, tmp_path):
+    import io
+
+    class CutOff(io.BytesIO):
+        """A server that sends 100 bytes of a file, then drops the connection."""
+
+        def __init__(self, url):
+            super().__init__(b"x" * 100)
+            self.url, self.length = url, 10_000
+
+        def read(self, size=-1):
+            if self.tell() == 100:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return super().read(size)
+
+    offline(monkeypatch, CutOff)
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"a file the user put there")
+    with pytest.raises(DataError, match=r"^downloading MNIST into '.*data' failed: .*Connection reset by peer"):
+        load_splits({"name": "mnist", "root": str(tmp_path / "data"), "download": True})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "data", "data/MNIST", "data/MNIST/raw", "data/MNIST/raw/t10k-labels-idx1-ubyte.gz", "data/notes.txt"]
+
+
 def make_image(path, value):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((12, 10, 3), value, dtype=np.uint8)).save(path)

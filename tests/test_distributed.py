@@ -139,11 +139,11 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
                    "ddp_cpu.yaml"), "--config", str(recipe), "logger.wandb.mode=offline", cwd=tmp_path,
                    timeout=400, env_extra={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for variant in ("sync_bn=False", "sync_bn=True"):
+    for variant in ("sync_bn=false", "sync_bn=true"):
         run = tmp_path / "runs" / "ddp" / variant
         assert json.loads((run / "status.json").read_text())["status"] == "finished"
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run per variant, not per rank
     lines = proc.stdout.splitlines()  # reported once, by rank 0
     assert [line.split("  ")[:2] for line in lines if line.startswith("[")] == [
-        ["[1/2] sync_bn=False", "finished"], ["[2/2] sync_bn=True", "finished"]], proc.stdout
+        ["[1/2] sync_bn=false", "finished"], ["[2/2] sync_bn=true", "finished"]], proc.stdout
     assert sum(line.startswith("cnnkit: ddp: 2 runs in ") for line in lines) == 1, proc.stdout

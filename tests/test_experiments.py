@@ -36,7 +36,7 @@ def test_matrix_combinations_are_ordered_named_and_narrowed(tmp_path):
                                         "  model.norm: [none, {name: bn_pre, momentum: 0.01}]\n")
     cfg = load_config([recipe])
     names = [name for name, _, _ in combinations(cfg)]
-    assert names[:3] == ["act=sigmoid+lr=0.1+norm=none", "act=sigmoid+lr=0.1+norm=bn_pre(momentum=0.01)",
+    assert names[:3] == ["act=sigmoid+lr=0.1+norm=none", "act=sigmoid+lr=0.1+norm=bn_pre-momentum0.01",
                          "act=sigmoid+lr=0.5+norm=none"]
     assert len(names) == 8
     only = combinations(cfg, ["act=relu", "norm=none"])

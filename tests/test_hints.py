@@ -44,8 +44,8 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert "--ckpt last: runs/quickstart/default/checkpoints/last.ckpt (the only run under runs/)" in alone.stdout
     assert "test/acc" in alone.stdout
-    best = cli("test", "--ckpt", "best")  # the best checkpoint, by checkpoint.monitor
-    assert best.returncode == 0 and "--ckpt best: runs/quickstart/default/checkpoints/best-epoch000" in best.stdout
+    best = cli("test", "--ckpt", "best")  # the best checkpoint, by checkpoint.monitor; epochs from 1
+    assert best.returncode == 0 and "--ckpt best: runs/quickstart/default/checkpoints/best-epoch001-" in best.stdout
 
     second = cli("fit", "--config", QUICKSTART, "--config", SMOKE, "model.norm=bn_post")
     assert second.returncode == 0, second.stderr[-2000:]

@@ -49,7 +49,9 @@ def test_one_file(capsys, checkpoint, images):
     assert top[0][0] == rows[0]["class"] and float(top[0][1]) == pytest.approx(float(rows[0]["probability"]))
     assert [float(p) for _, p in top] == sorted((float(p) for _, p in top), reverse=True)
     assert printed[0].split() == ["file", "class", "probability", "top3"]
-    assert len(printed) == 3 and printed[-1] == "cnnkit: wrote 1 prediction to out.csv"
+    assert len(printed) == 3 and printed[-1] == (
+        "cnnkit: wrote 1 prediction to out.csv; no true labels: a file's label is read only for a model trained "
+        "on an image folder (from a folder named after its class); this one was trained on digits")
 
 
 def test_several_files_a_glob_and_a_folder(capsys, checkpoint, images):
@@ -88,6 +90,10 @@ def test_a_model_trained_on_an_image_folder_knows_the_labels_of_files_laid_out_a
     assert printed[-1] == f"cnnkit: wrote 17 predictions to out.csv; accuracy {correct / 16:.4f} on the 16 with a " \
                           f"known label"
     assert len(printed) == 1 + 17 + 1
+    printed, rows = predict(capsys, model, "--input", str(tmp_path / "new"))
+    assert list(rows[0]) == ["file", "class", "probability", "top2"]
+    assert printed[-1] == ("cnnkit: wrote 1 prediction to out.csv; no true labels: no file sits in a folder named "
+                           "after one of the model's classes (cat, dog)")
 
 
 def test_many_images_are_a_csv_without_a_table(capsys, checkpoint, tmp_path):
@@ -98,8 +104,8 @@ def test_many_images_are_a_csv_without_a_table(capsys, checkpoint, tmp_path):
     for i in range(21):
         Image.new("L", (8, 8), i).save(folder / f"{i:02d}.png")
     printed, rows = predict(capsys, checkpoint, "--input", str(folder))
-    assert len(rows) == 21 and printed == ["cnnkit: 21 images: more than 20, so no table here (the CSV has them all)",
-                                           "cnnkit: wrote 21 predictions to out.csv"]
+    assert len(rows) == 21 and printed[0] == "cnnkit: 21 images: more than 20, so no table here (the CSV has them all)"
+    assert len(printed) == 2 and printed[1].startswith("cnnkit: wrote 21 predictions to out.csv; no true labels: ")
 
 
 def test_a_split_has_its_true_labels(capsys, checkpoint):

@@ -97,7 +97,7 @@ def test_the_readme_runs_top_to_bottom(tmp_path):
     # every single fit found its own run directory, and a repeated command found its run again
     variants = sorted(p.name for p in (tmp_path / "runs/quickstart").iterdir())
     assert variants == ["default", "norm=bn_post", "norm=bn_post+act=sigmoid+lr=0.5",
-                        "norm=instance_pre+imports=[my_norms.py]"]
+                        "norm=instance_pre+imports=my_norms.py"]
     assert (tmp_path / "runs/bn_placement/REPORT.md").is_file()
 
 

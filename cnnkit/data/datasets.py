@@ -8,6 +8,7 @@ them); ``image_folder`` reads a folder of image files laid out per class or with
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Sequence
 
 import torch
@@ -157,6 +158,7 @@ class TorchvisionSource(DatasetSource):
 
     tv_class = ""  # torchvision.datasets class name
     folder = ""  # where it keeps its files under root
+    files = ""  # where a user puts the files by hand, under root
     shape: tuple[int, int, int] = (1, 28, 28)
     classes: Sequence[str] = ()
 
@@ -172,20 +174,40 @@ class TorchvisionSource(DatasetSource):
     def _open(self, train: bool):
         import torchvision.datasets as tvd
 
-        if not self.download and not os.path.isdir(self.root):
+        if self.download:
+            return self._download(train)
+        if not os.path.isdir(self.root):
             raise DataError(
                 f"{self.tv_class}: data root '{self.root}' does not exist; set data.dataset.root to where the data "
                 f"is, or data.dataset.download=true to fetch it (needs internet)"
             )
         try:
-            return getattr(tvd, self.tv_class)(root=self.root, train=train, download=self.download)
+            return getattr(tvd, self.tv_class)(root=self.root, train=train, download=False)
         except RuntimeError as err:
             raise DataError(
-                f"{self.tv_class}: no data found under '{os.path.join(self.root, self.folder)}'; "
+                f"{self.tv_class}: no data found under '{os.path.join(self.root, self.files)}'; "
                 f"set data.dataset.download=true to fetch it (needs internet) or copy the files there"
             ) from err
         except OSError as err:
-            raise DataError(f"{self.tv_class}: could not get the data into '{self.root}': {err}") from err
+            raise DataError(f"{self.tv_class}: could not read the data under '{self.root}': {err}") from err
+
+    def _download(self, train: bool):
+        """torchvision's download (nothing to do when the files are there). A failed one says why, in one
+        line, and leaves nothing of its own behind: no empty folders, no partial files."""
+        import torchvision.datasets as tvd
+
+        before = _entries(self.root, self.folder)
+        try:
+            return getattr(tvd, self.tv_class)(root=self.root, train=train, download=True)
+        except BaseException as err:
+            _remove_new(self.root, self.folder, before)
+            if not isinstance(err, (RuntimeError, OSError)):  # URLError is an OSError; torchvision wraps some
+                raise
+            raise DataError(
+                f"downloading {self.tv_class} into '{self.root}' failed: {_download_error(err)}; check the network "
+                f"(or proxy), or copy the files into '{os.path.join(self.root, self.files)}' and set "
+                f"data.dataset.download=false"
+            ) from err
 
     def load(self) -> DatasetSplits:
         def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,28 +222,58 @@ class TorchvisionSource(DatasetSource):
                           image_size=self.image_size)
 
 
+def _entries(root: str, folder: str) -> set[str]:
+    """What is there of a download's destinations: ``root`` and its entries, everything under ``root/folder``."""
+    if not os.path.isdir(root):
+        return set()
+    found = {root, *(os.path.join(root, name) for name in os.listdir(root))}
+    for path, folders, files in os.walk(os.path.join(root, folder)):
+        found.update(os.path.join(path, name) for name in folders + files)
+    return found
+
+
+def _download_error(err: BaseException) -> str:
+    """The error in one line: torchvision lists every mirror it tried ("Tried URL, got: ERROR"), here the
+    distinct errors once."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    head, _, tried = text.partition(" Tried ")
+    errors = re.findall(r"got: (.*?)(?= Tried |$)", tried)
+    return f"{head} {' / '.join(dict.fromkeys(errors))}" if errors else text
+
+
+def _remove_new(root: str, folder: str, before: set[str]) -> None:
+    """Remove what a failed download made: the paths that were not there before, deepest first."""
+    import shutil
+
+    for path in sorted(_entries(root, folder) - before, key=lambda p: p.count(os.sep), reverse=True):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+
+
 @DATASETS.register("mnist", description="torchvision MNIST, 28x28 grayscale digits (60k train / 10k test)")
 class MNIST(TorchvisionSource):
-    tv_class, folder, shape = "MNIST", "MNIST", (1, 28, 28)
+    tv_class, folder, files, shape = "MNIST", "MNIST", "MNIST/raw", (1, 28, 28)
     classes = [str(i) for i in range(10)]
 
 
 @DATASETS.register("fashion_mnist", description="torchvision Fashion-MNIST, 28x28 grayscale clothing (60k / 10k)")
 class FashionMNIST(TorchvisionSource):
-    tv_class, folder, shape = "FashionMNIST", "FashionMNIST", (1, 28, 28)
+    tv_class, folder, files, shape = "FashionMNIST", "FashionMNIST", "FashionMNIST/raw", (1, 28, 28)
     classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot"]
 
 
 @DATASETS.register("cifar10", description="torchvision CIFAR-10, 32x32 color, 10 classes (50k / 10k)")
 class CIFAR10(TorchvisionSource):
-    tv_class, folder, shape = "CIFAR10", "cifar-10-batches-py", (3, 32, 32)
+    tv_class, folder, files, shape = "CIFAR10", "cifar-10-batches-py", "cifar-10-batches-py", (3, 32, 32)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @DATASETS.register("cifar100", description="torchvision CIFAR-100, 32x32 color, 100 classes (50k / 10k)")
 class CIFAR100(TorchvisionSource):
-    tv_class, folder, shape = "CIFAR100", "cifar-100-python", (3, 32, 32)
+    tv_class, folder, files, shape = "CIFAR100", "cifar-100-python", "cifar-100-python", (3, 32, 32)
     classes = [str(i) for i in range(100)]  # the real names come with the data
 
 
