@@ -266,7 +266,7 @@ def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Seque
     if not base.matrix:
         if only:
             raise ConfigError("--only needs a recipe with a matrix: section")
-        return base, [(base, ckpt)]
+        return base, [(_run_to_extend(files, overrides, base) if ckpt == "last" else base, ckpt)]
     # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
     pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
     variants = combinations(base, [*only, *pinned])
@@ -282,6 +282,23 @@ def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Seque
         run = RunDir.for_config(cfg)
         plans.append((cfg, ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None))
     return base, plans
+
+
+def _run_to_extend(files: Sequence[str], overrides: Sequence[str], cfg: DictConfig) -> DictConfig:
+    """``--ckpt last trainer.max_epochs=30``: the run made without the new length, if there is no run of
+    that length to resume. A length names a run when it starts (a 3-epoch run never shares the recipe's
+    directory) and may change when the run resumes."""
+    from .config_diff import LENGTH
+
+    if RunDir.for_config(cfg).last_checkpoint.is_file():
+        return cfg
+    unlengthened = [o for o in overrides if o.partition("=")[0].strip() not in LENGTH]
+    if len(unlengthened) == len(overrides):
+        return cfg
+    extended = load_config(files, unlengthened, validate_config=False).variant
+    if not (Path(cfg.runs_dir) / cfg.name / extended / "checkpoints" / "last.ckpt").is_file():
+        return cfg
+    return load_config(files, [*overrides, f"variant={extended}"], validate_config=False)
 
 
 def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> dict[str, list[str]]:

@@ -27,6 +27,8 @@ RESUME_FREE = (
 )
 # The run's length: a finished run trains on when these grow (see ``length_bound_schedule``).
 LENGTH = ("trainer.max_epochs", "trainer.max_steps")
+# How much of each split a run sees: a limited run is a smoke test, never the recipe's result.
+LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches")
 
 
 def _ignored(key: str, prefixes: Iterable[str]) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from .config import spec_key, to_plain
+from .config_diff import LENGTH, LIMITS
 from .errors import ConfigError
 
 
@@ -59,11 +60,13 @@ def name_value(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(value))
 
 
-# Overrides that name a single fit's variant, in this order (within a section, the schema's order);
-# trainer, checkpoint and logging keys say how to run, not what, so resuming on more devices or for
-# longer finds the same run. Where the data lives or whether it may be downloaded names nothing.
+# Overrides that name a single fit's variant, in this order (within a section, the schema's order).
+# A run's length and limits name it too, so a shorter or limited run never shares a directory with the
+# full one (``--ckpt last`` with a new length still finds the run it extends: api.plan_recipe); the
+# other trainer, checkpoint and logging keys say how to run, not what, so a resume on more devices
+# finds the same run. Where the data lives or whether it may be downloaded names nothing.
 NAMING_KEYS = ("model", "optim", "data.dataset", "data.augment", "data.batch_size", "loss", "seed",
-               "eval_stats", "tta", "imports")
+               "eval_stats", "tta", "imports", *LENGTH, *LIMITS)
 NOT_NAMING = ("data.dataset.download",)
 MAX_NAME = 80
 

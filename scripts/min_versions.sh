@@ -35,7 +35,7 @@ else
   pip install --quiet -e ".[dev]" $pins
 fi
 echo "min-versions: installed in $(( $(date +%s) - start )) s:" $(pip freeze | grep -iE '^(lightning|torchmetrics|omegaconf|wandb|torch|torchvision)==')
-pytest -q -p no:cacheprovider \
+pytest -q -p no:cacheprovider -n auto \
   tests/test_training.py::test_fit_writes_a_complete_run_directory \
   tests/test_training.py::test_resume_keeps_metrics_history_and_appends \
   tests/test_training.py::test_wandb_offline_run_is_written_and_finished \

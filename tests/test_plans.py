@@ -11,31 +11,13 @@ from cnnkit.config import load_config
 from cnnkit.errors import ConfigError
 from cnnkit.layers.blocks import parse_bias
 
-from .conftest import QUICKSTART, REPO
-from .test_reliability import BAD_INPUTS as RUN_BAD_INPUTS
-from .test_reliability import trained_checkpoint  # noqa: F401  (a fixture the run cases use)
-
-
-def run_main(args) -> int:
-    from cnnkit.cli import main
-
-    try:
-        return main(list(args))
-    except SystemExit as exit:  # argparse's own errors
-        return exit.code
-
-
-@pytest.mark.parametrize("case", sorted(RUN_BAD_INPUTS))
-def test_every_run_bad_input_fails_before_a_trainer_is_constructed(case, tmp_path, trained_checkpoint,  # noqa: F811
-                                                                    trainers, capsys):
-    code = run_main(RUN_BAD_INPUTS[case][0](tmp_path, trained_checkpoint))
-    assert code == 2, capsys.readouterr().err
-    assert trainers == []
+from .conftest import QUICKSTART, REPO, cli
 
 
 def test_a_good_config_does_construct_a_trainer(tmp_path, trainers):
-    """The recording fixture sees construction (so the tests above can fail)."""
-    assert run_main(["fit", "--config", QUICKSTART, "--config", str(REPO / "configs/debug/smoke.yaml")]) == 0
+    """The recording fixture sees construction (so the bad-input tests of test_cli and test_reliability,
+    which assert that none was, can fail)."""
+    assert cli("fit", "--config", QUICKSTART, "--config", str(REPO / "configs/debug/smoke.yaml")).returncode == 0
     assert len(trainers) >= 1
 
 

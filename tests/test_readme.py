@@ -61,7 +61,7 @@ def test_the_top_two_blocks_are_the_install_and_run_and_the_install_and_test_com
     blocks = readme_blocks((REPO / "README.md").read_text())
     assert [commands(b[3]) for b in blocks[:2]] == [
         ["pip install -e . && python -m cnnkit fit --config recipes/quickstart.yaml"],
-        ['pip install -e ".[dev]" && pytest']]
+        ['pip install -e ".[dev]" && pytest -n auto']]
 
 
 def test_the_readme_runs_top_to_bottom(tmp_path):
