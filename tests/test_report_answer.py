@@ -11,13 +11,14 @@ import re
 import pytest
 import yaml
 
+import cnnkit
 from cnnkit.answer import Labels
 from cnnkit.config import load_config, to_plain
 from cnnkit.errors import ConfigError
 from cnnkit.matrix import _matches, combinations
 from cnnkit.report import build_report, collect
 
-from .conftest import REPO
+from .conftest import QUICKSTART, REPO, SMOKE
 
 RECIPES = sorted(p.name[:-len(".cpu.yaml")] for p in (REPO / "recipes").glob("*.cpu.yaml"))
 
@@ -167,3 +168,17 @@ def test_a_recipe_whose_answer_names_a_key_it_does_not_have_is_refused_and_an_ex
     assert collect(tmp_path / "narrowed").answer.startswith(
         "The course expects norm=bn_pre to do best at lr=5; no runs here are of that setting, so the numbers "
         "below neither show nor refute it. Ranked by test/acc")
+
+
+def test_a_kept_run_takes_the_recipes_current_report_section(tmp_path):
+    """Runs made before a recipe declared what its answer is about are kept on the next fit (the report:
+    section changes no result) and their stored report: follows the recipe, so the answer uses it."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: kept\nmatrix:\n  model.norm: [none, bn_pre]\n")
+    cnnkit.fit_recipe([QUICKSTART, SMOKE, str(recipe)])
+    recipe.write_text("name: kept\nreport: {compare: model.norm, expect: bn_pre}\n"
+                      "matrix:\n  model.norm: [none, bn_pre]\n")
+    assert all(r.kept for r in cnnkit.fit_recipe([QUICKSTART, SMOKE, str(recipe)]))
+    stored = yaml.safe_load((tmp_path / "runs/kept/norm=none/config.yaml").read_text())
+    assert stored["report"]["expect"] == "bn_pre" and stored["trainer"]["limit_train_batches"] == 3
+    assert collect(tmp_path / "runs/kept").answer.startswith("The course expects norm=bn_pre to do best")
