@@ -205,6 +205,8 @@ def _check_resumable(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) ->
 def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     """The result of a run that already holds what was asked for."""
     status = run.read_status()
+    if process_rank() == 0:
+        _follow_report_section(run, cfg)
     if resumed:
         scheduler = length_bound(to_plain(cfg.optim.scheduler))
         longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run with "
@@ -219,6 +221,19 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
                      best_epoch=status.get("best_epoch"), epochs=status.get("epochs"),
                      last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
                      diverged=diverged, kept=True)
+
+
+def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
+    """A kept run's stored ``report:`` becomes the recipe's current one: it changes no result (what the
+    report's answer is about: its question, metric, compared key, the course's expectation), and the
+    report reads it from the runs."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    stored = yaml.safe_load(run.config_file.read_text(encoding="utf-8")) if run.config_file.is_file() else None
+    if isinstance(stored, dict) and stored.get("report") != to_plain(cfg.report):
+        stored["report"] = to_plain(cfg.report)
+        atomic_write_text(run.config_file, OmegaConf.to_yaml(OmegaConf.create(stored)))
 
 
 def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),

@@ -97,8 +97,10 @@ def build_parser() -> Parser:
                                  description="Read runs/<recipe>/*/ (metrics.csv, status.json and the analysis "
                                              "callbacks' files) and write PNG figures and REPORT.md there.")
     report.add_argument("runs", metavar="RUNS_DIR", help="a recipe's run directory, e.g. runs/bn_placement")
-    report.add_argument("--no-wandb", action="store_true",
-                        help="do not add the figures to the runs' W&B runs (done when the runs used W&B)")
+    report.add_argument("--wandb", action="store_true",
+                        help="also add the figures to the runs' W&B runs (each W&B session writes a new local run "
+                             "folder, so a run whose figures were added unchanged before is skipped)")
+    report.add_argument("--no-wandb", action="store_true", help=argparse.SUPPRESS)  # the default now; scripts pass it
     _add_output_args(report)
 
     sweep = commands.add_parser("sweep", help="write a W&B sweep YAML from a recipe's matrix",
@@ -244,7 +246,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    report = build_report(args.runs, log_to_wandb=not args.no_wandb)
+    report = build_report(args.runs, log_to_wandb=args.wandb)
     figures = sorted(p.name for p in report.parent.glob("*.png"))
     print(f"cnnkit: wrote {report}" + (f" and {', '.join(figures)} beside it" if figures else ""))
     return 0

@@ -188,7 +188,13 @@ class ReportConfig:
     target_loss: Optional[float] = None  # "steps to target": first step whose train loss is at or below
     metric: str = "test/acc"  # the headline metric of bar charts and the best variant
     question: Optional[str] = None  # the recipe's question: REPORT.md opens with it and the numbers' answer
-    compare: Optional[str] = None  # the matrix key the answer compares (default: the first one but seed)
+    # What the answer is about (cnnkit/answer.py): the matrix key the question compares (default: the first
+    # but seed), a matrix key to follow the metric along, and the compared value the course expects to do
+    # best (as a variant name spells it), in the setting of the other matrix keys given by ``where``.
+    compare: Optional[str] = None
+    along: Optional[str] = None
+    expect: Optional[str] = None
+    where: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -610,6 +616,18 @@ def check_matrix(cfg: DictConfig) -> None:
             raise ConfigError(f"matrix: key '{key}' does not exist in the config{hint}")
         _require(isinstance(values, ListConfig) and len(values) > 0,
                  f"matrix: '{key}' needs a non-empty list of values, got {to_plain(values)!r}")
+    check_report_keys(cfg)
+
+
+def check_report_keys(cfg: DictConfig) -> None:
+    """``report.compare``/``along``/``where`` name matrix keys, so a typo fails before anything trains rather
+    than leaving the answer silent (a value the matrix lacks, e.g. after narrowing it, the answer reports)."""
+    matrix = to_plain(cfg.matrix)
+    named = [("report.compare", cfg.report.compare), ("report.along", cfg.report.along),
+             *((f"report.where.{key}", key) for key in cfg.report.where)]
+    for where, key in named:
+        if key is not None and key not in matrix:
+            raise ConfigError(f"{where}: '{key}' is not a matrix key; matrix keys: {', '.join(matrix) or 'none'}")
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:

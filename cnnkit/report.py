@@ -4,21 +4,21 @@ Reads only local files — each variant's config.yaml, status.json, metrics.csv 
 whichever analyses (``cnnkit/analyses/``) its runs hold — so no W&B account is needed. REPORT.md is
 the recipe's question, an answer from the numbers and one table of every variant; each analysis
 adds its own tables and figures (the training curves and the headline metric per variant are
-analyses too, of the files every run writes). Seeds of one variant (``+seed=N`` in its name) are
-aggregated as mean ± std.
+analyses too, of the files every run writes). Runs whose configs differ by the seed alone are
+one row, aggregated as mean ± std; runs that differ in anything else are rows of their own.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .analyses import units
-from .analyses._unit import Analysis, mean_std, read_csv, read_json
+from .analyses._unit import Analysis, mean_std, read_csv, read_json, select
+from .answer import answer
 from .atomic import atomic_write_text
+from .config_diff import RESULT_NEUTRAL, differences
 from .errors import CnnkitError, first_line
 from .matrix import group_name
 
@@ -94,11 +94,54 @@ def _holding(analysis: Analysis, groups: dict[str, list[Run]]) -> dict[str, list
     return {group: group_runs for group, group_runs in held.items() if group_runs}
 
 
-def _groups(runs: list[Run]) -> dict[str, list[Run]]:
-    groups: dict[str, list[Run]] = {}
+# Keys that never make two runs different experiments: a report averages runs that differ in these alone.
+SEED_FREE = ("seed", *RESULT_NEUTRAL, "data.num_workers", "data.cache", "data.cache_budget")
+
+
+def _groups(runs: list[Run]) -> tuple[dict[str, list[Run]], dict[str, str]]:
+    """The report's rows: runs whose configs differ by the seed alone (``SEED_FREE``), each row named by
+    its variant without the seed; rows of one name are told apart by what differs (``[max_epochs=2]``),
+    and rows of limited runs (the smoke overlay, ``trainer.limit_*``) say so. Also returns each row's
+    setting outside the matrix (that bracketed part), for the answer to compare like with like."""
+    rows: list[list[Run]] = []
     for run in runs:
-        groups.setdefault(run.group, []).append(run)
-    return groups
+        row = next((rs for rs in rows if not differences(rs[0].config, run.config, SEED_FREE)), None)
+        if row is None:
+            rows.append([run])
+        else:
+            row.append(run)
+    names: dict[str, list[list[Run]]] = {}
+    for row in rows:
+        names.setdefault(row[0].group, []).append(row)
+    groups: dict[str, list[Run]] = {}
+    settings: dict[str, str] = {}
+    for row in rows:
+        limited = " [limited]" if any(r.limits for r in row) else ""
+        others = [other for other in names[row[0].group] if other is not row]
+        keys = list(dict.fromkeys(key for other in others
+                                  for key, _, _ in differences(other[0].config, row[0].config, SEED_FREE)))
+        if limited and all(_limits_apart(row, other) for other in others):
+            keys = [k for k in keys if not k.startswith("trainer.limit_")]  # [limited] tells them apart
+        setting = ",".join(f"{key.rsplit('.', 1)[-1]}={_shown(select(row[0].config, key))}" for key in keys[:3])
+        setting = (f" [{setting}{f',+{len(keys) - 3} more' if len(keys) > 3 else ''}]" if setting else "") + limited
+        name, n = row[0].group + setting, 1
+        while name in groups:  # the keys shown did not tell it apart: numbered, never merged
+            n += 1
+            name = f"{row[0].group}{setting} #{n}"
+        groups[name] = row
+        settings[name] = setting.strip()
+    return groups, settings
+
+
+def _shown(value: Any) -> str:
+    from .matrix import format_value
+
+    return "null" if value is None else format_value(value)
+
+
+def _limits_apart(row: list[Run], other: list[Run]) -> bool:
+    """Whether one of the two rows is limited and the other not."""
+    return bool(row[0].limits) != bool(other[0].limits)
 
 
 def steps_to_target(run: Run, target: Optional[float], analyses: list[Analysis]) -> Optional[int]:
@@ -114,84 +157,37 @@ def steps_to_target(run: Run, target: Optional[float], analyses: list[Analysis])
     return None
 
 
-# -- the answer ------------------------------------------------------------------------------------
-def _score(runs: list[Run], metric: str) -> Optional[float]:
-    values = [r.final(metric) for r in runs if r.status.get("status") == "finished"]
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.mean(values) if values else None
-
-
-def answer(groups: dict[str, list[Run]], metric: str, compare: Optional[str]) -> str:
-    """Two sentences from the numbers: the best and the worst variant; then, for a matrix of several
-    keys, the compared key's values averaged over the other settings and where they differ most, or,
-    for one key, the lead of the best over the next against the spread over seeds."""
-    from .analyses._unit import matrix_values
-
-    scores = {group: _score(runs, metric) for group, runs in groups.items()}
-    ranked = sorted(((s, g) for g, s in scores.items() if s is not None), reverse=True)
-    if not ranked:
-        return f"No run finished, so there is no {metric} to compare."
-    first = (f"The highest {metric} is {ranked[0][0]:.4f}, by {ranked[0][1]}" +
-             (f"; the lowest is {ranked[-1][0]:.4f}, by {ranked[-1][1]}." if len(ranked) > 1 else "."))
-    diverged = sum(r.status.get("status") == "diverged" for rs in groups.values() for r in rs)
-    lost = f"; {diverged} of {sum(len(rs) for rs in groups.values())} runs diverged" if diverged else ""
-    values = {group: matrix_values(runs[0]) for group, runs in groups.items()}
-    keys = [k for k in dict.fromkeys(k for v in values.values() for k in v) if len({v[k] for v in values.values()}) > 1]
-    key = compare if compare in keys else (keys[0] if keys else None)
-    if key is None or len(keys) == 1:
-        if len(ranked) < 2:
-            return first[:-1] + lost + "."
-        spread = [r.final(metric) for r in groups[ranked[0][1]] if r.status.get("status") == "finished"]
-        spread = [v for v in spread if v is not None]
-        noise = f" (its seeds spread ±{statistics.stdev(spread):.4f})" if len(spread) > 1 else ""
-        lead = ranked[0][0] - ranked[1][0]
-        leads = (f"ties with the next, {ranked[1][1]}" if lead < 5e-5 else
-                 f"leads the next, {ranked[1][1]}, by {lead:.4f}")
-        return f"{first} {ranked[0][1]} {leads}{noise}{lost}."
-    name = key.rsplit(".", 1)[-1]
-    parts = []
-    for value in dict.fromkeys(v[key] for v in values.values()):
-        members = [g for g, v in values.items() if v[key] == value]
-        scored = [scores[g] for g in members if scores[g] is not None]
-        failed = sum(r.status.get("status") == "diverged" for g in members for r in groups[g])
-        shown = f"{statistics.mean(scored):.4f}" if scored else "no finished run"
-        parts.append(f"{name}={_plain(value)} {shown}" +
-                     (f" ({failed} of {sum(len(groups[g]) for g in members)} runs diverged)" if failed else ""))
-    settings: dict[tuple, dict[str, Optional[float]]] = {}
-    for group, v in values.items():
-        settings.setdefault(tuple((k, v[k]) for k in keys if k != key), {})[v[key]] = scores[group]
-    gaps = [(max(s for s in by.values() if s is not None) - min(s for s in by.values() if s is not None), setting, by)
-            for setting, by in settings.items() if sum(s is not None for s in by.values()) > 1]
-    widest = ""
-    if gaps:
-        gap, setting, by = max(gaps, key=lambda item: item[0])
-        where = ", ".join(f"{k.rsplit('.', 1)[-1]}={_plain(v)}" for k, v in setting)
-        shown = " vs ".join(f"{name}={_plain(v)} {s:.4f}" for v, s in sorted(by.items(), key=lambda i: -(i[1] or -1))
-                            if s is not None)
-        widest = f"; they differ most at {where}: {shown}"
-    return f"{first} Averaged over the other settings, {metric} is " + "; ".join(parts) + widest + lost + "."
-
-
-def _plain(stored: str) -> str:
-    """A matrix value as it reads in a variant name (values are kept as JSON to compare them)."""
-    import json
-
-    from .matrix import format_value
-
-    return format_value(json.loads(stored))
-
-
 # -- the report ---------------------------------------------------------------------------------
-def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
-    """Write figures and REPORT.md into ``root`` (and add the figures to the runs' W&B runs); return REPORT.md."""
-    root = Path(root)
+@dataclass
+class Collected:
+    """A recipe's runs as the report reads them: its rows (variant → runs), their settings outside the
+    matrix, the recipe's ``report:`` section, the steps to its target loss, and the answer."""
+
+    analyses: list[Analysis]
+    runs: list[Run]
+    groups: dict[str, list[Run]]
+    config: dict[str, Any]
+    steps: dict[str, list[Optional[int]]]
+    answer: str
+
+
+def collect(root: Path | str) -> Collected:
     analyses = units()
-    runs = load_runs(root, analyses)
-    # variants made under the smoke overlay or any trainer.limit_* say so wherever they are shown
-    groups = {(f"{name} [limited]" if any(r.limits for r in group) else name): group
-              for name, group in _groups(runs).items()}
-    report_cfg = runs[0].config.get("report", {}) or {}
-    metric = report_cfg.get("metric", "test/acc")
+    runs = load_runs(Path(root), analyses)
+    groups, settings = _groups(runs)
+    config = runs[0].config.get("report", {}) or {}
+    target = config.get("target_loss")
+    steps = {group: [steps_to_target(r, target, analyses) for r in group_runs] for group, group_runs in groups.items()}
+    text = answer(groups, config, analyses, settings, steps if target is not None else None)
+    return Collected(analyses, runs, groups, config, steps, text)
+
+
+def build_report(root: Path | str, log_to_wandb: bool = False) -> Path:
+    """Write figures and REPORT.md into ``root`` and return REPORT.md; ``log_to_wandb`` also adds the figures
+    to the runs' W&B runs (see ``log_figures_to_wandb``)."""
+    root = Path(root)
+    found = collect(root)
+    analyses, runs, groups, report_cfg, steps = found.analyses, found.runs, found.groups, found.config, found.steps
     target = report_cfg.get("target_loss")
     figures: list[Optional[str]] = []
     held = [(analysis, _holding(analysis, groups)) for analysis in analyses]
@@ -206,7 +202,7 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
     lines = [f"# Report: {root.name}", ""]
     if report_cfg.get("question"):
         lines += [f"**Question:** {report_cfg['question']}", ""]
-    lines += [f"**Answer, from the numbers below:** {answer(groups, metric, report_cfg.get('compare'))}", "",
+    lines += [f"**Answer, from the numbers below:** {found.answer}", "",
               f"{len(runs)} runs in {len(groups)} variants, from `{root}`.", ""]
     limited = [r for r in runs if r.limits]
     if limited:
@@ -227,8 +223,7 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
                  mean_std([r.final("val/acc") for r in done]), mean_std([r.final("test/acc") for r in done]),
                  str(int(params)) if params else "-"]
         if target is not None:
-            steps = [steps_to_target(r, target, analyses) for r in group_runs]
-            cells.append(", ".join("never" if s is None else str(s) for s in steps))
+            cells.append(", ".join("never" if s is None else str(s) for s in steps[group]))
         cells.append("; ".join(diverged) if diverged else ", ".join(sorted(set(statuses))))
         lines.append("| " + " | ".join(cells) + " |")
     for analysis, held_groups in held:
@@ -244,21 +239,30 @@ def build_report(root: Path | str, log_to_wandb: bool = True) -> Path:
     return out
 
 
-def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
-    """Add the report's figures to every W&B run of the recipe (those with a stored run id).
+REPORTED_FILE = "wandb_report.json"  # in a run directory: the figures last added to its W&B run (name → sha256)
 
-    Each run is resumed by its id in the mode it was trained in; offline, the figures land in a
-    new offline directory with the same id, so ``wandb sync`` merges them into that run.
+
+def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
+    """Add the report's figures to every W&B run of the recipe (those with a stored run id); return how many.
+
+    W&B cannot append to a finished run's local directory: each ``wandb.init`` (resuming the run by its id)
+    writes a new one (offline: ``offline-run-<time>-<id>``, which ``wandb sync`` merges into the run). So
+    this is done only when asked (``report --wandb``), and a run whose figures were already added, unchanged,
+    is left alone: asking again with nothing new starts no W&B run at all.
     """
+    import hashlib
+    import json
     import sys
 
     from .loggers import WANDB_ID_FILE, wandb_mode, wandb_settings
 
-    targets = [r for r in runs if (r.path / WANDB_ID_FILE).is_file()]
+    digests = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in figures}
+    targets = [r for r in runs if (r.path / WANDB_ID_FILE).is_file() and read_json(r.path / REPORTED_FILE) != digests]
     if not targets or not figures:
         return 0
     import wandb
 
+    added = 0
     for run in targets:
         wb = (run.config.get("logger") or {}).get("wandb") or {}
         mode = wandb_mode(wb.get("mode", "auto"))
@@ -272,5 +276,7 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
         except Exception as err:  # the local report is written; W&B is a bonus
             print(f"cnnkit: could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: "
                   f"{first_line(err)}", file=sys.stderr)
-            return 0
-    return len(targets)
+            return added
+        atomic_write_text(run.path / REPORTED_FILE, json.dumps(digests, indent=1) + "\n")
+        added += 1
+    return added

@@ -214,15 +214,21 @@ def test_every_recipe_runs_under_the_smoke_overlay(recipe):
     assert build_report(Path("runs") / recipe).is_file()
 
 
-def test_report_adds_its_figures_to_the_runs_wandb_runs(tmp_path, monkeypatch):
+def test_report_adds_its_figures_to_the_runs_wandb_runs_only_when_asked_and_once(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     recipe = write(tmp_path / "w.yaml", "name: wb\nlogger: {wandb: {mode: offline}}\nmatrix:\n  model.norm: [none, bn_pre]\n")
     results = cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe], ["logger.wandb.mode=offline"])
-    build_report(Path("runs/wb"))
+
+    def offline(result):
+        return sorted((result.run_dir / "wandb").glob("offline-run-*"))
+
+    build_report(Path("runs/wb"))  # the default: local files only, no W&B session
+    assert [len(offline(r)) for r in results] == [1, 1]
+    for _ in range(2):  # asked twice with nothing new: the second call starts no W&B run
+        build_report(Path("runs/wb"), log_to_wandb=True)
     for result in results:
         run_id = (result.run_dir / "wandb_id").read_text().strip()
         # training, then the report's figures, under the same run id (wandb names offline directories by
         # second and id, adding "-1" when two start within one second)
-        offline = sorted((result.run_dir / "wandb").glob("offline-run-*"))
-        assert len(offline) == 2 and all(f"-{run_id}" in p.name for p in offline)
-        assert any(list(p.glob("files/media/images/report/*.png")) for p in offline)
+        assert len(offline(result)) == 2 and all(f"-{run_id}" in p.name for p in offline(result))
+        assert any(list(p.glob("files/media/images/report/*.png")) for p in offline(result))

@@ -1,5 +1,5 @@
 """The report's figures tell the truth at a glance: diverged variants marked, no two variants alike,
-axes on the finite range, no empty figure, and REPORT.md opens with an answer from the numbers."""
+axes on the finite range, no empty figure (the answer REPORT.md opens with: test_report_answer.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnkit.analyses import _unit, curves, final
-from cnnkit.report import Run, answer, build_report
+from cnnkit.analyses import _unit, curves, eval_modes, final, landscape, loss_surface
+from cnnkit.report import Run, build_report
 
 MATRIX = {"model.act": ["sigmoid", "relu"], "model.norm": ["none", "bn_pre", "bn_post"], "optim.lr": [1, 5],
           "seed": [0, 1]}
@@ -57,6 +57,18 @@ def test_no_two_variants_share_colour_and_line_style(groups):
     for runs in single.values():  # single fits: no matrix in their configs
         runs[0].config.pop("matrix")
     assert len({tuple(s["color"]) for s in _unit.variant_styles(single).values()}) == 2
+
+
+def test_many_variants_keep_clearly_different_colours_and_a_shared_colour_differs_in_line_and_marker():
+    palette = set(map(tuple, _unit.pyplot().get_cmap("tab10").colors))
+    many = {f"lr={i}": [Run(path=Path(str(i)), variant=f"lr={i}", group=f"lr={i}", status={}, metrics=[],
+                            config={"optim": {"lr": i}, "matrix": {"optim.lr": list(range(14))}})] for i in range(14)}
+    styles = _unit.variant_styles(many)
+    assert {tuple(s["color"]) for s in styles.values()} <= palette  # never tab20's pale twins
+    looks = [(tuple(s["color"]), s["linestyle"], s["marker"]) for s in styles.values()]
+    assert len(set(looks)) == 14
+    again = [look for look in looks if look[0] == looks[0][0]]  # lr=0 and lr=10 share a colour
+    assert len(again) == 2 and again[0][1] != again[1][1] and again[0][2] != again[1][2]
 
 
 def test_curves_end_diverged_runs_at_divergence_and_keep_the_axis_finite(groups, monkeypatch):
@@ -113,9 +125,82 @@ def test_a_figure_with_nothing_to_draw_is_not_written_and_the_report_says_so(tmp
     assert not (tmp_path / "recipe" / "landscape.png").exists()
 
 
-def test_the_answer_comes_from_the_numbers(groups):
-    text = answer(groups, "test/acc", "model.norm")
-    assert text.startswith("The highest test/acc is 0.9050, by ") and "the lowest is 0.8050, by act=" in text
-    assert "norm=none 0.8050; norm=bn_pre 0.9050; norm=bn_post 0.9050 (4 of 8 runs diverged)" in text
-    assert "they differ most at " in text and text.endswith("; 4 of 24 runs diverged.")
-    assert text.count(". ") == 1 and text.endswith(".")  # two sentences
+def finished(variant, value, params=1000, metric="test/acc", extras=None):
+    return Run(path=Path(variant), variant=variant, group=variant.rsplit("+seed", 1)[0], metrics=[],
+               config={"report": {"metric": metric}}, extras=extras or {},
+               status={"status": "finished", "metrics": {metric: value, "params": params}})
+
+
+def errorbar_ends(ax):
+    """(low, high) of every error bar drawn on ``ax``."""
+    from matplotlib.container import ErrorbarContainer
+
+    return [(segment[0][1], segment[1][1]) for container in ax.containers if isinstance(container, ErrorbarContainer)
+            for segment in container.lines[2][0].get_segments()]
+
+
+def test_final_fits_the_axis_to_close_values_and_shows_the_parameter_counts_that_differ(monkeypatch):
+    """cnn_vs_fc: 0.977–0.990 on a 0–1 axis looked alike, and the point (FC has 4x the parameters) was missing."""
+    groups = {"mlp": [finished("mlp+seed=0", 0.968, 536586), finished("mlp+seed=1", 0.986, 536586)],
+              "cnn_max": [finished("cnn_max+seed=0", 0.984, 131178), finished("cnn_max+seed=1", 0.986, 131178)],
+              "cnn_avg": [finished("cnn_avg+seed=0", 0.988, 131178), finished("cnn_avg+seed=1", 0.992, 131178)]}
+    figures = capture(monkeypatch, final)
+    final.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
+    ax = figures[0].axes[0]
+    low, high = ax.get_ylim()
+    assert 0.9 < low < 0.964 and 0.994 < high < 1.01  # the data's range (mean ± std), not 0–1
+    assert "the axis starts at" in ax.get_title()
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0].endswith("536,586 parameters") and ticks[1].endswith("131,178 parameters")
+    same = {"a": [finished("a", 0.5, 1000)], "b": [finished("b", 0.7, 1100)]}  # about one size: not shown
+    final.ANALYSIS.figures([r for rs in same.values() for r in rs], same, Path("."))
+    assert not any("parameters" in t.get_text() for t in figures[1].axes[0].get_xticklabels())
+    assert figures[1].axes[0].get_ylim()[0] == 0  # values far apart: bars from zero
+
+
+def test_an_error_bar_never_runs_past_the_metrics_range(monkeypatch):
+    groups = {"high": [finished(f"high+seed={i}", v) for i, v in enumerate((1.0, 0.94, 1.0))],
+              "low": [finished(f"low+seed={i}", v) for i, v in enumerate((0.02, 0.3, 0.01))]}
+    figures = capture(monkeypatch, final)
+    final.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
+    ends = errorbar_ends(figures[0].axes[0])
+    assert len(ends) == 2 and all(0 <= low and high <= 1.0 for low, high in ends)
+    assert max(high for _, high in ends) == 1.0 and min(low for low, _ in ends) == 0.0  # cut, not dropped
+
+
+def test_eval_modes_tells_running_from_precise_statistics(monkeypatch):
+    modes = [{"stats": "running", "batch_size": 64, "accuracy": 0.973}, {"stats": "batch", "batch_size": 1,
+              "accuracy": 0.10}, {"stats": "batch", "batch_size": 256, "accuracy": 0.97},
+             {"stats": "precise", "batch_size": 64, "accuracy": 0.973}]
+    groups = {name: [finished(name, 0.97, extras={"eval_modes": {"eval_modes": modes}})] for name in ("m=0.1", "m=0.5")}
+    figures = capture(monkeypatch, eval_modes)
+    eval_modes.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
+    ax = figures[0].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    running, precise = lines["m=0.1: running (any eval batch)"], lines["m=0.1: precise (any eval batch)"]
+    assert running.get_linestyle() != precise.get_linestyle() and running.get_marker() != precise.get_marker()
+    assert running.get_ydata()[0] == precise.get_ydata()[0]  # equal values: both markers still show
+    assert len(figures[0].axes) == 2 and figures[0].axes[1].get_ylim()[1] < 0.99  # a panel zoomed on the top
+
+
+def test_landscape_axes_say_what_they_measure(monkeypatch):
+    rows = [{"step": s, "loss": 1.0, "loss_min": 0.9, "loss_max": 1.2, "grad_change_min": 0.1, "grad_change_max": 0.5,
+             "beta": 3.0, "grad_norm": 1.0} for s in (0, 25, 50)]
+    groups = {"norm=bn_pre": [finished("norm=bn_pre", 0.9, extras={"landscape": {"landscape": rows}})]}
+    figures = capture(monkeypatch, landscape)
+    landscape.ANALYSIS.figures(groups["norm=bn_pre"], groups, Path("."))
+    labels = [ax.get_ylabel() for ax in figures[0].axes]
+    assert labels[0].startswith("training-batch loss") and "‖" in labels[1] and labels[2].startswith("β")
+
+
+def test_the_error_surface_says_its_condition_number_is_the_hessians_at_the_start(monkeypatch):
+    surface = {"w1": [0, 1, 2], "w2": [0, 1, 2], "loss": [[1, 2, 3], [2, 3, 4], [3, 4, 5]]}
+    path = [{"step": 0, "w1": 0.0, "w2": 0.0, "loss": 1.0}, {"step": 1, "w1": 1.0, "w2": 1.5, "loss": 0.5}]
+    data = {"surface": surface, "trajectory": path, "hessian": {"condition_number": 1.02}}
+    groups = {"norm=input": [finished("norm=input", 0.9, extras={"loss_surface": data})]}
+    figures = capture(monkeypatch, loss_surface)
+    loss_surface.ANALYSIS.figures(groups["norm=input"], groups, Path("."))
+    ax = figures[0].axes[0]
+    assert "condition number of the Hessian at the start (●): 1.02" in ax.get_title()
+    start = [line for line in ax.get_lines() if line.get_label() == "start"]
+    assert list(start[0].get_xydata()[0]) == [0.0, 0.0]

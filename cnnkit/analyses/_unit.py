@@ -58,30 +58,63 @@ def report_setting(runs: list, key: str, default: Any) -> Any:
     return ((runs[0].config.get("report") or {}) if runs else {}).get(key, default)
 
 
+def by_label(groups: dict[str, list], labels: dict[str, str], measure) -> dict[str, list[float]]:
+    """``measure(run)`` of every run that has one, gathered by the compared value it belongs to."""
+    found: dict[str, list[float]] = {}
+    for group, runs in groups.items():
+        values = [v for v in (measure(r) for r in runs) if v is not None and math.isfinite(v)]
+        if values:
+            found.setdefault(labels.get(group, group), []).extend(values)
+    return found
+
+
+def metric_bounds(metric: str) -> tuple[float, Optional[float]]:
+    """The range a metric's values can take: an accuracy's [0, 1], anything else's [0, ∞)."""
+    return (0.0, 1.0) if "acc" in metric.rsplit("/", 1)[-1] else (0.0, None)
+
+
+def sizes_differ(counts: list[int]) -> bool:
+    """Whether models' parameter counts differ enough to be part of a comparison (by half or more)."""
+    counts = [c for c in counts if c]
+    return bool(counts) and max(counts) >= 1.5 * min(counts)
+
+
+def listed(parts: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
+def select(config: dict[str, Any], key: str) -> Any:
+    """A dotted key's value in a stored config (None where it is absent)."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def matrix_values(run) -> dict[str, Any]:
-    """The run's value of each matrix key but the seed, from its stored config (its place in the matrix)."""
+    """The run's value of each matrix key but the seed, from its stored config (its place in the matrix),
+    as JSON text to compare."""
     config = run.config or {}
-    values = {}
-    for key in (config.get("matrix") or {}):
-        if key == "seed":
-            continue
-        node: Any = config
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        values[key] = json.dumps(node, sort_keys=True)
-    return values
+    return {key: json.dumps(select(config, key), sort_keys=True) for key in (config.get("matrix") or {})
+            if key != "seed"}
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h")  # no x: a curve's × marks where it diverged
 
 
 def variant_styles(groups: dict[str, list]) -> dict[str, dict[str, Any]]:
-    """A colour and a line style per variant, no two variants alike: the matrix key with the fewest
-    values (at most four) picks the line style, the other keys together the colour."""
+    """A colour, a line style and a marker per variant, no two variants alike: the matrix key with the
+    fewest values (at most four) picks the line style and the marker, the other keys together the colour,
+    from a qualitative palette of ten clearly different colours; past ten colours, the line style and the
+    marker cycle with each round of the palette."""
     plt = pyplot()
     values = {group: matrix_values(runs[0]) for group, runs in groups.items()}
-    if not any(values.values()):  # runs made without a matrix (single fits of one name): by their names
-        values = {group: {"variant": group} for group in groups}
+    if len({json.dumps(v, sort_keys=True) for v in values.values()}) < len(values):
+        values = {group: {"variant": group} for group in groups}  # not told apart by the matrix: by their names
     keys = [k for k in dict.fromkeys(k for v in values.values() for k in v)
             if len({v.get(k) for v in values.values()}) > 1]
     styled = min((k for k in keys if len({v.get(k) for v in values.values()}) <= len(LINE_STYLES)),
@@ -89,14 +122,16 @@ def variant_styles(groups: dict[str, list]) -> dict[str, dict[str, Any]]:
     colour_keys = [k for k in keys if k != styled]
     colours = list(dict.fromkeys(tuple(v.get(k) for k in colour_keys) for v in values.values()))
     styles = list(dict.fromkeys(v.get(styled) for v in values.values())) if styled else [None]
-    palette = plt.get_cmap("tab10" if len(colours) <= 10 else "tab20").colors
-    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
+    palette = plt.get_cmap("tab10").colors
     out = {}
     for group, v in values.items():
         c = colours.index(tuple(v.get(k) for k in colour_keys))
+        shape = styles.index(v.get(styled)) if styled else 0
+        turn = c // len(palette)  # which round of the palette: the same colour again, drawn otherwise
         out[group] = {"color": palette[c % len(palette)],
-                      "linestyle": LINE_STYLES[styles.index(v.get(styled))] if styled else "-",
-                      "marker": markers[c // len(palette)] if len(colours) > len(palette) else None}
+                      "linestyle": LINE_STYLES[(shape + turn) % len(LINE_STYLES)],
+                      "marker": MARKERS[(shape + turn * len(styles)) % len(MARKERS)]
+                      if styled or len(colours) > len(palette) else None}
     return out
 
 
@@ -161,6 +196,11 @@ class Analysis:
     def figures(self, runs: list, groups: dict[str, list], out: Path) -> list[Optional[str]]:
         """File names of the figures written into ``out`` (None for one with no data to draw)."""
         return []
+
+    def answer(self, runs: list, groups: dict[str, list], labels: dict[str, str]) -> str:
+        """A sentence for the answer REPORT.md opens with: this analysis's measure compared across the
+        question's values (``labels``: each variant's value of the compared key, as the answer names it)."""
+        return ""
 
     def training_loss(self, data: dict[str, Any]) -> Optional[list[tuple[float, float]]]:
         """A per-step training-loss series finer than metrics.csv's, for "steps to target" (None: none)."""

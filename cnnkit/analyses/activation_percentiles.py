@@ -10,6 +10,7 @@ Without BN the percentiles drift in mean and spread; with BN they stay put.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,7 +20,7 @@ import torch
 from ..layers.batch_stats import batch_statistics
 from ..layers.blocks import WeightNormAct
 from ..callbacks.output import RowLog
-from ._unit import Analysis, pyplot, save_figure, table
+from ._unit import Analysis, by_label, listed, pyplot, save_figure, table
 
 
 def default_activation(model: torch.nn.Module) -> str:
@@ -92,6 +93,26 @@ class ActivationPercentilesReport(Analysis):
         """How far the 50th percentile of the probed unit's input moved over training (E2)."""
         values = [r["p50"] for r in self.of(run).get("activations", []) if r.get("p50") is not None]
         return max(values) - min(values) if values else None
+
+    def answer(self, runs, groups, labels) -> str:
+        drift = by_label(groups, labels, self.median_range)
+        if not drift:
+            return ""
+        order = sorted(drift, key=lambda label: statistics.mean(drift[label]))
+
+        def span(values: list[float]) -> str:
+            return f"{min(values):.2f}–{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+        text = ("Over training, the median of the probed unit's input moved by " +
+                listed([f"{span(drift[label])} with {label}" for label in order]))
+        if len(order) > 1:
+            others = [v for label in order[1:] for v in drift[label]]
+            if max(drift[order[0]]) < min(others):
+                text += f": every run with {order[0]} moved less than every " + (
+                    f"run with {order[1]}" if len(order) == 2 else "other run")
+            else:
+                text += f": the runs overlap (not every run with {order[0]} moved less)"
+        return text + "."
 
     def tables(self, runs, groups) -> list[str]:
         ranges = [(r.variant, self.median_range(r)) for r in runs if self.median_range(r) is not None]

@@ -1,7 +1,7 @@
 """Training loss and validation accuracy over the steps, a line per variant (every run holds metrics.csv).
 
-No two variants are drawn alike (a colour per matrix value, a line style per the key with the
-fewest values); a diverged run's line ends where it diverged, with a ×, and the loss axis keeps to
+No two variants are drawn alike (a colour per matrix value, a line style and marker per the key
+with the fewest values); a diverged run's line ends where it diverged, with a ×, and the loss axis keeps to
 the runs that did not diverge, so one exploding run does not flatten every other curve.
 """
 
@@ -40,9 +40,10 @@ class Curves(Analysis):
                     steps, values = finite_until(run, key)
                     if not steps:
                         continue
-                    ax.plot(steps, values, color=style["color"], linestyle=style["linestyle"], marker=style["marker"],
-                            markersize=3, lw=1.3 if i == 0 else 0.6, alpha=1.0 if i == 0 else 0.5,
-                            label=group if i == 0 else None)
+                    ax.plot(steps, values, color=style["color"], linestyle=style["linestyle"],
+                            marker=style["marker"] if i == 0 else None, markersize=4,
+                            markevery=max(1, len(steps) // 8),  # a few markers per line: they name it, not hide it
+                            lw=1.3 if i == 0 else 0.6, alpha=1.0 if i == 0 else 0.5, label=group if i == 0 else None)
                     if diverged_at(run) is not None:
                         ends.append((style["color"], steps[-1], values[-1]))
                         lost += values

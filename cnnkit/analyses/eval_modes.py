@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from ..layers.batch_stats import batch_statistics
 from ..callbacks.output import run_path, write_json
 from ..callbacks.precise_bn import recompute_bn_statistics
-from ._unit import Analysis, mean_std, pyplot, readable_log_axis, save_figure, table
+from ._unit import LINE_STYLES, Analysis, listed, mean_std, pyplot, readable_log_axis, save_figure, table
 
 STATS = ("running", "batch", "precise")
 
@@ -95,6 +95,52 @@ class EvalModesReport(Analysis):
     def _modes(self, run) -> list[dict[str, Any]]:
         return self.of(run).get("eval_modes") or []
 
+    def answer(self, runs, groups, labels) -> str:
+        """Modes of one eval batch size each (E4): ranked over every run. Modes whose batch follows the
+        training batch (E7): per compared value, the largest change from the first mode to another."""
+        entries = [(group, item) for group, rs in groups.items() for r in rs for item in self._modes(r)]
+        if not entries:
+            return ""
+        width = max(len(self._modes(r)) for rs in groups.values() for r in rs)
+        fixed = all(len({self._modes(r)[i]["batch_size"] for rs in groups.values() for r in rs
+                         if len(self._modes(r)) > i}) == 1 for i in range(width))
+
+        if fixed:
+            scores: dict[tuple[str, int], list[float]] = {}
+            for _, item in entries:
+                mode = (item["stats"], item["batch_size"] if item["stats"] == "batch" else 0)
+                scores.setdefault(mode, []).append(item["accuracy"])
+            order = sorted(scores, key=lambda mode: -statistics.mean(scores[mode]))
+            parts = []
+            for i, (stats, size) in enumerate(order):
+                if stats != "batch":
+                    name = f"{stats} statistics"
+                elif i and order[i - 1][0] == "batch":  # the same kind as the one before: its batch size says it
+                    name = f"at batch {size}"
+                else:
+                    name = f"each eval batch's own statistics at batch {size}"
+                parts.append(f"{name} {statistics.mean(scores[(stats, size)]):.4f}")
+            return "Evaluated on the same weights, test accuracy from highest to lowest: " + ", ".join(parts) + "."
+        changes: dict[str, tuple[float, str, float, float, str]] = {}
+        for group, rs in groups.items():
+            modes = [self._modes(r) for r in rs if self._modes(r)]
+            if not modes:
+                continue
+            for i in range(1, min(len(m) for m in modes)):
+                before = statistics.mean(m[0]["accuracy"] for m in modes)
+                after = statistics.mean(m[i]["accuracy"] for m in modes)
+                label = labels.get(group, group)
+                if label not in changes or abs(after - before) > abs(changes[label][0]):
+                    changes[label] = (after - before, group, before, after,
+                                      "the training batch's own statistics" if modes[0][i]["stats"] == "batch"
+                                      else f"{modes[0][i]['stats']} statistics")
+        if not changes:
+            return ""
+        first = entries[0][1]["stats"]
+        return (f"Evaluated with other statistics than the {first} ones, test accuracy changes most by " +
+                listed([f"{change:+.4f} with {label} ({mode}, at {group}: {before:.4f} → {after:.4f})"
+                        for label, (change, group, before, after, mode) in changes.items()]) + ".")
+
     def tables(self, runs, groups) -> list[str]:
         # columns by position: a mode whose batch size follows data.batch_size differs per variant
         width = max(len(self._modes(r)) for rs in groups.values() for r in rs)
@@ -125,27 +171,51 @@ class EvalModesReport(Analysis):
                     points = series.setdefault((base, item["stats"]), {})
                     points.setdefault(item["batch_size"], []).append(item["accuracy"])
         bases = list(dict.fromkeys(base for base, _ in series))
-        palette = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20").colors
-        fig, ax = plt.subplots(figsize=(8.5, 4.8))
+        palette = plt.get_cmap("tab10").colors
+        sizes_shown = sorted({size for points in series.values() for size in points})
+        lines = []  # (variant, x, y, style, label) once, drawn on each panel
         for (base, stats), points in series.items():
             sizes = sorted(points)
-            color, style = palette[bases.index(base) % len(palette)], STAT_STYLES[stats]
+            style = {**STAT_STYLES[stats], "color": palette[bases.index(base) % len(palette)]}
+            turn = bases.index(base) // len(palette)  # past ten variants the colours repeat: the line style moves on
+            if turn:
+                style["linestyle"] = LINE_STYLES[(LINE_STYLES.index(style["linestyle"]) + turn) % len(LINE_STYLES)]
             if len(sizes) == 1 and stats != "batch":  # eval mode normalizes each sample alone: any batch size
-                ax.axhline(statistics.mean(points[sizes[0]]), color=color, linestyle=style, lw=1.2,
-                           label=f"{base}: {stats} (any eval batch)")
-                continue
-            ax.plot(sizes, [statistics.mean(points[s]) for s in sizes], marker="o", ms=4, color=color,
-                    linestyle=style, label=f"{base}: {stats}")
-        ax.set_xscale("log")
-        readable_log_axis(ax, "x")
-        ax.set_xlabel("eval batch size")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.set_title("test accuracy by BN statistics (line style) and eval batch size (mean over seeds)", fontsize=9)
-        fig.legend(*ax.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
-                   frameon=False)
+                value = statistics.mean(points[sizes[0]])
+                lines.append((base, sizes_shown, [value] * len(sizes_shown), style,
+                              f"{base}: {stats} (any eval batch)"))
+            else:
+                lines.append((base, sizes, [statistics.mean(points[s]) for s in sizes], style, f"{base}: {stats}"))
+        fixed = [y[0] for _, _, y, _, label in lines if "any eval batch" in label]
+        everything = [v for _, _, y, _, _ in lines for v in y]
+        zoom = None
+        if fixed:  # running and precise close together far above the rest: a second panel zoomed on them
+            pad = max(0.005, 0.6 * (max(fixed) - min(fixed)))
+            if min(everything) < min(fixed) - 8 * pad:
+                zoom = (min(fixed) - pad, max(fixed) + pad)
+        fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(13 if zoom else 8.5, 4.8), squeeze=False)
+        for ax in axes[0]:
+            for base, x, y, style, label in lines:
+                # variants side by side around each eval batch size: equal values do not hide one another
+                shift = 1.07 ** (bases.index(base) - (len(bases) - 1) / 2)
+                ax.plot([size * shift for size in x], y, lw=1.2, label=label, **style)
+            ax.set_xscale("log")
+            readable_log_axis(ax, "x")
+            ax.set_xlabel("eval batch size")
+            ax.set_ylabel("test accuracy")
+        axes[0][0].set_ylim(0, 1.02)
+        axes[0][0].set_title("test accuracy by BN statistics (line style and marker) and eval batch size "
+                             "(mean over seeds; variants side by side)", fontsize=9)
+        if zoom:
+            axes[0][1].set_ylim(*zoom)
+            axes[0][1].set_title(f"the same, zoomed on {zoom[0]:.3f}–{zoom[1]:.3f}", fontsize=9)
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=7, frameon=False)
         return [save_figure(fig, out / "eval_modes.png")]
 
 
-STAT_STYLES = {"running": "-", "batch": "--", "precise": ":"}
+# running and precise statistics often give the same accuracy: a filled circle inside a larger hollow triangle
+STAT_STYLES = {"running": {"linestyle": "-", "marker": "o", "ms": 4},
+               "batch": {"linestyle": "--", "marker": "s", "ms": 4},
+               "precise": {"linestyle": ":", "marker": "^", "ms": 9, "markerfacecolor": "none", "mew": 1.3}}
 ANALYSIS = EvalModesReport()

@@ -12,7 +12,7 @@ import torch
 
 from ..callbacks.output import write_json
 from ._full_batch import loss_of_flat, train_tensors
-from ._unit import Analysis, table
+from ._unit import Analysis, by_label, listed, table
 
 
 class HessianLR(L.Callback):
@@ -50,6 +50,22 @@ Callback = HessianLR
 
 class HessianReport(Analysis):
     files = ("hessian.json",)
+
+    def answer(self, runs, groups, labels) -> str:
+        kappa = by_label(groups, labels, lambda r: self.of(r)["hessian"]["condition_number"])
+        step = by_label(groups, labels, lambda r: self.of(r)["hessian"]["largest_stable_lr"])
+        if not kappa:
+            return ""
+        order = sorted(kappa, key=lambda label: -max(kappa[label]))
+
+        def number(value: float) -> str:
+            return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+        return ("The Hessian of the training loss at the start has condition number " +
+                listed([f"{number(max(kappa[label]))} with {label}" for label in order]) +
+                "; the largest stable step of gradient descent, 2/λmax, is " +
+                listed([f"{min(step[label]):.3g}" for label in order]) + (" in the same order." if len(order) > 1
+                                                                          else "."))
 
     def tables(self, runs, groups) -> list[str]:
         rows = []

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..callbacks.output import RowLog
-from ._unit import Analysis, mean_std, pyplot, readable_log_axis, save_figure, table, variant_styles
+from ._unit import (Analysis, by_label, listed, mean_std, pyplot, readable_log_axis, save_figure, table,
+                    variant_styles)
 
 
 def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
@@ -103,6 +104,21 @@ class LandscapeReport(Analysis):
                 "grad_change": statistics.mean(r["grad_change_max"] for r in finite),
                 "beta": statistics.mean(r["beta"] for r in finite)}
 
+    def answer(self, runs, groups, labels) -> str:
+        measures = {key: by_label(groups, labels, lambda r, key=key: (self.means(r) or {}).get(key))
+                    for key in ("loss_range", "grad_change", "beta")}
+        if not measures["loss_range"]:
+            return ""
+        mean = {key: {label: statistics.mean(v) for label, v in found.items()} for key, found in measures.items()}
+        order = sorted(mean["loss_range"], key=mean["loss_range"].get)
+        shown = {key: listed([f"{mean[key][label]:.3g}" for label in order]) for key in ("grad_change", "beta")}
+        return ("Probed along the gradient, the loss varies over the step sizes by " +
+                listed([f"{mean['loss_range'][label]:.3g} with {label}" for label in order]) +
+                (f"; the gradient changes by up to {shown['grad_change']} and the effective β-smoothness is "
+                 f"{shown['beta']}, in the same order" if len(order) > 1 else
+                 f"; the gradient changes by up to {shown['grad_change']}, the effective β-smoothness is "
+                 f"{shown['beta']}") + " (means over the probes and seeds).")
+
     def tables(self, runs, groups) -> list[str]:
         scapes = [(g, [self.means(r) for r in rs]) for g, rs in groups.items() if any(self.means(r) for r in rs)]
         if not scapes:
@@ -131,11 +147,14 @@ class LandscapeReport(Analysis):
                                  alpha=0.35, color=color, linestyle=style, label=group)
             marker = "o" if len(steps) < 3 else None  # a probe or two: a line would not show
             axes[2].plot(steps, [r["beta"] for r in rows], color=color, linestyle=style, marker=marker, label=group)
-        for ax, title in zip(axes, ("loss along the gradient (range over step sizes)",
-                                    "gradient predictiveness: ‖∇L(θ−ηg) − ∇L(θ)‖",
-                                    "effective β-smoothness")):
+        for ax, title, label in zip(axes, ("loss along the gradient (range over step sizes)",
+                                           "gradient predictiveness: ‖∇L(θ−ηg) − ∇L(θ)‖",
+                                           "effective β-smoothness"),
+                                    ("training-batch loss L(θ − ηg)", "gradient change ‖∇L(θ − ηg) − ∇L(θ)‖",
+                                     "β = max over η of ‖∇L(θ − ηg) − ∇L(θ)‖ / ‖ηg‖")):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
+            ax.set_ylabel(label, fontsize=8)
             if ax.has_data():
                 ax.set_yscale("log")
                 readable_log_axis(ax)

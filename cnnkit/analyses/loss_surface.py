@@ -2,7 +2,8 @@
 
 The weights are recorded after every step (``trajectory.csv``, with the full-batch loss) and, at
 the end, the loss on a grid around the path (``surface.json``), for the contour plot. With
-``hessian_lr`` in the same run the plot's title shows the condition number.
+``hessian_lr`` in the same run the plot's title shows the condition number of the Hessian at the
+start point (marked): away from it the loss is not quadratic, so the contours need not match it.
 """
 
 from __future__ import annotations
@@ -85,8 +86,12 @@ class LossSurfaceReport(Analysis):
             ax.clabel(contours, fontsize=6)
             path = data["trajectory"]
             ax.plot([r["w1"] for r in path], [r["w2"] for r in path], "r.-", ms=2, lw=0.8, label="descent path")
+            ax.plot(path[0]["w1"], path[0]["w2"], "o", color="black", ms=6, label="start", zorder=3)
             kappa = (data.get("hessian") or {}).get("condition_number")
-            ax.set_title(f"{run.variant}" + (f" (condition number {kappa:,.0f})" if kappa else ""), fontsize=9)
+            # the Hessian is taken at the start: away from it the loss is not quadratic and the contours bend
+            shown = "" if not kappa else f"{kappa:,.0f}" if kappa >= 100 else f"{kappa:.3g}"
+            ax.set_title(f"{run.variant}" + (f"\ncondition number of the Hessian at the start (●): {shown}"
+                                             if kappa else ""), fontsize=9)
             ax.set_xlabel("w1")
             ax.set_ylabel("w2")
             ax.legend(fontsize=7)

@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..callbacks.output import RowLog
 from ..layers import bn_math
 from ..layers.batch_stats import batch_statistics
-from ._unit import Analysis, mean_std, pyplot, readable_log_axis, save_figure, table
+from ._unit import Analysis, by_label, listed, mean_std, pyplot, readable_log_axis, save_figure, table
 
 MIN_STD = 1e-5  # a channel that is constant over the data (a dead ReLU's output) has no scale to divide by
 
@@ -105,6 +105,19 @@ class RunningStatsGapReport(Analysis):
 
     def _rows(self, run) -> list[dict]:
         return self.of(run).get("running_stats_gap", [])
+
+    def answer(self, runs, groups, labels) -> str:
+        gap = {kind: by_label(groups, labels, lambda r, kind=kind: _final_average(self._rows(r), kind)
+                              if self._rows(r) else None) for kind in ("mean_gap", "var_gap")}
+        if not gap["mean_gap"]:
+            return ""
+        mean = {kind: {label: statistics.mean(v) for label, v in found.items()} for kind, found in gap.items()}
+        order = sorted(mean["mean_gap"], key=mean["mean_gap"].get)
+        return ("At the last validation, BN's running means are off the population's by " +
+                listed([f"{mean['mean_gap'][label]:.4f}{' population stds' if i == 0 else ''} with {label}"
+                        for i, label in enumerate(order)]) +
+                ", its running variances by " + listed([f"{mean['var_gap'][label]:.4f}" for label in order]) +
+                (" in the same order" if len(order) > 1 else "") + " (relative; averages over the BN layers).")
 
     def tables(self, runs, groups) -> list[str]:
         cells = []
