@@ -209,8 +209,8 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
         _follow_report_section(run, cfg)
     if resumed:
         scheduler = length_bound(to_plain(cfg.optim.scheduler))
-        longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run with "
-                  f"--overwrite or name=<new name>" if scheduler else "raise trainer.max_epochs to train on")
+        longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run without "
+                  f"--ckpt last, in a directory of its own" if scheduler else "raise trainer.max_epochs to train on")
         say(f"cnnkit: run '{run.path}' already finished; nothing to resume ({longer})")
     best = status.get("best_checkpoint")
     diverged = None

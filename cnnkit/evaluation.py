@@ -76,8 +76,9 @@ def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
 
     runs_dir = cfg.runs_dir
     named = any(o.partition("=")[0].strip() == "name" for o in overrides)
-    found = sorted(Path(runs_dir).glob(f"{cfg.name if named else '*'}/{cfg.variant if cfg.variant != 'default' else '*'}"
-                                       f"/checkpoints/last.ckpt"))
+    pattern = f"{cfg.name if named else '*'}/{cfg.variant if cfg.variant != 'default' else '*'}/checkpoints/last.ckpt"
+    # runs_dir/<name>/<variant>, and one level deeper: the smoke and ddp_cpu presets' runs_dir/smoke/...
+    found = sorted([*Path(runs_dir).glob(pattern), *Path(runs_dir).glob(f"*/{pattern}")])
     if len(found) == 1:  # the one run here (the caller names the checkpoint it takes)
         return RunDir(found[0].parent.parent)
     if not found:

@@ -137,7 +137,7 @@ class RunDir:
             label = {"running": " killed", "failed": " failed", "interrupted": "n interrupted"}.get(state, "")
             raise CnnkitError(
                 f"run directory '{self.path}' already holds a{label} run; resume it with --ckpt last, "
-                f"start over with --overwrite, or set name=<new name> for a new run"
+                f"keep it and start a new run with name=<new name>, or replace it with --overwrite"
             )
         changed = [d for d in diffs if d[0] not in RESUME_FREE + LENGTH]
         if changed:
@@ -161,7 +161,8 @@ class RunDir:
         action = "resume it with" if resuming else "reuse it for"
         return CnnkitError(
             f"run '{self.path}' ({state}) was made with another config, so cnnkit will not {action} this one: "
-            f"{describe(diffs)}; start over with --overwrite, or set name=<new name> for a new run"
+            f"{describe(diffs)}; keep it and train this config as a new run with name=<new name>, or replace it "
+            f"with --overwrite (which deletes it)"
         )
 
 
@@ -209,6 +210,6 @@ def _check_schedule_follows(run: RunDir, cfg: Any, length: list) -> None:
     if name:
         raise CnnkitError(
             f"run '{run.path}': optim.scheduler={name} is laid out over the run's length ({describe(length)}), "
-            f"so changing the length would jump its learning rate; train a new run of the length you want "
-            f"(--overwrite, or name=<new name>)"
+            f"so changing the length would jump its learning rate; train a run of the length you want without "
+            f"--ckpt last (a run's length names its directory)"
         )

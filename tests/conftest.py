@@ -84,6 +84,14 @@ def tiny_config(*overrides: str, files=(QUICKSTART, SMOKE)):
     return load_config(list(files), list(overrides))
 
 
+def edited_recipe(edit: str) -> tuple[str, ...]:
+    """The tiny recipe's files with ``edit`` (YAML) written over them: a user who changes a recipe after
+    running it. Its runs keep their names, so a finished one is refused rather than overwritten."""
+    path = Path("edit.yaml").resolve()
+    path.write_text(edit)
+    return QUICKSTART, SMOKE, str(path)
+
+
 def run_cli(*args: str, cwd=None, timeout: int = 300, env_extra=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1", "PYTHONPATH": str(REPO),
            **(env_extra or {})}

@@ -99,9 +99,9 @@ def test_the_gap_is_measured_against_exact_population_statistics(tmp_path):
 def test_the_report_draws_the_gap_per_layer_and_tables_it_per_variant(tmp_path):
     _fit("variant=a", GAP)
     _fit("variant=b", GAP, "model.norm={name: bn_pre, momentum: 0.5}")
-    text = build_report(tmp_path / "runs/quickstart", log_to_wandb=False).read_text()
+    text = build_report(tmp_path / "runs/smoke/quickstart", log_to_wandb=False).read_text()
     table = text.split("## BN running statistics vs the population")[1]
     assert re.search(r"\| a \[limited\] \| \d\.\d{4} \| \d\.\d{4} \| [\w.]+norm: \d\.\d{4} \|", table)
     assert "| b [limited] |" in table
-    assert (tmp_path / "runs/quickstart/running_stats_gap.png").stat().st_size > 10_000
+    assert (tmp_path / "runs/smoke/quickstart/running_stats_gap.png").stat().st_size > 10_000
     assert "![running_stats_gap.png](running_stats_gap.png)" in text

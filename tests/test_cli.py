@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, cli, run_cli
+from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, cli, edited_recipe, run_cli
 
 
 def test_help_imports_neither_torch_nor_lightning():
@@ -130,12 +130,12 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     tiny = ["--config", QUICKSTART, "--config", SMOKE]
     fit = cli("fit", *tiny, "trainer.max_epochs=1")
     assert fit.returncode == 0, fit.stderr
-    run = tmp_path / "runs" / "quickstart" / "default"
+    run = tmp_path / "runs" / "smoke" / "quickstart" / "default"  # the smoke overlay's own runs_dir
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
     kept = cli("fit", *tiny, "trainer.max_epochs=1")
     assert kept.returncode == 0 and "finished before with the same config; kept it" in kept.stderr
-    refused = cli("fit", *tiny, "trainer.max_epochs=2")
+    refused = cli("fit", *tiny, "--config", edited_recipe("trainer: {max_epochs: 2}")[-1])  # the recipe, edited
     assert_one_line_error(refused, "was made with another config, so cnnkit will not reuse it for this one: "
                                    "trainer.max_epochs 1 → 2")
     cosine = cli("fit", *tiny, "trainer.max_epochs=2", "--ckpt", "last")

@@ -140,7 +140,7 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
                    timeout=400, env_extra={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for variant in ("sync_bn=false", "sync_bn=true"):
-        run = tmp_path / "runs" / "ddp" / variant
+        run = tmp_path / "runs" / "ddp_cpu" / "ddp" / variant  # the ddp_cpu preset's own runs_dir
         assert json.loads((run / "status.json").read_text())["status"] == "finished"
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run per variant, not per rank
     lines = proc.stdout.splitlines()  # reported once, by rank 0

@@ -186,7 +186,7 @@ def test_report_renders_from_a_small_run(tmp_path):
                                         "{name: landscape, every_n_steps: 1, multipliers: [1, 2]}]\n"
                                         "matrix:\n  model.norm: [none, bn_pre]\n  seed: [0, 1]\n")
     cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe])
-    report = build_report(Path("runs/tiny"))
+    report = build_report(Path("runs/smoke/tiny"))
     text = report.read_text()
     assert "| norm=none [limited] | 2 |" in text and "| norm=bn_pre [limited] | 2 |" in text
     assert "range of the median" in text and "Landscape probes" in text
@@ -211,7 +211,7 @@ def test_every_recipe_runs_under_the_smoke_overlay(recipe):
     results = cnnkit.fit_recipe(files, overrides)
     # no recipe diverges in 3 smoke batches (E3/E5's large learning rates need the full reduced run)
     assert results and [r.status for r in results] == ["finished"] * len(results)
-    assert build_report(Path("runs") / recipe).is_file()
+    assert build_report(Path("runs/smoke") / recipe).is_file()
 
 
 def test_report_adds_its_figures_to_the_runs_wandb_runs_only_when_asked_and_once(tmp_path, monkeypatch):
@@ -222,10 +222,10 @@ def test_report_adds_its_figures_to_the_runs_wandb_runs_only_when_asked_and_once
     def offline(result):
         return sorted((result.run_dir / "wandb").glob("offline-run-*"))
 
-    build_report(Path("runs/wb"))  # the default: local files only, no W&B session
+    build_report(Path("runs/smoke/wb"))  # the default: local files only, no W&B session
     assert [len(offline(r)) for r in results] == [1, 1]
     for _ in range(2):  # asked twice with nothing new: the second call starts no W&B run
-        build_report(Path("runs/wb"), log_to_wandb=True)
+        build_report(Path("runs/smoke/wb"), log_to_wandb=True)
     for result in results:
         run_id = (result.run_dir / "wandb_id").read_text().strip()
         # training, then the report's figures, under the same run id (wandb names offline directories by

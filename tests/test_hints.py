@@ -42,10 +42,10 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
     assert first.returncode == 0, first.stderr[-2000:]
     alone = cli("test", "--ckpt", "last")
     assert alone.returncode == 0, alone.stderr[-2000:]
-    assert "--ckpt last: runs/quickstart/default/checkpoints/last.ckpt (the only run under runs/)" in alone.stdout
+    assert "--ckpt last: runs/smoke/quickstart/default/checkpoints/last.ckpt (the only run under runs/)" in alone.stdout
     assert "test/acc" in alone.stdout
     best = cli("test", "--ckpt", "best")  # the best checkpoint, by checkpoint.monitor; epochs from 1
-    assert best.returncode == 0 and "--ckpt best: runs/quickstart/default/checkpoints/best-epoch001-" in best.stdout
+    assert best.returncode == 0 and "--ckpt best: runs/smoke/quickstart/default/checkpoints/best-epoch001-" in best.stdout
 
     second = cli("fit", "--config", QUICKSTART, "--config", SMOKE, "model.norm=bn_post")
     assert second.returncode == 0, second.stderr[-2000:]
@@ -57,7 +57,7 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
     with_config = cli("test", "--ckpt", "last", "--config", QUICKSTART, "--config", SMOKE, "model.norm=bn_post")
     assert with_config.returncode == 0, with_config.stderr[-2000:]
     by_override = cli("test", "--ckpt", "last", "model.norm=bn_post")  # the variant it names
-    assert by_override.returncode == 0 and "--ckpt last: runs/quickstart/norm=bn_post/checkpoints/last.ckpt" in \
+    assert by_override.returncode == 0 and "--ckpt last: runs/smoke/quickstart/norm=bn_post/checkpoints/last.ckpt" in \
         by_override.stdout, by_override.stderr[-2000:]
 
 

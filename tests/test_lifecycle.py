@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import cnnkit
+from cnnkit.config import load_config
 from cnnkit.errors import CnnkitError
 
-from .conftest import QUICKSTART, REPO, SMOKE, cli, tiny_config
+from .conftest import QUICKSTART, REPO, SMOKE, cli, edited_recipe, tiny_config
 
 FEW = ["trainer.limit_train_batches=3", "trainer.max_epochs=4", "trainer.log_every_n_steps=1"]
 
@@ -44,15 +45,16 @@ def test_a_step_save_at_the_epochs_last_step_is_replaced_by_the_end_of_epoch_sta
 def test_a_finished_run_trains_on_only_where_its_schedule_allows(scheduler, extends):
     short = tiny_config("trainer.limit_train_batches=3", f"optim.scheduler={scheduler}")
     first = cnnkit.fit(short)
-    longer = tiny_config("trainer.limit_train_batches=3", f"optim.scheduler={scheduler}", "trainer.max_epochs=2")
-    assert longer.variant == short.variant  # the length does not name the run
+    longer = ["trainer.limit_train_batches=3", f"optim.scheduler={scheduler}", "trainer.max_epochs=2"]
+    assert tiny_config(*longer).variant != short.variant  # a new length names a new run...
     if not extends:
         with pytest.raises(CnnkitError, match=r"laid out over the run's length \(trainer.max_epochs 1 → 2\), so "
                                               r"changing the length would jump its learning rate"):
-            cnnkit.fit(longer, ckpt="last")
+            cnnkit.fit_recipe([QUICKSTART, SMOKE], longer, ckpt="last")
         assert torch.load(first.last_checkpoint, weights_only=True)["global_step"] == 3  # untouched
         return
-    result = cnnkit.fit(longer, ckpt="last")
+    (result,) = cnnkit.fit_recipe([QUICKSTART, SMOKE], longer, ckpt="last")  # ...and resumes the run it extends
+    assert result.run_dir == first.run_dir
     checkpoint = torch.load(result.last_checkpoint, weights_only=True)
     assert result.status == "finished" and checkpoint["global_step"] == 6 and checkpoint["epoch"] == 1
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
@@ -65,27 +67,32 @@ def test_a_finished_run_with_the_same_config_is_kept_and_with_another_is_refused
     again = cnnkit.fit(tiny_config("trainer.progress_bar=tqdm", "logger.wandb.mode=disabled"))  # neutral keys
     assert again.kept and again.metrics == first.metrics
     assert (first.run_dir / "metrics.csv").stat().st_mtime_ns == stamp
-    with pytest.raises(CnnkitError, match=r"was made with another config.*trainer.limit_train_batches 3 → 5.*"
-                                          r"--overwrite, or set name=<new name>"):
-        cnnkit.fit(tiny_config("trainer.limit_train_batches=5"))
+    # the remedy that keeps the finished run comes first; the one that deletes it says so
+    with pytest.raises(CnnkitError, match=r"was made with another config.*trainer.limit_train_batches 3 → 5; keep "
+                                          r"it and train this config as a new run with name=<new name>, or replace "
+                                          r"it with --overwrite \(which deletes it\)"):
+        cnnkit.fit(tiny_config(files=edited_recipe("trainer: {limit_train_batches: 5}")))
     with pytest.raises(CnnkitError, match=r"will not resume it with this one: trainer.limit_val_batches 2 → 1"):
-        cnnkit.fit(tiny_config("trainer.limit_val_batches=1", "trainer.max_epochs=2"), ckpt="last")
+        cnnkit.fit_recipe(edited_recipe("trainer: {limit_val_batches: 1}"), ["trainer.max_epochs=2"], ckpt="last")
 
 
-def write_recipe(path: Path, seeds: str) -> str:
-    path.write_text(f"include: [{QUICKSTART}]\nname: seeds\ntrainer: {{max_epochs: 1}}\n"
+def write_recipe(path: Path, seeds: str, lr: float = 0.05) -> str:
+    path.write_text(f"include: [{QUICKSTART}]\nname: seeds\ntrainer: {{max_epochs: 1}}\noptim: {{lr: {lr}}}\n"
                     f"matrix:\n  seed: {seeds}\n")
     return str(path)
 
 
-def test_smoke_then_full_recipe_is_refused_before_anything_trains_and_a_new_seed_keeps_the_old(tmp_path):
+def test_smoke_runs_live_apart_an_edited_recipe_is_refused_before_anything_trains_and_a_new_seed_keeps_the_old(
+        tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", "[0]")
     smoke = cnnkit.fit_recipe([recipe, SMOKE])
     assert [r.status for r in smoke] == ["finished"]
+    assert smoke[0].run_dir == Path("runs/smoke/seeds/seed=0")  # the full recipe's runs go to runs/seeds/
+    assert load_config([recipe]).runs_dir == "runs"
     stamp = (smoke[0].run_dir / "status.json").read_text()
-    with pytest.raises(CnnkitError, match=r"runs/seeds/seed=0' \(finished\) was made with another config, .*: "
-                                          r"trainer.limit_train_batches 3 → null, trainer.limit_val_batches 2 → null"):
-        cnnkit.fit_recipe([recipe])
+    with pytest.raises(CnnkitError, match=r"runs/smoke/seeds/seed=0' \(finished\) was made with another config, .*: "
+                                          r"optim.lr 0.05 → 0.1"):
+        cnnkit.fit_recipe([write_recipe(tmp_path / "r.yaml", "[0]", lr=0.1), SMOKE])
     assert (smoke[0].run_dir / "status.json").read_text() == stamp  # nothing retrained
     recipe = write_recipe(tmp_path / "r.yaml", "[0, 1]")
     grown = cnnkit.fit_recipe([recipe, SMOKE])
@@ -93,7 +100,7 @@ def test_smoke_then_full_recipe_is_refused_before_anything_trains_and_a_new_seed
     assert [r.status for r in grown] == ["finished", "finished"]
     from cnnkit.report import build_report
 
-    text = build_report(tmp_path / "runs/seeds", log_to_wandb=False).read_text()
+    text = build_report(tmp_path / "runs/smoke/seeds", log_to_wandb=False).read_text()
     assert "**2 of 2 runs are limited** (limit_train_batches=3" in text and "| default [limited] |" in text
 
 
@@ -102,8 +109,11 @@ def test_the_variant_is_named_from_the_overrides_that_change_a_result():
     assert tiny_config("model.norm=bn_post", "model.act=sigmoid", "optim.lr=0.5").variant == \
         "norm=bn_post+act=sigmoid+lr=0.5"
     assert tiny_config("optim.lr=0.5", "model.norm=bn_post").variant == "norm=bn_post+lr=0.5"  # fixed order
-    how = ("trainer.devices=1", "trainer.max_epochs=2", "checkpoint.every_n_steps=5", "trainer.num_nodes=1")
+    how = ("trainer.devices=1", "checkpoint.every_n_steps=5", "trainer.num_nodes=1")
     assert tiny_config(*how).variant == "default"
+    # a shorter or limited run never shares the full run's directory
+    assert tiny_config("trainer.max_epochs=2", "trainer.limit_val_batches=1").variant == \
+        "max_epochs=2+limit_val_batches=1"
     assert tiny_config("model.norm=gn", "variant=mine").variant == "mine"
     long = tiny_config("model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
                        "data.augment=[random_crop, horizontal_flip, cutout]", "optim.scheduler=cosine").variant
@@ -123,8 +133,9 @@ def test_a_refused_rerun_is_quick_and_imports_no_torch(tmp_path):
 
     first = cli("fit", "--config", QUICKSTART, "--config", SMOKE)
     assert first.returncode == 0, first.stderr[-2000:]
+    edited = edited_recipe("trainer: {max_epochs: 2}")
     probe = ("import sys, time; from cnnkit.cli import main; t = time.perf_counter(); "
-             f"code = main(['fit', '--config', {QUICKSTART!r}, '--config', {SMOKE!r}, 'trainer.max_epochs=2']); "
+             f"code = main(['fit', '--config', {edited[0]!r}, '--config', {edited[1]!r}, '--config', {edited[2]!r}]); "
              "print(code, 'torch' in sys.modules, time.perf_counter() - t)")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
@@ -161,10 +172,10 @@ def test_confusion_matrix_is_written_by_the_module_into_its_run():
 
 
 def test_a_shorter_length_on_a_finished_run_changes_nothing():
-    cfg = tiny_config("optim.scheduler=constant", "trainer.max_epochs=2")
-    first = cnnkit.fit(cfg)
+    files = edited_recipe("trainer: {max_epochs: 2}")
+    first = cnnkit.fit(tiny_config("optim.scheduler=constant", files=files))
     stored, status = (first.run_dir / "config.yaml").read_text(), (first.run_dir / "status.json").read_text()
-    again = cnnkit.fit(tiny_config("optim.scheduler=constant", "trainer.max_epochs=1"), ckpt="last")
+    (again,) = cnnkit.fit_recipe(files, ["optim.scheduler=constant", "trainer.max_epochs=1"], ckpt="last")
     assert again.kept and again.metrics == first.metrics
     assert (first.run_dir / "config.yaml").read_text() == stored
     assert (first.run_dir / "status.json").read_text() == status
@@ -190,7 +201,6 @@ def test_a_run_started_from_other_weights_is_not_kept_for_a_run_without_them():
 
 
 def test_names_ignore_the_command_lines_order_and_read_resolved_values():
-    from cnnkit.config import load_config
 
     assert tiny_config("model.act=sigmoid", "model.norm=bn_post").variant == "norm=bn_post+act=sigmoid"
     assert tiny_config("optim.weight_decay=${optim.lr}").variant == "weight_decay=0.05"

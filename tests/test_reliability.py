@@ -153,7 +153,7 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, kill
     common = ["--config", QUICKSTART, *EXACT, *with_images(data, kill_images), "name=killed", "imports=[killer.py]",
               f"callbacks=[{{name: kill_at, {kill}}}]"]
     killed = run_cli("fit", *common, cwd=tmp_path, timeout=600)
-    run = only_run(tmp_path / "runs/killed")
+    run = only_run(next((tmp_path / "runs").glob("**/killed")))  # runs/killed; runs/ddp_cpu/killed
     status = json.loads((run / "status.json").read_text())
     signal = kill.partition("signal: ")[2]
     if signal:  # exit 128 + signal, and one last cnnkit line saying where it stopped and how to resume
@@ -389,7 +389,7 @@ def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, norm, cache):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("cnnkit: error:")]
         assert len(errors) == 1 and "cannot read image" in errors[0]
-        status = json.loads((only_run(tmp_path / "runs/quickstart") / "status.json").read_text())
+        status = json.loads((only_run(tmp_path / "runs/smoke/quickstart") / "status.json").read_text())
         assert status["status"] == "failed" and "broken.png" in status["reason"]
         assert not list((tmp_path / "runs").rglob("*.tmp"))
 

@@ -179,6 +179,6 @@ def test_a_kept_run_takes_the_recipes_current_report_section(tmp_path):
     recipe.write_text("name: kept\nreport: {compare: model.norm, expect: bn_pre}\n"
                       "matrix:\n  model.norm: [none, bn_pre]\n")
     assert all(r.kept for r in cnnkit.fit_recipe([QUICKSTART, SMOKE, str(recipe)]))
-    stored = yaml.safe_load((tmp_path / "runs/kept/norm=none/config.yaml").read_text())
+    stored = yaml.safe_load((tmp_path / "runs/smoke/kept/norm=none/config.yaml").read_text())
     assert stored["report"]["expect"] == "bn_pre" and stored["trainer"]["limit_train_batches"] == 3
-    assert collect(tmp_path / "runs/kept").answer.startswith("The course expects norm=bn_pre to do best")
+    assert collect(tmp_path / "runs/smoke/kept").answer.startswith("The course expects norm=bn_pre to do best")

@@ -125,7 +125,7 @@ def test_a_matrix_is_a_line_per_variant_under_one_bar(tmp_path):
     output = run_in_terminal("fit", "--config", QUICKSTART, "--config", SMOKE, "--config", str(recipe),
                              "trainer.progress_bar=tqdm", cwd=tmp_path)
     lines = visible_lines(output)
-    assert lines[0] == "cnnkit: mx: 4 runs (model.norm × seed) in runs/mx", lines
+    assert lines[0] == "cnnkit: mx: 4 runs (model.norm × seed) in runs/smoke/mx", lines
     variants = [line for line in lines if line.startswith("[")]
     assert [line.split("  ")[0] for line in variants] == [
         "[1/4] norm=bn_pre+seed=0", "[2/4] norm=bn_pre+seed=1", "[3/4] norm=bn_post+seed=0",
@@ -133,7 +133,7 @@ def test_a_matrix_is_a_line_per_variant_under_one_bar(tmp_path):
     assert all(re.search(r"  finished  [\d.]+ s  test/acc 0\.\d{4}$", line) for line in variants), variants
     assert "run/s" in output  # the overall bar
     assert lines[-1].startswith("cnnkit: mx: 4 runs in ") and "(4 finished)" in lines[-1]
-    assert "python -m cnnkit report runs/mx" in lines[-1]
+    assert "python -m cnnkit report runs/smoke/mx" in lines[-1]
     assert len(lines) == 6, lines
 
 

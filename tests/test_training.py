@@ -13,7 +13,7 @@ import cnnkit
 from cnnkit.errors import CheckpointError, CnnkitError
 from cnnkit.layers.input_norm import InputStandardize
 
-from .conftest import REPO, tiny_config
+from .conftest import REPO, edited_recipe, tiny_config
 
 
 def rows(path):
@@ -23,7 +23,7 @@ def rows(path):
 
 def test_fit_writes_a_complete_run_directory():
     result = cnnkit.fit(tiny_config())
-    run = Path("runs/quickstart/default")
+    run = Path("runs/smoke/quickstart/default")
     assert result.status == "finished" and result.run_dir == run
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
@@ -47,13 +47,14 @@ def test_checkpoint_is_plain_data_with_config_and_class_names():
 def test_existing_run_directory_is_kept_refused_or_overwritten():
     first = cnnkit.fit(tiny_config())
     assert cnnkit.fit(tiny_config()).kept  # same config: the finished run is the answer
+    edited = tiny_config(files=edited_recipe("trainer: {max_epochs: 2}"))  # the recipe changed after its run
     with pytest.raises(CnnkitError, match="was made with another config.*trainer.max_epochs 1 → 2"):
-        cnnkit.fit(tiny_config("trainer.max_epochs=2"))
-    again = cnnkit.fit(tiny_config("trainer.max_epochs=2"), overwrite=True)
+        cnnkit.fit(edited)
+    again = cnnkit.fit(edited, overwrite=True)
     assert again.status == "finished" and not again.kept and again.run_dir == first.run_dir
     (first.run_dir / "status.json").write_text('{"status": "failed"}')
     with pytest.raises(CnnkitError, match="already holds a failed run; resume it with --ckpt last"):
-        cnnkit.fit(tiny_config("trainer.max_epochs=2"))
+        cnnkit.fit(edited)
 
 
 def test_run_directory_path_that_is_a_file_is_refused():
@@ -64,9 +65,11 @@ def test_run_directory_path_that_is_a_file_is_refused():
 
 def test_resume_keeps_metrics_history_and_appends():
     overrides = ["trainer.limit_train_batches=4", "trainer.log_every_n_steps=1", "optim.scheduler=step"]
-    first = cnnkit.fit(tiny_config(*overrides, "trainer.max_epochs=2"))
+    files = edited_recipe("trainer: {max_epochs: 2}")
+    first = cnnkit.fit(tiny_config(*overrides, files=files))
     before = rows(first.run_dir / "metrics.csv")
-    resumed = cnnkit.fit(tiny_config(*overrides, "trainer.max_epochs=3"), ckpt="last")
+    (resumed,) = cnnkit.fit_recipe(files, [*overrides, "trainer.max_epochs=3"], ckpt="last")  # the run it extends
+    assert resumed.run_dir == first.run_dir
     after = rows(resumed.run_dir / "metrics.csv")
     assert after[:len(before) - sum(1 for r in before if r.get("test/acc"))] == [
         r for r in before if not r.get("test/acc")]
