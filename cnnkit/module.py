@@ -46,6 +46,30 @@ class RecentSteps(dict):
 TRAIN_METRICS = ("train_acc", "train_loss")  # accumulated over an epoch, so saved for a mid-epoch resume
 
 
+class TrainAccuracy(MulticlassAccuracy):
+    """torchmetrics' accuracy, updated every training step without a host synchronization.
+
+    Its own update drops ignored labels with a boolean mask and counts with ``bincount``, both of which
+    read back to the host on CUDA; the same counts by comparison and sum stay on the device. States,
+    ``compute``, reset and the DDP sync are torchmetrics' (top-1, as cnnkit configures it).
+    """
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        preds = preds.argmax(dim=1) if preds.ndim == target.ndim + 1 else preds
+        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
+        classes = torch.arange(self.num_classes, device=target.device)
+        truth = (target.reshape(-1, 1) == classes) & valid.reshape(-1, 1)
+        guess = (preds.reshape(-1, 1) == classes) & valid.reshape(-1, 1)
+        tp = (truth & guess).sum(0)
+        fp, fn = guess.sum(0) - tp, truth.sum(0) - tp
+        if self.average == "micro":
+            tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
+            tn = self.num_classes * valid.sum() - (tp + fp + fn)
+        else:
+            tn = valid.sum() - (tp + fp + fn)
+        self._update_state(tp, fp, tn, fn)
+
+
 class ClassifierModule(L.LightningModule):
     """Holds the network, its loss and metrics; rebuilt from ``config`` + ``data_info`` alone.
 
@@ -65,8 +89,9 @@ class ClassifierModule(L.LightningModule):
         average = to_plain(self.cfg.metrics.average)
         classes = self.data_info.num_classes
         for split in SPLITS:  # checks skipped: inputs come from our own code; NaN losses stop training first
-            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=classes, average=average, validate_args=False,
-                                                             ignore_index=IGNORED if split == "train" else None))
+            accuracy = TrainAccuracy if split == "train" else MulticlassAccuracy
+            setattr(self, f"{split}_acc", accuracy(num_classes=classes, average=average, validate_args=False,
+                                                   ignore_index=IGNORED if split == "train" else None))
             setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
         self.test_confusion = MulticlassConfusionMatrix(num_classes=classes, validate_args=False)
         self.divergence: Optional[Divergence] = None  # set when training goes non-finite; the run's owner records it
