@@ -33,6 +33,12 @@ def pytest_configure(config):
             sys.modules["torch"].set_num_threads(int(share))
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked slow (they start processes or train whole runs) go first: pytest-xdist then shares the
+    many short ones out around them, instead of the suite ending on one long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Run in a fresh directory (runs/ lands there), never touch W&B's servers or plugins."""

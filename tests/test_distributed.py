@@ -109,8 +109,9 @@ def test_resume_continues_the_same_wandb_run(monkeypatch):
                                                "optim.scheduler=constant"])
     first = cnnkit.fit(cfg)
     run_id = (first.run_dir / "wandb_id").read_text().strip()
-    resumed = cnnkit.fit(load_config([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=2",
-                                                            "optim.scheduler=constant"]), ckpt="last")
+    (resumed,) = cnnkit.fit_recipe([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=2",
+                                                         "optim.scheduler=constant"], ckpt="last")
+    assert resumed.run_dir == first.run_dir
     offline = sorted(p.name for p in (resumed.run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(f"-{run_id}" in name for name in offline)  # wandb adds "-1" within a second
     assert torch.load(resumed.last_checkpoint, weights_only=True)["cnnkit"]["wandb_run_id"] == run_id
@@ -132,6 +133,7 @@ def test_an_override_of_a_matrix_key_narrows_the_matrix(tmp_path):
     assert [r.run_dir.name for r in results] == ["norm=bn_pre+lr=0.1"]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_fit_through_the_cli(tmp_path):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text("name: ddp\nmatrix:\n  distributed.sync_bn: [false, true]\n")

@@ -155,8 +155,8 @@ def test_exact_resume_on_the_gpu_ends_bitwise_equal_with_the_cuda_rng_restored(t
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = run_cli(*killed_args, "--ckpt", "last", cwd=tmp_path / "b", env_extra=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    (a,) = (tmp_path / "a" / "runs" / "quickstart").iterdir()
-    (b,) = (tmp_path / "b" / "runs" / "quickstart").iterdir()
+    (a,) = (tmp_path / "a" / "runs" / "smoke" / "quickstart").iterdir()  # the smoke overlay's runs_dir
+    (b,) = (tmp_path / "b" / "runs" / "smoke" / "quickstart").iterdir()
     assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
     first, second = (torch.load(p / "checkpoints" / "last.ckpt", weights_only=True) for p in (a, b))
     for key, value in first["state_dict"].items():

@@ -17,6 +17,7 @@ from tests.conftest import REPO
 CHECK = REPO / "scripts" / "gpu_check.sh"
 
 
+@pytest.mark.slow
 def test_the_dry_run_survives_its_planted_faults_and_keeps_every_part(tmp_path):
     """A hung test cut at its own bound, a failing and a hanging speed case, a smoke deadline forced short:
     each costs only itself; the JSON holds every part, timings are taken alike, syncs counted only when watched."""

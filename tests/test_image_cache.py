@@ -256,6 +256,7 @@ ImageFiles.decode = decode
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "ddp_cpu"])
 def test_two_processes_build_the_disk_cache_once_and_both_train(tmp_path, launcher):
     dataset = make_folder(tmp_path / "images", per_class=16)
@@ -275,7 +276,7 @@ def test_two_processes_build_the_disk_cache_once_and_both_train(tmp_path, launch
     paths = [line.split(" ", 1)[1] for line in decodes]
     assert len(paths) == len(set(paths)) == 3 * 3 * 16  # every image decoded once, by one process or the other
     assert len(list((tmp_path / "images" / CACHE_FOLDER).glob("*.npy"))) == 3
-    status = json.loads(next((tmp_path / "runs" / "quickstart").glob("*/status.json")).read_text())
+    status = json.loads(next((tmp_path / "runs").glob("**/quickstart/*/status.json")).read_text())
     assert status["status"] == "finished" and math.isfinite(status["metrics"]["test/acc"])
 
 

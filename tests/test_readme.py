@@ -83,6 +83,7 @@ def test_only_the_test_command_is_skipped():
     assert [i for i, block in enumerate(blocks) if block[0] == "skip"] == [1]
 
 
+@pytest.mark.slow
 def test_the_readme_runs_top_to_bottom(tmp_path):
     for folder in ("recipes", "configs", "docs", "scripts", "examples"):
         (tmp_path / folder).symlink_to(REPO / folder)

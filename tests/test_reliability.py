@@ -134,6 +134,7 @@ AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint
               "trainer.max_epochs=3")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data, kill", [
     (TENSOR, "step: 26"),
     (TENSOR, "epoch: 1"),
@@ -181,20 +182,23 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, kill
     assert sorted(p.name for p in (run / "checkpoints").glob("last*")) == ["last.ckpt"]
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
     common = ["--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
               "trainer.enable_model_summary=false", "checkpoint.save_top_k=0", "checkpoint.every_n_steps=5"]
     proc = run_cli("fit", *common, cwd=tmp_path, env_extra={"CNNKIT_FAULT_KILL_IN_SAVE": "2"})
     assert proc.returncode == -9
-    checkpoints = tmp_path / "runs/quickstart/default/checkpoints"
+    run = only_run(tmp_path / "runs/quickstart")
+    checkpoints = run / "checkpoints"
     last = torch.load(checkpoints / "last.ckpt", weights_only=True)  # the first save, whole
     assert last["global_step"] == 5
     assert not list(checkpoints.glob("*.tmp")) or all(p.name.startswith(".") for p in checkpoints.glob("*.tmp"))
-    resumed = run_cli("fit", *common, "--ckpt", "last", cwd=tmp_path)
+    resumed = cli("fit", *common, "--ckpt", "last")  # the kill needed a process; the resume runs here
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((tmp_path / "runs/quickstart/default/status.json").read_text())["status"] == "finished"
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     import resource
     import sys
@@ -202,7 +206,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
     common = ["--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
               "trainer.enable_model_summary=false", "checkpoint.save_top_k=0", "checkpoint.every_n_steps=5",
               "logger.wandb.mode=disabled", "optim.scheduler=constant", "variant=default"]
-    first = run_cli("fit", *common, "trainer.max_steps=5", cwd=tmp_path)  # one whole checkpoint first
+    first = cli("fit", *common, "trainer.max_steps=5")  # one whole checkpoint first (in this process)
     assert first.returncode == 0, first.stderr[-2000:]
     size = (tmp_path / "runs/quickstart/default/checkpoints/last.ckpt").stat().st_size
 
@@ -259,8 +263,9 @@ def test_resuming_a_finished_run_does_nothing_unless_it_may_train_longer():
     assert again.status == "finished" and again.metrics == first.metrics
     assert again.best_checkpoint == first.best_checkpoint and again.last_checkpoint == first.last_checkpoint
     assert (first.run_dir / "metrics.csv").read_text() == metrics  # untouched
-    longer = cnnkit.fit(tiny_config("optim.scheduler=constant", "trainer.max_epochs=2"), ckpt="last")
-    assert longer.status == "finished"
+    (longer,) = cnnkit.fit_recipe([QUICKSTART, SMOKE], ["optim.scheduler=constant", "trainer.max_epochs=2"],
+                                  ckpt="last")
+    assert longer.status == "finished" and longer.run_dir == first.run_dir
     assert torch.load(longer.last_checkpoint, weights_only=True)["epoch"] == 1
 
 

@@ -93,6 +93,7 @@ def test_both_paths_give_the_same_validation_data():
     assert torch.equal(torch.cat([x for x, _ in tensor]), torch.cat([x for x, _ in loader]))
 
 
+@pytest.mark.slow
 def test_speed_switches_train_and_keep_checkpoint_names():
     cfg = load_config([QUICKSTART, SMOKE], ["trainer.compile=true", "trainer.channels_last=true", "tta=flip",
                                             "data.augment=[random_crop, cutout]"])

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error
 
+pytestmark = pytest.mark.slow  # each test is a process on a pseudo-terminal
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -24,7 +26,9 @@ def run_in_terminal(*args: str, cwd, timeout: int = 300, columns: int = 120) -> 
     """The command run on a pseudo-terminal of ``columns``; everything it wrote, as the terminal got it."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}, "WANDB_MODE": "offline",
+    # the size is the terminal's own: COLUMNS/LINES (pytest-xdist's workers set 80x24) would override it
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "COLUMNS", "LINES")},
+           "WANDB_MODE": "offline",
            "CNNKIT_NO_PLUGINS": "1", "PYTHONPATH": str(REPO), "TERM": "xterm"}
     proc = subprocess.Popen([sys.executable, "-m", "cnnkit", *args], stdin=slave, stdout=slave, stderr=slave,
                             cwd=cwd, env=env)
@@ -66,14 +70,14 @@ def test_a_quickstart_on_a_terminal_is_a_header_one_bar_and_a_summary(tmp_path):
                              cwd=tmp_path)
     lines = visible_lines(output)
     assert len(lines) <= 15, "\n".join(lines)
-    assert lines[0].startswith("cnnkit: quickstart/default · cpu · 32-true · digits 1257/180/360 of 1x8x8, "
+    assert lines[0].startswith("cnnkit: quickstart/max_epochs=3 · cpu · 32-true · digits 1257/180/360 of 1x8x8, "
                                "10 classes · simple_cnn"), lines[0]
-    assert "53.2 K parameters · runs/quickstart/default" in lines[0]
+    assert "53.2 K parameters · runs/quickstart/max_epochs=3" in lines[0]
     assert "\r" in output and "epoch 3/3" in output  # the live bar was there, with the epoch on it
     summary = "\n".join(lines[1:])
-    assert re.search(r"cnnkit: finished quickstart/default in [\d.]+ s", summary), summary
+    assert re.search(r"cnnkit: finished quickstart/max_epochs=3 in [\d.]+ s", summary), summary
     assert re.search(r"test/acc 0\.\d{4}  test/loss", summary) and "best checkpoint: runs/quickstart" in summary
-    assert "W&B is offline; upload the run with: wandb sync runs/quickstart/default/wandb/offline-run-" in summary
+    assert "W&B is offline; upload the run with: wandb sync runs/quickstart/max_epochs=3/wandb/offline-run-" in summary
     assert not [line for line in lines if line.startswith(NOISE)], lines
 
 
@@ -82,12 +86,12 @@ def test_the_default_bar_with_rich_installed_is_riches_and_as_short(tmp_path):
     output = run_in_terminal("fit", "--config", QUICKSTART, "trainer.max_epochs=3", cwd=tmp_path, columns=100)
     lines = visible_lines(output)
     assert len(lines) <= 15, "\n".join(lines)
-    assert lines[0].startswith("cnnkit: quickstart/default · cpu")
+    assert lines[0].startswith("cnnkit: quickstart/max_epochs=3 · cpu")
     bars = [line for line in lines if line.startswith("epoch ")]
     assert len(bars) == 1 and bars[0].startswith("epoch 3/3") and "step: 57 loss:" in bars[0] and "val/acc:" in bars[0]
     assert len(bars[0]) <= 100  # one line on a 100-column terminal
     assert not any(line.startswith(("Testing", "Validation", "Sanity")) for line in lines), lines
-    assert any(line.startswith("cnnkit: finished quickstart/default in ") for line in lines)
+    assert any(line.startswith("cnnkit: finished quickstart/max_epochs=3 in ") for line in lines)
 
 
 def test_without_a_bar_the_whole_output_is_a_few_lines(tmp_path):
@@ -96,7 +100,7 @@ def test_without_a_bar_the_whole_output_is_a_few_lines(tmp_path):
     lines = visible_lines(output)
     assert len(output.replace("\r\n", "\n").strip().split("\n")) == len(lines) <= 15, output
     assert "\r" not in output.replace("\r\n", "\n")
-    assert lines[0].startswith("cnnkit: quickstart/default") and any("test/acc" in line for line in lines)
+    assert lines[0].startswith("cnnkit: quickstart/max_epochs=2") and any("test/acc" in line for line in lines)
 
 
 def test_verbose_brings_lightnings_and_wandbs_own_output_back(tmp_path):

@@ -115,6 +115,7 @@ SERVICE_KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the service process through /proc")
 def test_the_wandb_service_dying_mid_run(tmp_path):
     (tmp_path / "killer.py").write_text(SERVICE_KILLER)
