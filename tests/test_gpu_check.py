@@ -3,6 +3,7 @@ planted, and its one-line refusals come before anything runs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -73,7 +74,9 @@ def test_the_dry_run_survives_its_planted_faults_and_keeps_every_part(tmp_path):
 
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert "test_exact_resume_on_the_gpu_ends_bitwise_equal_with_the_cuda_rng_restored PASSED" in log
-    assert "slowest 5 durations" in log and "wrote " in log
+    assert "wrote " in log
+    if importlib.util.find_spec("pytest_timeout"):  # else the script itself stops pytest at the hung test
+        assert "slowest 5 durations" in log
     assert "speed" in proc.stdout.split("part ")[-1]  # the closing table
     assert gpu_json.exists() == existed  # nothing written into the tree
 
