@@ -104,6 +104,16 @@ class ClassifierModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training objective: cross-entropy with ``loss.label_smoothing``. Training minimizes it, and
+        every analysis of the loss (landscape probes, the Hessian, the error surface) measures this one."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.cfg.loss.label_smoothing)
+
+    def evaluation_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss reported for validation and test: :meth:`loss` without label smoothing, on purpose — the
+        negative log-likelihood of the labels, comparable across runs whatever smoothing each trained with."""
+        return F.cross_entropy(logits, targets)
+
     @property
     def channels_last(self) -> bool:
         return bool(self.cfg.trainer.channels_last)
@@ -152,7 +162,7 @@ class ClassifierModule(L.LightningModule):
             guard.before_forward()
             self._recent_lrs[int(self.global_step)] = self._lr()
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.loss.label_smoothing)
+        loss = self.loss(logits, y)
         logging = logs_this_step(self.trainer)
         detached = loss.detach()
         if guard is not None:  # decided on the device (step_guard.py): read back only where the step is logged
@@ -236,7 +246,7 @@ class ClassifierModule(L.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
         x, y = batch
         logits = self._predict_logits(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.evaluation_loss(logits, y)
         getattr(self, f"{split}_loss").update(loss)
         getattr(self, f"{split}_acc").update(logits, y)
         if split == "test":

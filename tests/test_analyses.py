@@ -105,3 +105,39 @@ def test_the_report_draws_the_gap_per_layer_and_tables_it_per_variant(tmp_path):
     assert "| b [limited] |" in table
     assert (tmp_path / "runs/smoke/quickstart/running_stats_gap.png").stat().st_size > 10_000
     assert "![running_stats_gap.png](running_stats_gap.png)" in text
+
+
+def test_the_loss_analyses_measure_the_training_objective_label_smoothing_included(monkeypatch):
+    """Landscape probes, the Hessian and the error surface evaluate the loss training minimizes: with label
+    smoothing on, their loss at the start point is the training loss on the same data, not plain cross-entropy."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from cnnkit.analyses import _full_batch, hessian_lr, landscape
+
+    cfg = tiny_config("loss.label_smoothing=0.1", "model.norm=none", "model.backbone={name: mlp, hidden: [8]}")
+    datamodule = cnnkit.build_datamodule(cfg)
+    module = cnnkit.build_module(cfg, datamodule.info)
+    x, y = _full_batch.train_tensors(SimpleNamespace(datamodule=datamodule), torch.device("cpu"))
+    with torch.no_grad():
+        trained = float(module.loss(module(x), y))
+        assert trained == pytest.approx(float(F.cross_entropy(module(x), y, label_smoothing=0.1)))
+        assert abs(trained - float(module.evaluation_loss(module(x), y))) > 1e-3  # smoothing changes the number
+    trainer = SimpleNamespace(global_step=0, datamodule=datamodule, callbacks=[],
+                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])])
+
+    probes = landscape.LandscapeProbes(every_n_steps=1, multipliers=[1])
+    probes.on_train_batch_start(trainer, module, (x, y), 0)
+    assert probes.rows.rows[0]["loss"] == pytest.approx(trained, rel=1e-6)
+
+    seen = []
+    original = torch.autograd.functional.hessian
+
+    def recording(loss, flat):
+        seen.append(float(loss(flat)))
+        return original(loss, flat)
+
+    monkeypatch.setattr(hessian_lr.torch.autograd.functional, "hessian", recording)
+    hessian_lr.HessianLR(set_lr=False, max_params=1000).on_train_start(trainer, module)
+    assert seen == [pytest.approx(trained, rel=1e-6)]
