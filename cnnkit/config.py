@@ -337,6 +337,16 @@ def _known_keys(schema: DictConfig, full_key: str) -> tuple[str, list[str]]:
     return leaf, [str(k) for k in keys]
 
 
+def _as_written(node: DictConfig, key: Any) -> Any:
+    """``node[key]`` without resolving it: a child config, or a value as written (``${...}`` and ``???`` too).
+
+    A half-merged config may hold an interpolation whose target a later layer adds, so reading must not
+    resolve it."""
+    if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+        return OmegaConf.to_container(OmegaConf.masked_copy(node, [key]), resolve=False)[key]
+    return node[key]
+
+
 def _replace_renamed_specs(base: Any, layer: Any) -> None:
     """A later spec naming another entry replaces the earlier one instead of merging arguments into it,
     and arguments for a spec given by name alone go to that entry.
@@ -351,9 +361,9 @@ def _replace_renamed_specs(base: Any, layer: Any) -> None:
     for key in layer.keys():
         if key not in base:
             continue
-        old, new = base._get_node(key), layer._get_node(key)
-        if isinstance(new, DictConfig) and "name" not in new and isinstance(old._value(), str):
-            base[key] = {"name": old._value()}
+        old, new = _as_written(base, key), _as_written(layer, key)
+        if isinstance(new, DictConfig) and "name" not in new and isinstance(old, str):
+            base[key] = {"name": old}
         elif isinstance(old, DictConfig) and isinstance(new, DictConfig):
             if "name" in old and "name" in new and not same_entry(old.get("name"), new.get("name")):
                 base[key] = None
@@ -610,7 +620,7 @@ def check_matrix(cfg: DictConfig) -> None:
     """Every matrix key names a config key and lists values (checked before any variant is made)."""
     for key, values in cfg.matrix.items():
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING or key == "matrix" or key.startswith("matrix."):
-            leaf_keys = _all_keys(cfg)
+            leaf_keys = _all_keys(OmegaConf.to_container(cfg, resolve=False))
             close = difflib.get_close_matches(key, leaf_keys, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"matrix: key '{key}' does not exist in the config{hint}")
@@ -631,10 +641,11 @@ def check_report_keys(cfg: DictConfig) -> None:
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a plain (``to_container``) config, nested ones included."""
     keys = []
-    if isinstance(node, DictConfig):
-        for key in node.keys():
+    if isinstance(node, dict):
+        for key, child in node.items():
             path = f"{prefix}{key}"
             keys.append(path)
-            keys.extend(_all_keys(node._get_node(key), path + "."))
+            keys.extend(_all_keys(child, path + "."))
     return keys
