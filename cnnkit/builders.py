@@ -12,12 +12,14 @@ from omegaconf import DictConfig
 from .config import to_plain
 from .data.info import DataInfo
 from .errors import CheckpointError, ConfigError
+from .terminal import interactive, note
 
 
 def build_datamodule(cfg: DictConfig):
+    """The datamodule; its notes go to stdout from the first process, a bar shows decoding on a terminal."""
     from .data.datamodule import ClassificationDataModule
 
-    return ClassificationDataModule(cfg.data, seed=cfg.seed)
+    return ClassificationDataModule(cfg.data, seed=cfg.seed, note=note, show_progress=interactive())
 
 
 def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None):
@@ -36,7 +38,11 @@ def data_info(cfg: DictConfig) -> DataInfo:
     """Input shape and classes of the config's dataset, read from its entry (no data needed)."""
     from .plans import dataset_plan
 
-    return dataset_plan(cfg.data).build().info()
+    source = dataset_plan(cfg.data).build()
+    info = source.info()
+    for line in source.notes():
+        note(line)
+    return info
 
 
 def build_model(cfg: DictConfig, info: Optional[DataInfo] = None):

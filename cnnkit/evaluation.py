@@ -106,7 +106,7 @@ def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, A
 
 def _one_pass(cfg: DictConfig) -> DictConfig:
     """An evaluation reads each image once: decoding a folder's every split first would only add work."""
-    from .config import Cache
+    from .schema import Cache
 
     cfg.data.cache = Cache.none
     return cfg

@@ -18,23 +18,9 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from .config import spec_key, to_plain
-from .config_diff import LENGTH, LIMITS
+from .config_diff import LENGTH, LIMITS, differences, format_value
 from .errors import ConfigError
-
-
-def format_value(value: Any) -> str:
-    """A value as it reads in messages, tables and titles: names plain, mappings as name(arg=value,...)."""
-    if isinstance(value, dict):
-        args = ",".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
-        if "name" not in value:
-            return args
-        return f"{value['name']}({args})" if args else str(value["name"])
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+from .schema import Config, spec_key, to_plain
 
 
 def name_value(value: Any) -> str:
@@ -99,8 +85,6 @@ def variant_from_overrides(overrides: Sequence[str], cfg: Any, recipe: Any = Non
     named whole (``model.norm=gn model.norm.groups=8`` → ``norm=gn-groups8``). Values are read from
     the resolved ``cfg`` (interpolations included); no such override gives ``default``.
     """
-    from .config_diff import differences
-
     touched = [item.partition("=")[0].strip() for item in overrides]
     if recipe is None:
         changed = touched
@@ -129,8 +113,6 @@ def _naming_value(key: str, cfg: Any) -> Any:
 def _field_index(key: str) -> int:
     """The position of a key's field in its schema section (``model.norm`` comes before ``model.act``)."""
     from dataclasses import fields
-
-    from .config import Config
 
     parts = key.split(".")
     section = next((f for f in fields(Config) if f.name == parts[0]), None)

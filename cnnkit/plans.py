@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import key_context, to_plain
+from .errors import key_context
 from .layers.blocks import Bias, parse_bias
 from .layers.norms import NormScheme
 from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS, OPTIMIZERS, POOLINGS, SCHEDULERS,
                        TRANSFORMS, Plan)
+from .schema import to_plain
 
 # What cnnkit passes to the parts it builds, besides the spec's own arguments. A backbone or a
 # scheduler that does not take one of its inputs simply does not get it; the optimizer and a

@@ -144,6 +144,24 @@ def text_table(rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
             .rstrip() for row in rows]
 
 
+def interactive(stream: Any = None) -> bool:
+    """Whether ``stream`` (stdout) is a terminal that redraws a bar in place (one that reports no width,
+    as some pseudo-terminals do, would draw a bar of nothing)."""
+    stream = stream or sys.stdout
+    if not getattr(stream, "isatty", lambda: False)() or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def epoch_label(trainer: Any) -> str:
+    """``epoch 3/15``: the epoch a trainer is in, of how many."""
+    total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    return f"epoch {trainer.current_epoch + 1}" + (f"/{total}" if total else "")
+
+
 # -- one run ----------------------------------------------------------------------------------------
 def _count(n: int) -> str:
     for unit, size in (("M", 1e6), ("K", 1e3)):
@@ -236,7 +254,6 @@ class MatrixDisplay:
     """One line per variant as it ends, under one live bar over the variants (on a terminal)."""
 
     def __init__(self, name: str, runs: Sequence[Any], show_bar: bool, runs_dir: Any, keys: Sequence[str]):
-        from .callbacks.progress import interactive
         from .runs import process_rank
 
         self.name, self.total, self.runs_dir = name, len(runs), runs_dir
@@ -269,8 +286,6 @@ class MatrixDisplay:
         """A variant's progress on the overall bar: its epoch and latest validation accuracy."""
         if self.bar is None:
             return
-        from .callbacks.progress import epoch_label
-
         val = f" val/acc {shown['val/acc']:.4f}" if "val/acc" in shown else ""
         self.bar.set_postfix_str(f"{epoch_label(trainer)}{val}")
 

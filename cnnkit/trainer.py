@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from .config import key_context, to_plain
-from .errors import ConfigError, first_line
+from .config import to_plain
+from .errors import ConfigError, first_line, key_context
 from .runs import RunDir
 
 

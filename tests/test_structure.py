@@ -45,3 +45,96 @@ def test_no_omegaconf_private_api():
                 found += [f"{where}:{node.lineno}: import {a.name}" for a in node.names
                           if a.name.startswith("omegaconf.") and "._" in f".{a.name}"]
     assert not found, "omegaconf's private API (use OmegaConf.select/is_missing/to_container...):\n" + "\n".join(found)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in TREES}
+
+
+def _resolve(name: str) -> str | None:
+    """The cnnkit module an imported name lives in (``cnnkit.config.load_config`` → ``cnnkit.config``)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module → the cnnkit modules it imports, at module level or inside a function, absolute or relative.
+
+    ``from . import x`` counts as importing the submodule ``x`` where there is one, else the package."""
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = graph.setdefault(module, set())
+        for node in ast.walk(TREES[path]):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                found = _resolve(target) if target.startswith("cnnkit") else None
+                if found and found != module:
+                    edges.add(found)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state:
+                found = visit(target)
+                if found:
+                    return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            found = visit(module)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_sees_function_local_and_relative_imports():
+    graph = import_graph()
+    assert "cnnkit.config" in graph["cnnkit.api"]  # a module-level relative import
+    assert "cnnkit.module" in graph["cnnkit.builders"]  # function-local, relative
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles():
+    cycle = _cycle(import_graph())
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_the_data_layer_never_imports_the_terminal():
+    graph = import_graph()
+    reached, todo = set(), [m for m in graph if m.startswith("cnnkit.data")]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph[module])
+    terminal = {m for m in reached if m in ("cnnkit.terminal", "cnnkit.console") or m.startswith("cnnkit.callbacks.progress")}
+    assert not terminal, f"cnnkit.data reaches {sorted(terminal)}"

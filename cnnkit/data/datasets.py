@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..registry import DATASETS
-from ..terminal import note
 from .info import DataInfo
 from .pixels import to_uint8
 from .splits import DatasetSplits, TensorImages, stratified_split
@@ -76,6 +75,11 @@ class DatasetSource:
 
     def load(self) -> DatasetSplits:
         raise NotImplementedError
+
+    def notes(self) -> list[str]:
+        """What the source decided for the user while reading (an inferred image size), for its caller to
+        say once: the data layer prints nothing itself."""
+        return []
 
 
 @DATASETS.register("digits", description="scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)")
@@ -304,6 +308,11 @@ class ImageFolder(DatasetSource):
         self.channels = channels
         self.folders = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.num_classes = num_classes
+        self._notes: list[str] = []
+
+    def notes(self) -> list[str]:
+        said, self._notes = self._notes, []
+        return said
 
     def _shape(self, train_files: list[tuple[str, int]] | None) -> tuple[int, int, int]:
         """(channels, height, width): as configured, else the images' own (said in one line), else 3×64×64."""
@@ -329,8 +338,9 @@ class ImageFolder(DatasetSource):
             self.channels = modes.pop() if len(modes) == 1 else self.FALLBACK_CHANNELS
             inferred.append(("grayscale" if self.channels == 1 else "color") if headers else
                             f"no image to read: {self.channels} channels")
-        note(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
-             f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels to change)")
+        self._notes.append(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
+                           f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels "
+                           f"to change)")
         return (self.channels, *self.size)
 
     def _list(self, split: str, class_names: list[str] | None):

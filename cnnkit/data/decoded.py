@@ -119,20 +119,19 @@ def _reason(files: ImageFiles, err: UnreadableImage) -> UnreadableImage:
     return UnreadableImage.of(err.path, errors[0]) if errors else err
 
 
-def decode(files: ImageFiles, what: str) -> torch.Tensor:
-    """Every image of ``files`` as one uint8 tensor (N, C, H, W), decoded by a process per core."""
+def decode(files: ImageFiles, what: str, show_progress: bool = False) -> torch.Tensor:
+    """Every image of ``files`` as one uint8 tensor (N, C, H, W), decoded by a process per core; with
+    ``show_progress`` (a terminal) and many images, under a bar."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
-
-    from ..callbacks.progress import interactive
 
     global _job
     shape = (len(files), files.channels, *files.size)
     processes = workers(len(files)) if "fork" in multiprocessing.get_all_start_methods() else 1
     images = _shared_uint8(shape) if processes > 1 else torch.empty(shape, dtype=torch.uint8)
     bar = None
-    if interactive() and len(files) > 1000:
+    if show_progress and len(files) > 1000:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc=f"decoding {what}", unit="img", leave=False, file=sys.stdout)
@@ -220,7 +219,8 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def from_disk_cache(files: ImageFiles, folder: Path, split: str) -> tuple[torch.Tensor, bool]:
+def from_disk_cache(files: ImageFiles, folder: Path, split: str,
+                    show_progress: bool = False) -> tuple[torch.Tensor, bool]:
     """The decoded images of ``files`` mapped from their cache file in ``folder``, and whether this call
     built it (decoding them) or found it."""
     import numpy as np
@@ -232,7 +232,7 @@ def from_disk_cache(files: ImageFiles, folder: Path, split: str) -> tuple[torch.
         for partial in folder.glob(f".{split}-*.tmp"):  # left by a process killed while writing
             partial.unlink(missing_ok=True)
         if not path.is_file():
-            images = decode(files, split)
+            images = decode(files, split, show_progress)
             for stale in folder.glob(name.rsplit("-", 1)[0] + "-*.npy"):  # another version of these files
                 stale.unlink(missing_ok=True)
             with atomic_file(path) as handle:
@@ -256,11 +256,12 @@ def size_text(count: int) -> str:
     return f"{count} B"
 
 
-def decoded_split(files: ImageFiles, split: str, folder: Optional[Path] = None):
+def decoded_split(files: ImageFiles, split: str, folder: Optional[Path] = None, show_progress: bool = False):
     """``files`` as in-memory images (``TensorImages``): decoded now, or mapped from the cache in
     ``folder``; and whether images were decoded."""
     from .splits import TensorImages
 
-    images, built = from_disk_cache(files, folder, split) if folder is not None else (decode(files, split), True)
+    images, built = (from_disk_cache(files, folder, split, show_progress) if folder is not None
+                     else (decode(files, split, show_progress), True))
     labels = torch.tensor([label for _, label in files.items], dtype=torch.long)
     return TensorImages(images, labels, split, names=files.names()), built
