@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import fnmatch
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import ConfigError
+from .errors import CheckpointError, CnnkitError, ConfigError, first_line, own_message
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -126,10 +129,11 @@ def build_parser() -> Parser:
 
 # -- commands -----------------------------------------------------------------------------------
 def _print_config(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from .config import load_config, to_yaml
 
     if getattr(args, "ckpt", None) and args.command != "fit":
-        from .api import checkpoint_config
+        from .api import checkpoint_config  # startup: not on the --help path
 
         cfg = checkpoint_config(args.ckpt, args.config, args.overrides)[0]
     else:
@@ -139,6 +143,7 @@ def _print_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from . import api
 
     if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
@@ -147,6 +152,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                           "the built-in defaults without one, name the run: name=NAME")
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
+    # startup: not on the --help path
     from .runs import process_rank
     from .terminal import summary_block
 
@@ -163,8 +169,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _require_ckpt(args: argparse.Namespace) -> None:
     if not args.ckpt:
-        from .errors import CheckpointError
-
         raise CheckpointError(f"{args.command} needs --ckpt PATH (or --ckpt last with --config)")
 
 
@@ -182,8 +186,8 @@ def _path_hint(command: Optional[str], paths: list[str]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from . import api
-
     from .terminal import metric_text
 
     _require_ckpt(args)
@@ -193,8 +197,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from . import api
-
     from .terminal import shown_path, text_table
 
     _require_ckpt(args)
@@ -219,8 +223,7 @@ TABLE_ROWS = 20  # predict prints its rows as a table up to this many images
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    import json
-
+    # startup: not on the --help path
     from . import api
     from .anatomy import format_text
     from .config import to_plain
@@ -244,6 +247,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from .report import build_report
 
     report = build_report(args.runs, log_to_wandb=args.wandb)
@@ -253,13 +257,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from .sweep import sweep_config, write_sweep
 
     text = write_sweep(sweep_config(args.recipe))
     if args.output:
-        from pathlib import Path
-
-        from .atomic import atomic_write_text
+        from .atomic import atomic_write_text  # startup: not on the --help path
 
         atomic_write_text(Path(args.output), text)
         print(f"cnnkit: wrote {args.output}; start it with: wandb sweep {args.output}", file=sys.stderr)
@@ -289,8 +292,7 @@ def registry_kind(word: str) -> Optional[str]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import difflib
-
+    # startup: not on the --help path
     from .config import load_config
     from .plans import INPUTS
     from .registry import REGISTRIES, import_user_code
@@ -359,6 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    # startup: not on the --help path
     from .terminal import configure
 
     configure(verbose_output=getattr(args, "verbose", False) or os.environ.get("CNNKIT_VERBOSE", "") not in ("", "0"))
@@ -370,8 +373,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("cnnkit: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as err:
-        from .errors import CnnkitError, first_line, own_message
-
         if type(err).__name__ == "RunInterrupted":  # lifecycle.RunInterrupted, without importing Lightning here
             print(f"cnnkit: {err}", file=sys.stderr)
             return err.exit_code

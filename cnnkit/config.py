@@ -10,14 +10,18 @@ names, arguments a part does not take, values out of range.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from .errors import ConfigError, first_line, key_context
+from .matrix import variant_from_overrides
+from .registry import import_user_code
 from .schema import SCHEMA_VERSION, SPEC_KEYS, Config, ModelConfig, same_entry, to_plain
 
 if TYPE_CHECKING:
@@ -30,8 +34,6 @@ _MISSING = object()
 # -- reading files ------------------------------------------------------------------------------
 def read_config_file(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
     """A YAML file and the files it includes, in merge order, each with its path for messages."""
-    import yaml
-
     if not os.path.exists(path):
         raise ConfigError(f"config file '{path}' not found")
     if os.path.isdir(path):
@@ -228,8 +230,6 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
     cfg = _resolved(cfg)
     explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
     if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
-        from .matrix import variant_from_overrides
-
         cfg.variant = variant_from_overrides(overrides, cfg, _resolved(recipe))
     check_matrix(cfg)
     if validate_config:
@@ -268,8 +268,8 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check everything a run needs from the config before anything is built or written."""
+    # startup: torch only when this runs
     from . import plans
-    from .registry import import_user_code
 
     import_user_code(list(cfg.imports))
 
@@ -323,6 +323,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> None:
+    # startup: torch only when this runs
     from .data.tensor_loader import uses_tensor_path
 
     in_memory = getattr(dataset.target, "in_memory", None)
@@ -349,14 +350,13 @@ def known_world_size(trainer: DictConfig) -> Optional[int]:
 
 
 def _check_devices(cfg: DictConfig) -> None:
+    # startup: torch only when this runs
     from .distributed import per_device_batch
 
     world = known_world_size(cfg.trainer)
     if world is not None:
         per_device_batch(cfg.data.batch_size, world, cfg.trainer.accumulate_grad_batches)
     if to_plain(cfg.trainer.progress_bar) == "rich":
-        import importlib.util
-
         _require(importlib.util.find_spec("rich") is not None,
                  "trainer.progress_bar=rich needs the 'rich' package: pip install rich "
                  "(or use trainer.progress_bar=tqdm)")
@@ -371,6 +371,7 @@ def _warn_unused_model_keys(model: DictConfig, backbone: "Plan", norm: Any) -> N
     A norm scheme without layers still standardizes the inputs (outside the backbone), so only a
     scheme with layers counts as unused.
     """
+    # startup: torch only when this runs
     from .layers.norms import NormScheme
 
     defaults = ModelConfig()

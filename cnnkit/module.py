@@ -8,12 +8,11 @@ from typing import Any, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from omegaconf import OmegaConf
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .callbacks.output import run_path, write_json
 from .config import SCHEMA_VERSION, to_plain
@@ -25,7 +24,7 @@ from .lightning_adapter import logs_this_step
 from .model import build_classifier
 from .optim import parameter_groups, scaled_lr
 from .plans import optimizer_plan, scheduler_plan
-from .step_guard import FUSED_CAPABLE
+from .step_guard import FUSED_CAPABLE, StepGuard, skips_on_device
 
 SPLITS = ("train", "val", "test")
 IGNORED = -100  # the training accuracy's ignore_index: a batch the step guard skipped counts nowhere
@@ -206,8 +205,6 @@ class ClassifierModule(L.LightningModule):
         """The step guard, when the optimizer can skip updates on the device and no loss scaler or other
         process takes part in the decision (a GradScaler skips steps of its own; under DDP every rank
         must agree, which Lightning's loop syncs for anyway)."""
-        from .step_guard import StepGuard, skips_on_device
-
         self.step_guard = None
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         if optimizer is not None and skips_on_device(optimizer) and self._may_guard_on_device():

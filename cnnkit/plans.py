@@ -15,8 +15,19 @@ from typing import Any
 from .errors import key_context
 from .layers.blocks import Bias, parse_bias
 from .layers.norms import NormScheme
-from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS, OPTIMIZERS, POOLINGS, SCHEDULERS,
-                       TRANSFORMS, Plan)
+from .registry import (
+    ACTIVATIONS,
+    BACKBONES,
+    CALLBACKS,
+    DATASETS,
+    INITS,
+    NORMS,
+    OPTIMIZERS,
+    POOLINGS,
+    SCHEDULERS,
+    TRANSFORMS,
+    Plan,
+)
 from .schema import to_plain
 
 # What cnnkit passes to the parts it builds, besides the spec's own arguments. A backbone or a

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator, Mapping
 
 from .errors import RegistryError
@@ -358,7 +360,6 @@ def load_plugins() -> bool:
     if _plugins_loaded or os.environ.get(NO_PLUGINS_ENV, "") not in ("", "0"):
         return False
     _plugins_loaded = True
-    from importlib.metadata import entry_points
 
     loaded = False
     for ep in entry_points(group=PLUGIN_GROUP):
@@ -390,8 +391,6 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
 
     This is the one way a config causes code to run, and it is explicit.
     """
-    import importlib.util
-
     for item in items:
         try:
             if item.endswith(".py"):

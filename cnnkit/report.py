@@ -10,9 +10,15 @@ one row, aggregated as mean ± std; runs that differ in anything else are rows o
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
 
 from .analyses import units
 from .analyses._unit import Analysis, mean_std, read_csv, read_json, select
@@ -20,7 +26,7 @@ from .answer import answer
 from .atomic import atomic_write_text
 from .config_diff import RESULT_NEUTRAL, differences
 from .errors import CnnkitError, first_line
-from .matrix import group_name
+from .matrix import combinations, format_value, group_name
 
 
 @dataclass
@@ -53,8 +59,6 @@ class Run:
 
 def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run]:
     """The runs under ``root`` (a recipe's directory, or one run's), in name order."""
-    import yaml
-
     if not root.is_dir():
         raise CnnkitError(f"report: '{root}' is not a directory; pass runs/<recipe name>")
     candidates = [root] if (root / "status.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
@@ -75,9 +79,6 @@ def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run
 
 def _matrix_order(runs: list[Run]):
     """Sort key: the recipe matrix's own order (keys as written, values as listed), else by name."""
-    from omegaconf import OmegaConf
-
-    from .matrix import combinations
 
     order: dict[str, int] = {}
     try:
@@ -134,8 +135,6 @@ def _groups(runs: list[Run]) -> tuple[dict[str, list[Run]], dict[str, str]]:
 
 
 def _shown(value: Any) -> str:
-    from .matrix import format_value
-
     return "null" if value is None else format_value(value)
 
 
@@ -250,16 +249,14 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
     this is done only when asked (``report --wandb``), and a run whose figures were already added, unchanged,
     is left alone: asking again with nothing new starts no W&B run at all.
     """
-    import hashlib
-    import json
-    import sys
-
+    # startup: lightning only when this runs
     from .loggers import WANDB_ID_FILE, wandb_mode, wandb_settings
 
     digests = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in figures}
     targets = [r for r in runs if (r.path / WANDB_ID_FILE).is_file() and read_json(r.path / REPORTED_FILE) != digests]
     if not targets or not figures:
         return 0
+    # startup: wandb only when this runs
     import wandb
 
     added = 0

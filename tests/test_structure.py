@@ -138,3 +138,33 @@ def test_the_data_layer_never_imports_the_terminal():
             todo.extend(graph[module])
     terminal = {m for m in reached if m in ("cnnkit.terminal", "cnnkit.console") or m.startswith("cnnkit.callbacks.progress")}
     assert not terminal, f"cnnkit.data reaches {sorted(terminal)}"
+
+
+def _local_imports():
+    """(file, line) of every import inside a function."""
+    for path, tree in TREES.items():
+        for function in ast.walk(tree):
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(function):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)):
+                        yield path, node
+
+
+def _says_startup(lines: list[str], node: ast.stmt) -> bool:
+    """A ``# startup:`` comment on the import's line or above its group of imports (blank lines between)."""
+    if "# startup:" in lines[node.lineno - 1]:
+        return True
+    index = node.lineno - 2
+    while index >= 0 and (not lines[index].strip() or lines[index].lstrip().startswith(("from ", "import "))
+                          or lines[index].startswith(" " * (node.col_offset + 4))):
+        index -= 1
+    return index >= 0 and lines[index].strip().startswith("# startup:")
+
+
+def test_every_function_local_import_says_it_is_there_for_start_up_time():
+    """Imports at the top of a module, but where one would slow ``--help``, ``list`` or a refusal down."""
+    unmarked = []
+    for path, node in _local_imports():
+        if not _says_startup(path.read_text().splitlines(), node):
+            unmarked.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    assert not unmarked, "function-local imports without a '# startup: <reason>' comment:\n" + "\n".join(unmarked)

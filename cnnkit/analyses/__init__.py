@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._unit import Analysis
     from ..registry import Registry
+    from ._unit import Analysis
 
 HERE = Path(__file__).parent
 

@@ -20,10 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from ..layers.batch_stats import batch_statistics
 from ..callbacks.output import run_path, write_json
 from ..callbacks.precise_bn import recompute_bn_statistics
-from ._unit import LINE_STYLES, Analysis, listed, mean_std, pyplot, readable_log_axis, save_figure, table
+from ..layers.batch_stats import batch_statistics
+from ..matrix import format_value
+from ._unit import LINE_STYLES, Analysis, listed, matrix_values, mean_std, pyplot, readable_log_axis, save_figure, table
 
 STATS = ("running", "batch", "precise")
 
@@ -157,8 +158,6 @@ class EvalModesReport(Analysis):
         """Test accuracy against the eval batch size: a line per variant and BN statistics. Variants that
         differ only in their training batch size (evaluated at it) are one line over those sizes."""
         plt = pyplot()
-        from ..matrix import format_value
-        from ._unit import matrix_values
 
         series: dict[tuple[str, str], dict[int, list[float]]] = {}
         for group, group_runs in groups.items():

@@ -18,8 +18,7 @@ import lightning as L
 import torch
 
 from ..callbacks.output import RowLog
-from ._unit import (Analysis, by_label, listed, mean_std, pyplot, readable_log_axis, save_figure, table,
-                    variant_styles)
+from ._unit import Analysis, by_label, listed, mean_std, pyplot, readable_log_axis, save_figure, table, variant_styles
 
 
 def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],

@@ -11,14 +11,17 @@ from typing import Any, Callable, Optional
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from ..config_diff import format_value
 from ..distributed import UnpaddedDistributedSampler, per_device_batch
 from ..errors import ConfigError
 from ..layers.input_norm import channel_statistics
 from ..plans import augment_plans, dataset_plan
+from ..registry import split_spec
 from ..schema import to_plain
 from .datasets import dataset_info
+from .decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
 from .image_files import ImageFiles
 from .info import DataInfo
 from .resumable import ResumableDataLoader
@@ -61,8 +64,6 @@ class ClassificationDataModule(L.LightningDataModule):
             self.splits = splits
             self._say_path()
             if not self.tensor_path and self.transforms:
-                from torchvision.transforms import v2
-
                 splits.train.transform = v2.Compose(self.transforms)
         return self.splits
 
@@ -72,8 +73,6 @@ class ClassificationDataModule(L.LightningDataModule):
         self.recorded_path = recorded
 
     def _decode_once(self, splits: DatasetSplits, root: Optional[str]) -> DatasetSplits:
-        from .decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
-
         parts = [s for s in (splits.train, splits.val, splits.test) if s is not None]
         total = sum(decoded_bytes(part) for part in parts)
         count = sum(len(part) for part in parts)
@@ -119,8 +118,6 @@ class ClassificationDataModule(L.LightningDataModule):
             self.note("cnnkit: resuming on the DataLoader path this run started on (this machine would take the "
                       "tensor path, whose batches differ)")
         elif mode == "auto" and in_memory and not self.tensor_path:
-            from ..registry import split_spec
-
             names = [split_spec(to_plain(spec))[0] for spec in self.cfg.augment]
             slow = [name for name, t in zip(names, self.transforms) if not batched(t)]
             self.note(f"cnnkit: data: the DataLoader path, since {', '.join(slow)} has no batched version "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from typing import Any, Sequence
 
 import torch
@@ -16,10 +17,10 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..registry import DATASETS
+from .image_files import ImageFiles, image_headers, list_class_dirs, list_label_prefix
 from .info import DataInfo
 from .pixels import to_uint8
 from .splits import DatasetSplits, TensorImages, stratified_split
-
 
 
 def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -95,6 +96,7 @@ class Digits(DatasetSource):
         return DataInfo.of((1, *_size_pair(self.image_size or 8)), [str(i) for i in range(10)])
 
     def load(self) -> DatasetSplits:
+        # startup: sklearn only when this runs
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -176,6 +178,7 @@ class TorchvisionSource(DatasetSource):
         return DataInfo.of((self.shape[0], *size), self.classes)
 
     def _open(self, train: bool):
+        # startup: torchvision only when this runs
         import torchvision.datasets as tvd
 
         if self.download:
@@ -198,6 +201,7 @@ class TorchvisionSource(DatasetSource):
     def _download(self, train: bool):
         """torchvision's download (nothing to do when the files are there). A failed one says why, in one
         line, and leaves nothing of its own behind: no empty folders, no partial files."""
+        # startup: torchvision only when this runs
         import torchvision.datasets as tvd
 
         before = _entries(self.root, self.folder)
@@ -247,8 +251,6 @@ def _download_error(err: BaseException) -> str:
 
 def _remove_new(root: str, folder: str, before: set[str]) -> None:
     """Remove what a failed download made: the paths that were not there before, deepest first."""
-    import shutil
-
     for path in sorted(_entries(root, folder) - before, key=lambda p: p.count(os.sep), reverse=True):
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -318,7 +320,6 @@ class ImageFolder(DatasetSource):
         """(channels, height, width): as configured, else the images' own (said in one line), else 3×64×64."""
         if self.size is not None and self.channels is not None:
             return (self.channels, *self.size)
-        from .image_files import image_headers
 
         headers = image_headers([path for path, _ in (train_files or [])[:64]])
         sizes = {size for size, _ in headers}
@@ -344,8 +345,6 @@ class ImageFolder(DatasetSource):
         return (self.channels, *self.size)
 
     def _list(self, split: str, class_names: list[str] | None):
-        from .image_files import list_class_dirs, list_label_prefix
-
         lister = list_class_dirs if self.layout == "class_dirs" else list_label_prefix
         return lister(os.path.join(self.root, self.folders[split]), class_names)
 
@@ -357,8 +356,6 @@ class ImageFolder(DatasetSource):
         return dataset_info(self.load())
 
     def load(self) -> DatasetSplits:
-        from .image_files import ImageFiles
-
         if not os.path.isdir(self.root):
             raise DataError(f"image_folder: data root '{self.root}' does not exist; "
                             f"set data.dataset.root to your image folder")
