@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import CheckpointError, CnnkitError, ConfigError, first_line, own_message
+from .registry import REGISTRIES, import_user_code
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERNAL = 1
 
-REGISTRY_NAMES = ("norms", "activations", "poolings", "inits", "backbones", "datasets", "transforms",
-                  "optimizers", "schedulers", "callbacks")
+REGISTRY_NAMES = tuple(REGISTRIES)
 
 
 class Parser(argparse.ArgumentParser):
@@ -294,8 +294,6 @@ def registry_kind(word: str) -> Optional[str]:
 def _cmd_list(args: argparse.Namespace) -> int:
     # startup: not on the --help path
     from .config import load_config
-    from .plans import INPUTS
-    from .registry import REGISTRIES, import_user_code
 
     overrides = [item for item in args.items if "=" in item]
     words = [item for item in args.items if "=" not in item]
@@ -320,7 +318,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             name = entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else "")
             traits = getattr(entry.target, "describe_traits", None)
             text = entry.description + (f" [{traits()}]" if callable(traits) else "")
-            keys = entry.arguments(skip=INPUTS.get(each, ())) if kind else None
+            keys = entry.arguments(skip=REGISTRIES[each].inputs) if kind else None
             rows.append((name, text, keys))
         if not rows:
             continue

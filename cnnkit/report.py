@@ -25,8 +25,9 @@ from .analyses._unit import Analysis, mean_std, read_csv, read_json, select
 from .answer import answer
 from .atomic import atomic_write_text
 from .config_diff import RESULT_NEUTRAL, differences
-from .errors import CnnkitError, first_line
+from .errors import CnnkitError, RegistryError, first_line
 from .matrix import combinations, format_value, group_name
+from .registry import import_user_code
 
 
 @dataclass
@@ -62,12 +63,16 @@ def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run
     if not root.is_dir():
         raise CnnkitError(f"report: '{root}' is not a directory; pass runs/<recipe name>")
     candidates = [root] if (root / "status.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
-    runs = []
+    found = []
     for path in candidates:
         if not (path / "status.json").is_file():
             continue
         config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-        run = Run(path=path, variant=path.name, group=group_name(path.name), config=config or {},
+        found.append((path, config or {}))
+    _import_runs_code(config for _, config in found)
+    runs = []
+    for path, config in found:
+        run = Run(path=path, variant=path.name, group=group_name(path.name), config=config,
                   status=read_json(path / "status.json") or {}, metrics=read_csv(path / "metrics.csv"))
         for analysis in units() if analyses is None else analyses:
             run.extras[analysis.name] = analysis.load(path)
@@ -75,6 +80,16 @@ def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run
     if not runs:
         raise CnnkitError(f"report: no runs under '{root}' (each run directory has a status.json); fit the recipe first")
     return sorted(runs, key=_matrix_order(runs))
+
+
+def _import_runs_code(configs) -> None:
+    """The runs' own ``imports:`` (their analyses report on them too); one that cannot be imported from here
+    is said in a line, and the report goes on without it."""
+    for item in dict.fromkeys(item for config in configs for item in config.get("imports") or []):
+        try:
+            import_user_code([item])
+        except RegistryError as err:
+            print(f"cnnkit: report: {err}; what it registers is left out of the report", file=sys.stderr)
 
 
 def _matrix_order(runs: list[Run]):
@@ -171,8 +186,8 @@ class Collected:
 
 
 def collect(root: Path | str) -> Collected:
-    analyses = units()
-    runs = load_runs(Path(root), analyses)
+    runs = load_runs(Path(root))
+    analyses = units()  # after the runs' imports: an analysis of their own included
     groups, settings = _groups(runs)
     config = runs[0].config.get("report", {}) or {}
     target = config.get("target_loss")
