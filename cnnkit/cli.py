@@ -26,6 +26,7 @@ EXIT_DIVERGED = 3
 EXIT_INTERNAL = 1
 
 REGISTRY_NAMES = tuple(REGISTRIES)
+TABLE_ROWS = 20  # predict prints its rows as a table up to this many images
 
 
 class Parser(argparse.ArgumentParser):
@@ -210,16 +211,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         rows = [[shown_path(row[0]) if args.input else row[0], *row[1:]] for row in predictions.rows]
         print("\n".join(text_table([predictions.header, *rows], left=2)))
     else:
-        print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here (the CSV has them all)")
+        print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here "
+              f"(the CSV has them all)")
     accuracy = predictions.accuracy()
     scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else \
         (f"; {predictions.no_labels}" if predictions.no_labels else "")
     count = len(predictions.rows)
     print(f"cnnkit: wrote {count} prediction{'s' if count != 1 else ''} to {shown_path(predictions.path)}{scored}")
     return 0
-
-
-TABLE_ROWS = 20  # predict prints its rows as a table up to this many images
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
@@ -240,8 +239,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     else:
         model = cfg.model
         title = (f"{format_value(to_plain(model.backbone))} · norm {format_value(to_plain(model.norm))} · "
-                 f"act {format_value(to_plain(model.act))} · pool {format_value(to_plain(model.pool))} · input {'x'.join(map(str, report['input_shape']))} · "
-                 f"{report['num_classes']} classes")
+                 f"act {format_value(to_plain(model.act))} · pool {format_value(to_plain(model.pool))} · "
+                 f"input {'x'.join(map(str, report['input_shape']))} · {report['num_classes']} classes")
         print(format_text(report, title), end="")
     return 0
 

@@ -173,7 +173,8 @@ def _merge(base: DictConfig, layer: DictConfig, source: str, replace: Sequence[s
         full_key = getattr(err, "full_key", None) or ""
         leaf, known = _known_keys(base, full_key)
         close = difflib.get_close_matches(leaf, known, n=1)
-        hint = f"did you mean '{(full_key.rpartition('.')[0] + '.' if '.' in full_key else '') + close[0]}'? " if close else ""
+        prefix = full_key.rpartition(".")[0] + "." if "." in full_key else ""
+        hint = f"did you mean '{prefix + close[0]}'? " if close else ""
         parent = full_key.rpartition(".")[0] or "the top level"
         raise ConfigError(
             f"{source}: unknown config key '{full_key}'; {hint}keys under {parent}: {', '.join(known)}"
@@ -294,7 +295,8 @@ def validate(cfg: DictConfig) -> None:
                  f"a norm without batch statistics (gn, ln, none)")
     _require(data.eval_batch_size is None or data.eval_batch_size >= 1,
              f"data.eval_batch_size must be >= 1, got {data.eval_batch_size}")
-    _require(data.num_workers is None or data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}")
+    _require(data.num_workers is None or data.num_workers >= 0,
+             f"data.num_workers must be >= 0, got {data.num_workers}")
 
     optim = cfg.optim
     _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")

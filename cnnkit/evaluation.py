@@ -82,7 +82,8 @@ def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
                               f"first (cnnkit fit --config RECIPE) or pass a checkpoint's path")
     runs = ", ".join(str(p.parent.parent.relative_to(runs_dir)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
     raise CheckpointError(f"--ckpt {which} needs the run's config to tell which of {len(found)} runs ({runs}): add "
-                          f"--config RECIPE with the run's overrides, or pass its path, e.g. --ckpt {command_path(found[0])}")
+                          f"--config RECIPE with the run's overrides, or pass its path, "
+                          f"e.g. --ckpt {command_path(found[0])}")
 
 
 def _run_of_checkpoint(path: Path, cfg: DictConfig) -> Path:

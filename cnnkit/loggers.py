@@ -21,6 +21,8 @@ from .config import to_plain
 from .errors import first_line
 from .terminal import command_path, verbose
 
+WANDB_ID_FILE = "wandb_id"
+
 
 def read_metric_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="", encoding="utf-8") as handle:
@@ -132,9 +134,6 @@ def offline_sync_command(logger: Any) -> Optional[str]:
         return f"wandb sync {command_path(settings.sync_dir)}" if settings.mode in ("offline", "dryrun") else None
     except Exception:  # W&B failed: the logger turned itself off, and nothing waits to be uploaded
         return None
-
-
-WANDB_ID_FILE = "wandb_id"
 
 
 def _shielded(method):

@@ -88,7 +88,8 @@ class Entry:
             return []
         shown = []
         for p in params:
-            if p.name in skip or p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            if p.name in skip or p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                inspect.Parameter.KEYWORD_ONLY):
                 continue
             default = self.preset.get(p.name, p.default)
             if default is inspect.Parameter.empty:
@@ -329,7 +330,8 @@ def split_spec(spec: Any, kind: str = "registry") -> tuple[str, dict[str, Any]]:
                 f"a mapping spec needs a 'name' key (e.g. {{name: ..., <argument>: ...}}), got {dict(spec)}{hint}"
             )
         return name, kwargs
-    hint = " (YAML reads off/on/no/yes/true/false as booleans: quote the name, e.g. 'off')" if isinstance(spec, bool) else ""
+    hint = (" (YAML reads off/on/no/yes/true/false as booleans: quote the name, e.g. 'off')"
+            if isinstance(spec, bool) else "")
     raise RegistryError(f"expected a name or a mapping with 'name', got {spec!r}{hint}")
 
 
@@ -388,7 +390,8 @@ def load_plugins() -> bool:
                 obj()
             loaded = True
         except Exception as err:  # one bad plugin must not break cnnkit
-            message = f"cnnkit: plugin '{ep.name}' ({ep.value}) failed to load and was skipped: {type(err).__name__}: {err}"
+            message = (f"cnnkit: plugin '{ep.name}' ({ep.value}) failed to load and was skipped: "
+                       f"{type(err).__name__}: {err}")
             plugin_failures.append(message)
             print(message, file=sys.stderr)
     return loaded

@@ -78,7 +78,8 @@ def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run
             run.extras[analysis.name] = analysis.load(path)
         runs.append(run)
     if not runs:
-        raise CnnkitError(f"report: no runs under '{root}' (each run directory has a status.json); fit the recipe first")
+        raise CnnkitError(f"report: no runs under '{root}' (each run directory has a status.json); "
+                          f"fit the recipe first")
     return sorted(runs, key=_matrix_order(runs))
 
 

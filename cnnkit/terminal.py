@@ -176,7 +176,10 @@ def _seconds(seconds: float) -> str:
 
 
 def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any) -> str:
-    """``cnnkit: quickstart/default · cpu · 32-true · digits ... · simple_cnn bn_pre relu, 53.2 K parameters · runs/...``."""
+    """The line a run starts with:
+
+    ``cnnkit: quickstart/default · cpu · 32-true · digits ... · simple_cnn bn_pre relu, 53.2 K parameters · runs/...``
+    """
     device = trainer.strategy.root_device.type
     if trainer.world_size > 1:
         device = f"{trainer.world_size}× {device}"

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import cnnkit
-from cnnkit.config import load_config
 from cnnkit.anatomy import describe_model
+from cnnkit.config import load_config
 from cnnkit.errors import ConfigError
 from cnnkit.layers.bn_scratch import ScratchBatchNorm
 from cnnkit.registry import BACKBONES, NORMS, accepted_kwargs

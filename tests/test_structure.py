@@ -136,7 +136,8 @@ def test_the_data_layer_never_imports_the_terminal():
         if module not in reached:
             reached.add(module)
             todo.extend(graph[module])
-    terminal = {m for m in reached if m in ("cnnkit.terminal", "cnnkit.console") or m.startswith("cnnkit.callbacks.progress")}
+    terminal = {m for m in reached
+                if m in ("cnnkit.terminal", "cnnkit.console") or m.startswith("cnnkit.callbacks.progress")}
     assert not terminal, f"cnnkit.data reaches {sorted(terminal)}"
 
 

@@ -27,6 +27,10 @@ from ..matrix import format_value
 from ._unit import LINE_STYLES, Analysis, listed, matrix_values, mean_std, pyplot, readable_log_axis, save_figure, table
 
 STATS = ("running", "batch", "precise")
+# running and precise statistics often give the same accuracy: a filled circle inside a larger hollow triangle
+STAT_STYLES = {"running": {"linestyle": "-", "marker": "o", "ms": 4},
+               "batch": {"linestyle": "--", "marker": "s", "ms": 4},
+               "precise": {"linestyle": ":", "marker": "^", "ms": 9, "markerfacecolor": "none", "mew": 1.3}}
 
 
 @torch.no_grad()
@@ -163,8 +167,8 @@ class EvalModesReport(Analysis):
         for group, group_runs in groups.items():
             # variants that differ only in the training batch (evaluated at it) share one line
             values = {k: v for k, v in matrix_values(group_runs[0]).items() if k != "data.batch_size"}
-            base = ("+".join(f"{k.rsplit('.', 1)[-1]}={format_value(json.loads(v))}" for k, v in values.items()) or group
-                    if "data.batch_size" in matrix_values(group_runs[0]) else group)
+            named = "+".join(f"{k.rsplit('.', 1)[-1]}={format_value(json.loads(v))}" for k, v in values.items())
+            base = (named or group) if "data.batch_size" in matrix_values(group_runs[0]) else group
             for run in group_runs:
                 for item in self._modes(run):
                     points = series.setdefault((base, item["stats"]), {})
@@ -213,8 +217,4 @@ class EvalModesReport(Analysis):
         return [save_figure(fig, out / "eval_modes.png")]
 
 
-# running and precise statistics often give the same accuracy: a filled circle inside a larger hollow triangle
-STAT_STYLES = {"running": {"linestyle": "-", "marker": "o", "ms": 4},
-               "batch": {"linestyle": "--", "marker": "s", "ms": 4},
-               "precise": {"linestyle": ":", "marker": "^", "ms": 9, "markerfacecolor": "none", "mew": 1.3}}
 ANALYSIS = EvalModesReport()
