@@ -775,7 +775,10 @@ def speed_part(part: Part) -> bool:
     for index, precision, channels_last, compiled in SETTINGS:
         model = models[index]
         key = case_key(model, precision, channels_last, compiled)
-        run = (lambda m=model, p=precision, c=channels_last, k=compiled: speed_case(part, m, sizes, p, c, k))
+
+        def run(m=model, p=precision, c=channels_last, k=compiled):
+            return speed_case(part, m, sizes, p, c, k)
+
         plan.append((cases, key, run, limits.compile_cap if compiled else limits.case_cap))
         if index not in counted and not compiled:
             counted.add(index)

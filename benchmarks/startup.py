@@ -48,8 +48,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1"}
     cwd = tempfile.mkdtemp(prefix="cnnkit-startup-")
     measures = {"--help": lambda: wall(["--help"], env, cwd)[0], "list": lambda: wall(["list"], env, cwd)[0],
-                "describe (quickstart)": lambda: wall(["describe", "--config", str(REPO / "recipes" / "quickstart.yaml")],
-                                                      env, cwd)[0],
+                "describe (quickstart)": lambda: wall(
+                    ["describe", "--config", str(REPO / "recipes" / "quickstart.yaml")], env, cwd)[0],
                 "first training step (quickstart)": lambda: first_step(env, cwd)}
     results = {}
     print(f"{'command':<36} {'median s':>9}  all")

@@ -8,13 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .registry import REGISTRIES
+
 __version__ = "0.1.0"
 
 _LAZY = {
-    # registries (light)
-    **{name: "cnnkit.registry" for name in (
-        "Registry", "NORMS", "ACTIVATIONS", "POOLINGS", "INITS", "BACKBONES", "DATASETS", "TRANSFORMS",
-        "OPTIMIZERS", "SCHEDULERS", "CALLBACKS")},
+    # registries (light): each under its kind in capitals
+    **{name: "cnnkit.registry" for name in ("Registry", *(kind.upper() for kind in REGISTRIES))},
     # the Python API
     **{name: "cnnkit.api" for name in (
         "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model", "build_module",

@@ -16,6 +16,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from .terminal import text_table
+
 WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)  # their window is known exactly: the formula must hold
 GLOBAL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear, nn.Flatten)
 UNKNOWN = "unknown"  # a layer changed the spatial size in a way its attributes do not tell
@@ -138,8 +140,6 @@ def _fmt(value: Any) -> str:
 
 
 def format_text(report: dict[str, Any], title: str) -> str:
-    from .terminal import text_table
-
     header = ["layer", "type", "output", "params", "k/s/p", "RF", "jump", "MACs"]
     table = [header]
     for row in report["layers"]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .analyses._unit import listed, matrix_values, sizes_differ
+from .matrix import format_value, selects
 
 
 @dataclass
@@ -104,8 +105,6 @@ def _short_key(key: str) -> str:
 def _short_values(values: list[Any]) -> dict[str, str]:
     """Each distinct value (by its JSON) as short as still tells it from the others: a named spec by its
     name where the names differ, a mapping of several entries by the entries that differ."""
-    from .matrix import format_value
-
     distinct = list({_json(v): v for v in values}.values())
     if len(distinct) > 1 and all(isinstance(v, dict) for v in distinct):
         if all("name" in v for v in distinct) and len({v["name"] for v in distinct}) == len(distinct):
@@ -280,9 +279,7 @@ def _widest(m: Matrix, lower: bool, shown: tuple = ()) -> str:
 
 
 def _matches(text: Any, stored: str) -> bool:
-    from .matrix import _matches as matches
-
-    return matches(str(text), json.loads(stored))
+    return selects(str(text), json.loads(stored))
 
 
 def _lead(block: dict[str, Outcome], first: str, m: "Matrix", lower: bool) -> str:
@@ -306,7 +303,6 @@ def _expectation(m: Matrix, expect: Any, where: dict[str, Any], lower: bool) -> 
     """Whether the value the course expects to do best does, in the settings it names (and those settings)."""
     if expect is None:
         return "", ()
-    from .matrix import format_value
 
     at = (" at " + ", ".join(f"{_short_key(k)}={format_value(w)}" for k, w in where.items())) if where else ""
     value = next((v for v in m.values if _matches(expect, v)), None)

@@ -14,16 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import atomic_write_text
 from .builders import build_datamodule, build_model, build_module, data_info, load_weights
 from .checkpoint import read_checkpoint, resolve_checkpoint
-from .config import load_config, to_plain, to_yaml, validate
-from .errors import ConfigError
+from .config import SPEC_KEYS, load_config, parse_override, plain_stored, spec_roles, to_plain, to_yaml, validate
+from .config_diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, differences
+from .config_diff import describe as describe_differences
+from .errors import CheckpointError, ConfigError
 from .evaluation import checkpoint_config, evaluate, predict
-from .atomic import atomic_write_text
+from .matrix import combinations, format_value
+from .registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
 from .runs import KEEP, NEW, RunDir, length_bound, process_rank
-from .terminal import quiet, say
+from .terminal import active_matrix, matrix_display, quiet, run_header, say, verbose
+from .trainer import build_trainer
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info", "checkpoint_config"]
@@ -48,6 +54,7 @@ class FitResult:
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
     """Layer-by-layer shapes, parameters, receptive fields and MACs of the config's model."""
+    # startup: torch only when this runs
     from .anatomy import describe_model
 
     info = data_info(cfg)
@@ -75,6 +82,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     if verdict == KEEP:
         return _kept(run, cfg, resumed=ckpt is not None)
 
+    # startup: lightning, torch only when this runs
     import lightning as L
 
     from .callbacks.best_checkpoint import BestCheckpoint
@@ -83,8 +91,6 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     from .checkpoint_io import AtomicCheckpointIO
     from .lifecycle import RunInterrupted, RunLifecycle
     from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger, offline_sync_command, stored_wandb_id
-    from .terminal import active_matrix, run_header, verbose
-    from .trainer import build_trainer
 
     resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
     resume_checkpoint = read_checkpoint(resume_path) if resume_path else None
@@ -189,15 +195,10 @@ def _requeued_checkpoint(run: RunDir) -> Optional[str]:
 def _check_resumable(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
     """Resuming continues the checkpoint's own run (its optimizer, schedule and step): its config must be
     this one, but for how to run it and its length; other weights to start from are ``--init-from``."""
-    from .config_diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, differences
-    from .errors import CheckpointError
-
-    from .config import plain_stored
-
     diffs = differences(plain_stored(checkpoint["hyper_parameters"]["config"]), to_plain(cfg),
                         RESULT_NEUTRAL + RESUME_FREE + LENGTH)
     if diffs:
-        raise CheckpointError(f"checkpoint '{path}' was trained with another config ({describe(diffs)}); "
+        raise CheckpointError(f"checkpoint '{path}' was trained with another config ({describe_differences(diffs)}); "
                               f"--ckpt resumes that run as it was: to start this config from its weights, "
                               f"use --init-from {path}")
 
@@ -227,9 +228,6 @@ def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
     """A kept run's stored ``report:`` becomes the recipe's current one: it changes no result (what the
     report's answer is about: its question, metric, compared key, the course's expectation), and the
     report reads it from the runs."""
-    import yaml
-    from omegaconf import OmegaConf
-
     stored = yaml.safe_load(run.config_file.read_text(encoding="utf-8")) if run.config_file.is_file() else None
     if isinstance(stored, dict) and stored.get("report") != to_plain(cfg.report):
         stored["report"] = to_plain(cfg.report)
@@ -248,8 +246,6 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     The matrix's values are the recipe's: the command line's overrides apply after them, and an
     argument override that a variant's entry does not take is left out of that variant, said once.
     """
-    from .terminal import matrix_display
-
     base, plans = plan_recipe(files, overrides, only, ckpt)
     first_rank = process_rank() == 0
     # every refusal comes now, in well under a second, before torch is imported or anything trains
@@ -275,8 +271,6 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
 def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
                 ckpt: Optional[str] = None) -> tuple[DictConfig, list[tuple[DictConfig, Optional[str]]]]:
     """The recipe with the overrides, and each run it makes: (its config, the checkpoint it resumes from)."""
-    from .matrix import combinations
-
     base = load_config(files, overrides, validate_config=False)
     if not base.matrix:
         if only:
@@ -303,8 +297,6 @@ def _run_to_extend(files: Sequence[str], overrides: Sequence[str], cfg: DictConf
     """``--ckpt last trainer.max_epochs=30``: the run made without the new length, if there is no run of
     that length to resume. A length names a run when it starts (a 3-epoch run never shares the recipe's
     directory) and may change when the run resumes."""
-    from .config_diff import LENGTH
-
     if RunDir.for_config(cfg).last_checkpoint.is_file():
         return cfg
     unlengthened = [o for o in overrides if o.partition("=")[0].strip() not in LENGTH]
@@ -320,9 +312,6 @@ def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> 
     """Per variant, the argument overrides its registry entry does not take (``model.norm.eps=1e-3`` where
     ``norm: none``): left out there, said in one line each. An override that no variant takes stays, so
     validation names it as the mistake it is."""
-    from .config import SPEC_KEYS, parse_override, spec_roles
-    from .registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
-
     arguments = {}
     for item in overrides:
         layer = parse_override(item)
@@ -355,6 +344,4 @@ def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> 
 
 
 def combo_tags(values: dict[str, Any]) -> list[tuple[str, str]]:
-    from .matrix import format_value
-
     return [(key.rsplit(".", 1)[-1], format_value(value)) for key, value in values.items()]

@@ -12,16 +12,20 @@ from omegaconf import DictConfig
 from .config import to_plain
 from .data.info import DataInfo
 from .errors import CheckpointError, ConfigError
+from .terminal import interactive, note
 
 
 def build_datamodule(cfg: DictConfig):
+    """The datamodule; its notes go to stdout from the first process, a bar shows decoding on a terminal."""
+    # startup: lightning, torch only when this runs
     from .data.datamodule import ClassificationDataModule
 
-    return ClassificationDataModule(cfg.data, seed=cfg.seed)
+    return ClassificationDataModule(cfg.data, seed=cfg.seed, note=note, show_progress=interactive())
 
 
 def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None):
     """The LightningModule; with a loaded ``datamodule``, input standardization gets its train-split statistics."""
+    # startup: torch only when this runs
     from .layers.input_norm import InputStandardize
     from .module import ClassifierModule
 
@@ -34,13 +38,19 @@ def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None):
 
 def data_info(cfg: DictConfig) -> DataInfo:
     """Input shape and classes of the config's dataset, read from its entry (no data needed)."""
+    # startup: torch only when this runs
     from .plans import dataset_plan
 
-    return dataset_plan(cfg.data).build().info()
+    source = dataset_plan(cfg.data).build()
+    info = source.info()
+    for line in source.notes():
+        note(line)
+    return info
 
 
 def build_model(cfg: DictConfig, info: Optional[DataInfo] = None):
     """The network alone (a ``torch.nn.Module``); ``info`` defaults to the config's dataset's."""
+    # startup: torch only when this runs
     from .model import build_classifier
 
     info = info or data_info(cfg)
@@ -51,6 +61,7 @@ def build_model(cfg: DictConfig, info: Optional[DataInfo] = None):
 @contextmanager
 def _resize_hint(cfg: DictConfig) -> Iterator[None]:
     """Images too small for the backbone: the fix names the dataset's own resize key when it has one."""
+    # startup: torch only when this runs
     from .backbones.shapes import InputTooSmall
     from .plans import dataset_plan
 

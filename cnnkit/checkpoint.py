@@ -46,6 +46,7 @@ def resolve_checkpoint(arg: str, run: RunDir | None) -> Path:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a cnnkit checkpoint on the CPU without running any code stored in it."""
+    # startup: torch only when this runs
     import torch
 
     try:

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .atomic import atomic_file
+from .errors import CheckpointError
 
 FAULT_ENV = "CNNKIT_FAULT_KILL_IN_SAVE"
 
@@ -48,8 +49,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.write(data)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                from .errors import CheckpointError
-
                 raise CheckpointError(f"could not save checkpoint '{path}': the disk is full or a file-size limit "
                                       f"was reached ({os.strerror(err.errno)}); the previous checkpoint is intact - "
                                       f"free space and resume with --ckpt last") from err

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import fnmatch
+import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import ConfigError
+from .errors import CheckpointError, CnnkitError, ConfigError, first_line, own_message
+from .registry import REGISTRIES, import_user_code
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERNAL = 1
 
-REGISTRY_NAMES = ("norms", "activations", "poolings", "inits", "backbones", "datasets", "transforms",
-                  "optimizers", "schedulers", "callbacks")
+REGISTRY_NAMES = tuple(REGISTRIES)
+TABLE_ROWS = 20  # predict prints its rows as a table up to this many images
 
 
 class Parser(argparse.ArgumentParser):
@@ -126,10 +130,11 @@ def build_parser() -> Parser:
 
 # -- commands -----------------------------------------------------------------------------------
 def _print_config(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from .config import load_config, to_yaml
 
     if getattr(args, "ckpt", None) and args.command != "fit":
-        from .api import checkpoint_config
+        from .api import checkpoint_config  # startup: not on the --help path
 
         cfg = checkpoint_config(args.ckpt, args.config, args.overrides)[0]
     else:
@@ -139,6 +144,7 @@ def _print_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from . import api
 
     if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
@@ -147,6 +153,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                           "the built-in defaults without one, name the run: name=NAME")
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
+    # startup: not on the --help path
     from .runs import process_rank
     from .terminal import summary_block
 
@@ -163,8 +170,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _require_ckpt(args: argparse.Namespace) -> None:
     if not args.ckpt:
-        from .errors import CheckpointError
-
         raise CheckpointError(f"{args.command} needs --ckpt PATH (or --ckpt last with --config)")
 
 
@@ -182,8 +187,8 @@ def _path_hint(command: Optional[str], paths: list[str]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from . import api
-
     from .terminal import metric_text
 
     _require_ckpt(args)
@@ -193,8 +198,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from . import api
-
     from .terminal import shown_path, text_table
 
     _require_ckpt(args)
@@ -206,7 +211,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         rows = [[shown_path(row[0]) if args.input else row[0], *row[1:]] for row in predictions.rows]
         print("\n".join(text_table([predictions.header, *rows], left=2)))
     else:
-        print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here (the CSV has them all)")
+        print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here "
+              f"(the CSV has them all)")
     accuracy = predictions.accuracy()
     scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else \
         (f"; {predictions.no_labels}" if predictions.no_labels else "")
@@ -215,12 +221,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-TABLE_ROWS = 20  # predict prints its rows as a table up to this many images
-
-
 def _cmd_describe(args: argparse.Namespace) -> int:
-    import json
-
+    # startup: not on the --help path
     from . import api
     from .anatomy import format_text
     from .config import to_plain
@@ -237,13 +239,14 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     else:
         model = cfg.model
         title = (f"{format_value(to_plain(model.backbone))} · norm {format_value(to_plain(model.norm))} · "
-                 f"act {format_value(to_plain(model.act))} · pool {format_value(to_plain(model.pool))} · input {'x'.join(map(str, report['input_shape']))} · "
-                 f"{report['num_classes']} classes")
+                 f"act {format_value(to_plain(model.act))} · pool {format_value(to_plain(model.pool))} · "
+                 f"input {'x'.join(map(str, report['input_shape']))} · {report['num_classes']} classes")
         print(format_text(report, title), end="")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from .report import build_report
 
     report = build_report(args.runs, log_to_wandb=args.wandb)
@@ -253,13 +256,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    # startup: not on the --help path
     from .sweep import sweep_config, write_sweep
 
     text = write_sweep(sweep_config(args.recipe))
     if args.output:
-        from pathlib import Path
-
-        from .atomic import atomic_write_text
+        from .atomic import atomic_write_text  # startup: not on the --help path
 
         atomic_write_text(Path(args.output), text)
         print(f"cnnkit: wrote {args.output}; start it with: wandb sweep {args.output}", file=sys.stderr)
@@ -289,11 +291,8 @@ def registry_kind(word: str) -> Optional[str]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import difflib
-
+    # startup: not on the --help path
     from .config import load_config
-    from .plans import INPUTS
-    from .registry import REGISTRIES, import_user_code
 
     overrides = [item for item in args.items if "=" in item]
     words = [item for item in args.items if "=" not in item]
@@ -318,7 +317,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             name = entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else "")
             traits = getattr(entry.target, "describe_traits", None)
             text = entry.description + (f" [{traits()}]" if callable(traits) else "")
-            keys = entry.arguments(skip=INPUTS.get(each, ())) if kind else None
+            keys = entry.arguments(skip=REGISTRIES[each].inputs) if kind else None
             rows.append((name, text, keys))
         if not rows:
             continue
@@ -359,6 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    # startup: not on the --help path
     from .terminal import configure
 
     configure(verbose_output=getattr(args, "verbose", False) or os.environ.get("CNNKIT_VERBOSE", "") not in ("", "0"))
@@ -370,8 +370,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("cnnkit: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as err:
-        from .errors import CnnkitError, first_line, own_message
-
         if type(err).__name__ == "RunInterrupted":  # lifecycle.RunInterrupted, without importing Lightning here
             print(f"cnnkit: {err}", file=sys.stderr)
             return err.exit_code

@@ -1,4 +1,4 @@
-"""The one config schema (omegaconf structured dataclasses), and loading, merging, validating it.
+"""Loading, merging and validating a config of the one schema (``schema.py``).
 
 Merge order: schema defaults ← ``--config`` files (repeatable, later wins; each may ``include:``
 other files relative to itself) ← a matrix combination's values (the recipe's own) ← command-line
@@ -10,240 +10,30 @@ names, arguments a part does not take, values out of range.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import sys
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from .errors import CnnkitError, ConfigError, first_line
-from .registry import normalize
+from .errors import ConfigError, first_line, key_context
+from .matrix import variant_from_overrides
+from .registry import import_user_code
+from .schema import SCHEMA_VERSION, SPEC_KEYS, Config, ModelConfig, same_entry, to_plain
 
 if TYPE_CHECKING:
     from .registry import Plan
 
-SCHEMA_VERSION = 1
 INCLUDE_KEY = "include"
-
-
-class EvalStats(Enum):
-    running = "running"  # BN uses its moving averages (population estimates), as deployed
-    batch = "batch"  # BN uses the statistics of each evaluation batch (buffers untouched)
-
-
-class Loader(Enum):
-    auto = "auto"  # tensor when the data is in memory and every training transform has a batched version
-    tensor = "tensor"  # the data set as tensors on the training device, batched augmentation
-    dataloader = "dataloader"  # torchvision transforms per sample in a torch DataLoader
-
-
-class Cache(Enum):
-    auto = "auto"  # image folders: decoded into memory once when they fit data.cache_budget, else none
-    memory = "memory"  # decoded once per process, held in memory (then the tensor path can serve them)
-    disk = "disk"  # decoded once into a cache file beside the data that later runs and other processes map
-    none = "none"  # decoded by the DataLoader each time an epoch uses an image
-
-
-class TestTimeAugmentation(Enum):
-    none = "none"
-    flip = "flip"  # average the logits of the image and its mirror image
-
-
-class ProgressBar(Enum):
-    auto = "auto"  # rich when installed, else tqdm; one line per epoch when the output is not a terminal
-    tqdm = "tqdm"
-    rich = "rich"
-    none = "none"
-
-
-class WandbMode(Enum):
-    auto = "auto"  # WANDB_MODE if set; else online with credentials, offline without
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
-class Average(Enum):
-    micro = "micro"  # fraction of samples classified correctly
-    macro = "macro"  # mean of the per-class accuracies
-
-
-class LrScaling(Enum):
-    none = "none"
-    linear = "linear"  # lr × global batch / reference batch (Goyal et al. 2017)
-    sqrt = "sqrt"  # lr × sqrt(global batch / reference batch)
-
-
-class MonitorMode(Enum):
-    max = "max"
-    min = "min"
-
-
-@dataclass
-class ModelConfig:
-    backbone: Any = "simple_cnn"  # a name, or {name: ..., <backbone argument>: ...}
-    norm: Any = "bn_pre"  # none | input | bn_pre | bn_post | gn | ln | your own
-    act: Any = "relu"
-    pool: Any = "max"
-    init: Any = "default"
-    bias: Any = "auto"  # auto | true | false; auto drops it only where a norm directly follows
-
-
-@dataclass
-class DataConfig:
-    dataset: Any = "digits"  # a name, or {name: ..., root: ..., image_size: ...}
-    batch_size: int = 64  # global batch: split across devices
-    eval_batch_size: Optional[int] = None  # default: batch_size
-    loader: Loader = Loader.auto
-    cache: Cache = Cache.auto  # image folders: decode once (see data/decoded.py)
-    cache_budget: float = 4.0  # GiB of decoded images data.cache=auto may hold in memory
-    num_workers: Optional[int] = None  # DataLoader workers; default: min(cores - 1, 8) for the DataLoader path
-    augment: list[Any] = field(default_factory=list)  # training transforms, by name
-
-
-@dataclass
-class OptimConfig:
-    optimizer: Any = "sgd"  # sgd | adam | adamw, or {name: sgd, momentum: 0.9, nesterov: true}
-    lr: float = 0.1
-    weight_decay: float = 0.0
-    no_decay_norm_bias: bool = False  # exempt norm parameters and biases from weight decay
-    scheduler: Any = "constant"  # constant | step | cosine | onecycle
-    lr_scaling: LrScaling = LrScaling.none  # scale lr with the global batch size
-    reference_batch_size: int = 256  # the batch size optim.lr is meant for when scaling
-
-
-@dataclass
-class LossConfig:
-    label_smoothing: float = 0.0
-
-
-@dataclass
-class MetricsConfig:
-    average: Average = Average.micro
-
-
-@dataclass
-class TrainerConfig:
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
-    max_epochs: int = 10
-    max_steps: int = -1
-    gradient_clip_val: Optional[float] = None
-    accumulate_grad_batches: int = 1
-    deterministic: bool = False
-    log_every_n_steps: int = 10
-    check_val_every_n_epoch: int = 1
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    progress_bar: ProgressBar = ProgressBar.auto
-    enable_model_summary: bool = False  # Lightning's table of modules (always shown with --verbose)
-    detect_anomaly: bool = False  # autograd anomaly detection: finds the op that made a NaN (slow)
-    channels_last: bool = False  # NHWC memory layout for conv nets (faster with mixed precision on GPUs)
-    compile: bool = False  # torch.compile the model (checkpoints keep the uncompiled parameter names)
-    cudnn_benchmark: Optional[bool] = None  # let cuDNN pick the fastest conv algorithms for fixed shapes
-
-
-@dataclass
-class DistributedConfig:
-    sync_bn: bool = False  # BN statistics over the global batch (torch SyncBatchNorm on CUDA, all-reduce BN on CPU)
-    average_bn_stats: bool = True  # without sync: average BN running statistics over ranks before evaluation
-
-
-@dataclass
-class CheckpointConfig:
-    monitor: str = "val/acc"
-    mode: MonitorMode = MonitorMode.max
-    save_top_k: int = 1
-    save_last: bool = True  # checkpoints/last.ckpt: the state at the end of every epoch
-    every_n_epochs: int = 1
-    every_n_steps: Optional[int] = None  # also save last.ckpt every N optimizer steps (resume mid-epoch)
-
-
-@dataclass
-class WandbConfig:
-    mode: WandbMode = WandbMode.auto
-    project: str = "cnnkit"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # default: the recipe's name
-    tags: list[str] = field(default_factory=list)
-    log_model: bool = False
-    init_timeout: float = 60.0  # seconds W&B may take to start; after that cnnkit goes on without it
-
-
-@dataclass
-class LoggerConfig:
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-@dataclass
-class ReportConfig:
-    target_loss: Optional[float] = None  # "steps to target": first step whose train loss is at or below
-    metric: str = "test/acc"  # the headline metric of bar charts and the best variant
-    question: Optional[str] = None  # the recipe's question: REPORT.md opens with it and the numbers' answer
-    # What the answer is about (cnnkit/answer.py): the matrix key the question compares (default: the first
-    # but seed), a matrix key to follow the metric along, and the compared value the course expects to do
-    # best (as a variant name spells it), in the setting of the other matrix keys given by ``where``.
-    compare: Optional[str] = None
-    along: Optional[str] = None
-    expect: Optional[str] = None
-    where: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Config:
-    schema_version: int = SCHEMA_VERSION
-    name: str = "default"  # runs/<name>/<variant>/
-    variant: str = "default"
-    runs_dir: str = "runs"
-    seed: int = 0
-    imports: list[str] = field(default_factory=list)  # your modules / .py files that register entries
-    eval_stats: EvalStats = EvalStats.running
-    tta: TestTimeAugmentation = TestTimeAugmentation.none  # at validation, test and predict
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    callbacks: list[Any] = field(default_factory=list)  # extra callbacks by name
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    matrix: dict[str, Any] = field(default_factory=dict)  # dotted key → list of values; one run per combination
-
-
 _MISSING = object()
-
-# The keys whose value names one registry entry: a name, or ``{name: ..., <argument>: ...}``.
-SPEC_KEYS = {"model.backbone": "backbones", "model.norm": "norms", "model.act": "activations",
-             "model.pool": "poolings", "model.init": "inits", "data.dataset": "datasets",
-             "optim.optimizer": "optimizers", "optim.scheduler": "schedulers"}
-
-
-def spec_key(key: str) -> str | None:
-    """The registry-spec key that ``key`` is or lies under (``model.norm.groups`` → ``model.norm``)."""
-    return next((k for k in SPEC_KEYS if key == k or key.startswith(k + ".")), None)
-
-
-def same_entry(a: Any, b: Any) -> bool:
-    """Whether two entry names are one name once normalized (``Relu``, ``relu``; ``bn-pre``, ``bn_pre``)."""
-    return isinstance(a, str) and isinstance(b, str) and normalize(a) == normalize(b)
 
 
 # -- reading files ------------------------------------------------------------------------------
 def read_config_file(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
     """A YAML file and the files it includes, in merge order, each with its path for messages."""
-    import yaml
-
     if not os.path.exists(path):
         raise ConfigError(f"config file '{path}' not found")
     if os.path.isdir(path):
@@ -337,6 +127,16 @@ def _known_keys(schema: DictConfig, full_key: str) -> tuple[str, list[str]]:
     return leaf, [str(k) for k in keys]
 
 
+def _as_written(node: DictConfig, key: Any) -> Any:
+    """``node[key]`` without resolving it: a child config, or a value as written (``${...}`` and ``???`` too).
+
+    A half-merged config may hold an interpolation whose target a later layer adds, so reading must not
+    resolve it."""
+    if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+        return OmegaConf.to_container(OmegaConf.masked_copy(node, [key]), resolve=False)[key]
+    return node[key]
+
+
 def _replace_renamed_specs(base: Any, layer: Any) -> None:
     """A later spec naming another entry replaces the earlier one instead of merging arguments into it,
     and arguments for a spec given by name alone go to that entry.
@@ -351,9 +151,9 @@ def _replace_renamed_specs(base: Any, layer: Any) -> None:
     for key in layer.keys():
         if key not in base:
             continue
-        old, new = base._get_node(key), layer._get_node(key)
-        if isinstance(new, DictConfig) and "name" not in new and isinstance(old._value(), str):
-            base[key] = {"name": old._value()}
+        old, new = _as_written(base, key), _as_written(layer, key)
+        if isinstance(new, DictConfig) and "name" not in new and isinstance(old, str):
+            base[key] = {"name": old}
         elif isinstance(old, DictConfig) and isinstance(new, DictConfig):
             if "name" in old and "name" in new and not same_entry(old.get("name"), new.get("name")):
                 base[key] = None
@@ -373,7 +173,8 @@ def _merge(base: DictConfig, layer: DictConfig, source: str, replace: Sequence[s
         full_key = getattr(err, "full_key", None) or ""
         leaf, known = _known_keys(base, full_key)
         close = difflib.get_close_matches(leaf, known, n=1)
-        hint = f"did you mean '{(full_key.rpartition('.')[0] + '.' if '.' in full_key else '') + close[0]}'? " if close else ""
+        prefix = full_key.rpartition(".")[0] + "." if "." in full_key else ""
+        hint = f"did you mean '{prefix + close[0]}'? " if close else ""
         parent = full_key.rpartition(".")[0] or "the top level"
         raise ConfigError(
             f"{source}: unknown config key '{full_key}'; {hint}keys under {parent}: {', '.join(known)}"
@@ -430,8 +231,6 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
     cfg = _resolved(cfg)
     explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
     if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
-        from .matrix import variant_from_overrides
-
         cfg.variant = variant_from_overrides(overrides, cfg, _resolved(recipe))
     check_matrix(cfg)
     if validate_config:
@@ -458,29 +257,11 @@ def plain_stored(stored: dict[str, Any]) -> dict[str, Any]:
     return to_plain(load_config(base=stored, validate_config=False))
 
 
-def to_plain(node: Any) -> Any:
-    """A config node as plain Python data (enums as strings): safe in checkpoints and W&B."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    if isinstance(node, Enum):
-        return node.value
-    return node
-
-
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg)))
 
 
 # -- validation ---------------------------------------------------------------------------------
-@contextmanager
-def key_context(key: str) -> Iterator[None]:
-    """Prefix an error raised while checking ``key`` with that key's path."""
-    try:
-        yield
-    except CnnkitError as err:
-        raise ConfigError(f"{key}: {err}") from err
-
-
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -488,8 +269,8 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check everything a run needs from the config before anything is built or written."""
+    # startup: torch only when this runs
     from . import plans
-    from .registry import import_user_code
 
     import_user_code(list(cfg.imports))
 
@@ -514,7 +295,8 @@ def validate(cfg: DictConfig) -> None:
                  f"a norm without batch statistics (gn, ln, none)")
     _require(data.eval_batch_size is None or data.eval_batch_size >= 1,
              f"data.eval_batch_size must be >= 1, got {data.eval_batch_size}")
-    _require(data.num_workers is None or data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}")
+    _require(data.num_workers is None or data.num_workers >= 0,
+             f"data.num_workers must be >= 0, got {data.num_workers}")
 
     optim = cfg.optim
     _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
@@ -543,6 +325,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> None:
+    # startup: torch only when this runs
     from .data.tensor_loader import uses_tensor_path
 
     in_memory = getattr(dataset.target, "in_memory", None)
@@ -569,14 +352,13 @@ def known_world_size(trainer: DictConfig) -> Optional[int]:
 
 
 def _check_devices(cfg: DictConfig) -> None:
+    # startup: torch only when this runs
     from .distributed import per_device_batch
 
     world = known_world_size(cfg.trainer)
     if world is not None:
         per_device_batch(cfg.data.batch_size, world, cfg.trainer.accumulate_grad_batches)
     if to_plain(cfg.trainer.progress_bar) == "rich":
-        import importlib.util
-
         _require(importlib.util.find_spec("rich") is not None,
                  "trainer.progress_bar=rich needs the 'rich' package: pip install rich "
                  "(or use trainer.progress_bar=tqdm)")
@@ -591,6 +373,7 @@ def _warn_unused_model_keys(model: DictConfig, backbone: "Plan", norm: Any) -> N
     A norm scheme without layers still standardizes the inputs (outside the backbone), so only a
     scheme with layers counts as unused.
     """
+    # startup: torch only when this runs
     from .layers.norms import NormScheme
 
     defaults = ModelConfig()
@@ -610,7 +393,7 @@ def check_matrix(cfg: DictConfig) -> None:
     """Every matrix key names a config key and lists values (checked before any variant is made)."""
     for key, values in cfg.matrix.items():
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING or key == "matrix" or key.startswith("matrix."):
-            leaf_keys = _all_keys(cfg)
+            leaf_keys = _all_keys(OmegaConf.to_container(cfg, resolve=False))
             close = difflib.get_close_matches(key, leaf_keys, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"matrix: key '{key}' does not exist in the config{hint}")
@@ -631,10 +414,11 @@ def check_report_keys(cfg: DictConfig) -> None:
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a plain (``to_container``) config, nested ones included."""
     keys = []
-    if isinstance(node, DictConfig):
-        for key in node.keys():
+    if isinstance(node, dict):
+        for key, child in node.items():
             path = f"{prefix}{key}"
             keys.append(path)
-            keys.extend(_all_keys(node._get_node(key), path + "."))
+            keys.extend(_all_keys(child, path + "."))
     return keys

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .config import SPEC_KEYS, same_entry
+from .schema import SPEC_KEYS, same_entry
 
 # Keys that never change what a run computes: ignored when deciding whether a finished run is reusable.
 RESULT_NEUTRAL = (
@@ -29,6 +29,20 @@ RESUME_FREE = (
 LENGTH = ("trainer.max_epochs", "trainer.max_steps")
 # How much of each split a run sees: a limited run is a smoke test, never the recipe's result.
 LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches")
+
+
+def format_value(value: Any) -> str:
+    """A value as it reads in messages, tables and titles: names plain, mappings as name(arg=value,...)."""
+    if isinstance(value, dict):
+        args = ",".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
+        if "name" not in value:
+            return args
+        return f"{value['name']}({args})" if args else str(value["name"])
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _ignored(key: str, prefixes: Iterable[str]) -> bool:
@@ -68,8 +82,6 @@ def _as_mapping(spec: Any, other: Any) -> Any:
 
 def describe(diffs: list[tuple[str, Any, Any]], most: int = 4) -> str:
     """``trainer.max_epochs 1 → 15, model.backbone simple_cnn(channels=[32,64]) → mlp (+2 more)``."""
-    from .matrix import format_value
-
     def show(value: Any) -> str:
         return "null" if value is None else format_value(value)
 

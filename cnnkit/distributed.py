@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, DistributedSampler
 
+from .errors import ConfigError
 from .layers import bn_math
 
 
@@ -111,8 +112,6 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 def per_device_batch(global_batch: int, world_size: int, accumulate: int) -> int:
     """The batch each process loads: global / (world size × gradient-accumulation steps)."""
-    from .errors import ConfigError
-
     parts = world_size * accumulate
     if global_batch % parts:
         raise ConfigError(

@@ -1,5 +1,10 @@
 """Errors a user can cause and fix: the CLI prints them as one line and exits non-zero."""
 
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class CnnkitError(Exception):
     """A mistake in the user's config, data, checkpoint or command line.
@@ -40,3 +45,12 @@ def first_line(err: BaseException, default: str = "") -> str:
     """The first line of an exception's message: libraries often append whole tracebacks or tables."""
     text = str(getattr(err, "msg", None) or err).strip()
     return text.splitlines()[0] if text else default
+
+
+@contextmanager
+def key_context(key: str) -> Iterator[None]:
+    """Prefix an error raised while checking ``key`` with that key's path."""
+    try:
+        yield
+    except CnnkitError as err:
+        raise ConfigError(f"{key}: {err}") from err

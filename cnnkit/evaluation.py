@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 from dataclasses import dataclass
@@ -11,14 +12,16 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig
 
+from .atomic import atomic_write_text
 from .builders import build_datamodule, build_module, load_weights
 from .checkpoint import read_checkpoint, resolve_checkpoint
-from .config import load_config
+from .config import load_config, to_plain
 from .data.info import DataInfo
-from .atomic import atomic_write_text
 from .errors import CheckpointError, DataError
+from .registry import DATASETS, split_spec
 from .runs import RunDir
-from .terminal import quiet
+from .schema import Cache
+from .terminal import command_path, note, quiet, shown_path, verbose
 from .trainer import build_trainer
 
 
@@ -29,8 +32,6 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
     ``last`` (``best``) is the last (best) checkpoint of the config's run; without ``files``, of the one
     run under runs/ that has a last.ckpt.
     """
-    from .terminal import note, shown_path
-
     named = ckpt in ("last", "best")
     if named and not files:
         run = _only_run(load_config((), overrides, validate_config=False), overrides, ckpt)
@@ -52,9 +53,6 @@ def _label_rule(cfg: DictConfig, info: DataInfo):
     names: a model trained on other data (digits, MNIST: classes "0".."9") would read a label into any
     folder that happens to be named "3" and print an accuracy that means nothing.
     """
-    from .config import to_plain
-    from .registry import DATASETS, split_spec
-
     name, kwargs = split_spec(to_plain(cfg.data.dataset))
     index = {class_name: i for i, class_name in enumerate(info.class_names)}
     classes = ", ".join(info.class_names[:4]) + (", ..." if len(info.class_names) > 4 else "")
@@ -72,8 +70,6 @@ def _label_rule(cfg: DictConfig, info: DataInfo):
 def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
     """``--ckpt last|best`` without a config: the one run under ``runs_dir`` that has a last.ckpt (of the
     ``name=`` and the variant the overrides give, where they give them), else which to choose."""
-    from .terminal import command_path
-
     runs_dir = cfg.runs_dir
     named = any(o.partition("=")[0].strip() == "name" for o in overrides)
     pattern = f"{cfg.name if named else '*'}/{cfg.variant if cfg.variant != 'default' else '*'}/checkpoints/last.ckpt"
@@ -86,7 +82,8 @@ def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
                               f"first (cnnkit fit --config RECIPE) or pass a checkpoint's path")
     runs = ", ".join(str(p.parent.parent.relative_to(runs_dir)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
     raise CheckpointError(f"--ckpt {which} needs the run's config to tell which of {len(found)} runs ({runs}): add "
-                          f"--config RECIPE with the run's overrides, or pass its path, e.g. --ckpt {command_path(found[0])}")
+                          f"--config RECIPE with the run's overrides, or pass its path, "
+                          f"e.g. --ckpt {command_path(found[0])}")
 
 
 def _run_of_checkpoint(path: Path, cfg: DictConfig) -> Path:
@@ -106,8 +103,6 @@ def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, A
 
 def _one_pass(cfg: DictConfig) -> DictConfig:
     """An evaluation reads each image once: decoding a folder's every split first would only add work."""
-    from .config import Cache
-
     cfg.data.cache = Cache.none
     return cfg
 
@@ -122,7 +117,6 @@ def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequen
     if (stored.num_classes, stored.input_shape) != (current.num_classes, current.input_shape):
         raise CheckpointError(f"checkpoint '{path}' was trained on {stored.describe()}; "
                               f"the configured data has {current.describe()}")
-    from .terminal import verbose
 
     trainer = build_trainer(cfg, None, False, [])
     run_stage = trainer.validate if stage == "validate" else trainer.test
@@ -150,8 +144,7 @@ class Predictions:
 
 def image_inputs(inputs: Sequence[str]) -> list[str]:
     """Image files from files, folders (searched recursively) and globs, in the order given, once each."""
-    import glob
-
+    # startup: torch only when this runs
     from .data.image_files import IMAGE_EXTENSIONS
 
     def images_under(folder: str) -> list[str]:
@@ -190,6 +183,7 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     image laid out as that folder's were: in a folder named after its class, or named ``<label>_...``),
     and the ``top_k`` classes.
     """
+    # startup: torch only when this runs
     from torch.utils.data import DataLoader
 
     from .data.image_files import ImageFiles

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from .atomic import atomic_write_text
 from .checkpoint_io import AtomicCheckpointIO
 from .errors import own_message
-from .atomic import atomic_write_text
 from .runs import RunDir
 
 STATUSES = ("running", "finished", "diverged", "failed", "interrupted")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib
 import netrc
 import os
 import sys
@@ -18,6 +19,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from .config import to_plain
 from .errors import first_line
+from .terminal import command_path, verbose
+
+WANDB_ID_FILE = "wandb_id"
 
 
 def read_metric_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -90,8 +94,8 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
     mode = wandb_mode(to_plain(wb.mode))
     if mode == "disabled":
         return None
-    try:
-        import wandb
+    try:  # importable, not only installed: a broken install is reported here too (wandb loads in seconds: only now)
+        importlib.import_module("wandb")
     except ImportError as err:
         print(f"cnnkit: W&B logging is off: wandb cannot be imported ({err}); metrics stay in metrics.csv",
               file=sys.stderr)
@@ -117,9 +121,8 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
 
 def wandb_settings(init_timeout: float) -> Any:
     """W&B's banner, run history and summary only with ``--verbose`` (cnnkit's summary says what matters)."""
+    # startup: wandb only when this runs
     import wandb
-
-    from .terminal import verbose
 
     return wandb.Settings(init_timeout=init_timeout, silent=not verbose())
 
@@ -128,14 +131,9 @@ def offline_sync_command(logger: Any) -> Optional[str]:
     """``wandb sync <run's offline directory>`` for an offline W&B run (None when online)."""
     try:
         settings = logger.experiment.settings
-        from .terminal import command_path
-
         return f"wandb sync {command_path(settings.sync_dir)}" if settings.mode in ("offline", "dryrun") else None
     except Exception:  # W&B failed: the logger turned itself off, and nothing waits to be uploaded
         return None
-
-
-WANDB_ID_FILE = "wandb_id"
 
 
 def _shielded(method):
@@ -189,6 +187,7 @@ def finish_wandb(logger: Any, failed: bool) -> None:
     """Lightning's finalize() does not end the W&B run; a second run in this process would reuse it."""
     if logger is None or rank_zero_only.rank != 0:
         return
+    # startup: wandb only when this runs
     import wandb
 
     try:

@@ -14,27 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+from dataclasses import fields
 from typing import Any, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .config import spec_key, to_plain
-from .config_diff import LENGTH, LIMITS
+from .config_diff import LENGTH, LIMITS, differences, format_value
 from .errors import ConfigError
-
-
-def format_value(value: Any) -> str:
-    """A value as it reads in messages, tables and titles: names plain, mappings as name(arg=value,...)."""
-    if isinstance(value, dict):
-        args = ",".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
-        if "name" not in value:
-            return args
-        return f"{value['name']}({args})" if args else str(value["name"])
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+from .schema import Config, spec_key, to_plain
 
 
 def name_value(value: Any) -> str:
@@ -99,8 +87,6 @@ def variant_from_overrides(overrides: Sequence[str], cfg: Any, recipe: Any = Non
     named whole (``model.norm=gn model.norm.groups=8`` → ``norm=gn-groups8``). Values are read from
     the resolved ``cfg`` (interpolations included); no such override gives ``default``.
     """
-    from .config_diff import differences
-
     touched = [item.partition("=")[0].strip() for item in overrides]
     if recipe is None:
         changed = touched
@@ -117,8 +103,6 @@ def variant_from_overrides(overrides: Sequence[str], cfg: Any, recipe: Any = Non
 
 def _naming_value(key: str, cfg: Any) -> Any:
     """The value a key shows in a name: a spec without the arguments that name nothing."""
-    from omegaconf import OmegaConf
-
     value = to_plain(OmegaConf.select(cfg, key))
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if _naming_rank(f"{key}.{k}") is not None}
@@ -128,10 +112,6 @@ def _naming_value(key: str, cfg: Any) -> Any:
 
 def _field_index(key: str) -> int:
     """The position of a key's field in its schema section (``model.norm`` comes before ``model.act``)."""
-    from dataclasses import fields
-
-    from .config import Config
-
     parts = key.split(".")
     section = next((f for f in fields(Config) if f.name == parts[0]), None)
     if section is None or len(parts) < 2 or section.default_factory is None:
@@ -149,8 +129,6 @@ def _short_keys(keys: Sequence[str]) -> dict[str, str]:
 
 
 def _override(key: str, value: Any) -> str:
-    import json
-
     return f"{key}={json.dumps(value)}" if not isinstance(value, str) else f"{key}={value}"
 
 
@@ -174,7 +152,7 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
     result = []
     for values in itertools.product(*(matrix[k] for k in keys)):
         chosen = dict(zip(keys, values))
-        if not all(_matches(v, chosen[k]) for k, v in wanted):
+        if not all(selects(v, chosen[k]) for k, v in wanted):
             continue
         name = "+".join(f"{short[k]}={name_value(v)}" for k, v in chosen.items())
         result.append((name, [_override(k, v) for k, v in chosen.items()], chosen))
@@ -183,7 +161,7 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
     return result
 
 
-def _matches(text: str, value: Any) -> bool:
+def selects(text: str, value: Any) -> bool:
     """Whether ``--only key=text`` selects ``value``: as the variant name or a message spells it, or the
     same number."""
     if text in (name_value(value), format_value(value), str(value)):

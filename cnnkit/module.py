@@ -8,12 +8,11 @@ from typing import Any, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from omegaconf import OmegaConf
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .callbacks.output import run_path, write_json
 from .config import SCHEMA_VERSION, to_plain
@@ -25,7 +24,7 @@ from .lightning_adapter import logs_this_step
 from .model import build_classifier
 from .optim import parameter_groups, scaled_lr
 from .plans import optimizer_plan, scheduler_plan
-from .step_guard import FUSED_CAPABLE
+from .step_guard import FUSED_CAPABLE, StepGuard, skips_on_device
 
 SPLITS = ("train", "val", "test")
 IGNORED = -100  # the training accuracy's ignore_index: a batch the step guard skipped counts nowhere
@@ -104,6 +103,16 @@ class ClassifierModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training objective: cross-entropy with ``loss.label_smoothing``. Training minimizes it, and
+        every analysis of the loss (landscape probes, the Hessian, the error surface) measures this one."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.cfg.loss.label_smoothing)
+
+    def evaluation_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss reported for validation and test: :meth:`loss` without label smoothing, on purpose — the
+        negative log-likelihood of the labels, comparable across runs whatever smoothing each trained with."""
+        return F.cross_entropy(logits, targets)
+
     @property
     def channels_last(self) -> bool:
         return bool(self.cfg.trainer.channels_last)
@@ -152,7 +161,7 @@ class ClassifierModule(L.LightningModule):
             guard.before_forward()
             self._recent_lrs[int(self.global_step)] = self._lr()
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.loss.label_smoothing)
+        loss = self.loss(logits, y)
         logging = logs_this_step(self.trainer)
         detached = loss.detach()
         if guard is not None:  # decided on the device (step_guard.py): read back only where the step is logged
@@ -196,8 +205,6 @@ class ClassifierModule(L.LightningModule):
         """The step guard, when the optimizer can skip updates on the device and no loss scaler or other
         process takes part in the decision (a GradScaler skips steps of its own; under DDP every rank
         must agree, which Lightning's loop syncs for anyway)."""
-        from .step_guard import StepGuard, skips_on_device
-
         self.step_guard = None
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         if optimizer is not None and skips_on_device(optimizer) and self._may_guard_on_device():
@@ -236,7 +243,7 @@ class ClassifierModule(L.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
         x, y = batch
         logits = self._predict_logits(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.evaluation_loss(logits, y)
         getattr(self, f"{split}_loss").update(loss)
         getattr(self, f"{split}_acc").update(logits, y)
         if split == "test":

@@ -12,24 +12,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import key_context, to_plain
+from .errors import key_context
 from .layers.blocks import Bias, parse_bias
 from .layers.norms import NormScheme
-from .registry import (ACTIVATIONS, BACKBONES, CALLBACKS, DATASETS, INITS, NORMS, OPTIMIZERS, POOLINGS, SCHEDULERS,
-                       TRANSFORMS, Plan)
+from .registry import (
+    ACTIVATIONS,
+    BACKBONES,
+    CALLBACKS,
+    DATASETS,
+    INITS,
+    NORMS,
+    OPTIMIZERS,
+    POOLINGS,
+    SCHEDULERS,
+    TRANSFORMS,
+    Plan,
+)
+from .schema import to_plain
 
-# What cnnkit passes to the parts it builds, besides the spec's own arguments. A backbone or a
-# scheduler that does not take one of its inputs simply does not get it; the optimizer and a
-# pooling always get theirs.
-BACKBONE_INPUTS = ("input_shape", "num_classes", "norm", "act", "pool", "bias")
-SCHEDULER_INPUTS = ("optimizer", "total_steps", "steps_per_epoch", "lr")
-OPTIMIZER_INPUTS = ("params", "lr", "weight_decay")
+# What cnnkit passes to the parts it builds, besides the spec's own arguments, is each registry's
+# ``inputs`` (registry.py). A backbone or a scheduler that does not take one of its inputs simply does
+# not get it; the optimizer and a pooling always get theirs.
 OPTIMIZER_OFFERED = ("fused",)  # torch's fused implementation, which can skip a non-finite step on the device
-POOL_INPUTS = ("kernel_size",)  # the backbone's pool size
-TRANSFORM_INPUTS = ("size",)  # the images' (height, width), for crops that default to it
-# by registry: what a config never sets itself (``list`` shows an entry's other arguments as its keys)
-INPUTS = {"backbones": BACKBONE_INPUTS, "schedulers": SCHEDULER_INPUTS, "optimizers": OPTIMIZER_INPUTS,
-          "poolings": POOL_INPUTS, "transforms": TRANSFORM_INPUTS}
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,11 @@ def model_plan(model_cfg: Any) -> ModelPlan:
     with key_context("model.act"):
         act = ACTIVATIONS.plan(to_plain(model_cfg.act))
     with key_context("model.pool"):
-        pool = POOLINGS.plan(to_plain(model_cfg.pool), given=POOL_INPUTS)
+        pool = POOLINGS.plan(to_plain(model_cfg.pool), given=POOLINGS.inputs)
     with key_context("model.init"):
         init = INITS.plan(to_plain(model_cfg.init))
     with key_context("model.backbone"):
-        backbone = BACKBONES.plan(to_plain(model_cfg.backbone), offered=BACKBONE_INPUTS)
+        backbone = BACKBONES.plan(to_plain(model_cfg.backbone), offered=BACKBONES.inputs)
     with key_context("model.bias"):
         bias = parse_bias(model_cfg.bias)
     return ModelPlan(norm, act, pool, init, backbone, bias)
@@ -60,12 +64,12 @@ def model_plan(model_cfg: Any) -> ModelPlan:
 
 def optimizer_plan(optim_cfg: Any) -> Plan:
     with key_context("optim.optimizer"):
-        return OPTIMIZERS.plan(to_plain(optim_cfg.optimizer), given=OPTIMIZER_INPUTS, offered=OPTIMIZER_OFFERED)
+        return OPTIMIZERS.plan(to_plain(optim_cfg.optimizer), given=OPTIMIZERS.inputs, offered=OPTIMIZER_OFFERED)
 
 
 def scheduler_plan(optim_cfg: Any) -> Plan:
     with key_context("optim.scheduler"):
-        return SCHEDULERS.plan(to_plain(optim_cfg.scheduler), offered=SCHEDULER_INPUTS)
+        return SCHEDULERS.plan(to_plain(optim_cfg.scheduler), offered=SCHEDULERS.inputs)
 
 
 def dataset_plan(data_cfg: Any) -> Plan:
@@ -77,7 +81,7 @@ def augment_plans(data_cfg: Any) -> list[Plan]:
     plans = []
     for i, spec in enumerate(data_cfg.augment):
         with key_context(f"data.augment[{i}]"):
-            plans.append(TRANSFORMS.plan(to_plain(spec), offered=TRANSFORM_INPUTS))
+            plans.append(TRANSFORMS.plan(to_plain(spec), offered=TRANSFORMS.inputs))
     return plans
 
 

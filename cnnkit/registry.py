@@ -2,19 +2,27 @@
 
 Names are flat (no scopes) and normalized, so ``BN-Pre``, ``bn_pre`` and ``bnpre`` are one name.
 Built-in entries live in ordinary modules that register themselves on import; a registry imports
-them the first time it is asked for anything, so ``import cnnkit`` stays light. Entries may also
-be declared lazily by import path (``list`` then shows them without importing their module).
-Third-party packages plug in through the ``cnnkit.plugins`` entry-point group.
+them the first time it is asked for anything, so ``import cnnkit`` stays light: its listed modules,
+and every module of its packages (a new file in ``cnnkit/layers/`` or ``cnnkit/backbones/`` is found
+without being named anywhere). Entries may also be declared lazily by import path (``list`` then
+shows them without importing their module). Third-party packages plug in through the
+``cnnkit.plugins`` entry-point group; a user's own modules through the config's ``imports:``.
+
+The registries are declared once, at the end of this module: the command line, the package's
+exports and the plans read them from ``REGISTRIES``.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
+import pkgutil
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator, Mapping
 
 from .errors import RegistryError
@@ -61,6 +69,7 @@ class Entry:
     import_path: str | None = None
     aliases: tuple[str, ...] = ()
     preset: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)  # facts about the entry (a backbone's smallest input)
 
     def load(self) -> Any:
         if self.target is None:
@@ -79,7 +88,8 @@ class Entry:
             return []
         shown = []
         for p in params:
-            if p.name in skip or p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            if p.name in skip or p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                inspect.Parameter.KEYWORD_ONLY):
                 continue
             default = self.preset.get(p.name, p.default)
             if default is inspect.Parameter.empty:
@@ -98,11 +108,16 @@ class Registry:
     a mapping ``{name: ..., **kwargs}`` and checks kwargs against the target's signature first.
     """
 
-    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
+    def __init__(self, kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = (),
+                 inputs: tuple[str, ...] = ()):
+        """``builtins``: modules that register the built-in entries; ``packages``: every module in them does;
+        ``inputs``: what cnnkit passes when it builds an entry, which a config never sets."""
         self.kind = kind  # plural, as used on the command line: "norms", "backbones", ...
         self.singular = kind[:-1] if kind.endswith("s") else kind
+        self.inputs = inputs
         self._builtins = builtins
-        self._builtins_loaded = not builtins
+        self._packages = packages
+        self._builtins_loaded = not builtins and not packages
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
 
@@ -115,16 +130,18 @@ class Registry:
         aliases: tuple[str, ...] | list[str] = (),
         description: str | None = None,
         override: bool = False,
+        traits: Mapping[str, Any] | None = None,
         **preset: Any,
     ) -> Any:
         """Register ``target`` under ``name``; without ``target`` return a decorator.
 
-        ``preset`` kwargs are bound to the entry (``register("gn8", GroupNormScheme, groups=8)``).
+        ``preset`` kwargs are bound to the entry (``register("gn8", GroupNormScheme, groups=8)``);
+        ``traits`` are facts about it that tools and tests read (``{"min_size": 32}`` for a backbone).
         """
         if target is None:
             def decorator(obj: Any) -> Any:
                 self.register(name, obj, aliases=aliases, description=description,
-                              override=override, **preset)
+                              override=override, traits=traits, **preset)
                 return obj
             return decorator
         name = name or getattr(target, "__name__", None)
@@ -134,7 +151,7 @@ class Registry:
             doc = inspect.getdoc(target) or ""
             description = doc.strip().splitlines()[0] if doc.strip() else ""
         entry = Entry(name=name, description=description, target=target,
-                      aliases=tuple(aliases), preset=dict(preset))
+                      aliases=tuple(aliases), preset=dict(preset), traits=dict(traits or {}))
         self._add(entry, override)
         return target
 
@@ -196,6 +213,11 @@ class Registry:
             self._builtins_loaded = True
             for module in self._builtins:
                 importlib.import_module(module)
+            for name in self._packages:
+                package = importlib.import_module(name)
+                for found in pkgutil.iter_modules(package.__path__):  # __path__: where its files are looked for
+                    if not found.name.startswith("_"):
+                        importlib.import_module(f"{name}.{found.name}")
 
     def _find(self, name: str) -> Entry | None:
         key = normalize(name)
@@ -308,7 +330,8 @@ def split_spec(spec: Any, kind: str = "registry") -> tuple[str, dict[str, Any]]:
                 f"a mapping spec needs a 'name' key (e.g. {{name: ..., <argument>: ...}}), got {dict(spec)}{hint}"
             )
         return name, kwargs
-    hint = " (YAML reads off/on/no/yes/true/false as booleans: quote the name, e.g. 'off')" if isinstance(spec, bool) else ""
+    hint = (" (YAML reads off/on/no/yes/true/false as booleans: quote the name, e.g. 'off')"
+            if isinstance(spec, bool) else "")
     raise RegistryError(f"expected a name or a mapping with 'name', got {spec!r}{hint}")
 
 
@@ -358,7 +381,6 @@ def load_plugins() -> bool:
     if _plugins_loaded or os.environ.get(NO_PLUGINS_ENV, "") not in ("", "0"):
         return False
     _plugins_loaded = True
-    from importlib.metadata import entry_points
 
     loaded = False
     for ep in entry_points(group=PLUGIN_GROUP):
@@ -368,7 +390,8 @@ def load_plugins() -> bool:
                 obj()
             loaded = True
         except Exception as err:  # one bad plugin must not break cnnkit
-            message = f"cnnkit: plugin '{ep.name}' ({ep.value}) failed to load and was skipped: {type(err).__name__}: {err}"
+            message = (f"cnnkit: plugin '{ep.name}' ({ep.value}) failed to load and was skipped: "
+                       f"{type(err).__name__}: {err}")
             plugin_failures.append(message)
             print(message, file=sys.stderr)
     return loaded
@@ -390,8 +413,6 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
 
     This is the one way a config causes code to run, and it is explicit.
     """
-    import importlib.util
-
     for item in items:
         try:
             if item.endswith(".py"):
@@ -427,19 +448,27 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
 
 
 # -- the registries -----------------------------------------------------------------------------
-NORMS = Registry("norms", builtins=("cnnkit.layers.norms", "cnnkit.layers.bn_scratch", "cnnkit.layers.noisy_bn"))
-ACTIVATIONS = Registry("activations", builtins=("cnnkit.layers.activations",))
-POOLINGS = Registry("poolings", builtins=("cnnkit.layers.pooling",))
-INITS = Registry("inits", builtins=("cnnkit.layers.init",))
-BACKBONES = Registry("backbones", builtins=tuple(f"cnnkit.backbones.{m}" for m in (
-    "mlp", "simple_cnn", "lenet", "vgg", "resnet", "course", "logistic")))
-DATASETS = Registry("datasets", builtins=("cnnkit.data.datasets",))
-TRANSFORMS = Registry("transforms", builtins=("cnnkit.data.transforms",))
-OPTIMIZERS = Registry("optimizers", builtins=("cnnkit.optim",))
-SCHEDULERS = Registry("schedulers", builtins=("cnnkit.optim",))
-CALLBACKS = Registry("callbacks", builtins=("cnnkit.callbacks",))
+REGISTRIES: dict[str, Registry] = {}  # by kind, in the order ``cnnkit list`` shows them
 
-REGISTRIES: dict[str, Registry] = {
-    r.kind: r for r in (NORMS, ACTIVATIONS, POOLINGS, INITS, BACKBONES, DATASETS, TRANSFORMS,
-                        OPTIMIZERS, SCHEDULERS, CALLBACKS)
-}
+
+def _declare(kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = (),
+             inputs: tuple[str, ...] = ()) -> Registry:
+    REGISTRIES[kind] = Registry(kind, builtins, packages, inputs)
+    return REGISTRIES[kind]
+
+
+# each exported as its kind in capitals (``cnnkit.NORMS``)
+NORMS = _declare("norms", packages=("cnnkit.layers",))
+ACTIVATIONS = _declare("activations", packages=("cnnkit.layers",))
+POOLINGS = _declare("poolings", packages=("cnnkit.layers",), inputs=("kernel_size",))  # the backbone's pool size
+INITS = _declare("inits", packages=("cnnkit.layers",))
+BACKBONES = _declare("backbones", packages=("cnnkit.backbones",),
+                     inputs=("input_shape", "num_classes", "norm", "act", "pool", "bias"))
+DATASETS = _declare("datasets", builtins=("cnnkit.data.datasets",))
+TRANSFORMS = _declare("transforms", builtins=("cnnkit.data.transforms",),
+                      inputs=("size",))  # the images' (height, width), for crops that default to it
+OPTIMIZERS = _declare("optimizers", builtins=("cnnkit.optim",), inputs=("params", "lr", "weight_decay"))
+SCHEDULERS = _declare("schedulers", builtins=("cnnkit.optim",),
+                      inputs=("optimizer", "total_steps", "steps_per_epoch", "lr"))
+CALLBACKS = _declare("callbacks", builtins=("cnnkit.callbacks",))
+ANALYSES = _declare("analyses", builtins=("cnnkit.analyses",))  # report units: ``Analysis`` objects

@@ -10,17 +10,24 @@ one row, aggregated as mean ± std; runs that differ in anything else are rows o
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
 
 from .analyses import units
 from .analyses._unit import Analysis, mean_std, read_csv, read_json, select
 from .answer import answer
 from .atomic import atomic_write_text
 from .config_diff import RESULT_NEUTRAL, differences
-from .errors import CnnkitError, first_line
-from .matrix import group_name
+from .errors import CnnkitError, RegistryError, first_line
+from .matrix import combinations, format_value, group_name
+from .registry import import_user_code
 
 
 @dataclass
@@ -53,31 +60,41 @@ class Run:
 
 def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run]:
     """The runs under ``root`` (a recipe's directory, or one run's), in name order."""
-    import yaml
-
     if not root.is_dir():
         raise CnnkitError(f"report: '{root}' is not a directory; pass runs/<recipe name>")
     candidates = [root] if (root / "status.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
-    runs = []
+    found = []
     for path in candidates:
         if not (path / "status.json").is_file():
             continue
         config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-        run = Run(path=path, variant=path.name, group=group_name(path.name), config=config or {},
+        found.append((path, config or {}))
+    _import_runs_code(config for _, config in found)
+    runs = []
+    for path, config in found:
+        run = Run(path=path, variant=path.name, group=group_name(path.name), config=config,
                   status=read_json(path / "status.json") or {}, metrics=read_csv(path / "metrics.csv"))
         for analysis in units() if analyses is None else analyses:
             run.extras[analysis.name] = analysis.load(path)
         runs.append(run)
     if not runs:
-        raise CnnkitError(f"report: no runs under '{root}' (each run directory has a status.json); fit the recipe first")
+        raise CnnkitError(f"report: no runs under '{root}' (each run directory has a status.json); "
+                          f"fit the recipe first")
     return sorted(runs, key=_matrix_order(runs))
+
+
+def _import_runs_code(configs) -> None:
+    """The runs' own ``imports:`` (their analyses report on them too); one that cannot be imported from here
+    is said in a line, and the report goes on without it."""
+    for item in dict.fromkeys(item for config in configs for item in config.get("imports") or []):
+        try:
+            import_user_code([item])
+        except RegistryError as err:
+            print(f"cnnkit: report: {err}; what it registers is left out of the report", file=sys.stderr)
 
 
 def _matrix_order(runs: list[Run]):
     """Sort key: the recipe matrix's own order (keys as written, values as listed), else by name."""
-    from omegaconf import OmegaConf
-
-    from .matrix import combinations
 
     order: dict[str, int] = {}
     try:
@@ -134,8 +151,6 @@ def _groups(runs: list[Run]) -> tuple[dict[str, list[Run]], dict[str, str]]:
 
 
 def _shown(value: Any) -> str:
-    from .matrix import format_value
-
     return "null" if value is None else format_value(value)
 
 
@@ -172,8 +187,8 @@ class Collected:
 
 
 def collect(root: Path | str) -> Collected:
-    analyses = units()
-    runs = load_runs(Path(root), analyses)
+    runs = load_runs(Path(root))
+    analyses = units()  # after the runs' imports: an analysis of their own included
     groups, settings = _groups(runs)
     config = runs[0].config.get("report", {}) or {}
     target = config.get("target_loss")
@@ -250,16 +265,14 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
     this is done only when asked (``report --wandb``), and a run whose figures were already added, unchanged,
     is left alone: asking again with nothing new starts no W&B run at all.
     """
-    import hashlib
-    import json
-    import sys
-
+    # startup: lightning only when this runs
     from .loggers import WANDB_ID_FILE, wandb_mode, wandb_settings
 
     digests = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in figures}
     targets = [r for r in runs if (r.path / WANDB_ID_FILE).is_file() and read_json(r.path / REPORTED_FILE) != digests]
     if not targets or not figures:
         return 0
+    # startup: wandb only when this runs
     import wandb
 
     added = 0

@@ -8,6 +8,7 @@ writer of its status.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -16,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
+from .config import plain_stored, to_plain
 from .config_diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, differences
 from .errors import CnnkitError
+from .registry import SCHEDULERS, split_spec
 
 # What a fit does with its run directory: start it (emptied first if it held a run and --overwrite
 # was given), continue it from a checkpoint, or keep the finished result that is already there.
@@ -76,13 +81,9 @@ class RunDir:
 
     def stored_config(self) -> Optional[dict[str, Any]]:
         """The run's resolved config as plain data, filled up to the current schema; None if there is none."""
-        from .config import plain_stored
-
         if not self.config_file.is_file():
             return None
         try:
-            import yaml
-
             stored = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
             return plain_stored(stored) if isinstance(stored, dict) else None
         except Exception:  # unreadable or from an incompatible cnnkit: no basis to compare with
@@ -100,8 +101,6 @@ class RunDir:
         a rank other than the first skips the live-process check and follows a ``running`` status
         (the first rank wrote it for this very job).
         """
-        from .config import to_plain
-
         for parent in [self.path, *self.path.parents]:
             if parent.exists() and not parent.is_dir():
                 raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
@@ -189,9 +188,6 @@ def _alive_elsewhere(status: dict[str, Any]) -> bool:
 
 def length_bound(scheduler_spec: Any) -> Optional[str]:
     """The scheduler's name when its schedule follows the run's length (its builder takes ``total_steps``)."""
-    import inspect
-
-    from .registry import SCHEDULERS, split_spec
 
     name = split_spec(scheduler_spec, "schedulers")[0]
     return name if "total_steps" in inspect.signature(SCHEDULERS.get(name)).parameters else None
@@ -204,8 +200,6 @@ def _limit(value: Any) -> float:
 
 def _check_schedule_follows(run: RunDir, cfg: Any, length: list) -> None:
     """Another length continues a schedule only when the schedule does not depend on it."""
-    from .config import to_plain
-
     name = length_bound(to_plain(cfg.optim.scheduler))
     if name:
         raise CnnkitError(

@@ -17,7 +17,6 @@ from typing import Optional
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-
 # torch's optimizers whose fused implementation (CPU and CUDA) reads ``found_inf``
 FUSED_CAPABLE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 

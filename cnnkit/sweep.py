@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from .config import load_config, to_plain
+from .errors import ConfigError
 
 
 def sweep_config(recipe: str) -> dict[str, Any]:
     cfg = load_config([recipe])
     matrix = to_plain(cfg.matrix)
     if not matrix:
-        from .errors import ConfigError
-
         raise ConfigError(f"sweep: '{recipe}' has no matrix: section to sweep over")
     metric = cfg.report.metric.replace("test/", "val/")
     return {
@@ -30,6 +31,4 @@ def sweep_config(recipe: str) -> dict[str, Any]:
 
 
 def write_sweep(config: dict[str, Any]) -> str:
-    import yaml
-
     return yaml.safe_dump(config, sort_keys=False)

@@ -10,13 +10,19 @@ is ``callbacks/progress.py``'s; results go to stdout, notes and errors to stderr
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
+import shlex
 import sys
 import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence
+
+from .config import to_plain
+from .matrix import format_value
+from .runs import process_rank
 
 _verbose: Optional[bool] = None  # set by the command line; else CNNKIT_VERBOSE decides
 
@@ -48,8 +54,6 @@ def _lightning_loggers() -> list[str]:
     Lightning resets the level of ``lightning``, ``lightning.pytorch`` and ``lightning.fabric`` when
     imported, but not of the subpackages below them, whose modules all log through them.
     """
-    import importlib.util
-
     spec = importlib.util.find_spec("lightning")
     if spec is None or not spec.submodule_search_locations:
         return []
@@ -122,8 +126,6 @@ def quiet(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def say(message: str) -> None:
     """A note on stderr, from the first process only (under DDP every rank runs the command)."""
-    from .runs import process_rank
-
     if process_rank() == 0:
         print(message, file=sys.stderr, flush=True)
 
@@ -131,8 +133,6 @@ def say(message: str) -> None:
 def note(message: str) -> None:
     """What cnnkit decided for the user (the data path, an inferred size) on stdout, from the first process:
     stderr stays for what went wrong, one line when the input is wrong."""
-    from .runs import process_rank
-
     if process_rank() == 0:
         print(message, flush=True)
 
@@ -142,6 +142,24 @@ def text_table(rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
             .rstrip() for row in rows]
+
+
+def interactive(stream: Any = None) -> bool:
+    """Whether ``stream`` (stdout) is a terminal that redraws a bar in place (one that reports no width,
+    as some pseudo-terminals do, would draw a bar of nothing)."""
+    stream = stream or sys.stdout
+    if not getattr(stream, "isatty", lambda: False)() or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def epoch_label(trainer: Any) -> str:
+    """``epoch 3/15``: the epoch a trainer is in, of how many."""
+    total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    return f"epoch {trainer.current_epoch + 1}" + (f"/{total}" if total else "")
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -158,10 +176,10 @@ def _seconds(seconds: float) -> str:
 
 
 def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any) -> str:
-    """``cnnkit: quickstart/default · cpu · 32-true · digits ... · simple_cnn bn_pre relu, 53.2 K parameters · runs/...``."""
-    from .config import to_plain
-    from .matrix import format_value
+    """The line a run starts with:
 
+    ``cnnkit: quickstart/default · cpu · 32-true · digits ... · simple_cnn bn_pre relu, 53.2 K parameters · runs/...``
+    """
     device = trainer.strategy.root_device.type
     if trainer.world_size > 1:
         device = f"{trainer.world_size}× {device}"
@@ -208,15 +226,11 @@ def tested_weights(result: Any) -> str:
 
 def command_path(path: Any) -> str:
     """A path as it can be pasted into a shell: run directories hold ``=``, ``(``, ``[``."""
-    import shlex
-
     return shlex.quote(shown_path(path))
 
 
 def shown_path(path: Any) -> str:
     """A path relative to the working directory when it lies under it (as the user typed the command)."""
-    import os
-
     text = str(path)
     relative = os.path.relpath(text)
     return relative if not relative.startswith("..") else text
@@ -236,9 +250,6 @@ class MatrixDisplay:
     """One line per variant as it ends, under one live bar over the variants (on a terminal)."""
 
     def __init__(self, name: str, runs: Sequence[Any], show_bar: bool, runs_dir: Any, keys: Sequence[str]):
-        from .callbacks.progress import interactive
-        from .runs import process_rank
-
         self.name, self.total, self.runs_dir = name, len(runs), runs_dir
         self.first_rank = process_rank() == 0
         self.started = time.monotonic()
@@ -246,7 +257,7 @@ class MatrixDisplay:
             print(f"cnnkit: {name}: {self.total} runs ({' × '.join(keys)}) in {runs_dir}", flush=True)
         self.bar = None
         if show_bar and interactive() and self.first_rank:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # startup: tqdm only for a matrix's bar on a terminal
 
             self.bar = tqdm(total=self.total, unit="run", dynamic_ncols=True, leave=False, file=sys.stdout)
         self.current = ""
@@ -269,8 +280,6 @@ class MatrixDisplay:
         """A variant's progress on the overall bar: its epoch and latest validation accuracy."""
         if self.bar is None:
             return
-        from .callbacks.progress import epoch_label
-
         val = f" val/acc {shown['val/acc']:.4f}" if "val/acc" in shown else ""
         self.bar.set_postfix_str(f"{epoch_label(trainer)}{val}")
 

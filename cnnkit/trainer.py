@@ -6,17 +6,18 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from .config import key_context, to_plain
-from .errors import ConfigError, first_line
+from .config import known_world_size, to_plain
+from .errors import ConfigError, first_line, key_context
 from .runs import RunDir
+from .terminal import verbose
 
 
 def check_accelerator(cfg: DictConfig) -> None:
     """What the machine decides, checked before Lightning starts: the accelerator exists, and the
     global batch divides over ``devices: auto`` / -1 once their count is known."""
+    # startup: lightning, torch only when this runs
     from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
-    from .config import known_world_size
     from .distributed import per_device_batch
 
     t = cfg.trainer
@@ -39,6 +40,7 @@ def check_accelerator(cfg: DictConfig) -> None:
 def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbacks: list[Any],
                   checkpoint_io: Any = None):
     """The Trainer of a fit (``run`` given: checkpointing into it) or of an evaluation (``run`` None)."""
+    # startup: lightning only when this runs
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ProgressBar
@@ -46,7 +48,6 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
     from .callbacks.progress import progress_callbacks
     from .checkpoint_io import AtomicCheckpointIO
     from .plans import callback_plans
-    from .terminal import verbose
 
     t = cfg.trainer
     check_accelerator(cfg)

@@ -14,7 +14,7 @@ import cnnkit
 from cnnkit import analyses
 from cnnkit.analyses.running_stats_gap import gaps, population_moments
 from cnnkit.callbacks.precise_bn import recompute_bn_statistics
-from cnnkit.registry import CALLBACKS
+from cnnkit.registry import ANALYSES, CALLBACKS
 from cnnkit.report import build_report
 
 from .conftest import REPO, tiny_config
@@ -23,21 +23,23 @@ GAP = "callbacks=[{name: running_stats_gap}]"
 SHORT = ("trainer.limit_train_batches=6", "trainer.max_epochs=2", "trainer.limit_val_batches=null")
 
 
-def test_every_analysis_module_is_a_report_unit_its_callback_registered_and_the_report_names_none():
+@pytest.mark.parametrize("name", analyses.names())
+def test_every_analysis_module_is_a_report_unit_and_its_callback_is_registered_under_its_name(name):
     import cnnkit.callbacks  # noqa: F401  (registers the callbacks)
 
-    names = analyses.names()
-    measured = {"eval_modes", "activation_percentiles", "hessian_lr", "loss_surface", "landscape", "running_stats_gap"}
-    assert measured | {"curves", "final", "confusion"} <= set(names)
-    for unit in analyses.units():
-        assert unit.name in names and unit.files
-        module = importlib.import_module(f"cnnkit.analyses.{unit.name}")
-        if hasattr(module, "Callback"):  # the callback of a recipe's entry, by module name
-            assert CALLBACKS.get(unit.name) is module.Callback
-        else:  # a unit of what every run writes: no callback to add
-            assert unit.name not in CALLBACKS
-    assert {name for name in names if analyses.has_callback(name)} == measured
-    assert [u.name for u in analyses.units()][:3] == ["curves", "final", "confusion"]  # the report opens with them
+    unit = ANALYSES.get(name)
+    assert unit.name == name and unit.files and unit in analyses.units()
+    module = importlib.import_module(f"cnnkit.analyses.{name}")
+    assert unit is module.ANALYSIS
+    assert analyses.has_callback(name) == hasattr(module, "Callback")  # read from the source: nothing imported
+    if hasattr(module, "Callback"):  # the callback of a recipe's entry, by module name
+        assert CALLBACKS.get(name) is module.Callback
+    else:  # a unit of what every run writes: no callback to add
+        assert name not in CALLBACKS
+
+
+def test_the_report_opens_with_the_units_of_what_every_run_writes_and_names_no_analysis():
+    assert [u.name for u in analyses.units()][:3] == ["curves", "final", "confusion"]
     report = (REPO / "cnnkit" / "report.py").read_text()
     assert not re.search(r"hessian|activations\.csv|landscape|eval_modes|percentile|surface|trajectory|curves\.png|"
                          r"final\.png|confusion", report)
@@ -105,3 +107,39 @@ def test_the_report_draws_the_gap_per_layer_and_tables_it_per_variant(tmp_path):
     assert "| b [limited] |" in table
     assert (tmp_path / "runs/smoke/quickstart/running_stats_gap.png").stat().st_size > 10_000
     assert "![running_stats_gap.png](running_stats_gap.png)" in text
+
+
+def test_the_loss_analyses_measure_the_training_objective_label_smoothing_included(monkeypatch):
+    """Landscape probes, the Hessian and the error surface evaluate the loss training minimizes: with label
+    smoothing on, their loss at the start point is the training loss on the same data, not plain cross-entropy."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from cnnkit.analyses import _full_batch, hessian_lr, landscape
+
+    cfg = tiny_config("loss.label_smoothing=0.1", "model.norm=none", "model.backbone={name: mlp, hidden: [8]}")
+    datamodule = cnnkit.build_datamodule(cfg)
+    module = cnnkit.build_module(cfg, datamodule.info)
+    x, y = _full_batch.train_tensors(SimpleNamespace(datamodule=datamodule), torch.device("cpu"))
+    with torch.no_grad():
+        trained = float(module.loss(module(x), y))
+        assert trained == pytest.approx(float(F.cross_entropy(module(x), y, label_smoothing=0.1)))
+        assert abs(trained - float(module.evaluation_loss(module(x), y))) > 1e-3  # smoothing changes the number
+    trainer = SimpleNamespace(global_step=0, datamodule=datamodule, callbacks=[],
+                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])])
+
+    probes = landscape.LandscapeProbes(every_n_steps=1, multipliers=[1])
+    probes.on_train_batch_start(trainer, module, (x, y), 0)
+    assert probes.rows.rows[0]["loss"] == pytest.approx(trained, rel=1e-6)
+
+    seen = []
+    original = torch.autograd.functional.hessian
+
+    def recording(loss, flat):
+        seen.append(float(loss(flat)))
+        return original(loss, flat)
+
+    monkeypatch.setattr(hessian_lr.torch.autograd.functional, "hessian", recording)
+    hessian_lr.HessianLR(set_lr=False, max_params=1000).on_train_start(trainer, module)
+    assert seen == [pytest.approx(trained, rel=1e-6)]

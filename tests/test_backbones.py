@@ -7,24 +7,27 @@ import torch
 from torch import nn
 
 import cnnkit
-from cnnkit.config import load_config
 from cnnkit.anatomy import describe_model
+from cnnkit.config import load_config
 from cnnkit.errors import ConfigError
 from cnnkit.layers.bn_scratch import ScratchBatchNorm
-from cnnkit.registry import BACKBONES
+from cnnkit.registry import BACKBONES, NORMS, accepted_kwargs
 
 from .conftest import SMOKE, cli
 
-# Smallest digits size each backbone takes (digits are 8x8; image_size resizes them).
-MIN_SIZE = {"mlp": 8, "simple_cnn": 8, "lenet": 12, "vgg11": 32, "vgg13": 32, "vgg16": 32, "resnet20": 8,
-            "resnet56": 8, "resnet18": 8, "hw3_2021": 16, "hw3_2022": 32}
-SLIM = {"vgg11": {"width": 0.125}, "vgg13": {"width": 0.125}, "vgg16": {"width": 0.125},
-        "resnet18": {"width": 0.125}}
-NORMS = ["none", "input", "bn_pre", "bn_post", "bn_scratch", "gn", "ln"]
+# Every registered backbone for images of any class count (digits have 10), each at the smallest digits
+# size it takes: its ``min_size`` trait, or the digits' own 8x8 (image_size resizes them).
+IMAGE_BACKBONES = sorted(entry.name for entry in BACKBONES.entries() if "num_classes" not in entry.traits)
+MIN_SIZE = {name: max(8, BACKBONES.get_entry(name).traits["min_size"]) for name in IMAGE_BACKBONES}
+NORM_NAMES = NORMS.names()
+
+
+def takes(backbone, argument):
+    return argument in (accepted_kwargs(BACKBONES.get(backbone)) or ())
 
 
 def config_for(backbone, norm="bn_pre", size=None, *extra):
-    spec = {"name": backbone, **SLIM.get(backbone, {})}
+    spec = {"name": backbone, **({"width": 0.125} if takes(backbone, "width") else {})}  # slim: a quick test
     spec_text = "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
     size = size or MIN_SIZE[backbone]
     return load_config([], [f"model.backbone={spec_text}", f"model.norm={norm}",
@@ -32,13 +35,23 @@ def config_for(backbone, norm="bn_pre", size=None, *extra):
 
 
 def test_all_backbones_are_listed():
-    assert set(MIN_SIZE) <= set(BACKBONES.names())
     proc = cli("list", "backbones")
-    assert all(name in proc.stdout for name in MIN_SIZE)
+    assert all(name in proc.stdout for name in BACKBONES.names())
 
 
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("backbone", sorted(MIN_SIZE))
+@pytest.mark.parametrize("backbone", IMAGE_BACKBONES)
+def test_every_backbone_takes_its_declared_smallest_input_and_refuses_one_less(backbone):
+    """The ``min_size`` trait is the truth (with the backbone's default arguments), and the error names it."""
+    size = BACKBONES.get_entry(backbone).traits["min_size"]
+    cnnkit.build_model(config_for(backbone, "bn_pre", size))
+    if size > 1:
+        with pytest.raises(ConfigError, match=f"{backbone} needs inputs of at least {size}x{size}, got "
+                                              f"{size - 1}x{size - 1}"):
+            cnnkit.build_model(config_for(backbone, "bn_pre", size - 1))
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("backbone", IMAGE_BACKBONES)
 def test_every_backbone_with_every_norm_takes_a_training_step_on_digits(backbone, norm):
     torch.manual_seed(0)
     cfg = config_for(backbone, norm)
@@ -51,13 +64,6 @@ def test_every_backbone_with_every_norm_takes_a_training_step_on_digits(backbone
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss) and model(x).shape == (4, 10)
-
-
-@pytest.mark.parametrize("backbone", sorted(b for b, size in MIN_SIZE.items() if size > 8))
-def test_too_small_input_names_the_minimum(backbone):
-    with pytest.raises(ConfigError, match=f"{backbone} needs inputs of at least {MIN_SIZE[backbone]}x"
-                                          f"{MIN_SIZE[backbone]}, got {MIN_SIZE[backbone] - 1}x"):
-        cnnkit.build_model(config_for(backbone, "bn_pre", MIN_SIZE[backbone] - 1))
 
 
 @pytest.mark.parametrize("backbone", ["lenet", "resnet20", "hw3_2021"])
@@ -156,7 +162,7 @@ def test_describe_shows_the_saving_from_parameter_sharing():
     assert totals["conv_fc_equivalent_params"] > 10 * totals["conv_params"]
 
 
-@pytest.mark.parametrize("backbone", sorted(MIN_SIZE))
+@pytest.mark.parametrize("backbone", IMAGE_BACKBONES)
 def test_describe_every_backbone(backbone):
     report = cnnkit.describe(config_for(backbone, "bn_pre", 32))
     model = cnnkit.build_model(config_for(backbone, "bn_pre", 32))
@@ -202,8 +208,7 @@ def test_bn_scratch_matches_torch_batchnorm(shape, reference, momentum):
             torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-5, rtol=1e-5)
 
 
-PREACT = ("resnet20", "resnet56", "resnet18")
-PLACEMENT_CASES = [(b, p) for b in sorted(MIN_SIZE) for p in ((False, True) if b in PREACT else (False,))]
+PLACEMENT_CASES = [(b, p) for b in IMAGE_BACKBONES for p in ((False, True) if takes(b, "preact") else (False,))]
 
 
 def leaf_trace(model, x):
@@ -231,7 +236,8 @@ def test_every_batchnorm_sits_on_the_side_of_the_activation_its_scheme_says(back
 
     from cnnkit.backbones.resnet import BasicBlock
 
-    spec = {"name": backbone, **SLIM.get(backbone, {}), **({"preact": True} if preact else {})}
+    spec = {"name": backbone, **({"width": 0.125} if takes(backbone, "width") else {}),
+            **({"preact": True} if preact else {})}
     spec_text = "{" + ", ".join(f"{k}: {str(v).lower()}" for k, v in spec.items()) + "}"
     cfg = load_config([], [f"model.backbone={spec_text}", f"model.norm={norm}",
                            f"data.dataset={{name: digits, image_size: {MIN_SIZE[backbone]}}}"])

@@ -41,8 +41,8 @@ def test_list_norms_shows_the_four_schemes_without_lightning():
     proc = subprocess_importtime("list", "norms")
     assert proc.returncode == 0
     for name in ("none", "input", "bn_pre", "bn_post"):
-        line = next(l for l in proc.stdout.splitlines() if l.strip().startswith(name + " ") or
-                    l.strip().startswith(name + " ("))
+        line = next(text for text in proc.stdout.splitlines() if text.strip().startswith(name + " ") or
+                    text.strip().startswith(name + " ("))
         assert len(line.split()) > 3  # has a description
     assert not imported(proc, "lightning")
     everything = cli("list")
@@ -189,8 +189,7 @@ def test_a_checkpoint_that_carries_code_is_refused(tmp_path):
 
 
 def test_an_error_from_a_dataloader_worker_shows_its_own_line():
-    from cnnkit.errors import own_message
-    from cnnkit.errors import DataError
+    from cnnkit.errors import DataError, own_message
 
     wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
                         "last):\n  File \"x.py\", line 1\ncnnkit.errors.DataError: image_folder: cannot read image "

@@ -4,7 +4,6 @@ import torch
 from PIL import Image
 
 import cnnkit
-
 from cnnkit.config import load_config
 from cnnkit.data.datamodule import ClassificationDataModule
 from cnnkit.errors import ConfigError, DataError
@@ -121,7 +120,6 @@ def offline(monkeypatch, response=None):
 def test_a_failed_download_says_so_in_one_line_and_leaves_nothing_behind(monkeypatch, capsys, tmp_path, name,
                                                                         tv_class, where):
     from cnnkit.cli import main
-
     from tests.conftest import QUICKSTART, SMOKE
 
     offline(monkeypatch)

@@ -216,7 +216,8 @@ def test_every_recipe_runs_under_the_smoke_overlay(recipe):
 
 def test_report_adds_its_figures_to_the_runs_wandb_runs_only_when_asked_and_once(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    recipe = write(tmp_path / "w.yaml", "name: wb\nlogger: {wandb: {mode: offline}}\nmatrix:\n  model.norm: [none, bn_pre]\n")
+    recipe = write(tmp_path / "w.yaml",
+                   "name: wb\nlogger: {wandb: {mode: offline}}\nmatrix:\n  model.norm: [none, bn_pre]\n")
     results = cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe], ["logger.wandb.mode=offline"])
 
     def offline(result):

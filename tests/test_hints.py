@@ -45,7 +45,8 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
     assert "--ckpt last: runs/smoke/quickstart/default/checkpoints/last.ckpt (the only run under runs/)" in alone.stdout
     assert "test/acc" in alone.stdout
     best = cli("test", "--ckpt", "best")  # the best checkpoint, by checkpoint.monitor; epochs from 1
-    assert best.returncode == 0 and "--ckpt best: runs/smoke/quickstart/default/checkpoints/best-epoch001-" in best.stdout
+    assert best.returncode == 0
+    assert "--ckpt best: runs/smoke/quickstart/default/checkpoints/best-epoch001-" in best.stdout
 
     second = cli("fit", "--config", QUICKSTART, "--config", SMOKE, "model.norm=bn_post")
     assert second.returncode == 0, second.stderr[-2000:]

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from cnnkit.errors import ConfigError
@@ -9,7 +10,6 @@ from cnnkit.layers.input_norm import InputStandardize, channel_statistics
 from cnnkit.layers.norms import ChannelLayerNorm
 from cnnkit.model import build_classifier
 from cnnkit.registry import ACTIVATIONS, BACKBONES, INITS, NORMS, POOLINGS
-from omegaconf import OmegaConf
 
 EXPECTED_ORDER = {
     "none": ["conv", "act"],

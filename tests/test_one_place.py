@@ -29,6 +29,7 @@ def files_matching(pattern: str) -> list[str]:
     ("a seed-mixing constant", r"1_000_003|7_919|10_000_019", ["seeding.py"]),
     ("a temporary-file rename", r"os\.replace|mkstemp", ["atomic.py"]),
     ("the image-input check", r"def image_channels", ["backbones/shapes.py"]),
+    ("the classification loss", r"cross_entropy|nll_loss|CrossEntropyLoss|log_softmax", ["module.py"]),
 ])
 def test_shared_arithmetic_is_written_in_one_module(what, pattern, home):
     assert files_matching(pattern) == home, f"{what} outside {home}"

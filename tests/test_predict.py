@@ -67,8 +67,9 @@ def test_several_files_a_glob_and_a_folder(capsys, checkpoint, images):
 
 
 def test_a_model_trained_on_an_image_folder_knows_the_labels_of_files_laid_out_alike(capsys, tmp_path):
-    import cnnkit
     from PIL import Image
+
+    import cnnkit
 
     for split in ("train", "val"):
         for name, value in (("cat", 30), ("dog", 200)):

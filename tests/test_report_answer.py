@@ -15,7 +15,7 @@ import cnnkit
 from cnnkit.answer import Labels
 from cnnkit.config import load_config, to_plain
 from cnnkit.errors import ConfigError
-from cnnkit.matrix import _matches, combinations
+from cnnkit.matrix import combinations, selects
 from cnnkit.report import build_report, collect
 
 from .conftest import QUICKSTART, REPO, SMOKE
@@ -120,7 +120,7 @@ def test_every_course_recipe_says_what_its_answer_is_about_and_the_answer_follow
     report = to_plain(cfg.report)
     assert report["question"] and report["compare"] in cfg.matrix and report["metric"], recipe
     values = to_plain(cfg.matrix[report["compare"]])
-    best = next((v for v in values if report["expect"] and _matches(report["expect"], v)), values[0])
+    best = next((v for v in values if report["expect"] and selects(report["expect"], v)), values[0])
     failing = next(v for v in reversed(values) if v != best)
 
     def outcome(chosen):

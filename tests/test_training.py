@@ -136,8 +136,8 @@ def _onecycle(total):
 # the learning rate of each of the 6 steps (2 epochs x 3 batches), from each schedule's formula
 SCHEDULES = {
     "{name: step, step_epochs: 1}": [0.01 * 0.1 ** (s // 3) for s in range(6)],
-    "{name: cosine, warmup_steps: 2}": [0.01 * (s + 1) / 2 if s < 2 else 0.01 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4))
-                                        for s in range(6)],
+    "{name: cosine, warmup_steps: 2}": [0.01 * (s + 1) / 2 if s < 2
+                                        else 0.01 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(6)],
     "onecycle": _onecycle(6),
     "constant": [0.01] * 6,
 }

@@ -8,6 +8,9 @@ whichever run directories hold its files; those without a callback (the curves, 
 the confusion matrix) read what every run writes. Adding an analysis is adding a module here —
 nothing else names it. Modules whose name starts with ``_`` hold shared pieces.
 
+An analysis of your own is one file too, outside cnnkit: list it under the recipe's ``imports:`` and
+call ``register(MyReport(), MyCallback)`` in it (the report imports the runs' ``imports:`` again).
+
 Discovery reads module names and docstrings without importing them, so ``cnnkit list`` and
 config validation stay free of Lightning's import time.
 """
@@ -15,13 +18,14 @@ config validation stay free of Lightning's import time.
 from __future__ import annotations
 
 import ast
-import importlib
 import pkgutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..registry import ANALYSES, CALLBACKS
+from ._unit import Analysis
 
 if TYPE_CHECKING:
-    from ._unit import Analysis
     from ..registry import Registry
 
 HERE = Path(__file__).parent
@@ -51,7 +55,19 @@ def register_callbacks(registry: "Registry") -> None:
             registry.register_lazy(name, f"{__name__}.{name}:Callback", summary(name))
 
 
-def units() -> list["Analysis"]:
-    """Every analysis's report side, in report order, then by name (imports the modules)."""
-    found = [importlib.import_module(f"{__name__}.{name}").ANALYSIS for name in names()]
-    return sorted(found, key=lambda unit: (unit.order, unit.name))
+def register(analysis: Analysis, callback: Optional[Any] = None, description: Optional[str] = None) -> Analysis:
+    """An analysis defined outside this package: its report side and, when it measures during training, its
+    Lightning callback (``callbacks: [{name: <analysis.name>}]``), both under ``analysis.name``."""
+    ANALYSES.register(analysis.name, analysis, description=description)
+    if callback is not None:
+        CALLBACKS.register(analysis.name, callback, description=description)
+    return analysis
+
+
+def units() -> list[Analysis]:
+    """Every analysis's report side, built-in and registered, in report order, then by name (imports them)."""
+    return sorted((entry.load() for entry in ANALYSES.entries()), key=lambda unit: (unit.order, unit.name))
+
+
+for _name in names():  # declared, not imported: ``cnnkit list`` reads their docstrings only
+    ANALYSES.register_lazy(_name, f"{__name__}.{_name}:ANALYSIS", summary(_name))

@@ -6,7 +6,6 @@ from typing import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
 
@@ -16,8 +15,12 @@ def train_tensors(trainer: L.Trainer, device: torch.device) -> tuple[torch.Tenso
     return torch.stack(xs).to(device), torch.stack(ys).to(device)
 
 
-def loss_of_flat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable, torch.Tensor]:
-    """loss(flat parameter vector) over (x, y), and the current flat vector."""
+def loss_of_flat(model: torch.nn.Module, objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 x: torch.Tensor, y: torch.Tensor) -> tuple[Callable, torch.Tensor]:
+    """loss(flat parameter vector) = ``objective(model(x), y)`` with those parameters, and the current flat vector.
+
+    ``objective`` is the module's training loss (``ClassifierModule.loss``), so the analyses measure the
+    function training minimizes."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p.detach() for n, p in model.named_parameters() if p.requires_grad]
     shapes = [p.shape for p in params]
@@ -28,6 +31,6 @@ def loss_of_flat(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
             size = shape.numel()
             tensors[name] = flat[start:start + size].reshape(shape)
             start += size
-        return F.cross_entropy(functional_call(model, tensors, (x,)), y)
+        return objective(functional_call(model, tensors, (x,)), y)
 
     return loss, torch.cat([p.flatten() for p in params])

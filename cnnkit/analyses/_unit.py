@@ -137,6 +137,7 @@ def variant_styles(groups: dict[str, list]) -> dict[str, dict[str, Any]]:
 
 def readable_log_axis(ax, axis: str = "y") -> None:
     """Log-axis tick labels as plain numbers (0.02, 2, 300), not 2×10^0."""
+    # startup: matplotlib only when this runs
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     target = ax.yaxis if axis == "y" else ax.xaxis
@@ -149,9 +150,11 @@ def readable_log_axis(ax, axis: str = "y") -> None:
 
 
 def pyplot():
+    # startup: matplotlib only when this runs
     import matplotlib
 
     matplotlib.use("Agg")
+    # startup: matplotlib only when this runs
     import matplotlib.pyplot as plt
 
     return plt

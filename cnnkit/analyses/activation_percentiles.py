@@ -17,9 +17,9 @@ from typing import Optional, Sequence
 import lightning as L
 import torch
 
+from ..callbacks.output import RowLog
 from ..layers.batch_stats import batch_statistics
 from ..layers.blocks import WeightNormAct
-from ..callbacks.output import RowLog
 from ._unit import Analysis, by_label, listed, pyplot, save_figure, table
 
 

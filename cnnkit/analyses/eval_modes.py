@@ -20,12 +20,17 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from ..layers.batch_stats import batch_statistics
 from ..callbacks.output import run_path, write_json
 from ..callbacks.precise_bn import recompute_bn_statistics
-from ._unit import LINE_STYLES, Analysis, listed, mean_std, pyplot, readable_log_axis, save_figure, table
+from ..layers.batch_stats import batch_statistics
+from ..matrix import format_value
+from ._unit import LINE_STYLES, Analysis, listed, matrix_values, mean_std, pyplot, readable_log_axis, save_figure, table
 
 STATS = ("running", "batch", "precise")
+# running and precise statistics often give the same accuracy: a filled circle inside a larger hollow triangle
+STAT_STYLES = {"running": {"linestyle": "-", "marker": "o", "ms": 4},
+               "batch": {"linestyle": "--", "marker": "s", "ms": 4},
+               "precise": {"linestyle": ":", "marker": "^", "ms": 9, "markerfacecolor": "none", "mew": 1.3}}
 
 
 @torch.no_grad()
@@ -157,15 +162,13 @@ class EvalModesReport(Analysis):
         """Test accuracy against the eval batch size: a line per variant and BN statistics. Variants that
         differ only in their training batch size (evaluated at it) are one line over those sizes."""
         plt = pyplot()
-        from ..matrix import format_value
-        from ._unit import matrix_values
 
         series: dict[tuple[str, str], dict[int, list[float]]] = {}
         for group, group_runs in groups.items():
             # variants that differ only in the training batch (evaluated at it) share one line
             values = {k: v for k, v in matrix_values(group_runs[0]).items() if k != "data.batch_size"}
-            base = ("+".join(f"{k.rsplit('.', 1)[-1]}={format_value(json.loads(v))}" for k, v in values.items()) or group
-                    if "data.batch_size" in matrix_values(group_runs[0]) else group)
+            named = "+".join(f"{k.rsplit('.', 1)[-1]}={format_value(json.loads(v))}" for k, v in values.items())
+            base = (named or group) if "data.batch_size" in matrix_values(group_runs[0]) else group
             for run in group_runs:
                 for item in self._modes(run):
                     points = series.setdefault((base, item["stats"]), {})
@@ -214,8 +217,4 @@ class EvalModesReport(Analysis):
         return [save_figure(fig, out / "eval_modes.png")]
 
 
-# running and precise statistics often give the same accuracy: a filled circle inside a larger hollow triangle
-STAT_STYLES = {"running": {"linestyle": "-", "marker": "o", "ms": 4},
-               "batch": {"linestyle": "--", "marker": "s", "ms": 4},
-               "precise": {"linestyle": ":", "marker": "^", "ms": 9, "markerfacecolor": "none", "mew": 1.3}}
 ANALYSIS = EvalModesReport()

@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
+from ..answer import short_names
 from ._unit import Analysis, diverged_at, metric_bounds, pyplot, report_setting, save_figure, sizes_differ
 
 
@@ -94,7 +95,6 @@ class FinalMetric(Analysis):
                 ax.text(i, (means[i] + errors[i][1] + 0.02 * height) if means[i] is not None else bottom + height / 2,
                         note, rotation=90, ha="center", va="bottom" if means[i] is not None else "center", fontsize=7,
                         color="tab:red", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
-        from ..answer import short_names
 
         short = short_names(groups)
         labels = [wrapped(short[name]) for name in names]

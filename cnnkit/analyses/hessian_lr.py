@@ -28,7 +28,7 @@ class HessianLR(L.Callback):
         x, y = train_tensors(trainer, pl_module.device)
         was_training = model.training
         model.eval()
-        loss, flat = loss_of_flat(model, x, y)
+        loss, flat = loss_of_flat(model, pl_module.loss, x, y)
         hessian = torch.autograd.functional.hessian(loss, flat)
         model.train(was_training)
         eigenvalues = torch.linalg.eigvalsh(hessian.double())

@@ -16,11 +16,9 @@ from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from ..callbacks.output import RowLog
-from ._unit import (Analysis, by_label, listed, mean_std, pyplot, readable_log_axis, save_figure, table,
-                    variant_styles)
+from ._unit import Analysis, by_label, listed, mean_std, pyplot, readable_log_axis, save_figure, table, variant_styles
 
 
 def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
@@ -68,7 +66,7 @@ class LandscapeProbes(L.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
 
         def loss_and_grad():
-            loss = F.cross_entropy(pl_module.model(x), y)
+            loss = pl_module.loss(pl_module.model(x), y)  # the objective training minimizes
             return loss.detach(), list(torch.autograd.grad(loss, params))
 
         try:

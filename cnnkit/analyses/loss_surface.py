@@ -38,7 +38,7 @@ class LossSurface(L.Callback):
 
     @torch.no_grad()
     def _record_current(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss, flat = loss_of_flat(pl_module.model, *self.data)
+        loss, flat = loss_of_flat(pl_module.model, pl_module.loss, *self.data)
         self._record(trainer, pl_module, float(loss(flat)))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
@@ -57,7 +57,7 @@ class LossSurface(L.Callback):
             low, high = float(w.min()), float(w.max())
             pad = self.margin * max(high - low, 1e-3)
             axes.append(torch.linspace(low - pad, high + pad, self.grid))
-        loss, _ = loss_of_flat(pl_module.model, *self.data)
+        loss, _ = loss_of_flat(pl_module.model, pl_module.loss, *self.data)
         grid = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="xy"), -1).reshape(-1, 2)
         values = torch.stack([loss(point.to(pl_module.device)) for point in grid]).reshape(self.grid, self.grid)
         write_json(trainer, "surface.json", {"w1": axes[0].tolist(), "w2": axes[1].tolist(),

@@ -134,7 +134,7 @@ class RunningStatsGapReport(Analysis):
     def figures(self, runs, groups, out: Path) -> list[str]:
         plt = pyplot()
         fig, axes = plt.subplots(2, len(groups), figsize=(4.5 * len(groups) + 1, 6.5), squeeze=False, sharey="row")
-        for column, (group, group_runs) in enumerate(groups.items()):
+        for column, group_runs in enumerate(groups.values()):
             rows = self._rows(group_runs[0])
             steps = [r["step"] for r in rows]
             for row, (kind, label) in enumerate((("mean_gap", "|running mean − population mean| / std"),

@@ -14,7 +14,7 @@ from .head import classifier_head
 from .shapes import feature_shape, image_channels
 
 
-@BACKBONES.register("lenet", aliases=("lenet5",),
+@BACKBONES.register("lenet", aliases=("lenet5",), traits={"min_size": 12},
                     description="LeNet-5: conv5x5(6) → pool → conv5x5(16) → pool → FC 120 → FC 84 → classes")
 def lenet(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
           pool: Callable[..., nn.Module], bias: Bias = "auto", channels: Sequence[int] = (6, 16),

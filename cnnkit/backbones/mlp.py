@@ -13,7 +13,7 @@ from ..registry import BACKBONES
 from .head import classifier_head
 
 
-@BACKBONES.register("mlp", aliases=("fc",),
+@BACKBONES.register("mlp", aliases=("fc",), traits={"min_size": 1},
                     description="flatten → hidden fully-connected layers (norm + act each) → classifier")
 def mlp(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
         bias: Bias = "auto",

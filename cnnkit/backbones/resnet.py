@@ -94,7 +94,7 @@ def _register(name: str, widths: tuple[int, ...], blocks: tuple[int, ...], descr
                       blocks=blocks, preact=preact)
 
     build.__name__ = build.__qualname__ = name
-    BACKBONES.register(name, build, description=description)
+    BACKBONES.register(name, build, description=description, traits={"min_size": 1})  # global pooling
 
 
 _register("resnet20", (16, 32, 64), (3, 3, 3), "CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, "

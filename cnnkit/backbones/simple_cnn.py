@@ -14,7 +14,7 @@ from .head import classifier_head
 from .shapes import feature_shape, image_channels
 
 
-@BACKBONES.register("simple_cnn", aliases=("cnn",),
+@BACKBONES.register("simple_cnn", aliases=("cnn",), traits={"min_size": 4},
                     description="conv blocks (conv → norm/act, pool) → flatten → fully-connected head")
 def simple_cnn(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
                pool: Callable[..., nn.Module], bias: Bias = "auto", channels: Sequence[int] = (32, 64),

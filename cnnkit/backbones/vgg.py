@@ -54,8 +54,9 @@ def _register(name: str, layers: int) -> None:
                    hidden=hidden, dropout=dropout)
 
     build.__name__ = build.__qualname__ = name
-    BACKBONES.register(name, build, description=f"CIFAR-style VGG-{layers}: 3x3 convs in 5 pooled stages, "
-                                                f"small FC head; width multiplier")
+    BACKBONES.register(name, build, traits={"min_size": 32},
+                       description=f"CIFAR-style VGG-{layers}: 3x3 convs in 5 pooled stages, "
+                                   f"small FC head; width multiplier")
 
 
 _register("vgg11", 11)

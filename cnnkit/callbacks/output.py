@@ -15,6 +15,7 @@ from ..atomic import atomic_write_text
 
 def run_path(trainer: Any) -> Optional[Path]:
     """The run directory of a fit (None when evaluating outside a run), as the run's owner knows it."""
+    # startup: torch only when this runs
     from ..lifecycle import run_of
 
     run = run_of(trainer)

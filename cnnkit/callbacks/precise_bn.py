@@ -84,7 +84,7 @@ class PreciseBN(L.Callback):
     def _recompute(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not bn_layers(pl_module):
             if not self._warned:
-                warnings.warn("precise_bn: the model has no BatchNorm layer; nothing to recompute")
+                warnings.warn("precise_bn: the model has no BatchNorm layer; nothing to recompute", stacklevel=2)
                 self._warned = True
             return
         loader = trainer.datamodule.train_dataloader()

@@ -8,8 +8,6 @@ is not a terminal (CI, a pipe, a SLURM log) gets no carriage-return bars: one li
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 import time
 from typing import Any, Optional
 
@@ -18,24 +16,9 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from ..terminal import active_matrix, epoch_label, interactive
+
 SHOWN = (("train/loss_step", "loss"), ("val/acc", "val/acc"))  # logged key → label on the bar
-
-
-def interactive(stream: Any = None) -> bool:
-    """Whether ``stream`` (stdout) is a terminal that redraws a bar in place (one that reports no width,
-    as some pseudo-terminals do, would draw a bar of nothing)."""
-    stream = stream or sys.stdout
-    if not getattr(stream, "isatty", lambda: False)() or os.environ.get("TERM") == "dumb":
-        return False
-    try:
-        return os.get_terminal_size(stream.fileno()).columns > 0
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def epoch_label(trainer: L.Trainer) -> str:
-    total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-    return f"epoch {trainer.current_epoch + 1}" + (f"/{total}" if total else "")
 
 
 def shown_metrics(trainer: L.Trainer, validated: bool = True) -> dict[str, Any]:
@@ -169,8 +152,6 @@ class MatrixEpochs(_Validated, L.Callback):
 
 def progress_callbacks(setting: str) -> list[L.Callback]:
     """The callbacks that show a run's progress for ``trainer.progress_bar`` on this output."""
-    from ..terminal import active_matrix
-
     matrix = active_matrix()
     if setting == "none":
         return []

@@ -16,6 +16,11 @@ import numpy as np
 import torch
 
 
+def _rank() -> int:
+    distributed = torch.distributed
+    return distributed.get_rank() if distributed.is_available() and distributed.is_initialized() else 0
+
+
 class RngState(L.Callback):
     @property
     def state_key(self) -> str:
@@ -24,7 +29,7 @@ class RngState(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = random.getstate()
         name, keys, pos, has_gauss, cached = np.random.get_state()
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        rank = _rank()
         return {f"rank{rank}": {
             "python": [version, list(internal), gauss],
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
@@ -33,7 +38,7 @@ class RngState(L.Callback):
         }}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        rank = _rank()
         state = state_dict.get(f"rank{rank}") or next(iter(state_dict.values()), None)
         if not state:
             return

@@ -6,19 +6,22 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
-from ..config import to_plain
+from ..config_diff import format_value
 from ..distributed import UnpaddedDistributedSampler, per_device_batch
 from ..errors import ConfigError
 from ..layers.input_norm import channel_statistics
 from ..plans import augment_plans, dataset_plan
-from ..terminal import note
+from ..registry import split_spec
+from ..schema import to_plain
 from .datasets import dataset_info
+from .decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
 from .image_files import ImageFiles
 from .info import DataInfo
 from .resumable import ResumableDataLoader
@@ -33,10 +36,14 @@ class ClassificationDataModule(L.LightningDataModule):
     that way); evaluation loaders keep every sample in order.
     """
 
-    def __init__(self, data_cfg: Any, seed: int = 0):
+    def __init__(self, data_cfg: Any, seed: int = 0, note: Callable[[str], None] = print, show_progress: bool = False):
+        """``note`` says what was decided for the user (the data path, an inferred size); ``show_progress``
+        draws a bar while images are decoded. The data layer prints nothing itself: the caller's terminal
+        decides where the notes go (``builders.build_datamodule``: stdout, first process only)."""
         super().__init__()
         self.cfg = data_cfg
         self.seed = seed
+        self.note, self.show_progress = note, show_progress
         self.splits: Optional[DatasetSplits] = None
         self.transforms: list[Any] = []
         self.recorded_path: Optional[str] = None  # a resumed run's path: its batches must stay the same
@@ -48,6 +55,8 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.splits is None:
             source = dataset_plan(self.cfg).build()
             splits = source.load()
+            for line in source.notes():
+                self.note(line)
             size = tuple(splits.input_shape[1:]) if len(splits.input_shape) == 3 else None
             self.transforms = [plan.build(size=size) for plan in augment_plans(self.cfg)]
             if isinstance(splits.train, ImageFiles):
@@ -55,8 +64,6 @@ class ClassificationDataModule(L.LightningDataModule):
             self.splits = splits
             self._say_path()
             if not self.tensor_path and self.transforms:
-                from torchvision.transforms import v2
-
                 splits.train.transform = v2.Compose(self.transforms)
         return self.splits
 
@@ -66,21 +73,19 @@ class ClassificationDataModule(L.LightningDataModule):
         self.recorded_path = recorded
 
     def _decode_once(self, splits: DatasetSplits, root: Optional[str]) -> DatasetSplits:
-        from .decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
-
         parts = [s for s in (splits.train, splits.val, splits.test) if s is not None]
         total = sum(decoded_bytes(part) for part in parts)
         count = sum(len(part) for part in parts)
         how = choose(to_plain(self.cfg.cache), self.cfg.cache_budget, total)
         if how == "none" and self.recorded_path == "tensor":
             how = "memory"
-            note(f"cnnkit: resuming on the tensor path this run started on: the images ({size_text(total)}) are "
-                 f"decoded into memory (data.cache would not decode them on this machine)")
+            self.note(f"cnnkit: resuming on the tensor path this run started on: the images ({size_text(total)}) are "
+                      f"decoded into memory (data.cache would not decode them on this machine)")
         if how == "none":
             if to_plain(self.cfg.cache) == "auto":
-                note(f"cnnkit: data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
-                     f"{self.cfg.cache_budget:g} GiB: the DataLoader decodes them every epoch (data.cache=disk "
-                     f"decodes them once into a file instead)")
+                self.note(f"cnnkit: data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
+                          f"{self.cfg.cache_budget:g} GiB: the DataLoader decodes them every epoch (data.cache=disk "
+                          f"decodes them once into a file instead)")
             return splits
         started = time.monotonic()
         folder = None
@@ -88,20 +93,21 @@ class ClassificationDataModule(L.LightningDataModule):
             root = root or os.path.commonpath([path for path, _ in splits.train.items])
             folder = cache_folder(root)
             if folder.parent != Path(root):
-                note(f"cnnkit: '{root}' cannot be written; the decoded-image cache is in {folder}")
+                self.note(f"cnnkit: '{root}' cannot be written; the decoded-image cache is in {folder}")
         decoded, built = {}, 0
         for name in ("train", "val", "test"):
             if getattr(splits, name) is not None:
-                decoded[name], decoded_now = decoded_split(getattr(splits, name), name, folder)
+                decoded[name], decoded_now = decoded_split(getattr(splits, name), name, folder,
+                                                            self.show_progress)
                 built += len(decoded[name]) if decoded_now else 0
         took = f"{time.monotonic() - started:.1f} s"
         if folder is None:
-            note(f"cnnkit: data: {count:,} images decoded once into memory ({size_text(total)}, {took})")
+            self.note(f"cnnkit: data: {count:,} images decoded once into memory ({size_text(total)}, {took})")
         elif built:
-            note(f"cnnkit: data: {built:,} of {count:,} images decoded in {took} into the cache {folder} "
-                 f"({size_text(total)}; later runs map it)")
+            self.note(f"cnnkit: data: {built:,} of {count:,} images decoded in {took} into the cache {folder} "
+                      f"({size_text(total)}; later runs map it)")
         else:
-            note(f"cnnkit: data: {count:,} decoded images mapped from the cache {folder} ({size_text(total)})")
+            self.note(f"cnnkit: data: {count:,} decoded images mapped from the cache {folder} ({size_text(total)})")
         return dataclasses.replace(splits, **decoded)
 
     def _say_path(self) -> None:
@@ -109,15 +115,13 @@ class ClassificationDataModule(L.LightningDataModule):
         mode = to_plain(self.cfg.loader)
         in_memory = isinstance(self.splits.train, TensorImages)
         if self.recorded_path == "dataloader" and uses_tensor_path(mode, in_memory, self.transforms):
-            note("cnnkit: resuming on the DataLoader path this run started on (this machine would take the "
-                 "tensor path, whose batches differ)")
+            self.note("cnnkit: resuming on the DataLoader path this run started on (this machine would take the "
+                      "tensor path, whose batches differ)")
         elif mode == "auto" and in_memory and not self.tensor_path:
-            from ..registry import split_spec
-
             names = [split_spec(to_plain(spec))[0] for spec in self.cfg.augment]
             slow = [name for name, t in zip(names, self.transforms) if not batched(t)]
-            note(f"cnnkit: data: the DataLoader path, since {', '.join(slow)} has no batched version "
-                 f"(batched: {batched_names()}; color_jitter only without hue)")
+            self.note(f"cnnkit: data: the DataLoader path, since {', '.join(slow)} has no batched version "
+                      f"(batched: {batched_names()}; color_jitter only without hue)")
 
     @property
     def path(self) -> str:
@@ -144,8 +148,6 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         """``digits 1437/180/180 of 1x8x8, 10 classes``: the data in a phrase, for the run's header line."""
-        from ..matrix import format_value
-
         splits = self.load()
         sizes = "/".join(str(len(s)) for s in (splits.train, splits.val, splits.test) if s is not None)
         name = format_value(to_plain(self.cfg.dataset)).split("(")[0]

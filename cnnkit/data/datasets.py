@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from typing import Any, Sequence
 
 import torch
@@ -16,11 +17,10 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from ..registry import DATASETS
-from ..terminal import note
+from .image_files import ImageFiles, image_headers, list_class_dirs, list_label_prefix
 from .info import DataInfo
 from .pixels import to_uint8
 from .splits import DatasetSplits, TensorImages, stratified_split
-
 
 
 def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -77,6 +77,11 @@ class DatasetSource:
     def load(self) -> DatasetSplits:
         raise NotImplementedError
 
+    def notes(self) -> list[str]:
+        """What the source decided for the user while reading (an inferred image size), for its caller to
+        say once: the data layer prints nothing itself."""
+        return []
+
 
 @DATASETS.register("digits", description="scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)")
 class Digits(DatasetSource):
@@ -91,6 +96,7 @@ class Digits(DatasetSource):
         return DataInfo.of((1, *_size_pair(self.image_size or 8)), [str(i) for i in range(10)])
 
     def load(self) -> DatasetSplits:
+        # startup: sklearn only when this runs
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -172,6 +178,7 @@ class TorchvisionSource(DatasetSource):
         return DataInfo.of((self.shape[0], *size), self.classes)
 
     def _open(self, train: bool):
+        # startup: torchvision only when this runs
         import torchvision.datasets as tvd
 
         if self.download:
@@ -194,6 +201,7 @@ class TorchvisionSource(DatasetSource):
     def _download(self, train: bool):
         """torchvision's download (nothing to do when the files are there). A failed one says why, in one
         line, and leaves nothing of its own behind: no empty folders, no partial files."""
+        # startup: torchvision only when this runs
         import torchvision.datasets as tvd
 
         before = _entries(self.root, self.folder)
@@ -243,8 +251,6 @@ def _download_error(err: BaseException) -> str:
 
 def _remove_new(root: str, folder: str, before: set[str]) -> None:
     """Remove what a failed download made: the paths that were not there before, deepest first."""
-    import shutil
-
     for path in sorted(_entries(root, folder) - before, key=lambda p: p.count(os.sep), reverse=True):
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -304,12 +310,16 @@ class ImageFolder(DatasetSource):
         self.channels = channels
         self.folders = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.num_classes = num_classes
+        self._notes: list[str] = []
+
+    def notes(self) -> list[str]:
+        said, self._notes = self._notes, []
+        return said
 
     def _shape(self, train_files: list[tuple[str, int]] | None) -> tuple[int, int, int]:
         """(channels, height, width): as configured, else the images' own (said in one line), else 3×64×64."""
         if self.size is not None and self.channels is not None:
             return (self.channels, *self.size)
-        from .image_files import image_headers
 
         headers = image_headers([path for path, _ in (train_files or [])[:64]])
         sizes = {size for size, _ in headers}
@@ -329,13 +339,12 @@ class ImageFolder(DatasetSource):
             self.channels = modes.pop() if len(modes) == 1 else self.FALLBACK_CHANNELS
             inferred.append(("grayscale" if self.channels == 1 else "color") if headers else
                             f"no image to read: {self.channels} channels")
-        note(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
-             f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels to change)")
+        self._notes.append(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
+                           f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels "
+                           f"to change)")
         return (self.channels, *self.size)
 
     def _list(self, split: str, class_names: list[str] | None):
-        from .image_files import list_class_dirs, list_label_prefix
-
         lister = list_class_dirs if self.layout == "class_dirs" else list_label_prefix
         return lister(os.path.join(self.root, self.folders[split]), class_names)
 
@@ -347,8 +356,6 @@ class ImageFolder(DatasetSource):
         return dataset_info(self.load())
 
     def load(self) -> DatasetSplits:
-        from .image_files import ImageFiles
-
         if not os.path.isdir(self.root):
             raise DataError(f"image_folder: data root '{self.root}' does not exist; "
                             f"set data.dataset.root to your image folder")

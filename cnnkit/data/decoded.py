@@ -18,17 +18,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
+import multiprocessing
 import os
 import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..atomic import atomic_file
 from ..errors import DataError
 from .image_files import ImageFiles, UnreadableImage
+from .splits import TensorImages
+
+try:
+    import fcntl  # POSIX only
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
 
 CACHE_FOLDER = ".cnnkit-cache"
 FORMAT = 1  # part of the key: a cache written by another layout is never read
@@ -64,9 +78,6 @@ def _decode_range(bounds: tuple[int, int]) -> int:
 def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     """A uint8 tensor in an anonymous shared mapping: forked processes write into it in place (and,
     unlike /dev/shm, it is not bounded by a container's small shared-memory mount)."""
-    import math
-    import mmap
-
     buffer = mmap.mmap(-1, max(1, math.prod(shape)))
     return torch.frombuffer(buffer, dtype=torch.uint8, count=math.prod(shape)).view(shape)
 
@@ -80,8 +91,6 @@ def native_messages() -> Iterator[list[str]]:
     """Collect what the C decoders write straight to the process's stderr (libpng's "bad header", its
     iCCP warnings) while decoding, so a broken image is one line of cnnkit's naming their reason; any
     other line written meanwhile is passed on to stderr afterwards."""
-    import tempfile
-
     collected: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
@@ -119,22 +128,15 @@ def _reason(files: ImageFiles, err: UnreadableImage) -> UnreadableImage:
     return UnreadableImage.of(err.path, errors[0]) if errors else err
 
 
-def decode(files: ImageFiles, what: str) -> torch.Tensor:
-    """Every image of ``files`` as one uint8 tensor (N, C, H, W), decoded by a process per core."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from ..callbacks.progress import interactive
-
+def decode(files: ImageFiles, what: str, show_progress: bool = False) -> torch.Tensor:
+    """Every image of ``files`` as one uint8 tensor (N, C, H, W), decoded by a process per core; with
+    ``show_progress`` (a terminal) and many images, under a bar."""
     global _job
     shape = (len(files), files.channels, *files.size)
     processes = workers(len(files)) if "fork" in multiprocessing.get_all_start_methods() else 1
     images = _shared_uint8(shape) if processes > 1 else torch.empty(shape, dtype=torch.uint8)
     bar = None
-    if interactive() and len(files) > 1000:
-        from tqdm.auto import tqdm
-
+    if show_progress and len(files) > 1000:
         bar = tqdm(total=len(files), desc=f"decoding {what}", unit="img", leave=False, file=sys.stdout)
     step = 256
     ranges = [(start, min(start + step, len(files))) for start in range(0, len(files), step)]
@@ -207,9 +209,7 @@ def cache_folder(root: str) -> Path:
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock held across processes (POSIX ``flock``; elsewhere, none)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    if fcntl is None:  # pragma: no cover - not POSIX
         yield
         return
     with open(path, "a+b") as handle:
@@ -220,11 +220,10 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def from_disk_cache(files: ImageFiles, folder: Path, split: str) -> tuple[torch.Tensor, bool]:
+def from_disk_cache(files: ImageFiles, folder: Path, split: str,
+                    show_progress: bool = False) -> tuple[torch.Tensor, bool]:
     """The decoded images of ``files`` mapped from their cache file in ``folder``, and whether this call
     built it (decoding them) or found it."""
-    import numpy as np
-
     name = cache_name(files, split)
     path = folder / name
     built = False
@@ -232,7 +231,7 @@ def from_disk_cache(files: ImageFiles, folder: Path, split: str) -> tuple[torch.
         for partial in folder.glob(f".{split}-*.tmp"):  # left by a process killed while writing
             partial.unlink(missing_ok=True)
         if not path.is_file():
-            images = decode(files, split)
+            images = decode(files, split, show_progress)
             for stale in folder.glob(name.rsplit("-", 1)[0] + "-*.npy"):  # another version of these files
                 stale.unlink(missing_ok=True)
             with atomic_file(path) as handle:
@@ -256,11 +255,10 @@ def size_text(count: int) -> str:
     return f"{count} B"
 
 
-def decoded_split(files: ImageFiles, split: str, folder: Optional[Path] = None):
+def decoded_split(files: ImageFiles, split: str, folder: Optional[Path] = None, show_progress: bool = False):
     """``files`` as in-memory images (``TensorImages``): decoded now, or mapped from the cache in
     ``folder``; and whether images were decoded."""
-    from .splits import TensorImages
-
-    images, built = from_disk_cache(files, folder, split) if folder is not None else (decode(files, split), True)
+    images, built = (from_disk_cache(files, folder, split, show_progress) if folder is not None
+                     else (decode(files, split, show_progress), True))
     labels = torch.tensor([label for _, label in files.items], dtype=torch.long)
     return TensorImages(images, labels, split, names=files.names()), built

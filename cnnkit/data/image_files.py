@@ -16,6 +16,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 def list_class_dirs(folder: str, class_names: Optional[list[str]]) -> tuple[list[str], list[tuple[str, int]]]:
     """``folder/<class>/<image>``: torchvision's ImageFolder conventions; classes sorted by name."""
+    # startup: torchvision only when this runs
     from torchvision.datasets.folder import find_classes, make_dataset
 
     try:
@@ -62,6 +63,7 @@ def list_label_prefix(folder: str, class_names: Optional[list[str]]) -> tuple[li
 
 def image_headers(paths: list[str]) -> list[tuple[tuple[int, int], int]]:
     """((width, height), channels) of each readable image, from its header alone (no decoding)."""
+    # startup: PIL only when this runs
     from PIL import Image
 
     headers = []
@@ -104,6 +106,7 @@ class ImageFiles(Dataset):
 
     def decode(self, index: int) -> torch.Tensor:
         """The image as uint8 (channels, height, width), converted and resized; what a cache holds."""
+        # startup: torchvision only when this runs
         from torchvision.io import ImageReadMode, decode_image
         from torchvision.transforms.v2 import functional as TF
 

@@ -62,6 +62,7 @@ class DatasetSplits:
 
 def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
     """Indices of consecutive stratified parts: ``fractions`` are the sizes of all parts but the first."""
+    # startup: sklearn only when this runs
     from sklearn.model_selection import train_test_split
 
     remaining = torch.arange(len(labels))

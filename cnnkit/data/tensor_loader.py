@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from ..errors import ConfigError
-
+from ..registry import TRANSFORMS
 from ..seeding import batch_augment_seed, order_seed
 from .pixels import to_unit_float
 
@@ -35,8 +35,6 @@ def supports_batches(transforms: Sequence[Any]) -> bool:
 
 def batched_names() -> str:
     """The registered training transforms that have a batched version, for messages."""
-    from ..registry import TRANSFORMS
-
     return ", ".join(e.name for e in TRANSFORMS.entries() if batched(e.load()))
 
 

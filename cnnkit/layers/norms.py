@@ -35,7 +35,8 @@ class NormScheme:
     @classmethod
     def describe_traits(cls) -> str:
         inputs = "standardized inputs" if cls.standardize_inputs else "raw inputs"
-        where = "no layer" if cls.make is NormScheme.make else f"norm {'before' if cls.order == 'pre' else 'after'} activation"
+        side = "before" if cls.order == "pre" else "after"
+        where = "no layer" if cls.make is NormScheme.make else f"norm {side} activation"
         stats = ", batch statistics" if cls.batch_stats else ""
         return f"{where}, {inputs}{stats}"
 

@@ -1,0 +1,147 @@
+"""Each extension is one new file: a norm and an analysis from a user's package (``imports:``), a backbone
+module dropped into cnnkit's backbones package. Each is seen by ``cnnkit list``, trains in a fit, and an
+analysis shows in the report, with nothing else edited."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit.registry import BACKBONES
+
+from .conftest import REPO, cli, run_cli, tiny_config
+
+PACKAGE = "cnnkit_user_extensions"
+
+
+@pytest.fixture
+def user_package(tmp_path, monkeypatch):
+    """A package of the user's on sys.path; ``write(name, code)`` adds a module, which ends with the test."""
+    root = tmp_path / "site"
+    (root / PACKAGE).mkdir(parents=True)
+    (root / PACKAGE / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(root))
+
+    def write(name: str, code: str) -> str:
+        (root / PACKAGE / f"{name}.py").write_text(textwrap.dedent(code))
+        return f"{PACKAGE}.{name}"
+
+    write.root = root
+    yield write
+    for module in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
+        del sys.modules[module]
+
+
+def test_a_norm_is_one_file_of_the_users(user_package):
+    module = user_package("group_pre", '''
+        """GroupNorm (4 groups) before the activation."""
+        from torch import nn
+
+        from cnnkit import NORMS, NormScheme
+
+
+        @NORMS.register("group4_pre", description="GroupNorm, 4 groups, before the activation")
+        class Group4Pre(NormScheme):
+            order = "pre"
+
+            def make(self, num_features, dim):
+                return nn.GroupNorm(4, num_features)
+    ''')
+    listed = cli("list", "norms", f"imports=[{module}]")
+    assert listed.returncode == 0 and "group4_pre" in listed.stdout and "GroupNorm, 4 groups" in listed.stdout
+    result = cnnkit.fit(tiny_config(f"imports=[{module}]", "model.norm=group4_pre"))
+    assert result.status == "finished"
+    model = cnnkit.build_model(tiny_config(f"imports=[{module}]", "model.norm=group4_pre"))
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.modules()) >= 2
+
+
+def test_a_backbone_module_dropped_into_the_backbones_package_is_found(tmp_path, monkeypatch):
+    """A built-in backbone is a module in cnnkit/backbones/: the registry finds it by its package (here a
+    second folder of that package, so the test writes nothing into the source tree)."""
+    import cnnkit.backbones
+
+    folder = tmp_path / "more_backbones"
+    folder.mkdir()
+    (folder / "tiny_net.py").write_text(textwrap.dedent('''
+        """A one-hidden-layer network: the smallest built-in-style backbone."""
+        import math
+
+        from ..registry import BACKBONES
+        from .head import classifier_head
+
+
+        @BACKBONES.register("tiny_net", traits={"min_size": 1}, description="flatten → 16 units → classes")
+        def tiny_net(input_shape, num_classes, *, norm, act, bias="auto"):
+            return classifier_head(math.prod(input_shape), [16], num_classes, norm=norm, act=act, bias=bias)
+    '''))
+    monkeypatch.setattr(cnnkit.backbones, "__path__", [*cnnkit.backbones.__path__, str(folder)])
+    monkeypatch.setattr(BACKBONES, "_builtins_loaded", False)  # as in a fresh process
+    monkeypatch.delitem(sys.modules, "cnnkit.backbones.tiny_net", raising=False)
+    try:
+        listed = cli("list", "backbones")
+        assert listed.returncode == 0 and "tiny_net" in listed.stdout and "16 units" in listed.stdout
+        result = cnnkit.fit(tiny_config("model.backbone=tiny_net"))
+        assert result.status == "finished"
+    finally:
+        sys.modules.pop("cnnkit.backbones.tiny_net", None)
+
+
+GRAD_NORM = '''
+    """The gradient norm at every optimizer step, and the largest per run in the report."""
+    import lightning as L
+    import torch
+
+    from cnnkit.analyses import Analysis, register
+    from cnnkit.analyses._unit import table
+    from cnnkit.callbacks.output import RowLog
+
+
+    class GradNorm(L.Callback):
+        def __init__(self):
+            self.rows = RowLog("grad_norm.csv")
+
+        def on_fit_start(self, trainer, pl_module):
+            self.rows.start(trainer)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad.flatten() for p in pl_module.parameters() if p.grad is not None]
+            self.rows.add(step=trainer.global_step, grad_norm=float(torch.cat(grads).norm()))
+
+        def on_fit_end(self, trainer, pl_module):
+            self.rows.flush(trainer)
+
+
+    class GradNormReport(Analysis):
+        name = "grad_norm"
+        files = ("grad_norm.csv",)
+
+        def tables(self, runs, groups):
+            rows = [[run.variant, f"{max(r['grad_norm'] for r in self.of(run)['grad_norm']):.4g}"] for run in runs]
+            return table("Largest gradient norm", ["run", "max gradient norm"], rows)
+
+
+    register(GradNormReport(), GradNorm, description="the gradient norm at every optimizer step")
+'''
+
+
+def test_an_analysis_is_one_file_of_the_users_listed_trained_and_reported(user_package):
+    module = user_package("grad_norm", GRAD_NORM)
+    for kind in ("analyses", "callbacks"):
+        listed = cli("list", kind, f"imports=[{module}]")
+        assert listed.returncode == 0 and "grad_norm" in listed.stdout and "every optimizer step" in listed.stdout
+    result = cnnkit.fit(tiny_config(f"imports=[{module}]", "callbacks=[{name: grad_norm}]"))
+    assert result.status == "finished"
+    rows = (result.run_dir / "grad_norm.csv").read_text().splitlines()
+    assert rows[0] == "step,grad_norm" and len(rows) == 1 + 3  # the smoke run's three steps
+    largest = max(float(line.split(",")[1]) for line in rows[1:])
+    # a fresh process, as a user runs it: the report imports the runs' imports: to find their analysis
+    proc = run_cli("report", str(result.run_dir.parent),
+                   env_extra={"PYTHONPATH": os.pathsep.join([str(REPO), str(user_package.root)])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (result.run_dir.parent / "REPORT.md").read_text()
+    assert "## Largest gradient norm" in report and f"| {result.run_dir.name} | {largest:.4g} |" in report
