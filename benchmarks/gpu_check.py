@@ -509,8 +509,8 @@ def recipe_order() -> list[Path]:
 def recipe_models(recipe: Path, seen: set[str], samples: int) -> Iterator[tuple[str, list[str]]]:
     """(label, overrides) per model of ``recipe`` not in ``seen``: distinct (model, input shape, classes)."""
     import cnnkit
-    from cnnkit.config import to_plain
-    from cnnkit.matrix import combinations
+    from cnnkit.config.load import to_plain
+    from cnnkit.experiments.matrix import combinations
 
     with redirect_stdout(io.StringIO()):  # an image folder that is not here says so: it is replaced anyway
         base = cnnkit.load_config([str(recipe)], validate_config=False)
@@ -848,7 +848,7 @@ def child_main(args) -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     import torch
 
-    from cnnkit.terminal import configure
+    from cnnkit.console import configure
 
     configure(verbose_output=False)  # Lightning's banners stay out of the check's output
     if not args.cpu and not torch.cuda.is_available():

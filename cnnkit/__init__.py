@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .registry import REGISTRIES
+from cnnkit.registry import REGISTRIES
 
 __version__ = "0.1.0"
 
@@ -20,9 +20,9 @@ _LAZY = {
         "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model", "build_module",
         "build_datamodule", "data_info", "FitResult")},
     # extension points
-    "NormScheme": "cnnkit.layers.norms",
-    "ConvNormAct": "cnnkit.layers.blocks",
-    "LinearNormAct": "cnnkit.layers.blocks",
+    "NormScheme": "cnnkit.nn.layers.norms",
+    "ConvNormAct": "cnnkit.nn.layers.blocks",
+    "LinearNormAct": "cnnkit.nn.layers.blocks",
     "CnnkitError": "cnnkit.errors",
 }
 

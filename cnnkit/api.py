@@ -17,19 +17,28 @@ from typing import Any, Optional, Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .atomic import atomic_write_text
-from .builders import build_datamodule, build_model, build_module, data_info, load_weights
-from .checkpoint import read_checkpoint, resolve_checkpoint
-from .config import SPEC_KEYS, load_config, parse_override, plain_stored, spec_roles, to_plain, to_yaml, validate
-from .config_diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, differences
-from .config_diff import describe as describe_differences
-from .errors import CheckpointError, ConfigError
-from .evaluation import checkpoint_config, evaluate, predict
-from .matrix import combinations, format_value
-from .registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
-from .runs import KEEP, NEW, RunDir, length_bound, process_rank
-from .terminal import active_matrix, matrix_display, quiet, run_header, say, verbose
-from .trainer import build_trainer
+from cnnkit.config.diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, differences
+from cnnkit.config.diff import describe as describe_differences
+from cnnkit.config.load import (
+    SPEC_KEYS,
+    load_config,
+    parse_override,
+    plain_stored,
+    spec_roles,
+    to_plain,
+    to_yaml,
+    validate,
+)
+from cnnkit.console import active_matrix, matrix_display, quiet, run_header, say, verbose
+from cnnkit.errors import CheckpointError, ConfigError
+from cnnkit.experiments.matrix import combinations, format_value
+from cnnkit.registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
+from cnnkit.runs.atomic import atomic_write_text
+from cnnkit.runs.checkpoint import read_checkpoint, resolve_checkpoint
+from cnnkit.runs.run_dir import KEEP, NEW, RunDir, length_bound, process_rank
+from cnnkit.training.builders import build_datamodule, build_model, build_module, data_info, load_weights
+from cnnkit.training.evaluation import checkpoint_config, evaluate, predict
+from cnnkit.training.trainer import build_trainer
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info", "checkpoint_config"]
@@ -55,7 +64,7 @@ class FitResult:
 def describe(cfg: DictConfig) -> dict[str, Any]:
     """Layer-by-layer shapes, parameters, receptive fields and MACs of the config's model."""
     # startup: torch only when this runs
-    from .anatomy import describe_model
+    from cnnkit.nn.anatomy import describe_model
 
     info = data_info(cfg)
     report = describe_model(build_model(cfg, info), info.input_shape)
@@ -85,12 +94,18 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     # startup: lightning, torch only when this runs
     import lightning as L
 
-    from .callbacks.best_checkpoint import BestCheckpoint
-    from .callbacks.last_checkpoint import LastCheckpoint
-    from .callbacks.rng_state import RngState
-    from .checkpoint_io import AtomicCheckpointIO
-    from .lifecycle import RunInterrupted, RunLifecycle
-    from .loggers import RunCSVLogger, finish_wandb, make_wandb_logger, offline_sync_command, stored_wandb_id
+    from cnnkit.runs.checkpoint_io import AtomicCheckpointIO
+    from cnnkit.runs.lifecycle import RunInterrupted, RunLifecycle
+    from cnnkit.training.callbacks.best_checkpoint import BestCheckpoint
+    from cnnkit.training.callbacks.last_checkpoint import LastCheckpoint
+    from cnnkit.training.callbacks.rng_state import RngState
+    from cnnkit.training.loggers import (
+        RunCSVLogger,
+        finish_wandb,
+        make_wandb_logger,
+        offline_sync_command,
+        stored_wandb_id,
+    )
 
     resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
     resume_checkpoint = read_checkpoint(resume_path) if resume_path else None

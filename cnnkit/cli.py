@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import CheckpointError, CnnkitError, ConfigError, first_line, own_message
-from .registry import REGISTRIES, import_user_code
+from cnnkit.errors import CheckpointError, CnnkitError, ConfigError, first_line, own_message
+from cnnkit.registry import REGISTRIES, import_user_code
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -131,10 +131,10 @@ def build_parser() -> Parser:
 # -- commands -----------------------------------------------------------------------------------
 def _print_config(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from .config import load_config, to_yaml
+    from cnnkit.config.load import load_config, to_yaml
 
     if getattr(args, "ckpt", None) and args.command != "fit":
-        from .api import checkpoint_config  # startup: not on the --help path
+        from cnnkit.api import checkpoint_config  # startup: not on the --help path
 
         cfg = checkpoint_config(args.ckpt, args.config, args.overrides)[0]
     else:
@@ -145,7 +145,7 @@ def _print_config(args: argparse.Namespace) -> int:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from . import api
+    from cnnkit import api
 
     if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
         # without a recipe every such run would land, unnamed, in runs/default/
@@ -154,8 +154,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
                              init_from=args.init_from, overwrite=args.overwrite)
     # startup: not on the --help path
-    from .runs import process_rank
-    from .terminal import summary_block
+    from cnnkit.console import summary_block
+    from cnnkit.runs.run_dir import process_rank
 
     if process_rank() != 0 or len(results) != 1:  # under DDP every rank runs this; a matrix reported as it ran
         return 0
@@ -188,8 +188,8 @@ def _path_hint(command: Optional[str], paths: list[str]) -> str:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from . import api
-    from .terminal import metric_text
+    from cnnkit import api
+    from cnnkit.console import metric_text
 
     _require_ckpt(args)
     metrics = api.evaluate(args.command, args.ckpt, args.config, args.overrides)
@@ -199,8 +199,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from . import api
-    from .terminal import shown_path, text_table
+    from cnnkit import api
+    from cnnkit.console import shown_path, text_table
 
     _require_ckpt(args)
     if args.top_k < 1:
@@ -223,10 +223,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from . import api
-    from .anatomy import format_text
-    from .config import to_plain
-    from .matrix import format_value
+    from cnnkit import api
+    from cnnkit.config.load import to_plain
+    from cnnkit.experiments.matrix import format_value
+    from cnnkit.nn.anatomy import format_text
 
     cfg = api.load_config(args.config, args.overrides)
     if args.format == "json":  # stdout is the JSON alone: notes about the data go to stderr
@@ -247,7 +247,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from .report import build_report
+    from cnnkit.experiments.report import build_report
 
     report = build_report(args.runs, log_to_wandb=args.wandb)
     figures = sorted(p.name for p in report.parent.glob("*.png"))
@@ -257,11 +257,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from .sweep import sweep_config, write_sweep
+    from cnnkit.experiments.sweep import sweep_config, write_sweep
 
     text = write_sweep(sweep_config(args.recipe))
     if args.output:
-        from .atomic import atomic_write_text  # startup: not on the --help path
+        from cnnkit.runs.atomic import atomic_write_text  # startup: not on the --help path
 
         atomic_write_text(Path(args.output), text)
         print(f"cnnkit: wrote {args.output}; start it with: wandb sweep {args.output}", file=sys.stderr)
@@ -292,7 +292,7 @@ def registry_kind(word: str) -> Optional[str]:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     # startup: not on the --help path
-    from .config import load_config
+    from cnnkit.config.load import load_config
 
     overrides = [item for item in args.items if "=" in item]
     words = [item for item in args.items if "=" not in item]
@@ -359,7 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     # startup: not on the --help path
-    from .terminal import configure
+    from cnnkit.console import configure
 
     configure(verbose_output=getattr(args, "verbose", False) or os.environ.get("CNNKIT_VERBOSE", "") not in ("", "0"))
     try:

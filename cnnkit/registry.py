@@ -3,7 +3,7 @@
 Names are flat (no scopes) and normalized, so ``BN-Pre``, ``bn_pre`` and ``bnpre`` are one name.
 Built-in entries live in ordinary modules that register themselves on import; a registry imports
 them the first time it is asked for anything, so ``import cnnkit`` stays light: its listed modules,
-and every module of its packages (a new file in ``cnnkit/layers/`` or ``cnnkit/backbones/`` is found
+and every module of its packages (a new file in ``cnnkit/nn/layers/`` or ``cnnkit/nn/backbones/`` is found
 without being named anywhere). Entries may also be declared lazily by import path (``list`` then
 shows them without importing their module). Third-party packages plug in through the
 ``cnnkit.plugins`` entry-point group; a user's own modules through the config's ``imports:``.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator, Mapping
 
-from .errors import RegistryError
+from cnnkit.errors import RegistryError
 
 PLUGIN_GROUP = "cnnkit.plugins"
 NO_PLUGINS_ENV = "CNNKIT_NO_PLUGINS"
@@ -458,17 +458,17 @@ def _declare(kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...
 
 
 # each exported as its kind in capitals (``cnnkit.NORMS``)
-NORMS = _declare("norms", packages=("cnnkit.layers",))
-ACTIVATIONS = _declare("activations", packages=("cnnkit.layers",))
-POOLINGS = _declare("poolings", packages=("cnnkit.layers",), inputs=("kernel_size",))  # the backbone's pool size
-INITS = _declare("inits", packages=("cnnkit.layers",))
-BACKBONES = _declare("backbones", packages=("cnnkit.backbones",),
+NORMS = _declare("norms", packages=("cnnkit.nn.layers",))
+ACTIVATIONS = _declare("activations", packages=("cnnkit.nn.layers",))
+POOLINGS = _declare("poolings", packages=("cnnkit.nn.layers",), inputs=("kernel_size",))  # the backbone's pool size
+INITS = _declare("inits", packages=("cnnkit.nn.layers",))
+BACKBONES = _declare("backbones", packages=("cnnkit.nn.backbones",),
                      inputs=("input_shape", "num_classes", "norm", "act", "pool", "bias"))
 DATASETS = _declare("datasets", builtins=("cnnkit.data.datasets",))
 TRANSFORMS = _declare("transforms", builtins=("cnnkit.data.transforms",),
                       inputs=("size",))  # the images' (height, width), for crops that default to it
-OPTIMIZERS = _declare("optimizers", builtins=("cnnkit.optim",), inputs=("params", "lr", "weight_decay"))
-SCHEDULERS = _declare("schedulers", builtins=("cnnkit.optim",),
+OPTIMIZERS = _declare("optimizers", builtins=("cnnkit.training.optim",), inputs=("params", "lr", "weight_decay"))
+SCHEDULERS = _declare("schedulers", builtins=("cnnkit.training.optim",),
                       inputs=("optimizer", "total_steps", "steps_per_epoch", "lr"))
-CALLBACKS = _declare("callbacks", builtins=("cnnkit.callbacks",))
-ANALYSES = _declare("analyses", builtins=("cnnkit.analyses",))  # report units: ``Analysis`` objects
+CALLBACKS = _declare("callbacks", builtins=("cnnkit.training.callbacks",))
+ANALYSES = _declare("analyses", builtins=("cnnkit.experiments.analyses",))  # report units: ``Analysis`` objects

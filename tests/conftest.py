@@ -85,7 +85,7 @@ def trainers(monkeypatch):
 
 
 def tiny_config(*overrides: str, files=(QUICKSTART, SMOKE)):
-    from cnnkit.config import load_config
+    from cnnkit.config.load import load_config
 
     return load_config(list(files), list(overrides))
 

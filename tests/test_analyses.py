@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import cnnkit
-from cnnkit import analyses
-from cnnkit.analyses.running_stats_gap import gaps, population_moments
-from cnnkit.callbacks.precise_bn import recompute_bn_statistics
+from cnnkit.experiments import analyses
+from cnnkit.experiments.analyses.running_stats_gap import gaps, population_moments
+from cnnkit.experiments.report import build_report
 from cnnkit.registry import ANALYSES, CALLBACKS
-from cnnkit.report import build_report
+from cnnkit.training.callbacks.precise_bn import recompute_bn_statistics
 
 from .conftest import REPO, tiny_config
 
@@ -25,11 +25,11 @@ SHORT = ("trainer.limit_train_batches=6", "trainer.max_epochs=2", "trainer.limit
 
 @pytest.mark.parametrize("name", analyses.names())
 def test_every_analysis_module_is_a_report_unit_and_its_callback_is_registered_under_its_name(name):
-    import cnnkit.callbacks  # noqa: F401  (registers the callbacks)
+    import cnnkit.training.callbacks  # noqa: F401  (registers the callbacks)
 
     unit = ANALYSES.get(name)
     assert unit.name == name and unit.files and unit in analyses.units()
-    module = importlib.import_module(f"cnnkit.analyses.{name}")
+    module = importlib.import_module(f"cnnkit.experiments.analyses.{name}")
     assert unit is module.ANALYSIS
     assert analyses.has_callback(name) == hasattr(module, "Callback")  # read from the source: nothing imported
     if hasattr(module, "Callback"):  # the callback of a recipe's entry, by module name
@@ -40,7 +40,7 @@ def test_every_analysis_module_is_a_report_unit_and_its_callback_is_registered_u
 
 def test_the_report_opens_with_the_units_of_what_every_run_writes_and_names_no_analysis():
     assert [u.name for u in analyses.units()][:3] == ["curves", "final", "confusion"]
-    report = (REPO / "cnnkit" / "report.py").read_text()
+    report = (REPO / "cnnkit" / "experiments" / "report.py").read_text()
     assert not re.search(r"hessian|activations\.csv|landscape|eval_modes|percentile|surface|trajectory|curves\.png|"
                          r"final\.png|confusion", report)
 
@@ -116,7 +116,7 @@ def test_the_loss_analyses_measure_the_training_objective_label_smoothing_includ
 
     import torch.nn.functional as F
 
-    from cnnkit.analyses import _full_batch, hessian_lr, landscape
+    from cnnkit.experiments.analyses import _full_batch, hessian_lr, landscape
 
     cfg = tiny_config("loss.label_smoothing=0.1", "model.norm=none", "model.backbone={name: mlp, hidden: [8]}")
     datamodule = cnnkit.build_datamodule(cfg)

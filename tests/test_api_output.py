@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 import cnnkit
-import cnnkit.terminal
+import cnnkit.console
 
 from .conftest import tiny_config
 
@@ -30,7 +30,7 @@ class Records(logging.Handler):
 def lightning_log(monkeypatch):
     """What Lightning logs (its loggers all log through ``lightning.pytorch``), with the CNNKIT_VERBOSE the
     test sets deciding (not an earlier in-process command line's --verbose)."""
-    monkeypatch.setattr(cnnkit.terminal, "_verbose", None)
+    monkeypatch.setattr(cnnkit.console, "_verbose", None)
     records = Records()
     logger = logging.getLogger("lightning.pytorch")
     logger.addHandler(records)
@@ -53,7 +53,7 @@ def test_the_api_prints_only_cnnkits_lines_and_restores_the_callers_settings(cap
     assert printed.err == "", printed.err
     assert len(printed.out.splitlines()) == 1 and printed.out.startswith("cnnkit: quickstart/"), printed.out
     assert {name: logging.getLogger(name).level for name in CALLER_LEVELS} == levels
-    assert not (after - before) & set(cnnkit.terminal.HARMLESS_WARNINGS)  # none of cnnkit's filters left behind
+    assert not (after - before) & set(cnnkit.console.HARMLESS_WARNINGS)  # none of cnnkit's filters left behind
     assert not logging.getLogger("lightning.pytorch.utilities.rank_zero").filters
 
 

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import cnnkit
-from cnnkit.anatomy import describe_model
-from cnnkit.config import load_config
+from cnnkit.config.load import load_config
 from cnnkit.errors import ConfigError
-from cnnkit.layers.bn_scratch import ScratchBatchNorm
+from cnnkit.nn.anatomy import describe_model
+from cnnkit.nn.layers.bn_scratch import ScratchBatchNorm
 from cnnkit.registry import BACKBONES, NORMS, accepted_kwargs
 
 from .conftest import SMOKE, cli
@@ -234,7 +234,7 @@ def test_every_batchnorm_sits_on_the_side_of_the_activation_its_scheme_says(back
     that counts; a projection shortcut's BN has no activation."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from cnnkit.backbones.resnet import BasicBlock
+    from cnnkit.nn.backbones.resnet import BasicBlock
 
     spec = {"name": backbone, **({"width": 0.125} if takes(backbone, "width") else {}),
             **({"preact": True} if preact else {})}

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import cnnkit
 from cnnkit.api import FitResult
-from cnnkit.callbacks.best_checkpoint import BestCheckpoint
-from cnnkit.terminal import summary_block
+from cnnkit.console import summary_block
+from cnnkit.training.callbacks.best_checkpoint import BestCheckpoint
 
 from .conftest import tiny_config
 

@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from cnnkit.config import SCHEMA_VERSION, load_config, to_plain
+from cnnkit.config.load import SCHEMA_VERSION, load_config, to_plain
 from cnnkit.errors import ConfigError
 
 from .conftest import QUICKSTART
@@ -93,8 +93,8 @@ def test_plain_config_has_no_omegaconf_objects_or_enums():
 
 
 def test_a_model_key_the_backbone_does_not_take_is_one_warning_line(capsys):
-    from cnnkit import config
-    from cnnkit.config import load_config
+    from cnnkit.config import load as config
+    from cnnkit.config.load import load_config
 
     config._SAID.clear()  # said once per process
 

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import cnnkit
-from cnnkit.config import load_config
+from cnnkit.config.load import load_config
 from cnnkit.data.datamodule import ClassificationDataModule
 from cnnkit.errors import ConfigError, DataError
 from cnnkit.registry import DATASETS
@@ -254,7 +254,7 @@ def gray_digits_folder(root, size=(28, 28), mode="L"):
 
 
 def test_an_image_folder_takes_its_images_own_size_and_channels(tmp_path, capsys):
-    from cnnkit.config import load_config
+    from cnnkit.config.load import load_config
 
     root = gray_digits_folder(tmp_path / "mnist_like")
     cfg = load_config([], [f"data.dataset={{name: image_folder, root: {root}}}"])

@@ -10,9 +10,14 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import cnnkit
-from cnnkit.config import load_config
-from cnnkit.distributed import AllReduceBatchNorm, UnpaddedDistributedSampler, average_bn_buffers, convert_sync_bn
-from cnnkit.optim import scaled_lr
+from cnnkit.config.load import load_config
+from cnnkit.training.distributed import (
+    AllReduceBatchNorm,
+    UnpaddedDistributedSampler,
+    average_bn_buffers,
+    convert_sync_bn,
+)
+from cnnkit.training.optim import scaled_lr
 
 from .conftest import QUICKSTART, REPO, SMOKE, cli, run_cli
 

@@ -10,16 +10,16 @@ import torch
 from torch import nn
 
 import cnnkit
-from cnnkit.analyses.activation_percentiles import ActivationPercentiles
-from cnnkit.analyses.landscape import probe_along_gradient
-from cnnkit.callbacks.precise_bn import recompute_bn_statistics
-from cnnkit.config import load_config
+from cnnkit.config.load import load_config
 from cnnkit.errors import ConfigError
-from cnnkit.layers.batch_stats import batch_statistics
-from cnnkit.layers.bn_scratch import ScratchBatchNorm
-from cnnkit.matrix import combinations, group_name
+from cnnkit.experiments.analyses.activation_percentiles import ActivationPercentiles
+from cnnkit.experiments.analyses.landscape import probe_along_gradient
+from cnnkit.experiments.matrix import combinations, group_name
+from cnnkit.experiments.report import build_report
+from cnnkit.nn.layers.batch_stats import batch_statistics
+from cnnkit.nn.layers.bn_scratch import ScratchBatchNorm
 from cnnkit.registry import NORMS
-from cnnkit.report import build_report
+from cnnkit.training.callbacks.precise_bn import recompute_bn_statistics
 
 from .conftest import QUICKSTART, REPO, SMOKE
 

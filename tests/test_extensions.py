@@ -61,9 +61,9 @@ def test_a_norm_is_one_file_of_the_users(user_package):
 
 
 def test_a_backbone_module_dropped_into_the_backbones_package_is_found(tmp_path, monkeypatch):
-    """A built-in backbone is a module in cnnkit/backbones/: the registry finds it by its package (here a
+    """A built-in backbone is a module in cnnkit/nn/backbones/: the registry finds it by its package (here a
     second folder of that package, so the test writes nothing into the source tree)."""
-    import cnnkit.backbones
+    import cnnkit.nn.backbones
 
     folder = tmp_path / "more_backbones"
     folder.mkdir()
@@ -71,24 +71,24 @@ def test_a_backbone_module_dropped_into_the_backbones_package_is_found(tmp_path,
         """A one-hidden-layer network: the smallest built-in-style backbone."""
         import math
 
-        from ..registry import BACKBONES
-        from .head import classifier_head
+        from cnnkit.registry import BACKBONES
+        from cnnkit.nn.backbones.head import classifier_head
 
 
         @BACKBONES.register("tiny_net", traits={"min_size": 1}, description="flatten → 16 units → classes")
         def tiny_net(input_shape, num_classes, *, norm, act, bias="auto"):
             return classifier_head(math.prod(input_shape), [16], num_classes, norm=norm, act=act, bias=bias)
     '''))
-    monkeypatch.setattr(cnnkit.backbones, "__path__", [*cnnkit.backbones.__path__, str(folder)])
+    monkeypatch.setattr(cnnkit.nn.backbones, "__path__", [*cnnkit.nn.backbones.__path__, str(folder)])
     monkeypatch.setattr(BACKBONES, "_builtins_loaded", False)  # as in a fresh process
-    monkeypatch.delitem(sys.modules, "cnnkit.backbones.tiny_net", raising=False)
+    monkeypatch.delitem(sys.modules, "cnnkit.nn.backbones.tiny_net", raising=False)
     try:
         listed = cli("list", "backbones")
         assert listed.returncode == 0 and "tiny_net" in listed.stdout and "16 units" in listed.stdout
         result = cnnkit.fit(tiny_config("model.backbone=tiny_net"))
         assert result.status == "finished"
     finally:
-        sys.modules.pop("cnnkit.backbones.tiny_net", None)
+        sys.modules.pop("cnnkit.nn.backbones.tiny_net", None)
 
 
 GRAD_NORM = '''
@@ -96,9 +96,9 @@ GRAD_NORM = '''
     import lightning as L
     import torch
 
-    from cnnkit.analyses import Analysis, register
-    from cnnkit.analyses._unit import table
-    from cnnkit.callbacks.output import RowLog
+    from cnnkit.experiments.analyses import Analysis, register
+    from cnnkit.experiments.analyses._unit import table
+    from cnnkit.training.callbacks.output import RowLog
 
 
     class GradNorm(L.Callback):

@@ -51,7 +51,7 @@ def test_the_tensor_loader_and_batched_transforms_run_on_the_gpu_with_device_gen
 
 
 def test_sync_bn_converts_to_torchs_sync_batchnorm_and_runs_forward_and_backward():
-    from cnnkit.distributed import convert_sync_bn
+    from cnnkit.training.distributed import convert_sync_bn
 
     model = cnnkit.build_model(gpu_config()).to(DEVICE)
     converted = convert_sync_bn(model, "cuda")  # what a multi-GPU run gets

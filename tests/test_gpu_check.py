@@ -156,7 +156,7 @@ def test_the_training_accuracy_counts_on_the_device_as_torchmetrics_does(average
     import torch
     from torchmetrics.classification import MulticlassAccuracy
 
-    from cnnkit.module import IGNORED, TrainAccuracy
+    from cnnkit.training.module import IGNORED, TrainAccuracy
 
     generator = torch.Generator().manual_seed(0)
     for classes in (2, 7, 11):

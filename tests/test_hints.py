@@ -24,7 +24,7 @@ def test_inputs_too_small_suggests_a_resize_that_works(tmp_path):
 
 
 def test_arguments_for_a_part_named_alone_go_to_that_part():
-    from cnnkit.config import load_config, to_plain
+    from cnnkit.config.load import load_config, to_plain
 
     cfg = load_config([QUICKSTART], ["data.dataset.image_size=16", "model.norm.momentum=0.01"])
     assert to_plain(cfg.data.dataset) == {"name": "digits", "image_size": 16}

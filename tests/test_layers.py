@@ -4,11 +4,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cnnkit.errors import ConfigError
-from cnnkit.layers.batch_stats import batch_statistics
-from cnnkit.layers.blocks import ConvNormAct, LinearNormAct
-from cnnkit.layers.input_norm import InputStandardize, channel_statistics
-from cnnkit.layers.norms import ChannelLayerNorm
-from cnnkit.model import build_classifier
+from cnnkit.nn.layers.batch_stats import batch_statistics
+from cnnkit.nn.layers.blocks import ConvNormAct, LinearNormAct
+from cnnkit.nn.layers.input_norm import InputStandardize, channel_statistics
+from cnnkit.nn.layers.norms import ChannelLayerNorm
+from cnnkit.nn.model import build_classifier
 from cnnkit.registry import ACTIVATIONS, BACKBONES, INITS, NORMS, POOLINGS
 
 EXPECTED_ORDER = {

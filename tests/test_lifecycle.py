@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cnnkit
-from cnnkit.config import load_config
+from cnnkit.config.load import load_config
 from cnnkit.errors import CnnkitError
 
 from .conftest import QUICKSTART, REPO, SMOKE, cli, edited_recipe, tiny_config
@@ -98,7 +98,7 @@ def test_smoke_runs_live_apart_an_edited_recipe_is_refused_before_anything_train
     grown = cnnkit.fit_recipe([recipe, SMOKE])
     assert [r.kept for r in grown] == [True, False]
     assert [r.status for r in grown] == ["finished", "finished"]
-    from cnnkit.report import build_report
+    from cnnkit.experiments.report import build_report
 
     text = build_report(tmp_path / "runs/smoke/seeds", log_to_wandb=False).read_text()
     assert "**2 of 2 runs are limited** (limit_train_batches=3" in text and "| default [limited] |" in text
@@ -120,7 +120,7 @@ def test_the_variant_is_named_from_the_overrides_that_change_a_result():
     assert len(long) <= 80 and re.fullmatch(r"backbone=simple_cnn-channels8-16-hidden32-dropout0.3-[0-9a-f]{8}", long)
     from omegaconf import OmegaConf
 
-    from cnnkit.matrix import variant_from_overrides
+    from cnnkit.experiments.matrix import variant_from_overrides
 
     cfg = OmegaConf.create({"imports": ["plugins/a b.py"]})
     assert variant_from_overrides(["imports=[plugins/a b.py]"], cfg) == "imports=plugins_a_b.py"  # one directory
@@ -211,7 +211,7 @@ def test_names_ignore_the_command_lines_order_and_read_resolved_values():
 
 
 def test_every_rank_reaches_the_same_verdict_from_the_run_files():
-    from cnnkit.runs import CONTINUE, KEEP, NEW, RunDir
+    from cnnkit.runs.run_dir import CONTINUE, KEEP, NEW, RunDir
 
     cfg = tiny_config()
     result = cnnkit.fit(cfg)

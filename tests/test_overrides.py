@@ -10,9 +10,9 @@ import yaml
 import cnnkit
 from cnnkit.api import plan_recipe
 from cnnkit.cli import main
-from cnnkit.config import load_config, to_plain
+from cnnkit.config.load import load_config, to_plain
 from cnnkit.errors import ConfigError
-from cnnkit.matrix import combinations
+from cnnkit.experiments.matrix import combinations
 
 from .conftest import QUICKSTART, REPO, SMOKE, tiny_config
 
@@ -208,7 +208,7 @@ def test_fit_without_a_recipe_says_how_to_give_one(capsys):
 
 
 def test_a_rerun_compares_entry_names_as_the_registry_reads_them():
-    from cnnkit.config_diff import RESULT_NEUTRAL, differences
+    from cnnkit.config.diff import RESULT_NEUTRAL, differences
 
     stored = {"model": {"act": "relu", "norm": {"name": "bn_pre", "momentum": 0.1}}, "data": {"dataset": "mnist"}}
     assert differences(stored, {"model": {"act": "Relu", "norm": {"name": "BN-Pre", "momentum": 0.1}},

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from cnnkit.config import load_config
+from cnnkit.config.load import load_config
 from cnnkit.errors import ConfigError
-from cnnkit.layers.blocks import parse_bias
+from cnnkit.nn.layers.blocks import parse_bias
 
 from .conftest import QUICKSTART, REPO, cli
 
@@ -22,7 +22,7 @@ def test_a_good_config_does_construct_a_trainer(tmp_path, trainers):
 
 
 def test_validation_makes_plans_and_builds_nothing_with_stand_in_arguments():
-    config_source = (REPO / "cnnkit" / "config.py").read_text()
+    config_source = (REPO / "cnnkit" / "config" / "load.py").read_text()
     assert not re.search(r"kernel_size=2|params=None|\.prepare\(", config_source)
     for path in (REPO / "cnnkit").rglob("*.py"):
         assert not re.search(r"[A-Z]+\.prepare\(|_INPUTS = \{", path.read_text()), path
@@ -51,7 +51,7 @@ def test_bias_is_parsed_once_into_auto_true_or_false():
     assert [parse_bias(v) for v in ("auto", "AUTO", True, "true", False, "False")] == \
         ["auto", "auto", True, True, False, False]
     cfg = load_config([QUICKSTART], ["model.bias=false"])
-    from cnnkit.plans import model_plan
+    from cnnkit.config.plans import model_plan
 
     assert model_plan(cfg.model).bias is False
     with pytest.raises(ConfigError, match="bias must be one of auto, true, false, got 'yes please'"):

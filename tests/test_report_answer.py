@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 import cnnkit
-from cnnkit.answer import Labels
-from cnnkit.config import load_config, to_plain
+from cnnkit.config.load import load_config, to_plain
 from cnnkit.errors import ConfigError
-from cnnkit.matrix import combinations, selects
-from cnnkit.report import build_report, collect
+from cnnkit.experiments.answer import Labels
+from cnnkit.experiments.matrix import combinations, selects
+from cnnkit.experiments.report import build_report, collect
 
 from .conftest import QUICKSTART, REPO, SMOKE
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnkit.analyses import _unit, curves, eval_modes, final, landscape, loss_surface
-from cnnkit.report import Run, build_report
+from cnnkit.experiments.analyses import _unit, curves, eval_modes, final, landscape, loss_surface
+from cnnkit.experiments.report import Run, build_report
 
 MATRIX = {"model.act": ["sigmoid", "relu"], "model.norm": ["none", "bn_pre", "bn_post"], "optim.lr": [1, 5],
           "seed": [0, 1]}

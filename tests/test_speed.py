@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import cnnkit
-from cnnkit.config import load_config
+from cnnkit.config.load import load_config
 from cnnkit.data.tensor_loader import TensorBatches
 from cnnkit.data.transforms import Cutout, HorizontalFlip, RandomCrop
 from cnnkit.errors import ConfigError

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import cnnkit
-from cnnkit.step_guard import StepGuard, skips_on_device
+from cnnkit.training.step_guard import StepGuard, skips_on_device
 from tests.conftest import QUICKSTART, SMOKE
 
 
@@ -137,7 +137,7 @@ def test_a_default_run_trains_with_the_fused_optimizer_and_the_guard():
 
 
 def test_bf16_and_32_bit_runs_are_guarded_16_bit_mixed_ones_are_not():
-    from cnnkit.module import SCALED_PRECISIONS
+    from cnnkit.training.module import SCALED_PRECISIONS
 
     assert "bf16-mixed" not in SCALED_PRECISIONS and "32-true" not in SCALED_PRECISIONS
     assert "16-mixed" in SCALED_PRECISIONS

@@ -56,7 +56,7 @@ MODULES = {_module_name(path): path for path in TREES}
 
 
 def _resolve(name: str) -> str | None:
-    """The cnnkit module an imported name lives in (``cnnkit.config.load_config`` → ``cnnkit.config``)."""
+    """The cnnkit module an imported name lives in (``cnnkit.config.load.load_config`` → ``cnnkit.config.load``)."""
     while name and name not in MODULES:
         name = name.rpartition(".")[0]
     return name or None
@@ -117,8 +117,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_sees_function_local_and_relative_imports():
     graph = import_graph()
-    assert "cnnkit.config" in graph["cnnkit.api"]  # a module-level relative import
-    assert "cnnkit.module" in graph["cnnkit.builders"]  # function-local, relative
+    assert "cnnkit.config.load" in graph["cnnkit.api"]  # a module-level import
+    assert "cnnkit.training.module" in graph["cnnkit.training.builders"]  # function-local
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
@@ -137,7 +137,7 @@ def test_the_data_layer_never_imports_the_terminal():
             reached.add(module)
             todo.extend(graph[module])
     terminal = {m for m in reached
-                if m in ("cnnkit.terminal", "cnnkit.console") or m.startswith("cnnkit.callbacks.progress")}
+                if m == "cnnkit.console" or m.startswith("cnnkit.training.callbacks.progress")}
     assert not terminal, f"cnnkit.data reaches {sorted(terminal)}"
 
 

@@ -11,7 +11,7 @@ import torch
 
 import cnnkit
 from cnnkit.errors import CheckpointError, CnnkitError
-from cnnkit.layers.input_norm import InputStandardize
+from cnnkit.nn.layers.input_norm import InputStandardize
 
 from .conftest import REPO, edited_recipe, tiny_config
 
@@ -164,7 +164,7 @@ def test_optimizers_and_schedulers(optimizer, scheduler):
 
 
 def test_parameter_groups_exempt_norm_and_bias():
-    from cnnkit.optim import parameter_groups
+    from cnnkit.training.optim import parameter_groups
 
     model = cnnkit.build_model(tiny_config())
     decay, no_decay = parameter_groups(model, 1e-4, True)

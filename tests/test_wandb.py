@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import cnnkit
-from cnnkit.config import load_config
+from cnnkit.config.load import load_config
 
 from .conftest import QUICKSTART, SMOKE, run_cli
 
@@ -134,7 +134,7 @@ def test_a_server_that_never_answers_costs_a_bounded_wait(monkeypatch, capsys, t
     import socket
     import time
 
-    from cnnkit.loggers import make_wandb_logger
+    from cnnkit.training.loggers import make_wandb_logger
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

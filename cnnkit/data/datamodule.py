@@ -13,20 +13,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from ..config_diff import format_value
-from ..distributed import UnpaddedDistributedSampler, per_device_batch
-from ..errors import ConfigError
-from ..layers.input_norm import channel_statistics
-from ..plans import augment_plans, dataset_plan
-from ..registry import split_spec
-from ..schema import to_plain
-from .datasets import dataset_info
-from .decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
-from .image_files import ImageFiles
-from .info import DataInfo
-from .resumable import ResumableDataLoader
-from .splits import DatasetSplits, TensorImages
-from .tensor_loader import TensorBatches, batched, batched_names, uses_tensor_path
+from cnnkit.config.diff import format_value
+from cnnkit.config.plans import augment_plans, dataset_plan
+from cnnkit.config.schema import to_plain
+from cnnkit.data.datasets import dataset_info
+from cnnkit.data.decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
+from cnnkit.data.image_files import ImageFiles
+from cnnkit.data.info import DataInfo
+from cnnkit.data.resumable import ResumableDataLoader
+from cnnkit.data.splits import DatasetSplits, TensorImages
+from cnnkit.data.tensor_loader import TensorBatches, batched, batched_names, uses_tensor_path
+from cnnkit.errors import ConfigError
+from cnnkit.nn.layers.input_norm import channel_statistics
+from cnnkit.registry import split_spec
+from cnnkit.training.distributed import UnpaddedDistributedSampler, per_device_batch
 
 
 class ClassificationDataModule(L.LightningDataModule):

@@ -15,12 +15,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
-from ..registry import DATASETS
-from .image_files import ImageFiles, image_headers, list_class_dirs, list_label_prefix
-from .info import DataInfo
-from .pixels import to_uint8
-from .splits import DatasetSplits, TensorImages, stratified_split
+from cnnkit.data.image_files import ImageFiles, image_headers, list_class_dirs, list_label_prefix
+from cnnkit.data.info import DataInfo
+from cnnkit.data.pixels import to_uint8
+from cnnkit.data.splits import DatasetSplits, TensorImages, stratified_split
+from cnnkit.errors import DataError
+from cnnkit.registry import DATASETS
 
 
 def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_file
-from ..errors import DataError
-from .image_files import ImageFiles, UnreadableImage
-from .splits import TensorImages
+from cnnkit.data.image_files import ImageFiles, UnreadableImage
+from cnnkit.data.splits import TensorImages
+from cnnkit.errors import DataError
+from cnnkit.runs.atomic import atomic_file
 
 try:
     import fcntl  # POSIX only

@@ -8,8 +8,8 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError, first_line
-from .pixels import to_unit_float
+from cnnkit.data.pixels import to_unit_float
+from cnnkit.errors import DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

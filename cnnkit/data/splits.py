@@ -8,8 +8,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from .pixels import to_unit_float
+from cnnkit.data.pixels import to_unit_float
+from cnnkit.errors import DataError
 
 
 class TensorImages(Dataset):

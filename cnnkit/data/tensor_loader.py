@@ -15,10 +15,10 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..registry import TRANSFORMS
-from ..seeding import batch_augment_seed, order_seed
-from .pixels import to_unit_float
+from cnnkit.data.pixels import to_unit_float
+from cnnkit.errors import ConfigError
+from cnnkit.registry import TRANSFORMS
+from cnnkit.training.seeding import batch_augment_seed, order_seed
 
 
 def batched(transform: Any) -> bool:

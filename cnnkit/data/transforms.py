@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from ..registry import TRANSFORMS
+from cnnkit.registry import TRANSFORMS
 
 
 def _uniform_int(high: int, count: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:

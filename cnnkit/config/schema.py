@@ -1,0 +1,233 @@
+"""The config schema: omegaconf structured dataclasses, the keys that name registry entries, plain data.
+
+The bottom of the config layer: loading and validating (``config.py``), variant names (``matrix.py``),
+plans and the data layer read it; it imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cnnkit.registry import normalize
+
+SCHEMA_VERSION = 1
+
+
+class EvalStats(Enum):
+    running = "running"  # BN uses its moving averages (population estimates), as deployed
+    batch = "batch"  # BN uses the statistics of each evaluation batch (buffers untouched)
+
+
+class Loader(Enum):
+    auto = "auto"  # tensor when the data is in memory and every training transform has a batched version
+    tensor = "tensor"  # the data set as tensors on the training device, batched augmentation
+    dataloader = "dataloader"  # torchvision transforms per sample in a torch DataLoader
+
+
+class Cache(Enum):
+    auto = "auto"  # image folders: decoded into memory once when they fit data.cache_budget, else none
+    memory = "memory"  # decoded once per process, held in memory (then the tensor path can serve them)
+    disk = "disk"  # decoded once into a cache file beside the data that later runs and other processes map
+    none = "none"  # decoded by the DataLoader each time an epoch uses an image
+
+
+class TestTimeAugmentation(Enum):
+    none = "none"
+    flip = "flip"  # average the logits of the image and its mirror image
+
+
+class ProgressBar(Enum):
+    auto = "auto"  # rich when installed, else tqdm; one line per epoch when the output is not a terminal
+    tqdm = "tqdm"
+    rich = "rich"
+    none = "none"
+
+
+class WandbMode(Enum):
+    auto = "auto"  # WANDB_MODE if set; else online with credentials, offline without
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Average(Enum):
+    micro = "micro"  # fraction of samples classified correctly
+    macro = "macro"  # mean of the per-class accuracies
+
+
+class LrScaling(Enum):
+    none = "none"
+    linear = "linear"  # lr × global batch / reference batch (Goyal et al. 2017)
+    sqrt = "sqrt"  # lr × sqrt(global batch / reference batch)
+
+
+class MonitorMode(Enum):
+    max = "max"
+    min = "min"
+
+
+@dataclass
+class ModelConfig:
+    backbone: Any = "simple_cnn"  # a name, or {name: ..., <backbone argument>: ...}
+    norm: Any = "bn_pre"  # none | input | bn_pre | bn_post | gn | ln | your own
+    act: Any = "relu"
+    pool: Any = "max"
+    init: Any = "default"
+    bias: Any = "auto"  # auto | true | false; auto drops it only where a norm directly follows
+
+
+@dataclass
+class DataConfig:
+    dataset: Any = "digits"  # a name, or {name: ..., root: ..., image_size: ...}
+    batch_size: int = 64  # global batch: split across devices
+    eval_batch_size: Optional[int] = None  # default: batch_size
+    loader: Loader = Loader.auto
+    cache: Cache = Cache.auto  # image folders: decode once (see data/decoded.py)
+    cache_budget: float = 4.0  # GiB of decoded images data.cache=auto may hold in memory
+    num_workers: Optional[int] = None  # DataLoader workers; default: min(cores - 1, 8) for the DataLoader path
+    augment: list[Any] = field(default_factory=list)  # training transforms, by name
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Any = "sgd"  # sgd | adam | adamw, or {name: sgd, momentum: 0.9, nesterov: true}
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    no_decay_norm_bias: bool = False  # exempt norm parameters and biases from weight decay
+    scheduler: Any = "constant"  # constant | step | cosine | onecycle
+    lr_scaling: LrScaling = LrScaling.none  # scale lr with the global batch size
+    reference_batch_size: int = 256  # the batch size optim.lr is meant for when scaling
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class MetricsConfig:
+    average: Average = Average.micro
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = 10
+    max_steps: int = -1
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    progress_bar: ProgressBar = ProgressBar.auto
+    enable_model_summary: bool = False  # Lightning's table of modules (always shown with --verbose)
+    detect_anomaly: bool = False  # autograd anomaly detection: finds the op that made a NaN (slow)
+    channels_last: bool = False  # NHWC memory layout for conv nets (faster with mixed precision on GPUs)
+    compile: bool = False  # torch.compile the model (checkpoints keep the uncompiled parameter names)
+    cudnn_benchmark: Optional[bool] = None  # let cuDNN pick the fastest conv algorithms for fixed shapes
+
+
+@dataclass
+class DistributedConfig:
+    sync_bn: bool = False  # BN statistics over the global batch (torch SyncBatchNorm on CUDA, all-reduce BN on CPU)
+    average_bn_stats: bool = True  # without sync: average BN running statistics over ranks before evaluation
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/acc"
+    mode: MonitorMode = MonitorMode.max
+    save_top_k: int = 1
+    save_last: bool = True  # checkpoints/last.ckpt: the state at the end of every epoch
+    every_n_epochs: int = 1
+    every_n_steps: Optional[int] = None  # also save last.ckpt every N optimizer steps (resume mid-epoch)
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.auto
+    project: str = "cnnkit"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the recipe's name
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False
+    init_timeout: float = 60.0  # seconds W&B may take to start; after that cnnkit goes on without it
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class ReportConfig:
+    target_loss: Optional[float] = None  # "steps to target": first step whose train loss is at or below
+    metric: str = "test/acc"  # the headline metric of bar charts and the best variant
+    question: Optional[str] = None  # the recipe's question: REPORT.md opens with it and the numbers' answer
+    # What the answer is about (cnnkit/experiments/answer.py): the matrix key the question compares (default: the first
+    # but seed), a matrix key to follow the metric along, and the compared value the course expects to do
+    # best (as a variant name spells it), in the setting of the other matrix keys given by ``where``.
+    compare: Optional[str] = None
+    along: Optional[str] = None
+    expect: Optional[str] = None
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    schema_version: int = SCHEMA_VERSION
+    name: str = "default"  # runs/<name>/<variant>/
+    variant: str = "default"
+    runs_dir: str = "runs"
+    seed: int = 0
+    imports: list[str] = field(default_factory=list)  # your modules / .py files that register entries
+    eval_stats: EvalStats = EvalStats.running
+    tta: TestTimeAugmentation = TestTimeAugmentation.none  # at validation, test and predict
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    callbacks: list[Any] = field(default_factory=list)  # extra callbacks by name
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    matrix: dict[str, Any] = field(default_factory=dict)  # dotted key → list of values; one run per combination
+
+
+# The keys whose value names one registry entry: a name, or ``{name: ..., <argument>: ...}``.
+SPEC_KEYS = {"model.backbone": "backbones", "model.norm": "norms", "model.act": "activations",
+             "model.pool": "poolings", "model.init": "inits", "data.dataset": "datasets",
+             "optim.optimizer": "optimizers", "optim.scheduler": "schedulers"}
+
+
+def spec_key(key: str) -> str | None:
+    """The registry-spec key that ``key`` is or lies under (``model.norm.groups`` → ``model.norm``)."""
+    return next((k for k in SPEC_KEYS if key == k or key.startswith(k + ".")), None)
+
+
+def same_entry(a: Any, b: Any) -> bool:
+    """Whether two entry names are one name once normalized (``Relu``, ``relu``; ``bn-pre``, ``bn_pre``)."""
+    return isinstance(a, str) and isinstance(b, str) and normalize(a) == normalize(b)
+
+
+def to_plain(node: Any) -> Any:
+    """A config node as plain Python data (enums as strings): safe in checkpoints and W&B."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    if isinstance(node, Enum):
+        return node.value
+    return node

@@ -1,0 +1,1 @@
+"""The networks: layers (norm schemes, activations, poolings, blocks), backbones, the classifier and its anatomy."""

@@ -1,0 +1,209 @@
+"""The run directory: runs/<name>/<variant>/ with config.yaml, status.json, metrics.csv, checkpoints/.
+
+The path is a pure function of the config, so resuming and reports find a run again, and every
+DDP rank computes the same one. ``RunDir.verdict`` decides, from the files alone and before torch
+is imported, what a new ``fit`` may do with the directory; ``lifecycle.RunLifecycle`` is the one
+writer of its status.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from cnnkit.config.diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, differences
+from cnnkit.config.load import plain_stored, to_plain
+from cnnkit.errors import CnnkitError
+from cnnkit.registry import SCHEDULERS, split_spec
+
+# What a fit does with its run directory: start it (emptied first if it held a run and --overwrite
+# was given), continue it from a checkpoint, or keep the finished result that is already there.
+NEW, CONTINUE, KEEP = "new", "continue", "keep"
+RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # Lightning's order
+
+
+def process_rank() -> int:
+    """This process's global rank from the launcher's environment (0 when there is none)."""
+    for key in RANK_ENV:
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def for_config(cls, cfg: Any) -> "RunDir":
+        return cls(Path(cfg.runs_dir) / cfg.name / cfg.variant)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def where(self) -> str:
+        """``name/variant``, as messages show a run."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
+    def has_contents(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def stored_config(self) -> Optional[dict[str, Any]]:
+        """The run's resolved config as plain data, filled up to the current schema; None if there is none."""
+        if not self.config_file.is_file():
+            return None
+        try:
+            stored = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+            return plain_stored(stored) if isinstance(stored, dict) else None
+        except Exception:  # unreadable or from an incompatible cnnkit: no basis to compare with
+            return None
+
+    def verdict(self, cfg: Any, resume: bool, overwrite: bool, first_rank: bool = True,
+                init_from: Optional[str] = None) -> str:
+        """What a fit of ``cfg`` may do here: ``NEW``, ``CONTINUE`` or ``KEEP``; refusals raise one line.
+
+        A finished (or diverged) run is kept only when the config asked for now, and the weights it
+        starts from (``--init-from``), give the same result (keys in ``config_diff.RESULT_NEUTRAL``
+        aside); ``--ckpt last`` continues a killed, failed or interrupted run, or trains a finished one
+        longer, when nothing but how to run it (``RESUME_FREE``) and its length differ. A run that
+        stopped before its first checkpoint starts over. Every rank decides alike from the same files;
+        a rank other than the first skips the live-process check and follows a ``running`` status
+        (the first rank wrote it for this very job).
+        """
+        for parent in [self.path, *self.path.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
+                                  f"remove it or set runs_dir/name elsewhere")
+        if overwrite or not self.has_contents():
+            return CONTINUE if resume and not overwrite else NEW
+        status = self.read_status()
+        state = status.get("status")
+        if state == "running" and not first_rank:
+            return CONTINUE if resume else NEW
+        if state == "running" and _alive_elsewhere(status):
+            raise CnnkitError(f"run '{self.path}' is being trained right now by process {status['pid']}; "
+                              f"wait for it to end or stop it, then resume with --ckpt last")
+        unfinished = state not in ("finished", "diverged")
+        if unfinished and not resume and not self.last_checkpoint.is_file():
+            return NEW  # it stopped before its first checkpoint: nothing to resume, nothing to keep
+        stored, wanted = self.stored_config(), to_plain(cfg)
+        diffs = differences(stored, wanted, RESULT_NEUTRAL) if stored is not None else []
+        if not unfinished and not resume:
+            started_from = status.get("init_from")
+            if started_from != (str(init_from) if init_from else None):
+                diffs.append(("--init-from", started_from, init_from))
+            if diffs:
+                raise self._changed(state, diffs)
+            return KEEP
+        if state == "diverged":
+            weights = f"--init-from {status['last_good']} " if status.get("last_good") else ""
+            raise CnnkitError(
+                f"run '{self.path}' diverged ({status.get('reason', 'non-finite loss')}); resuming it would "
+                f"diverge again: change the config (e.g. a lower optim.lr) and start over with {weights}--overwrite"
+            )
+        if not resume:
+            label = {"running": " killed", "failed": " failed", "interrupted": "n interrupted"}.get(state, "")
+            raise CnnkitError(
+                f"run directory '{self.path}' already holds a{label} run; resume it with --ckpt last, "
+                f"keep it and start a new run with name=<new name>, or replace it with --overwrite"
+            )
+        changed = [d for d in diffs if d[0] not in RESUME_FREE + LENGTH]
+        if changed:
+            raise self._changed(state or "unfinished", changed, resuming=True)
+        length = [d for d in diffs if d[0] in LENGTH]
+        if not unfinished:
+            length = [d for d in length if _limit(d[2]) > _limit(d[1])]  # a finished run only trains longer
+            if not length:
+                return KEEP
+        if length:
+            _check_schedule_follows(self, cfg, length)
+        return CONTINUE
+
+    def prepare(self, fresh: bool) -> None:
+        """Create the directory; a fresh run first removes what an earlier one left (``--overwrite``)."""
+        if fresh and self.has_contents():
+            shutil.rmtree(self.path)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def _changed(self, state: str, diffs: list, resuming: bool = False) -> CnnkitError:
+        action = "resume it with" if resuming else "reuse it for"
+        return CnnkitError(
+            f"run '{self.path}' ({state}) was made with another config, so cnnkit will not {action} this one: "
+            f"{describe(diffs)}; keep it and train this config as a new run with name=<new name>, or replace it "
+            f"with --overwrite (which deletes it)"
+        )
+
+
+def _alive_elsewhere(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``running`` still runs (same host; a reused pid must be cnnkit's)."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or status.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.parent.parent.is_dir():  # no /proc on this system: trust the pid
+        return True
+    try:
+        # cnnkit's own command (``-m cnnkit``, the ``cnnkit`` script), not any path that contains the word
+        return any(os.path.basename(arg) == b"cnnkit" for arg in cmdline.read_bytes().split(b"\0"))
+    except OSError:  # it ended a moment ago
+        return False
+
+
+def length_bound(scheduler_spec: Any) -> Optional[str]:
+    """The scheduler's name when its schedule follows the run's length (its builder takes ``total_steps``)."""
+
+    name = split_spec(scheduler_spec, "schedulers")[0]
+    return name if "total_steps" in inspect.signature(SCHEDULERS.get(name)).parameters else None
+
+
+def _limit(value: Any) -> float:
+    """A training limit as a number: -1 or None (``max_steps``' default) is no limit."""
+    return float("inf") if value is None or value < 0 else float(value)
+
+
+def _check_schedule_follows(run: RunDir, cfg: Any, length: list) -> None:
+    """Another length continues a schedule only when the schedule does not depend on it."""
+    name = length_bound(to_plain(cfg.optim.scheduler))
+    if name:
+        raise CnnkitError(
+            f"run '{run.path}': optim.scheduler={name} is laid out over the run's length ({describe(length)}), "
+            f"so changing the length would jump its learning rate; train a run of the length you want without "
+            f"--ckpt last (a run's length names its directory)"
+        )

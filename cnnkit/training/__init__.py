@@ -1,0 +1,1 @@
+"""Training and evaluating one run: the LightningModule, the trainer, optimizers, callbacks, loggers."""
