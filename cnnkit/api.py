@@ -29,13 +29,14 @@ from cnnkit.config.load import (
     to_yaml,
     validate,
 )
-from cnnkit.console import active_matrix, matrix_display, quiet, run_header, say, verbose
+from cnnkit.console import active_matrix, matrix_display, quiet, run_header, verbose
 from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.experiments.matrix import combinations, format_value
+from cnnkit.messages import first_process, note, say
 from cnnkit.registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
 from cnnkit.runs.atomic import atomic_write_text
 from cnnkit.runs.checkpoint import read_checkpoint, resolve_checkpoint
-from cnnkit.runs.run_dir import KEEP, NEW, RunDir, length_bound, process_rank
+from cnnkit.runs.run_dir import KEEP, NEW, RunDir, length_bound
 from cnnkit.training.builders import build_datamodule, build_model, build_module, data_info, load_weights
 from cnnkit.training.evaluation import checkpoint_config, evaluate, predict
 from cnnkit.training.trainer import build_trainer
@@ -85,7 +86,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     run = RunDir.for_config(cfg)
     if ckpt is None and not overwrite:
         ckpt = _requeued_checkpoint(run)
-    first_rank = process_rank() == 0  # under strategy=ddp the other ranks re-run this command and follow
+    first_rank = first_process()  # under strategy=ddp the other ranks re-run this command and follow
     verdict = run.verdict(cfg, resume=ckpt is not None, overwrite=overwrite, first_rank=first_rank,
                           init_from=init_from)
     if verdict == KEEP:
@@ -144,7 +145,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     lifecycle.start(int(resume_checkpoint["global_step"]) if resume_checkpoint else 0)
     if first_rank and active_matrix() is None:  # a matrix variant is one line of its matrix instead
         parameters = sum(p.numel() for p in module.model.parameters())
-        print(run_header(cfg, run.path, datamodule.describe(), parameters, trainer), flush=True)
+        note(run_header(cfg, run.path, datamodule.describe(), parameters, trainer))
 
     wandb_logger = None
     wandb_sync = None
@@ -221,13 +222,13 @@ def _check_resumable(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) ->
 def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     """The result of a run that already holds what was asked for."""
     status = run.read_status()
-    if process_rank() == 0:
+    if first_process():
         _follow_report_section(run, cfg)
     if resumed:
         scheduler = length_bound(to_plain(cfg.optim.scheduler))
         longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run without "
                   f"--ckpt last, in a directory of its own" if scheduler else "raise trainer.max_epochs to train on")
-        say(f"cnnkit: run '{run.path}' already finished; nothing to resume ({longer})")
+        say(f"run '{run.path}' already finished; nothing to resume ({longer})")
     best = status.get("best_checkpoint")
     diverged = None
     if status.get("status") == "diverged":
@@ -262,7 +263,7 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     argument override that a variant's entry does not take is left out of that variant, said once.
     """
     base, plans = plan_recipe(files, overrides, only, ckpt)
-    first_rank = process_rank() == 0
+    first_rank = first_process()
     # every refusal comes now, in well under a second, before torch is imported or anything trains
     verdicts = [RunDir.for_config(cfg).verdict(cfg, resume=resume is not None, overwrite=overwrite,
                                                first_rank=first_rank, init_from=init_from)
@@ -351,7 +352,7 @@ def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> 
         key, names = arguments[item]
         shown = ", ".join(list(where)[:3]) + (f" (+{len(where) - 3} more)" if len(where) > 3 else "")
         entries = " or ".join(f"'{e}'" for e in sorted(set(where.values())))
-        say(f"cnnkit: note: {item} is left out of {len(where)} of {len(configs)} variants, whose "
+        say(f"note: {item} is left out of {len(where)} of {len(configs)} variants, whose "
             f"{key.rsplit('.', 1)[-1]} {entries} takes no argument {', '.join(repr(n) for n in names)}: {shown}")
         for variant in where:
             left_out.setdefault(variant, []).append(item)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cnnkit.errors import CheckpointError, CnnkitError, ConfigError, first_line, own_message
+from cnnkit.messages import error, first_process, note, say, show
 from cnnkit.registry import REGISTRIES, import_user_code
 
 EXIT_USER_ERROR = 2
@@ -33,7 +34,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line, not usage text plus a line."""
 
     def error(self, message: str) -> None:
-        self.exit(EXIT_USER_ERROR, f"cnnkit: error: {message} (see '{self.prog} --help')\n")
+        error(f"error: {message} (see '{self.prog} --help')")
+        raise SystemExit(EXIT_USER_ERROR)
 
 
 def _add_config_args(parser: argparse.ArgumentParser, ckpt_help: Optional[str]) -> None:
@@ -139,7 +141,7 @@ def _print_config(args: argparse.Namespace) -> int:
         cfg = checkpoint_config(args.ckpt, args.config, args.overrides)[0]
     else:
         cfg = load_config(args.config, args.overrides)
-    print(to_yaml(cfg), end="")
+    show(to_yaml(cfg), end="")
     return 0
 
 
@@ -155,16 +157,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                              init_from=args.init_from, overwrite=args.overwrite)
     # startup: not on the --help path
     from cnnkit.console import summary_block
-    from cnnkit.runs.run_dir import process_rank
 
-    if process_rank() != 0 or len(results) != 1:  # under DDP every rank runs this; a matrix reported as it ran
+    if not first_process() or len(results) != 1:  # under DDP every rank runs this; a matrix reported as it ran
         return 0
     result = results[0]
     if result.kept and not args.ckpt:
-        print(f"cnnkit: {result.run_dir.parent.name}/{result.run_dir.name} {result.status} before with the same "
-              f"config; kept it (--overwrite redoes it)", file=sys.stderr)
+        say(f"{result.run_dir.parent.name}/{result.run_dir.name} {result.status} before with the same "
+            f"config; kept it (--overwrite redoes it)")
     # a diverged run is a failed command: its block goes to stderr, and the exit code says so
-    print(summary_block(result), file=sys.stderr if result.status == "diverged" else sys.stdout, flush=True)
+    (say if result.status == "diverged" else note)(summary_block(result))
     return EXIT_DIVERGED if result.status == "diverged" else 0
 
 
@@ -193,7 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     _require_ckpt(args)
     metrics = api.evaluate(args.command, args.ckpt, args.config, args.overrides)
-    print(f"cnnkit: {args.command}: {metric_text(metrics, every=True) or 'no metrics'}")
+    note(f"{args.command}: {metric_text(metrics, every=True) or 'no metrics'}")
     return 0
 
 
@@ -209,15 +210,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                               output=args.output, top_k=args.top_k)
     if len(predictions.rows) <= TABLE_ROWS:
         rows = [[shown_path(row[0]) if args.input else row[0], *row[1:]] for row in predictions.rows]
-        print("\n".join(text_table([predictions.header, *rows], left=2)))
+        show("\n".join(text_table([predictions.header, *rows], left=2)))
     else:
-        print(f"cnnkit: {len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here "
-              f"(the CSV has them all)")
+        note(f"{len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here "
+             f"(the CSV has them all)")
     accuracy = predictions.accuracy()
     scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else \
         (f"; {predictions.no_labels}" if predictions.no_labels else "")
     count = len(predictions.rows)
-    print(f"cnnkit: wrote {count} prediction{'s' if count != 1 else ''} to {shown_path(predictions.path)}{scored}")
+    note(f"wrote {count} prediction{'s' if count != 1 else ''} to {shown_path(predictions.path)}{scored}")
     return 0
 
 
@@ -235,13 +236,13 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     else:
         report = api.describe(cfg)
     if args.format == "json":
-        print(json.dumps(report, indent=2))
+        show(json.dumps(report, indent=2))
     else:
         model = cfg.model
         title = (f"{format_value(to_plain(model.backbone))} · norm {format_value(to_plain(model.norm))} · "
                  f"act {format_value(to_plain(model.act))} · pool {format_value(to_plain(model.pool))} · "
                  f"input {'x'.join(map(str, report['input_shape']))} · {report['num_classes']} classes")
-        print(format_text(report, title), end="")
+        show(format_text(report, title), end="")
     return 0
 
 
@@ -251,7 +252,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     report = build_report(args.runs, log_to_wandb=args.wandb)
     figures = sorted(p.name for p in report.parent.glob("*.png"))
-    print(f"cnnkit: wrote {report}" + (f" and {', '.join(figures)} beside it" if figures else ""))
+    note(f"wrote {report}" + (f" and {', '.join(figures)} beside it" if figures else ""))
     return 0
 
 
@@ -264,9 +265,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from cnnkit.runs.atomic import atomic_write_text  # startup: not on the --help path
 
         atomic_write_text(Path(args.output), text)
-        print(f"cnnkit: wrote {args.output}; start it with: wandb sweep {args.output}", file=sys.stderr)
+        say(f"wrote {args.output}; start it with: wandb sweep {args.output}")
     else:
-        print(text, end="")
+        show(text, end="")
     return 0
 
 
@@ -322,12 +323,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if not rows:
             continue
         shown += len(rows)
-        print(f"{each}:")
+        show(f"{each}:")
         width = max(len(name) for name, _, _ in rows)
         for name, text, keys in rows:
-            print(f"  {name:<{width}}  {text}")
+            show(f"  {name:<{width}}  {text}")
             if keys:
-                print(f"  {'':<{width}}    keys: {', '.join(keys)}")
+                show(f"  {'':<{width}}    keys: {', '.join(keys)}")
     if not shown:
         close = difflib.get_close_matches((pattern or "").lower(), REGISTRY_NAMES, n=1) if not kind else []
         hint = f"did you mean the registry '{close[0]}'? " if close else ""
@@ -367,20 +368,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _print_config(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("cnnkit: interrupted", file=sys.stderr)
+        error("interrupted")
         return 128 + signal.SIGINT
     except Exception as err:
         if type(err).__name__ == "RunInterrupted":  # lifecycle.RunInterrupted, without importing Lightning here
-            print(f"cnnkit: {err}", file=sys.stderr)
+            error(str(err))
             return err.exit_code
         if debug:
             raise
         if isinstance(err, CnnkitError):
-            print(f"cnnkit: error: {own_message(err)}", file=sys.stderr)
+            error(f"error: {own_message(err)}")
             return err.exit_code
         detail = first_line(err)
-        print(f"cnnkit: internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        error(f"internal error: {type(err).__name__}: {detail} (rerun with --debug for the traceback)")
         return EXIT_INTERNAL
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cnnkit.config.load import to_plain
 from cnnkit.experiments.matrix import format_value
-from cnnkit.runs.run_dir import process_rank
+from cnnkit.messages import first_process, note, show
 
 _verbose: Optional[bool] = None  # set by the command line; else CNNKIT_VERBOSE decides
 
@@ -124,19 +124,6 @@ def quiet(function: Callable[..., Any]) -> Callable[..., Any]:
     return quietly
 
 
-def say(message: str) -> None:
-    """A note on stderr, from the first process only (under DDP every rank runs the command)."""
-    if process_rank() == 0:
-        print(message, file=sys.stderr, flush=True)
-
-
-def note(message: str) -> None:
-    """What cnnkit decided for the user (the data path, an inferred size) on stdout, from the first process:
-    stderr stays for what went wrong, one line when the input is wrong."""
-    if process_rank() == 0:
-        print(message, flush=True)
-
-
 def text_table(rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
     """Rows (the first is the header) as aligned columns: the first ``left`` to the left, the rest right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -178,7 +165,7 @@ def _seconds(seconds: float) -> str:
 def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any) -> str:
     """The line a run starts with:
 
-    ``cnnkit: quickstart/default · cpu · 32-true · digits ... · simple_cnn bn_pre relu, 53.2 K parameters · runs/...``
+    ``quickstart/default · cpu · 32-true · digits ... · simple_cnn bn_pre relu, 53.2 K parameters · runs/...``
     """
     device = trainer.strategy.root_device.type
     if trainer.world_size > 1:
@@ -186,22 +173,23 @@ def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any
     model = cfg.model
     parts = [format_value(to_plain(model.backbone)), f"norm {format_value(to_plain(model.norm))}",
              f"act {format_value(to_plain(model.act))}", f"pool {format_value(to_plain(model.pool))}"]
-    return (f"cnnkit: {cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
+    return (f"{cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
             f"{' '.join(parts)}, {_count(parameters)} parameters · {run_path}")
 
 
 def summary_block(result: Any) -> str:
-    """The lines a finished (or diverged) fit ends with: its numbers, its checkpoint, its time, W&B."""
+    """The lines a finished (or diverged) fit ends with: its numbers, its checkpoint, its time, W&B (the first
+    without the ``cnnkit: `` that ``messages`` adds)."""
     where = f"{result.run_dir.parent.name}/{result.run_dir.name}"
     took = f" in {_seconds(result.seconds)}" if result.seconds is not None else ""
     if result.status == "diverged":
         d = result.diverged or {}
         kept = f"last good checkpoint {d['last_good']}" if d.get("last_good") else "no checkpoint kept"
-        lines = [f"cnnkit: {where} diverged{took}: {d.get('reason', 'non-finite training loss')}; {kept}; "
+        lines = [f"{where} diverged{took}: {d.get('reason', 'non-finite training loss')}; {kept}; "
                  f"marked diverged in {result.run_dir}/status.json"]
     else:
         limited = f" [limited: {', '.join(result.limits)}]" if getattr(result, "limits", None) else ""
-        lines = [f"cnnkit: {result.status} {where}{took}{limited} ({shown_path(result.run_dir)})"]
+        lines = [f"{result.status} {where}{took}{limited} ({shown_path(result.run_dir)})"]
         tested = metric_text({k: v for k, v in result.metrics.items() if k.startswith("test/")}, every=True)
         last = metric_text({k: v for k, v in result.metrics.items() if not k.startswith("test/")}, every=True)
         if tested:  # the fit tests its best checkpoint; the other numbers are the last epoch's
@@ -251,10 +239,10 @@ class MatrixDisplay:
 
     def __init__(self, name: str, runs: Sequence[Any], show_bar: bool, runs_dir: Any, keys: Sequence[str]):
         self.name, self.total, self.runs_dir = name, len(runs), runs_dir
-        self.first_rank = process_rank() == 0
+        self.first_rank = first_process()
         self.started = time.monotonic()
         if self.first_rank:
-            print(f"cnnkit: {name}: {self.total} runs ({' × '.join(keys)}) in {runs_dir}", flush=True)
+            note(f"{name}: {self.total} runs ({' × '.join(keys)}) in {runs_dir}")
         self.bar = None
         if show_bar and interactive() and self.first_rank:
             from tqdm.auto import tqdm  # startup: tqdm only for a matrix's bar on a terminal
@@ -268,7 +256,7 @@ class MatrixDisplay:
         if self.bar is not None:
             self.bar.write(line, file=sys.stdout)
         else:
-            print(line, flush=True)
+            show(line)
 
     def variant_started(self, index: int, cfg: Any) -> None:
         self.current = f"[{index}/{self.total}] {cfg.variant}"
@@ -308,12 +296,11 @@ class MatrixDisplay:
             state = "kept" if result.kept else result.status
             counts[state] = counts.get(state, 0) + 1
         tally = ", ".join(f"{n} {state}" for state, n in counts.items())
-        print(f"cnnkit: {self.name}: {len(results)} runs in {_seconds(time.monotonic() - self.started)} ({tally}) "
-              f"in {runs_dir}; compare them with: python -m cnnkit report {command_path(runs_dir)}", flush=True)
+        note(f"{self.name}: {len(results)} runs in {_seconds(time.monotonic() - self.started)} ({tally}) "
+              f"in {runs_dir}; compare them with: python -m cnnkit report {command_path(runs_dir)}")
         offline = [r.wandb_sync for r in results if r.wandb_sync]
         if offline:
-            print(f"  W&B is offline; upload the runs with: wandb sync {command_path(runs_dir)}/*/wandb/offline-run-*",
-                  flush=True)
+            show(f"  W&B is offline; upload the runs with: wandb sync {command_path(runs_dir)}/*/wandb/offline-run-*")
 
 
 _matrix: Optional[MatrixDisplay] = None

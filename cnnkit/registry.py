@@ -26,6 +26,7 @@ from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator, Mapping
 
 from cnnkit.errors import RegistryError
+from cnnkit.messages import say
 
 PLUGIN_GROUP = "cnnkit.plugins"
 NO_PLUGINS_ENV = "CNNKIT_NO_PLUGINS"
@@ -390,10 +391,10 @@ def load_plugins() -> bool:
                 obj()
             loaded = True
         except Exception as err:  # one bad plugin must not break cnnkit
-            message = (f"cnnkit: plugin '{ep.name}' ({ep.value}) failed to load and was skipped: "
+            message = (f"plugin '{ep.name}' ({ep.value}) failed to load and was skipped: "
                        f"{type(err).__name__}: {err}")
             plugin_failures.append(message)
-            print(message, file=sys.stderr)
+            say(message)
     return loaded
 
 

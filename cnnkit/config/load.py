@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
-import sys
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import yaml
@@ -22,6 +21,7 @@ from omegaconf import errors as oc_errors
 from cnnkit.config.schema import SCHEMA_VERSION, SPEC_KEYS, Config, ModelConfig, same_entry, to_plain
 from cnnkit.errors import ConfigError, first_line, key_context
 from cnnkit.experiments.matrix import variant_from_overrides
+from cnnkit.messages import warn
 from cnnkit.registry import import_user_code
 
 if TYPE_CHECKING:
@@ -383,10 +383,10 @@ def _warn_unused_model_keys(model: DictConfig, backbone: "Plan", norm: Any) -> N
             continue
         if key == "norm" and type(norm).make is NormScheme.make:
             continue
-        message = f"cnnkit: warning: model.{key}={value} has no effect: {backbone.what} takes no {key}"
+        message = f"model.{key}={value} has no effect: {backbone.what} takes no {key}"
         if message not in _SAID:
             _SAID.add(message)
-            print(message, file=sys.stderr)
+            warn(message)
 
 
 def check_matrix(cfg: DictConfig) -> None:

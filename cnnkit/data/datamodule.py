@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from cnnkit import messages
 from cnnkit.config.diff import format_value
 from cnnkit.config.plans import augment_plans, dataset_plan
 from cnnkit.config.schema import to_plain
@@ -36,10 +37,11 @@ class ClassificationDataModule(L.LightningDataModule):
     that way); evaluation loaders keep every sample in order.
     """
 
-    def __init__(self, data_cfg: Any, seed: int = 0, note: Callable[[str], None] = print, show_progress: bool = False):
-        """``note`` says what was decided for the user (the data path, an inferred size); ``show_progress``
-        draws a bar while images are decoded. The data layer prints nothing itself: the caller's terminal
-        decides where the notes go (``builders.build_datamodule``: stdout, first process only)."""
+    def __init__(self, data_cfg: Any, seed: int = 0, note: Callable[[str], None] = messages.note,
+                 show_progress: bool = False):
+        """``note`` says what was decided for the user (the data path, an inferred size): ``messages.note``
+        (stdout, first process, prefixed) unless the caller collects them; ``show_progress`` draws a bar while
+        images are decoded."""
         super().__init__()
         self.cfg = data_cfg
         self.seed = seed
@@ -79,11 +81,11 @@ class ClassificationDataModule(L.LightningDataModule):
         how = choose(to_plain(self.cfg.cache), self.cfg.cache_budget, total)
         if how == "none" and self.recorded_path == "tensor":
             how = "memory"
-            self.note(f"cnnkit: resuming on the tensor path this run started on: the images ({size_text(total)}) are "
+            self.note(f"resuming on the tensor path this run started on: the images ({size_text(total)}) are "
                       f"decoded into memory (data.cache would not decode them on this machine)")
         if how == "none":
             if to_plain(self.cfg.cache) == "auto":
-                self.note(f"cnnkit: data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
+                self.note(f"data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
                           f"{self.cfg.cache_budget:g} GiB: the DataLoader decodes them every epoch (data.cache=disk "
                           f"decodes them once into a file instead)")
             return splits
@@ -93,7 +95,7 @@ class ClassificationDataModule(L.LightningDataModule):
             root = root or os.path.commonpath([path for path, _ in splits.train.items])
             folder = cache_folder(root)
             if folder.parent != Path(root):
-                self.note(f"cnnkit: '{root}' cannot be written; the decoded-image cache is in {folder}")
+                self.note(f"'{root}' cannot be written; the decoded-image cache is in {folder}")
         decoded, built = {}, 0
         for name in ("train", "val", "test"):
             if getattr(splits, name) is not None:
@@ -102,12 +104,12 @@ class ClassificationDataModule(L.LightningDataModule):
                 built += len(decoded[name]) if decoded_now else 0
         took = f"{time.monotonic() - started:.1f} s"
         if folder is None:
-            self.note(f"cnnkit: data: {count:,} images decoded once into memory ({size_text(total)}, {took})")
+            self.note(f"data: {count:,} images decoded once into memory ({size_text(total)}, {took})")
         elif built:
-            self.note(f"cnnkit: data: {built:,} of {count:,} images decoded in {took} into the cache {folder} "
+            self.note(f"data: {built:,} of {count:,} images decoded in {took} into the cache {folder} "
                       f"({size_text(total)}; later runs map it)")
         else:
-            self.note(f"cnnkit: data: {count:,} decoded images mapped from the cache {folder} ({size_text(total)})")
+            self.note(f"data: {count:,} decoded images mapped from the cache {folder} ({size_text(total)})")
         return dataclasses.replace(splits, **decoded)
 
     def _say_path(self) -> None:
@@ -115,12 +117,12 @@ class ClassificationDataModule(L.LightningDataModule):
         mode = to_plain(self.cfg.loader)
         in_memory = isinstance(self.splits.train, TensorImages)
         if self.recorded_path == "dataloader" and uses_tensor_path(mode, in_memory, self.transforms):
-            self.note("cnnkit: resuming on the DataLoader path this run started on (this machine would take the "
+            self.note("resuming on the DataLoader path this run started on (this machine would take the "
                       "tensor path, whose batches differ)")
         elif mode == "auto" and in_memory and not self.tensor_path:
             names = [split_spec(to_plain(spec))[0] for spec in self.cfg.augment]
             slow = [name for name, t in zip(names, self.transforms) if not batched(t)]
-            self.note(f"cnnkit: data: the DataLoader path, since {', '.join(slow)} has no batched version "
+            self.note(f"data: the DataLoader path, since {', '.join(slow)} has no batched version "
                       f"(batched: {batched_names()}; color_jitter only without hue)")
 
     @property

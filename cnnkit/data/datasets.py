@@ -339,7 +339,7 @@ class ImageFolder(DatasetSource):
             self.channels = modes.pop() if len(modes) == 1 else self.FALLBACK_CHANNELS
             inferred.append(("grayscale" if self.channels == 1 else "color") if headers else
                             f"no image to read: {self.channels} channels")
-        self._notes.append(f"cnnkit: image_folder '{self.root}': {', '.join(inferred)} → input "
+        self._notes.append(f"image_folder '{self.root}': {', '.join(inferred)} → input "
                            f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels "
                            f"to change)")
         return (self.channels, *self.size)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from cnnkit.data.image_files import ImageFiles, UnreadableImage
 from cnnkit.data.splits import TensorImages
 from cnnkit.errors import DataError
+from cnnkit.messages import relay
 from cnnkit.runs.atomic import atomic_file
 
 try:
@@ -109,7 +110,7 @@ def native_messages() -> Iterator[list[str]]:
                 if line.strip().startswith(DECODER_NOISE):
                     collected.append(line.strip())
                 else:
-                    print(line, file=sys.stderr)
+                    relay(line)
 
 
 def _reason(files: ImageFiles, err: UnreadableImage) -> UnreadableImage:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -10,9 +9,10 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig
 
 from cnnkit.config.load import to_plain
-from cnnkit.console import interactive, note
+from cnnkit.console import interactive
 from cnnkit.data.info import DataInfo
 from cnnkit.errors import CheckpointError, ConfigError
+from cnnkit.messages import note, say
 
 
 def build_datamodule(cfg: DictConfig):
@@ -96,5 +96,5 @@ def load_weights(module, checkpoint: dict[str, Any], path: Path, strict: bool) -
         raise CheckpointError(f"--init-from '{path}': no weight of that checkpoint fits this model")
     module.load_state_dict(usable, strict=False)
     skipped = len(state) - len(usable)
-    print(f"cnnkit: initialized {len(usable)} tensors from '{path}'"
-          f"{f', skipped {skipped} that do not fit' if skipped else ''}", file=sys.stderr)
+    say(f"initialized {len(usable)} tensors from '{path}'"
+        f"{f', skipped {skipped} that do not fit' if skipped else ''}")

@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 
 from cnnkit.config.load import load_config, to_plain
 from cnnkit.config.schema import Cache
-from cnnkit.console import command_path, note, quiet, shown_path, verbose
+from cnnkit.console import command_path, quiet, shown_path, verbose
 from cnnkit.data.info import DataInfo
 from cnnkit.errors import CheckpointError, DataError
+from cnnkit.messages import note
 from cnnkit.registry import DATASETS, split_spec
 from cnnkit.runs.atomic import atomic_write_text
 from cnnkit.runs.checkpoint import read_checkpoint, resolve_checkpoint
@@ -40,7 +41,7 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
     path = resolve_checkpoint(ckpt, run)
     if named:
         alone = " (the only run under runs/)" if not files else ""
-        note(f"cnnkit: --ckpt {ckpt}: {shown_path(path)}{alone}")
+        note(f"--ckpt {ckpt}: {shown_path(path)}{alone}")
     checkpoint = read_checkpoint(path)
     cfg = load_config(files, overrides, base=checkpoint["hyper_parameters"]["config"])
     return cfg, path, checkpoint
