@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import TextIO
 
 PREFIX = "cnnkit: "
@@ -62,6 +63,13 @@ def say(message: str) -> None:
 def warn(message: str) -> None:
     """Something the user may want to change, though the command goes on: stderr, first process."""
     say("warning: " + message)
+
+
+def flag(message: str) -> None:
+    """An option that does nothing in this run, as a Python warning (``UserWarning``: filterable, and seen
+    by ``pytest.warns``), from the first process."""
+    if first_process():
+        warnings.warn(PREFIX + message, UserWarning, stacklevel=2)
 
 
 def error(message: str) -> None:

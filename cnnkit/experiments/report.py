@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -26,6 +25,7 @@ from cnnkit.experiments.analyses import units
 from cnnkit.experiments.analyses._unit import Analysis, mean_std, read_csv, read_json, select
 from cnnkit.experiments.answer import answer
 from cnnkit.experiments.matrix import combinations, format_value, group_name
+from cnnkit.messages import say
 from cnnkit.registry import import_user_code
 from cnnkit.runs.atomic import atomic_write_text
 
@@ -90,7 +90,7 @@ def _import_runs_code(configs) -> None:
         try:
             import_user_code([item])
         except RegistryError as err:
-            print(f"cnnkit: report: {err}; what it registers is left out of the report", file=sys.stderr)
+            say(f"report: {err}; what it registers is left out of the report")
 
 
 def _matrix_order(runs: list[Run]):
@@ -287,8 +287,8 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
                             settings=wandb_settings(wb.get("init_timeout", 60))) as session:
                 session.log({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
         except Exception as err:  # the local report is written; W&B is a bonus
-            print(f"cnnkit: could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: "
-                  f"{first_line(err)}", file=sys.stderr)
+            say(f"could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: "
+                f"{first_line(err)}")
             return added
         atomic_write_text(run.path / REPORTED_FILE, json.dumps(digests, indent=1) + "\n")
         added += 1

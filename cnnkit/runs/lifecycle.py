@@ -22,9 +22,9 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cnnkit.errors import own_message
+from cnnkit.messages import first_process
 from cnnkit.runs.atomic import atomic_write_text
 from cnnkit.runs.checkpoint_io import AtomicCheckpointIO
 from cnnkit.runs.run_dir import RunDir
@@ -80,7 +80,7 @@ class RunLifecycle(L.Callback):
     # -- status.json (rank 0 writes) ------------------------------------------------------------
     def _write(self, status: str, **details: Any) -> None:
         assert status in STATUSES, status
-        if rank_zero_only.rank == 0:
+        if first_process():
             record = {"status": status, **details, "init_from": self.init_from,
                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             atomic_write_text(self.run.status_file, json.dumps(record, indent=2) + "\n")
@@ -94,7 +94,7 @@ class RunLifecycle(L.Callback):
         """``best_epoch`` (counted from 1, as printed) is the one the test metrics are of; ``epochs`` trained."""
         self._write("finished", step=step, metrics=metrics, best_checkpoint=str(best) if best else None,
                     best_epoch=best_epoch, epochs=epochs)
-        if rank_zero_only.rank == 0:  # a requeued job's pre-emption checkpoints are spent
+        if first_process():  # a requeued job's pre-emption checkpoints are spent
             for stale in self.run.path.glob("hpc_ckpt_*.ckpt"):
                 stale.unlink(missing_ok=True)
 

@@ -27,15 +27,7 @@ from cnnkit.registry import SCHEDULERS, split_spec
 # What a fit does with its run directory: start it (emptied first if it held a run and --overwrite
 # was given), continue it from a checkpoint, or keep the finished result that is already there.
 NEW, CONTINUE, KEEP = "new", "continue", "keep"
-RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # Lightning's order
 
-
-def process_rank() -> int:
-    """This process's global rank from the launcher's environment (0 when there is none)."""
-    for key in RANK_ENV:
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
 
 @dataclass(frozen=True)
 class RunDir:

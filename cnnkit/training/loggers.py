@@ -7,7 +7,6 @@ import functools
 import importlib
 import netrc
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -15,11 +14,11 @@ from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cnnkit.config.load import to_plain
 from cnnkit.console import command_path, verbose
 from cnnkit.errors import first_line
+from cnnkit.messages import first_process, say
 
 WANDB_ID_FILE = "wandb_id"
 
@@ -43,7 +42,7 @@ class RunCSVLogger(CSVLogger):
 
     @property
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None and rank_zero_only.rank == 0:
+        if self._experiment is None and first_process():
             path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
             header, rows = [], []
             if self.keep_before_step is not None and path.is_file():
@@ -97,8 +96,7 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
     try:  # importable, not only installed: a broken install is reported here too (wandb loads in seconds: only now)
         importlib.import_module("wandb")
     except ImportError as err:
-        print(f"cnnkit: W&B logging is off: wandb cannot be imported ({err}); metrics stay in metrics.csv",
-              file=sys.stderr)
+        say(f"W&B logging is off: wandb cannot be imported ({err}); metrics stay in metrics.csv")
         return None
 
     logger = ResilientWandbLogger(
@@ -106,14 +104,13 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
         tags=list(wb.tags), save_dir=str(run_dir), mode=mode, log_model=wb.log_model, id=run_id,
         config=to_plain(cfg), job_type="fit", settings=wandb_settings(wb.init_timeout),
     )
-    if rank_zero_only.rank == 0:
+    if first_process():
         try:
             run = logger.experiment
         except Exception as err:  # wandb raises its own types for network, auth and timeout failures
             reason = first_line(err)
-            print(f"cnnkit: W&B logging is off for this run: it could not start (init_timeout "
-                  f"{wb.init_timeout:g} s; {type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv",
-                  file=sys.stderr)
+            say(f"W&B logging is off for this run: it could not start (init_timeout "
+                f"{wb.init_timeout:g} s; {type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv")
             return None
         (run_dir / WANDB_ID_FILE).write_text(run.id + "\n", encoding="utf-8")
     return logger
@@ -147,8 +144,8 @@ def _shielded(method):
             return method(self, *args, **kwargs)
         except Exception as err:
             self.broken = True
-            print(f"cnnkit: W&B logging stopped mid-run ({type(err).__name__}: {first_line(err)}); training goes "
-                  f"on and metrics stay in {self.save_dir}/metrics.csv", file=sys.stderr)
+            say(f"W&B logging stopped mid-run ({type(err).__name__}: {first_line(err)}); training goes "
+                f"on and metrics stay in {self.save_dir}/metrics.csv")
             return None
 
     return call
@@ -185,7 +182,7 @@ def stored_wandb_id(run_dir: Path, checkpoint: Optional[dict[str, Any]]) -> Opti
 
 def finish_wandb(logger: Any, failed: bool) -> None:
     """Lightning's finalize() does not end the W&B run; a second run in this process would reuse it."""
-    if logger is None or rank_zero_only.rank != 0:
+    if logger is None or not first_process():
         return
     # startup: wandb only when this runs
     import wandb
@@ -195,8 +192,8 @@ def finish_wandb(logger: Any, failed: bool) -> None:
             wandb.finish(exit_code=1 if failed or logger.broken else 0)
     except Exception as err:  # W&B's service is gone: what it had is in the run directory
         if not logger.broken:
-            print(f"cnnkit: W&B could not finish the run ({type(err).__name__}: {first_line(err)}); "
-                  f"metrics stay in metrics.csv", file=sys.stderr)
+            say(f"W&B could not finish the run ({type(err).__name__}: {first_line(err)}); "
+                f"metrics stay in metrics.csv")
         logger.broken = True
     if logger.broken:  # drop the dead service now: its exit hook would print a traceback at exit
         try:

@@ -8,7 +8,6 @@ from typing import Any, Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from omegaconf import OmegaConf
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MeanMetric
@@ -16,7 +15,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from cnnkit.config.load import SCHEMA_VERSION, to_plain
 from cnnkit.config.plans import optimizer_plan, scheduler_plan
+from cnnkit.console import verbose
 from cnnkit.data.info import DataInfo
+from cnnkit.messages import first_process, flag, say
 from cnnkit.nn.layers.batch_stats import batch_statistics
 from cnnkit.nn.model import build_classifier
 from cnnkit.runs.lifecycle import Divergence
@@ -138,7 +139,7 @@ class ClassifierModule(L.LightningModule):
         if to_plain(self.cfg.tta) == "flip" and not self.data_info.is_image:
             idle.append("tta: flip (the inputs are not images)")
         for option in idle:
-            rank_zero_warn(f"cnnkit: {option} has no effect here")
+            flag(f"{option} has no effect here")
 
     def _share_bn_statistics(self) -> None:
         if not self.cfg.distributed.sync_bn and self.cfg.distributed.average_bn_stats:
@@ -290,9 +291,9 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self):
         optim = self.cfg.optim
         lr = scaled_lr(optim.lr, to_plain(optim.lr_scaling), self.cfg.data.batch_size, optim.reference_batch_size)
-        if lr != optim.lr:
-            rank_zero_info(f"cnnkit: lr {optim.lr:g} scaled ({to_plain(optim.lr_scaling)}) for global batch "
-                           f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
+        if lr != optim.lr and verbose():  # a detail, shown with Lightning's own info lines
+            say(f"lr {optim.lr:g} scaled ({to_plain(optim.lr_scaling)}) for global batch "
+                f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
         groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
         plan = optimizer_plan(optim)
         # torch's fused SGD/Adam/AdamW can skip a non-finite step on the device (step_guard.py)
@@ -315,7 +316,7 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A run resumed mid-epoch continues the epoch's training metrics where they were."""
         saved = checkpoint.get("cnnkit", {}).get("train_metrics") or {}
-        first_rank = self._trainer is None or self.trainer.global_rank == 0
+        first_rank = first_process()
         for name, states in saved.items():
             metric = getattr(self, name)
             metric.reset()

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
+from cnnkit.messages import first_process
 from cnnkit.runs.atomic import atomic_write_text
 
 
@@ -41,7 +40,7 @@ class RowLog:
 
     def flush(self, trainer: Any) -> None:
         path = run_path(trainer)
-        if path is None or not self.rows or rank_zero_only.rank != 0:
+        if path is None or not self.rows or not first_process():
             return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(self.rows[-1]))
@@ -52,5 +51,5 @@ class RowLog:
 
 def write_json(trainer: Any, name: str, data: Any) -> None:
     path = run_path(trainer)
-    if path is not None and rank_zero_only.rank == 0:
+    if path is not None and first_process():
         atomic_write_text(path / name, json.dumps(data, indent=2) + "\n")

@@ -14,9 +14,9 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cnnkit.console import active_matrix, epoch_label, interactive
+from cnnkit.messages import first_process, show
 
 SHOWN = (("train/loss_step", "loss"), ("val/acc", "val/acc"))  # logged key → label on the bar
 
@@ -123,9 +123,8 @@ class EpochLines(_Validated, L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer)
 
-    @rank_zero_only
     def _flush(self, trainer: L.Trainer) -> None:
-        if self.pending is None:
+        if self.pending is None or not first_process():
             return
         label, step, seconds = self.pending
         self.pending = None
@@ -136,7 +135,7 @@ class EpochLines(_Validated, L.Callback):
         if self.validated and "val/acc" in metrics:
             parts.append(f"val/acc {float(metrics['val/acc']):.4f}")
         parts.append(f"{seconds:.1f} s")
-        print("  ".join(parts), flush=True)
+        show("  ".join(parts))
 
 
 class MatrixEpochs(_Validated, L.Callback):
@@ -145,9 +144,9 @@ class MatrixEpochs(_Validated, L.Callback):
     def __init__(self, display: Any):
         self.display = display
 
-    @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.display.epoch_ended(trainer, shown_metrics(trainer, self.validated))
+        if first_process():
+            self.display.epoch_ended(trainer, shown_metrics(trainer, self.validated))
 
 
 def progress_callbacks(setting: str) -> list[L.Callback]:
