@@ -169,3 +169,74 @@ def test_every_function_local_import_says_it_is_there_for_start_up_time():
         if not _says_startup(path.read_text().splitlines(), node):
             unmarked.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
     assert not unmarked, "function-local imports without a '# startup: <reason>' comment:\n" + "\n".join(unmarked)
+
+
+# -- one writer to the terminal -----------------------------------------------------------------
+WRITER = PACKAGE / "messages.py"
+RANK_NAMES = {"rank_zero_only", "rank_zero_info", "rank_zero_warn", "rank_zero_debug", "is_global_zero"}
+RANK_ENV_KEYS = {"RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    return {id(node.body[0].value) for node in nodes
+            if node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+
+
+def _terminal_writes(tree: ast.AST) -> list[str]:
+    """``print(``, ``sys.stdout.write``/``sys.stderr.write`` and a ``"cnnkit: "`` prefix written by hand."""
+    found, docstrings = [], _docstrings(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            found.append(f"{node.lineno}: print(")
+        elif (isinstance(node, ast.Attribute) and node.attr == "write" and isinstance(node.value, ast.Attribute)
+              and node.value.attr in ("stdout", "stderr") and isinstance(node.value.value, ast.Name)
+              and node.value.value.id == "sys"):
+            found.append(f"{node.lineno}: sys.{node.value.attr}.write")
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and "cnnkit: " in node.value
+              and id(node) not in docstrings):
+            found.append(f"{node.lineno}: a 'cnnkit: ' prefix")
+    return found
+
+
+def _rank_checks(tree: ast.AST) -> list[str]:
+    """Asking "am I rank 0" any other way than ``messages.first_process``: Lightning's rank-zero helpers, a
+    comparison with ``global_rank``, or the launcher's rank variables read directly."""
+    found = []
+    for node in ast.walk(tree):
+        names = ([node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute)
+                 else [alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) else [])
+        if RANK_NAMES & set(names):
+            found.append(f"{node.lineno}: {sorted(RANK_NAMES & set(names))[0]}")
+        elif isinstance(node, ast.Compare) and any(isinstance(side, ast.Attribute) and side.attr == "global_rank"
+                                                    for side in (node.left, *node.comparators)):
+            found.append(f"{node.lineno}: global_rank compared")
+        elif isinstance(node, ast.Constant) and node.value in RANK_ENV_KEYS:
+            found.append(f"{node.lineno}: {node.value!r} read")
+    return found
+
+
+def test_the_terminal_checks_see_what_they_forbid():
+    writes = ast.parse('"""cnnkit: a docstring"""\nprint("x")\nsys.stderr.write("y")\nsay(f"cnnkit: {x}")\n')
+    assert [line.split(":")[0] for line in _terminal_writes(writes)] == ["2", "3", "4"]
+    ranks = ast.parse("from lightning.pytorch.utilities.rank_zero import rank_zero_only\n"
+                      "first = trainer.global_rank == 0\nos.environ.get('LOCAL_RANK')\nshard = trainer.global_rank\n")
+    assert [line.split(":")[0] for line in _rank_checks(ranks)] == ["1", "2", "3"]
+
+
+def test_only_messages_writes_to_the_terminal():
+    """One place adds the prefix and decides which process speaks (argparse's own --help text aside)."""
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items() if path != WRITER
+             for line in _terminal_writes(tree)]
+    assert not found, "write through cnnkit.messages (say/note/warn/error/show) instead:\n" + "\n".join(found)
+
+
+def test_one_rank_zero_function():
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items() if path != WRITER
+             for line in _rank_checks(tree)]
+    assert not found, "ask cnnkit.messages.first_process() instead:\n" + "\n".join(found)
+
+
+def test_the_writer_imports_no_other_cnnkit_module():
+    """So every layer, the data and the registry too, can use it without a cycle or a slower --help."""
+    assert not import_graph()["cnnkit.messages"]
