@@ -13,7 +13,6 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig
 
 from cnnkit.config.load import load_config, to_plain
-from cnnkit.config.plans import dataset_plan
 from cnnkit.config.schema import Cache
 from cnnkit.console import command_path, note, quiet, shown_path, verbose
 from cnnkit.data.info import DataInfo
@@ -176,6 +175,8 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     """
     # startup: torch only when this runs
     from torch.utils.data import DataLoader
+
+    from cnnkit.config.plans import dataset_plan
 
     cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
     module = _module_from_checkpoint(cfg, path, checkpoint)
