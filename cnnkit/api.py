@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnnkit.config.diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, differences
@@ -244,8 +243,8 @@ def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
     """A kept run's stored ``report:`` becomes the recipe's current one: it changes no result (what the
     report's answer is about: its question, metric, compared key, the course's expectation), and the
     report reads it from the runs."""
-    stored = yaml.safe_load(run.config_file.read_text(encoding="utf-8")) if run.config_file.is_file() else None
-    if isinstance(stored, dict) and stored.get("report") != to_plain(cfg.report):
+    stored = run.read_config()
+    if stored is not None and stored.get("report") != to_plain(cfg.report):
         stored["report"] = to_plain(cfg.report)
         atomic_write_text(run.config_file, OmegaConf.to_yaml(OmegaConf.create(stored)))
 

@@ -20,8 +20,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from cnnkit.config.diff import format_value
 from cnnkit.config.load import to_plain
-from cnnkit.experiments.matrix import format_value
 from cnnkit.messages import first_process, note, show
 
 _verbose: Optional[bool] = None  # set by the command line; else CNNKIT_VERBOSE decides

@@ -1,6 +1,7 @@
-"""Each extension is one new file: a norm and an analysis from a user's package (``imports:``), a backbone
-module dropped into cnnkit's backbones package. Each is seen by ``cnnkit list``, trains in a fit, and an
-analysis shows in the report, with nothing else edited."""
+"""Each extension is one new file: a norm, an analysis and a file-backed dataset format from a user's package
+(``imports:``), a backbone module dropped into cnnkit's backbones package. Each is seen by ``cnnkit list``,
+trains in a fit, an analysis shows in the report and a dataset's files are predicted with their labels, with
+nothing else edited."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import os
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
 import cnnkit
+from cnnkit.errors import ConfigError
 from cnnkit.registry import BACKBONES
 
 from .conftest import REPO, cli, run_cli, tiny_config
@@ -145,3 +148,90 @@ def test_an_analysis_is_one_file_of_the_users_listed_trained_and_reported(user_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (result.run_dir.parent / "REPORT.md").read_text()
     assert "## Largest gradient norm" in report and f"| {result.run_dir.name} | {largest:.4g} |" in report
+
+
+NPY_FOLDER = '''
+    """A folder of .npy arrays, one sample a file: root/<split>/<class>/<n>.npy, uint8 (channels, height, width)."""
+    import os
+
+    import numpy as np
+    import torch
+
+    from cnnkit.data.file_samples import FileSamples
+    from cnnkit.data.info import DataInfo
+    from cnnkit.data.source import FileSource
+    from cnnkit.data.splits import DatasetSplits
+    from cnnkit.registry import DATASETS
+
+
+    class NpyFiles(FileSamples):
+        extensions = (".npy",)
+
+        def decode(self, index):
+            return torch.from_numpy(np.load(self.items[index][0]))
+
+
+    @DATASETS.register("npy_folder", description="a folder of .npy arrays, a folder per class")
+    class NpyFolder(FileSource):
+        def __init__(self, root):
+            self.root = root
+
+        def _split(self, split, classes=None):
+            folder = os.path.join(self.root, split)
+            classes = classes or sorted(os.listdir(folder))
+            return classes, [(os.path.join(folder, c, f), i) for i, c in enumerate(classes)
+                             for f in sorted(os.listdir(os.path.join(folder, c)))]
+
+        def load(self):
+            classes, train = self._split("train")
+            shape = np.load(train[0][0]).shape
+            files = {name: NpyFiles(self._split(name, classes)[1], shape[1:], shape[0], name)
+                     for name in ("val", "test")}
+            return DatasetSplits(NpyFiles(train, shape[1:], shape[0], "train"), files["val"], files["test"],
+                                 tuple(shape), classes)
+
+        def info(self):
+            splits = self.load()
+            return DataInfo.of(splits.input_shape, splits.class_names)
+
+        def cache_root(self):
+            return self.root
+
+        def input_files(self):
+            return NpyFiles
+
+        def label_rule(self, class_names):
+            return self.labels_by_folder(class_names)
+'''
+
+
+def _npy_folder(root, per_class):
+    """Two classes a model tells apart: dark and bright 1x8x8 arrays, ``per_class[split]`` of each."""
+    generator = np.random.default_rng(0)
+    for split, count in per_class.items():
+        for name, low in (("dark", 0), ("bright", 160)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                np.save(root / split / name / f"{i}.npy", generator.integers(low, low + 96, (1, 8, 8), dtype=np.uint8))
+
+
+def test_a_file_backed_dataset_format_is_one_file_of_the_users(user_package, tmp_path):
+    module = user_package("npy_folder", NPY_FOLDER)
+    root = tmp_path / "arrays"
+    _npy_folder(root, {"train": 40, "val": 8, "test": 8})
+    listed = cli("list", "datasets", f"imports=[{module}]")
+    assert listed.returncode == 0 and "npy_folder" in listed.stdout and "a folder of .npy arrays" in listed.stdout
+
+    dataset = [f"imports=[{module}]", f"data.dataset={{name: npy_folder, root: {root}}}"]
+    with pytest.raises(ConfigError, match="data.loader=tensor needs a data set held in memory"):
+        tiny_config(*dataset, "data.cache=none", "data.loader=tensor")  # its traits: files, read per batch
+    per_batch = cnnkit.fit(tiny_config(*dataset, "data.cache=none", "name=per_batch"))
+    decoded = cnnkit.fit(tiny_config(*dataset, "data.cache=disk", "data.loader=tensor", "name=decoded"))
+    assert per_batch.status == decoded.status == "finished"
+    assert len(list((root / ".cnnkit-cache").glob("train-*.npy"))) == 1  # decoded once, under its cache_root
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 8, 8), np.uint8))
+    predictions = cnnkit.predict(str(decoded.last_checkpoint), inputs=[str(root / "test"), str(tmp_path / "x.npy")])
+    assert predictions.header[:5] == ["file", "class", "probability", "label", "correct"]
+    labels = [row[3] for row in predictions.rows]
+    assert labels == ["bright"] * 8 + ["dark"] * 8 + [""]  # by the folder each file sits in; x.npy in none

@@ -51,7 +51,7 @@ def test_one_file(capsys, checkpoint, images):
     assert printed[0].split() == ["file", "class", "probability", "top3"]
     assert len(printed) == 3 and printed[-1] == (
         "cnnkit: wrote 1 prediction to out.csv; no true labels: a file's label is read only for a model trained "
-        "on an image folder (from a folder named after its class); this one was trained on digits")
+        "on files that carry it (an image folder: a folder named after its class); this one was trained on digits")
 
 
 def test_several_files_a_glob_and_a_folder(capsys, checkpoint, images):

@@ -240,3 +240,72 @@ def test_one_rank_zero_function():
 def test_the_writer_imports_no_other_cnnkit_module():
     """So every layer, the data and the registry too, can use it without a cycle or a slower --help."""
     assert not import_graph()["cnnkit.messages"]
+
+
+# -- layers: which part of cnnkit may import which --------------------------------------------------
+# Low → high; a module imports only from its own layer and those below. Why each sits where it does:
+LAYERS = (
+    "errors",  # the exceptions every layer raises: imports nothing of cnnkit
+    "messages",  # the one writer to the terminal (prefix, first process): imports nothing of cnnkit
+    "registry",  # names → entries, the extension point: knows no entry, only how to find them
+    "nn.layers",  # norms, activations, poolings, inits: registered building blocks the config's plans parse
+    "config",  # the typed config, its validation and plans: read before torch (``--help``, refusals)
+    "runs",  # a run's directory and files, read from the config alone before anything trains
+    "console",  # what the terminal shows: formats configs and runs, owns no computation
+    "nn",  # the model built from the config (backbones, the network, its anatomy table)
+    "data",  # datasets and loaders: knows the config, never the terminal (its caller says its notes)
+    "training",  # the Lightning module, trainer, callbacks, evaluation: models and data together
+    "experiments",  # recipes' matrices, sweeps, analyses and the report over finished runs
+    "api",  # the public functions: one call per command
+    "cli",  # argument parsing and exit codes over the api; the package's own entry points with it
+)
+
+# Upward imports the code still has, each to be moved down (then removed here): a new one fails the test,
+# and so does one that is gone but still listed.
+PENDING_UPWARD = {
+    ("cnnkit.config.load", "cnnkit.experiments.matrix"),  # variant_from_overrides belongs with the config
+    ("cnnkit.config.load", "cnnkit.data.tensor_loader"),  # validating data.loader (uses_tensor_path)
+    ("cnnkit.config.load", "cnnkit.training.distributed"),  # validating the batch per device
+    ("cnnkit.data.datamodule", "cnnkit.training.distributed"),  # samplers and the per-device batch
+    ("cnnkit.data.resumable", "cnnkit.training.seeding"),  # seeds of the epoch order
+    ("cnnkit.data.tensor_loader", "cnnkit.training.seeding"),
+    ("cnnkit.training.callbacks", "cnnkit.experiments.analyses"),  # analyses' callbacks, registered as callbacks
+}
+
+
+def layer_of(module: str) -> int:
+    """The index in ``LAYERS`` of the longest layer ``module`` is in; the package's entry modules are top."""
+    inner = module.removeprefix("cnnkit").lstrip(".")
+    if inner in ("", "__main__"):
+        return len(LAYERS) - 1
+    found = [name for name in LAYERS if inner == name or inner.startswith(name + ".")]
+    assert found, f"{module} is in no layer: add its part of cnnkit to LAYERS"
+    return LAYERS.index(max(found, key=len))
+
+
+def test_lower_layers_never_import_higher_ones():
+    assert layer_of("cnnkit.nn.layers.norms") < layer_of("cnnkit.config.plans") < layer_of("cnnkit.nn.model")
+    upward = {(module, target) for module, targets in import_graph().items() for target in targets
+              if layer_of(target) > layer_of(module)}
+    new = sorted(upward - PENDING_UPWARD)
+    assert not new, "imports from a higher layer (move the piece down): " + ", ".join(f"{a} → {b}" for a, b in new)
+    gone = sorted(PENDING_UPWARD - upward)
+    assert not gone, f"no longer imported upward, remove from PENDING_UPWARD: {gone}"
+
+
+RUN_FILES = ("config.yaml", "status.json", "metrics.csv")
+
+
+def test_only_the_runs_layer_names_a_runs_files():
+    """RunDir reads them (``read_status``, ``read_config``, ``read_metrics``) and names them; a path built from
+    the literal name elsewhere would be a second reader. Prose that mentions them (help, messages) is fine."""
+    naming = []
+    for path, tree in TREES.items():
+        if path.parent.name == "runs":
+            continue
+        naming += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+                   if isinstance(node, ast.Constant) and node.value in RUN_FILES]
+    assert not naming, "a run's files named outside cnnkit/runs/ (use RunDir):\n" + "\n".join(naming)
+    from cnnkit.runs import run_dir
+
+    assert (run_dir.CONFIG_FILE, run_dir.STATUS_FILE, run_dir.METRICS_FILE) == RUN_FILES

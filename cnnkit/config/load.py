@@ -328,9 +328,8 @@ def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> N
     # startup: torch only when this runs
     from cnnkit.data.tensor_loader import uses_tensor_path
 
-    in_memory = getattr(dataset.target, "in_memory", None)
-    if getattr(dataset.target, "decodable", False):  # image files: in memory once decoded
-        in_memory = {"memory": True, "disk": True, "none": False}.get(to_plain(data.cache))
+    traits = getattr(dataset.target, "in_memory", None)  # a DatasetSource's; an entry that is not one: unknown
+    in_memory = traits(to_plain(data.cache)) if callable(traits) else None
     _require(data.cache_budget > 0, f"data.cache_budget must be > 0 (GiB), got {data.cache_budget}")
     uses_tensor_path(to_plain(data.loader), in_memory, [plan.target for plan in augment])
 

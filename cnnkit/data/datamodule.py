@@ -19,7 +19,6 @@ from cnnkit.config.plans import augment_plans, dataset_plan
 from cnnkit.config.schema import to_plain
 from cnnkit.data.datasets import dataset_info
 from cnnkit.data.decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
-from cnnkit.data.image_files import ImageFiles
 from cnnkit.data.info import DataInfo
 from cnnkit.data.resumable import ResumableDataLoader
 from cnnkit.data.splits import DatasetSplits, TensorImages
@@ -61,8 +60,8 @@ class ClassificationDataModule(L.LightningDataModule):
                 self.note(line)
             size = tuple(splits.input_shape[1:]) if len(splits.input_shape) == 3 else None
             self.transforms = [plan.build(size=size) for plan in augment_plans(self.cfg)]
-            if isinstance(splits.train, ImageFiles):
-                splits = self._decode_once(splits, getattr(source, "root", None))
+            if source.decodable():
+                splits = self._decode_once(splits, source.cache_root())
             self.splits = splits
             self._say_path()
             if not self.tensor_path and self.transforms:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from cnnkit.data.image_files import ImageFiles, image_headers, list_class_dirs, list_label_prefix
 from cnnkit.data.info import DataInfo
 from cnnkit.data.pixels import to_uint8
+from cnnkit.data.source import DatasetSource, FileSource, LabelRule
 from cnnkit.data.splits import DatasetSplits, TensorImages, stratified_split
 from cnnkit.errors import DataError
 from cnnkit.registry import DATASETS
@@ -64,23 +66,6 @@ def _in_memory(images: torch.Tensor, labels: torch.Tensor, class_names: list[str
         input_shape=tuple(images.shape[1:]),
         class_names=class_names,
     )
-
-
-class DatasetSource:
-    """A dataset entry: what its samples look like (``info``, reads no data) and ``load``."""
-
-    in_memory = True  # load() holds every image in one tensor (the tensor-resident loader can serve it)
-
-    def info(self) -> DataInfo:
-        raise NotImplementedError
-
-    def load(self) -> DatasetSplits:
-        raise NotImplementedError
-
-    def notes(self) -> list[str]:
-        """What the source decided for the user while reading (an inferred image size), for its caller to
-        say once: the data layer prints nothing itself."""
-        return []
 
 
 @DATASETS.register("digits", description="scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)")
@@ -285,7 +270,7 @@ class CIFAR100(TorchvisionSource):
 
 @DATASETS.register("image_folder", aliases=("folder",),
                    description="image files: train/ val/ [test/] with a folder per class, or label-prefixed names")
-class ImageFolder(DatasetSource):
+class ImageFolder(FileSource):
     """``layout: class_dirs`` → ``root/train/<class>/*.jpg``; ``label_prefix`` → ``root/train/3_120.jpg``.
 
     ``splits`` names the split folders (default train, val, test); test is optional. ``num_classes``
@@ -293,9 +278,6 @@ class ImageFolder(DatasetSource):
     ``image_size`` and ``channels`` default to the images' own, read from the training files' headers
     when they agree (28×28 grayscale digits stay 1×28×28); photos of mixed sizes are resized to 64×64.
     """
-
-    in_memory = False  # image files: decoded as batches are made, unless data.cache decodes them once
-    decodable = True
 
     FALLBACK_SIZE, FALLBACK_CHANNELS = 64, 3
 
@@ -315,6 +297,18 @@ class ImageFolder(DatasetSource):
     def notes(self) -> list[str]:
         said, self._notes = self._notes, []
         return said
+
+    def cache_root(self) -> str:
+        return self.root
+
+    def label_rule(self, class_names: list[str]) -> LabelRule:
+        """As the training files were laid out: in a folder named after the class, or named ``<label>_...``."""
+        if self.layout == "class_dirs":
+            return self.labels_by_folder(class_names)
+        index = {name: i for i, name in enumerate(class_names)}
+        shown = ", ".join(class_names[:4]) + (", ..." if len(class_names) > 4 else "")
+        return ((lambda path: index.get(Path(path).name.split("_", 1)[0], -1) if "_" in Path(path).name else -1),
+                f"no true labels: no file is named <class>_... after one of the model's classes ({shown})")
 
     def _shape(self, train_files: list[tuple[str, int]] | None) -> tuple[int, int, int]:
         """(channels, height, width): as configured, else the images' own (said in one line), else 3×64×64."""

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cnnkit.data.image_files import ImageFiles, UnreadableImage
+from cnnkit.data.file_samples import FileSamples
+from cnnkit.data.image_files import UnreadableImage
 from cnnkit.data.splits import TensorImages
 from cnnkit.errors import DataError
 from cnnkit.messages import relay
@@ -49,7 +50,7 @@ CACHE_FOLDER = ".cnnkit-cache"
 FORMAT = 1  # part of the key: a cache written by another layout is never read
 
 
-def decoded_bytes(files: ImageFiles) -> int:
+def decoded_bytes(files: FileSamples) -> int:
     return len(files) * files.channels * files.size[0] * files.size[1]
 
 
@@ -62,7 +63,7 @@ def workers(count: int) -> int:
 
 
 # What the decoding processes share: set before they fork, so each inherits it (no pickling).
-_job: Optional[tuple[ImageFiles, torch.Tensor]] = None
+_job: Optional[tuple[FileSamples, torch.Tensor]] = None
 
 
 def _start_worker() -> None:
@@ -113,7 +114,7 @@ def native_messages() -> Iterator[list[str]]:
                     relay(line)
 
 
-def _reason(files: ImageFiles, err: UnreadableImage) -> UnreadableImage:
+def _reason(files: FileSamples, err: UnreadableImage) -> UnreadableImage:
     """The decoder's own reason for ``err``'s file: decoded again alone, its library's message caught."""
     if err.reason.rstrip(".").lower() not in ("internal error", ""):
         return err
@@ -129,7 +130,7 @@ def _reason(files: ImageFiles, err: UnreadableImage) -> UnreadableImage:
     return UnreadableImage.of(err.path, errors[0]) if errors else err
 
 
-def decode(files: ImageFiles, what: str, show_progress: bool = False) -> torch.Tensor:
+def decode(files: FileSamples, what: str, show_progress: bool = False) -> torch.Tensor:
     """Every image of ``files`` as one uint8 tensor (N, C, H, W), decoded by a process per core; with
     ``show_progress`` (a terminal) and many images, under a bar."""
     global _job
@@ -169,7 +170,7 @@ def decode(files: ImageFiles, what: str, show_progress: bool = False) -> torch.T
 
 
 # -- the cache file ---------------------------------------------------------------------------------
-def cache_name(files: ImageFiles, split: str) -> str:
+def cache_name(files: FileSamples, split: str) -> str:
     """``<split>-<C>x<H>x<W>-<key>.npy``: the key is a digest of the files (path, label, size, mtime), so
     another version of the folder has another name, while other shapes of it keep their own files."""
     digest = hashlib.sha1(json.dumps([FORMAT, files.channels, list(files.size)]).encode())
@@ -221,7 +222,7 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def from_disk_cache(files: ImageFiles, folder: Path, split: str,
+def from_disk_cache(files: FileSamples, folder: Path, split: str,
                     show_progress: bool = False) -> tuple[torch.Tensor, bool]:
     """The decoded images of ``files`` mapped from their cache file in ``folder``, and whether this call
     built it (decoding them) or found it."""
@@ -256,7 +257,7 @@ def size_text(count: int) -> str:
     return f"{count} B"
 
 
-def decoded_split(files: ImageFiles, split: str, folder: Optional[Path] = None, show_progress: bool = False):
+def decoded_split(files: FileSamples, split: str, folder: Optional[Path] = None, show_progress: bool = False):
     """``files`` as in-memory images (``TensorImages``): decoded now, or mapped from the cache in
     ``folder``; and whether images were decoded."""
     images, built = (from_disk_cache(files, folder, split, show_progress) if folder is not None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-from torch.utils.data import Dataset
 
-from cnnkit.data.pixels import to_unit_float
+from cnnkit.data.file_samples import FileSamples
 from cnnkit.errors import DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -94,18 +93,13 @@ class UnreadableImage(DataError):
         return type(self), (str(self), self.path, self.reason)
 
 
-class ImageFiles(Dataset):
-    """(path, label) pairs; each image is decoded, converted to ``channels`` and resized to ``size``."""
+class ImageFiles(FileSamples):
+    """Image files; each is decoded, converted to ``channels`` and resized to ``size``."""
 
-    def __init__(self, items: list[tuple[str, int]], size: tuple[int, int], channels: int, split: str,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
-        self.items, self.size, self.channels, self.split, self.transform = items, size, channels, split, transform
-
-    def __len__(self) -> int:
-        return len(self.items)
+    extensions = IMAGE_EXTENSIONS
 
     def decode(self, index: int) -> torch.Tensor:
-        """The image as uint8 (channels, height, width), converted and resized; what a cache holds."""
+        """The image as uint8 (channels, height, width), converted and resized."""
         # startup: torchvision only when this runs
         from torchvision.io import ImageReadMode, decode_image
         from torchvision.transforms.v2 import functional as TF
@@ -119,22 +113,6 @@ class ImageFiles(Dataset):
         if tuple(image.shape[-2:]) == tuple(self.size):  # already the size: resizing would copy it unchanged
             return image
         return TF.resize(image, list(self.size), antialias=True)
-
-    def load(self, index: int) -> torch.Tensor:
-        return to_unit_float(self.decode(index))
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.load(index)
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, torch.tensor(self.items[index][1])
-
-    def inputs(self, batch_size: int = 256):
-        for start in range(0, len(self), batch_size):
-            yield torch.stack([self.load(i) for i in range(start, min(start + batch_size, len(self)))])
-
-    def names(self) -> list[str]:
-        return [path for path, _ in self.items]
 
 
 def _decoder_reason(err: Exception) -> str:

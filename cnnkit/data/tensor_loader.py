@@ -47,9 +47,9 @@ def uses_tensor_path(mode: str, in_memory: Optional[bool], transforms: Sequence[
     every_one_batched = supports_batches(transforms)
     if mode == "tensor":
         if in_memory is False:
-            raise ConfigError("data.loader=tensor needs a data set held in memory (digits, mnist, fashion_mnist, "
-                              "cifar10, cifar100, or an image folder with data.cache=memory or disk); "
-                              "use data.loader=dataloader")
+            raise ConfigError("data.loader=tensor needs a data set held in memory, and this one's files are read "
+                              "as batches are made; set data.cache=memory or disk to decode them once, or use "
+                              "data.loader=dataloader")
         if not every_one_batched:
             names = [getattr(t, "__name__", type(t).__name__) for t in transforms if not batched(t)]
             raise ConfigError(f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "

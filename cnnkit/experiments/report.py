@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from omegaconf import OmegaConf
 
 from cnnkit.config.diff import RESULT_NEUTRAL, differences
 from cnnkit.errors import CnnkitError, RegistryError, first_line
 from cnnkit.experiments.analyses import units
-from cnnkit.experiments.analyses._unit import Analysis, mean_std, read_csv, read_json, select
+from cnnkit.experiments.analyses._unit import Analysis, mean_std, read_json, select
 from cnnkit.experiments.answer import answer
 from cnnkit.experiments.matrix import combinations, format_value, group_name
 from cnnkit.messages import say
 from cnnkit.registry import import_user_code
 from cnnkit.runs.atomic import atomic_write_text
+from cnnkit.runs.run_dir import RunDir
 
 
 @dataclass
@@ -62,18 +62,14 @@ def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run
     """The runs under ``root`` (a recipe's directory, or one run's), in name order."""
     if not root.is_dir():
         raise CnnkitError(f"report: '{root}' is not a directory; pass runs/<recipe name>")
-    candidates = [root] if (root / "status.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
-    found = []
-    for path in candidates:
-        if not (path / "status.json").is_file():
-            continue
-        config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-        found.append((path, config or {}))
+    candidates = [root] if RunDir(root).is_run() else sorted(p for p in root.iterdir() if p.is_dir())
+    found = [(RunDir(path), RunDir(path).read_config() or {}) for path in candidates if RunDir(path).is_run()]
     _import_runs_code(config for _, config in found)
     runs = []
-    for path, config in found:
+    for run_dir, config in found:
+        path = run_dir.path
         run = Run(path=path, variant=path.name, group=group_name(path.name), config=config,
-                  status=read_json(path / "status.json") or {}, metrics=read_csv(path / "metrics.csv"))
+                  status=run_dir.read_status(), metrics=run_dir.read_metrics())
         for analysis in units() if analyses is None else analyses:
             run.extras[analysis.name] = analysis.load(path)
         runs.append(run)

@@ -1,4 +1,5 @@
-"""The run directory: runs/<name>/<variant>/ with config.yaml, status.json, metrics.csv, checkpoints/.
+"""The run directory: runs/<name>/<variant>/ with config.yaml, status.json, metrics.csv, checkpoints/, and
+the one reader of those files.
 
 The path is a pure function of the config, so resuming and reports find a run again, and every
 DDP rank computes the same one. ``RunDir.verdict`` decides, from the files alone and before torch
@@ -8,6 +9,7 @@ writer of its status.
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import os
@@ -29,6 +31,27 @@ from cnnkit.registry import SCHEDULERS, split_spec
 NEW, CONTINUE, KEEP = "new", "continue", "keep"
 
 
+# A run's own files, named here only: everyone else reads them through RunDir (tests/test_structure.py).
+CONFIG_FILE, STATUS_FILE, METRICS_FILE = "config.yaml", "status.json", "metrics.csv"
+
+
+def read_rows(path: Path) -> list[dict[str, Optional[float]]]:
+    """A CSV of numbers as rows (a cell that is not a number reads None); [] when the file is absent."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = []
+        for row in csv.DictReader(handle):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value) if value not in ("", None) else None
+                except ValueError:
+                    parsed[key] = None
+            rows.append(parsed)
+        return rows
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -39,15 +62,15 @@ class RunDir:
 
     @property
     def config_file(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / CONFIG_FILE
 
     @property
     def status_file(self) -> Path:
-        return self.path / "status.json"
+        return self.path / STATUS_FILE
 
     @property
     def metrics_file(self) -> Path:
-        return self.path / "metrics.csv"
+        return self.path / METRICS_FILE
 
     @property
     def checkpoints(self) -> Path:
@@ -65,19 +88,30 @@ class RunDir:
     def has_contents(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
 
+    def is_run(self) -> bool:
+        """Whether a fit has been here: every run writes its status first."""
+        return self.status_file.is_file()
+
     def read_status(self) -> dict[str, Any]:
         try:
             return json.loads(self.status_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
 
+    def read_config(self) -> Optional[dict[str, Any]]:
+        """The run's config as it was stored (plain data, not filled up to the schema); None without one."""
+        stored = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) if self.config_file.is_file() else None
+        return stored if isinstance(stored, dict) else None
+
+    def read_metrics(self) -> list[dict[str, Optional[float]]]:
+        """The logged metrics (``step``, ``train/loss``, ``val/acc``...), a row per logging step."""
+        return read_rows(self.metrics_file)
+
     def stored_config(self) -> Optional[dict[str, Any]]:
         """The run's resolved config as plain data, filled up to the current schema; None if there is none."""
-        if not self.config_file.is_file():
-            return None
         try:
-            stored = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
-            return plain_stored(stored) if isinstance(stored, dict) else None
+            stored = self.read_config()
+            return plain_stored(stored) if stored is not None else None
         except Exception:  # unreadable or from an incompatible cnnkit: no basis to compare with
             return None
 

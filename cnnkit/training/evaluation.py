@@ -18,7 +18,7 @@ from cnnkit.console import command_path, quiet, shown_path, verbose
 from cnnkit.data.info import DataInfo
 from cnnkit.errors import CheckpointError, DataError
 from cnnkit.messages import note
-from cnnkit.registry import DATASETS, split_spec
+from cnnkit.registry import split_spec
 from cnnkit.runs.atomic import atomic_write_text
 from cnnkit.runs.checkpoint import read_checkpoint, resolve_checkpoint
 from cnnkit.runs.run_dir import RunDir
@@ -47,25 +47,16 @@ def checkpoint_config(ckpt: str, files: Sequence[str] = (),
     return cfg, path, checkpoint
 
 
-def _label_rule(cfg: DictConfig, info: DataInfo):
-    """How an input file's true label is known (-1: it is not), and what to say when no file has one.
-
-    Only by the layout of the image folder the model was trained on, whose classes are its folders'
-    names: a model trained on other data (digits, MNIST: classes "0".."9") would read a label into any
-    folder that happens to be named "3" and print an accuracy that means nothing.
-    """
-    name, kwargs = split_spec(to_plain(cfg.data.dataset))
-    index = {class_name: i for i, class_name in enumerate(info.class_names)}
-    classes = ", ".join(info.class_names[:4]) + (", ..." if len(info.class_names) > 4 else "")
-    if DATASETS.get_entry(name).name != "image_folder":
-        return (lambda path: -1), (f"no true labels: a file's label is read only for a model trained on an "
-                                   f"image folder (from a folder named after its class); this one was trained "
-                                   f"on {name}")
-    if kwargs.get("layout", "class_dirs") == "label_prefix":
-        return ((lambda path: index.get(Path(path).name.split("_", 1)[0], -1) if "_" in Path(path).name else -1),
-                f"no true labels: no file is named <class>_... after one of the model's classes ({classes})")
-    return ((lambda path: index.get(Path(path).parent.name, -1)),
-            f"no true labels: no file sits in a folder named after one of the model's classes ({classes})")
+def _label_rule(cfg: DictConfig, info: DataInfo, source: Any):
+    """How an input file's true label is known (-1: it is not), and what to say when no file has one: as
+    the source the model was trained on says (``DatasetSource.label_rule``)."""
+    rule = source.label_rule(info.class_names)
+    if rule is not None:
+        return rule
+    name = split_spec(to_plain(cfg.data.dataset))[0]
+    return (lambda path: -1), (f"no true labels: a file's label is read only for a model trained on files that "
+                               f"carry it (an image folder: a folder named after its class); this one was trained "
+                               f"on {name}")
 
 
 def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
@@ -143,29 +134,28 @@ class Predictions:
         return (sum(c == "yes" for c in known) / len(known), len(known)) if known else None
 
 
-def image_inputs(inputs: Sequence[str]) -> list[str]:
-    """Image files from files, folders (searched recursively) and globs, in the order given, once each."""
-    # startup: torch only when this runs
-    from cnnkit.data.image_files import IMAGE_EXTENSIONS
+def image_inputs(inputs: Sequence[str], extensions: tuple[str, ...]) -> list[str]:
+    """Files ending in ``extensions`` from files, folders (searched recursively) and globs, in the order
+    given, once each."""
 
     def images_under(folder: str) -> list[str]:
         return sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
-                      if f.lower().endswith(IMAGE_EXTENSIONS))
+                      if f.lower().endswith(extensions))
 
     found: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
             matched = images_under(item)
             if not matched:
-                raise DataError(f"predict: no images ({', '.join(IMAGE_EXTENSIONS)}) under '{item}'")
+                raise DataError(f"predict: no images ({', '.join(extensions)}) under '{item}'")
         elif os.path.isfile(item):
-            if not item.lower().endswith(IMAGE_EXTENSIONS):
-                raise DataError(f"predict: '{item}' is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+            if not item.lower().endswith(extensions):
+                raise DataError(f"predict: '{item}' is not an image file ({', '.join(extensions)})")
             matched = [item]
         elif glob.has_magic(item):
             paths = sorted(glob.glob(item, recursive=True))
             matched = [m for p in paths for m in (images_under(p) if os.path.isdir(p) else [p])
-                       if m.lower().endswith(IMAGE_EXTENSIONS)]
+                       if m.lower().endswith(extensions)]
             if not matched:
                 raise DataError(f"predict: no images match '{item}'")
         else:
@@ -187,17 +177,19 @@ def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (),
     # startup: torch only when this runs
     from torch.utils.data import DataLoader
 
-    from cnnkit.data.image_files import ImageFiles
+    from cnnkit.config.plans import dataset_plan
 
     cfg, path, checkpoint = checkpoint_config(ckpt, files, overrides)
     module = _module_from_checkpoint(cfg, path, checkpoint)
     info = stored_data_info(checkpoint)
     batch = cfg.data.eval_batch_size or cfg.data.batch_size
     if inputs:
-        images = image_inputs(inputs)
+        source = dataset_plan(cfg.data).build()
+        reader = source.input_files()
+        images = image_inputs(inputs, reader.extensions)
         channels, height, width = info.input_shape
-        label_of, no_labels = _label_rule(cfg, info)
-        dataset = ImageFiles([(p, label_of(p)) for p in images], (height, width), channels, "input")
+        label_of, no_labels = _label_rule(cfg, info, source)
+        dataset = reader([(p, label_of(p)) for p in images], (height, width), channels, "input")
         single = len(inputs) == 1 and os.path.exists(inputs[0])  # one file or folder names the CSV
         source = "input" + (f"-{Path(inputs[0]).stem}" if single and Path(inputs[0]).stem else "")
     else:

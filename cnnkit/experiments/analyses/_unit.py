@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any, Optional
 
+from cnnkit.runs.run_dir import read_rows
+
 
 def read_csv(path: Path) -> list[dict[str, Optional[float]]]:
     """Rows of numbers (a cell that is not a number reads None); [] when the file is absent."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = []
-        for row in csv.DictReader(handle):
-            parsed = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value) if value not in ("", None) else None
-                except ValueError:
-                    parsed[key] = None
-            rows.append(parsed)
-        return rows
+    return read_rows(path)
 
 
 def read_json(path: Path) -> Any:

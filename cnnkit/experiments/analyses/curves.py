@@ -19,6 +19,7 @@ from cnnkit.experiments.analyses._unit import (
     save_figure,
     variant_styles,
 )
+from cnnkit.runs.run_dir import METRICS_FILE
 
 
 def finite_until(run, key: str) -> tuple[list[float], list[float]]:
@@ -29,7 +30,7 @@ def finite_until(run, key: str) -> tuple[list[float], list[float]]:
 
 
 class Curves(Analysis):
-    files = ("metrics.csv",)
+    files = (METRICS_FILE,)
     order = 0
 
     def figures(self, runs, groups, out: Path) -> list[Optional[str]]:

@@ -24,6 +24,7 @@ from cnnkit.experiments.analyses._unit import (
     sizes_differ,
 )
 from cnnkit.experiments.answer import short_names
+from cnnkit.runs.run_dir import STATUS_FILE
 
 
 def wrapped(label: str, width: int = 36) -> str:
@@ -39,7 +40,7 @@ def wrapped(label: str, width: int = 36) -> str:
 
 class FinalMetric(Analysis):
     name = "final"
-    files = ("status.json",)
+    files = (STATUS_FILE,)
     order = 1
 
     def figures(self, runs, groups, out: Path) -> list[Optional[str]]:
