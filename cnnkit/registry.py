@@ -471,5 +471,6 @@ TRANSFORMS = _declare("transforms", builtins=("cnnkit.data.transforms",),
 OPTIMIZERS = _declare("optimizers", builtins=("cnnkit.training.optim",), inputs=("params", "lr", "weight_decay"))
 SCHEDULERS = _declare("schedulers", builtins=("cnnkit.training.optim",),
                       inputs=("optimizer", "total_steps", "steps_per_epoch", "lr"))
-CALLBACKS = _declare("callbacks", builtins=("cnnkit.training.callbacks",))
+# the course analyses register their own callbacks (one module each, found by name: experiments/analyses/)
+CALLBACKS = _declare("callbacks", builtins=("cnnkit.training.callbacks", "cnnkit.experiments.analyses"))
 ANALYSES = _declare("analyses", builtins=("cnnkit.experiments.analyses",))  # report units: ``Analysis`` objects

@@ -11,12 +11,8 @@ from torch import nn
 
 import cnnkit
 from cnnkit.config.load import load_config
-from cnnkit.training.distributed import (
-    AllReduceBatchNorm,
-    UnpaddedDistributedSampler,
-    average_bn_buffers,
-    convert_sync_bn,
-)
+from cnnkit.data.sampler import UnpaddedDistributedSampler
+from cnnkit.training.distributed import AllReduceBatchNorm, average_bn_buffers, convert_sync_bn
 from cnnkit.training.optim import scaled_lr
 
 from .conftest import QUICKSTART, REPO, SMOKE, cli, run_cli

@@ -26,7 +26,7 @@ def files_matching(pattern: str) -> list[str]:
     ("a running-statistics update", r"running_(mean|var)\.(mul_|add_|copy_)", ["nn/layers/bn_math.py"]),
     ("per-channel sums of squares", r"\(\w+ \* \w+\)\.sum\(1\)", ["nn/layers/bn_math.py"]),
     ("uint8 → float scaling", r"div_?\(255\)|/ ?255\b", ["data/pixels.py"]),
-    ("a seed-mixing constant", r"1_000_003|7_919|10_000_019", ["training/seeding.py"]),
+    ("a seed-mixing constant", r"1_000_003|7_919|10_000_019", ["data/seeding.py"]),
     ("a temporary-file rename", r"os\.replace|mkstemp", ["runs/atomic.py"]),
     ("the image-input check", r"def image_channels", ["nn/backbones/shapes.py"]),
     ("the classification loss", r"cross_entropy|nll_loss|CrossEntropyLoss|log_softmax", ["training/module.py"]),

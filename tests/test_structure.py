@@ -265,11 +265,6 @@ LAYERS = (
 PENDING_UPWARD = {
     ("cnnkit.config.load", "cnnkit.experiments.matrix"),  # variant_from_overrides belongs with the config
     ("cnnkit.config.load", "cnnkit.data.tensor_loader"),  # validating data.loader (uses_tensor_path)
-    ("cnnkit.config.load", "cnnkit.training.distributed"),  # validating the batch per device
-    ("cnnkit.data.datamodule", "cnnkit.training.distributed"),  # samplers and the per-device batch
-    ("cnnkit.data.resumable", "cnnkit.training.seeding"),  # seeds of the epoch order
-    ("cnnkit.data.tensor_loader", "cnnkit.training.seeding"),
-    ("cnnkit.training.callbacks", "cnnkit.experiments.analyses"),  # analyses' callbacks, registered as callbacks
 }
 
 

@@ -18,6 +18,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from cnnkit.config.batch import per_device_batch
 from cnnkit.config.schema import SCHEMA_VERSION, SPEC_KEYS, Config, ModelConfig, same_entry, to_plain
 from cnnkit.errors import ConfigError, first_line, key_context
 from cnnkit.experiments.matrix import variant_from_overrides
@@ -351,9 +352,6 @@ def known_world_size(trainer: DictConfig) -> Optional[int]:
 
 
 def _check_devices(cfg: DictConfig) -> None:
-    # startup: torch only when this runs
-    from cnnkit.training.distributed import per_device_batch
-
     world = known_world_size(cfg.trainer)
     if world is not None:
         per_device_batch(cfg.data.batch_size, world, cfg.trainer.accumulate_grad_batches)

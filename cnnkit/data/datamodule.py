@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from cnnkit import messages
+from cnnkit.config.batch import per_device_batch
 from cnnkit.config.diff import format_value
 from cnnkit.config.plans import augment_plans, dataset_plan
 from cnnkit.config.schema import to_plain
@@ -21,12 +22,12 @@ from cnnkit.data.datasets import dataset_info
 from cnnkit.data.decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
 from cnnkit.data.info import DataInfo
 from cnnkit.data.resumable import ResumableDataLoader
+from cnnkit.data.sampler import UnpaddedDistributedSampler
 from cnnkit.data.splits import DatasetSplits, TensorImages
 from cnnkit.data.tensor_loader import TensorBatches, batched, batched_names, uses_tensor_path
 from cnnkit.errors import ConfigError
 from cnnkit.nn.layers.input_norm import channel_statistics
 from cnnkit.registry import split_spec
-from cnnkit.training.distributed import UnpaddedDistributedSampler, per_device_batch
 
 
 class ClassificationDataModule(L.LightningDataModule):

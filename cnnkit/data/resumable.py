@@ -14,8 +14,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cnnkit.data.seeding import order_seed, sample_augment_seed
 from cnnkit.data.tensor_loader import ResumablePosition
-from cnnkit.training.seeding import order_seed, sample_augment_seed
 
 
 class EpochSeededSampler(Sampler[int]):

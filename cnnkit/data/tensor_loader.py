@@ -16,9 +16,9 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from cnnkit.data.pixels import to_unit_float
+from cnnkit.data.seeding import batch_augment_seed, order_seed
 from cnnkit.errors import ConfigError
 from cnnkit.registry import TRANSFORMS
-from cnnkit.training.seeding import batch_augment_seed, order_seed
 
 
 def batched(transform: Any) -> bool:

@@ -8,22 +8,15 @@
 - ``average_bn_buffers``: without sync, each rank's running statistics describe its own shard;
   averaging them before evaluation (timm's ``distribute_bn`` "reduce") makes eval-mode BN use all
   of the data, not rank 0's shard alone (DDP's buffer broadcast copies rank 0's).
-- ``UnpaddedDistributedSampler``: evaluation shards without DistributedSampler's padding, so no
-  sample is counted twice in test metrics.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import Dataset, DistributedSampler
 
-from cnnkit.errors import ConfigError
 from cnnkit.nn.layers import bn_math
 
 
@@ -93,30 +86,3 @@ def average_bn_buffers(model: nn.Module) -> int:
             dist.all_reduce(buffer)
             buffer.div_(world)
     return len(layers)
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank r gets samples r, r + world, r + 2·world, ...: every sample exactly once over all ranks."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-        self.total_size = len(dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def per_device_batch(global_batch: int, world_size: int, accumulate: int) -> int:
-    """The batch each process loads: global / (world size × gradient-accumulation steps)."""
-    parts = world_size * accumulate
-    if global_batch % parts:
-        raise ConfigError(
-            f"data.batch_size={global_batch} is the global batch: it must divide evenly by world size "
-            f"{world_size} x trainer.accumulate_grad_batches {accumulate} = {parts}; "
-            f"use a multiple of {parts}, e.g. {math.ceil(global_batch / parts) * parts}"
-        )
-    return global_batch // parts

@@ -18,7 +18,7 @@ def check_accelerator(cfg: DictConfig) -> None:
     # startup: lightning, torch only when this runs
     from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
-    from cnnkit.training.distributed import per_device_batch
+    from cnnkit.config.batch import per_device_batch
 
     t = cfg.trainer
     accelerators = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "gpu": CUDAAccelerator, "mps": MPSAccelerator}

@@ -71,3 +71,4 @@ def units() -> list[Analysis]:
 
 for _name in names():  # declared, not imported: ``cnnkit list`` reads their docstrings only
     ANALYSES.register_lazy(_name, f"{__name__}.{_name}:ANALYSIS", summary(_name))
+register_callbacks(CALLBACKS)  # an analysis that measures during training is a callback by its name

@@ -3,7 +3,6 @@
 Lightning's own are declared lazily, so ``cnnkit list`` does not import Lightning.
 """
 
-from cnnkit.experiments.analyses import register_callbacks as register_analysis_callbacks
 from cnnkit.registry import CALLBACKS
 
 CALLBACKS.register_lazy("early_stopping", "lightning.pytorch.callbacks:EarlyStopping",
@@ -17,6 +16,3 @@ CALLBACKS.register_lazy("device_stats", "lightning.pytorch.callbacks:DeviceStats
 
 CALLBACKS.register_lazy("precise_bn", "cnnkit.training.callbacks.precise_bn:PreciseBN",
                         "exact BN population statistics over N training batches before validation/test")
-
-# the course analyses: one module each under cnnkit/experiments/analyses/, found by name (see analyses/__init__.py)
-register_analysis_callbacks(CALLBACKS)
