@@ -169,3 +169,22 @@ def test_every_function_local_import_says_it_is_there_for_start_up_time():
         if not _says_startup(path.read_text().splitlines(), node):
             unmarked.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
     assert not unmarked, "function-local imports without a '# startup: <reason>' comment:\n" + "\n".join(unmarked)
+
+
+CONVERSIONS = {"to_plain", "to_container", "to_object"}  # an omegaconf node made plain data
+
+
+def _conversions(tree: ast.AST) -> list[int]:
+    """Lines calling a conversion of a config node into plain data, by name or as an attribute."""
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) in CONVERSIONS]
+
+
+def test_only_the_config_layer_converts_config_nodes():
+    """Values leave the config layer plain (``config/plain.py``; ``one_of`` keys are strings), so no other
+    module needs to know omegaconf's node types."""
+    config = PACKAGE / "config"
+    assert any(_conversions(tree) for path, tree in TREES.items() if config in path.parents)  # the scan sees them
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items()
+             if config not in path.parents for line in _conversions(tree)]
+    assert not found, "convert config nodes in cnnkit/config/ (plain.spec/as_data...), not at:\n" + "\n".join(found)

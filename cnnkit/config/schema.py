@@ -6,9 +6,8 @@ plans and the data layer read it; it imports nothing of theirs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Optional
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -17,57 +16,10 @@ from cnnkit.registry import normalize
 SCHEMA_VERSION = 1
 
 
-class EvalStats(Enum):
-    running = "running"  # BN uses its moving averages (population estimates), as deployed
-    batch = "batch"  # BN uses the statistics of each evaluation batch (buffers untouched)
-
-
-class Loader(Enum):
-    auto = "auto"  # tensor when the data is in memory and every training transform has a batched version
-    tensor = "tensor"  # the data set as tensors on the training device, batched augmentation
-    dataloader = "dataloader"  # torchvision transforms per sample in a torch DataLoader
-
-
-class Cache(Enum):
-    auto = "auto"  # image folders: decoded into memory once when they fit data.cache_budget, else none
-    memory = "memory"  # decoded once per process, held in memory (then the tensor path can serve them)
-    disk = "disk"  # decoded once into a cache file beside the data that later runs and other processes map
-    none = "none"  # decoded by the DataLoader each time an epoch uses an image
-
-
-class TestTimeAugmentation(Enum):
-    none = "none"
-    flip = "flip"  # average the logits of the image and its mirror image
-
-
-class ProgressBar(Enum):
-    auto = "auto"  # rich when installed, else tqdm; one line per epoch when the output is not a terminal
-    tqdm = "tqdm"
-    rich = "rich"
-    none = "none"
-
-
-class WandbMode(Enum):
-    auto = "auto"  # WANDB_MODE if set; else online with credentials, offline without
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
-class Average(Enum):
-    micro = "micro"  # fraction of samples classified correctly
-    macro = "macro"  # mean of the per-class accuracies
-
-
-class LrScaling(Enum):
-    none = "none"
-    linear = "linear"  # lr × global batch / reference batch (Goyal et al. 2017)
-    sqrt = "sqrt"  # lr × sqrt(global batch / reference batch)
-
-
-class MonitorMode(Enum):
-    max = "max"
-    min = "min"
+def one_of(default: str, *others: str) -> Any:
+    """A field whose value is one of a fixed set of names, a plain string the validation checks
+    (``load.check_choices``): the code compares it with no conversion (``cfg.eval_stats == "batch"``)."""
+    return field(default=default, metadata={"choices": (default, *others)})
 
 
 @dataclass
@@ -85,8 +37,15 @@ class DataConfig:
     dataset: Any = "digits"  # a name, or {name: ..., root: ..., image_size: ...}
     batch_size: int = 64  # global batch: split across devices
     eval_batch_size: Optional[int] = None  # default: batch_size
-    loader: Loader = Loader.auto
-    cache: Cache = Cache.auto  # image folders: decode once (see data/decoded.py)
+    # auto: tensor when the data is in memory and every training transform has a batched version; tensor: the
+    # data set as tensors on the training device, batched augmentation; dataloader: torchvision transforms per
+    # sample in a torch DataLoader
+    loader: str = one_of("auto", "tensor", "dataloader")
+    # Image folders, decoded once (see data/decoded.py). auto: into memory when they fit data.cache_budget,
+    # else none; memory: once per process, held in memory (then the tensor path can serve them); disk: once into
+    # a cache file beside the data that later runs and other processes map; none: by the DataLoader each time an
+    # epoch uses an image
+    cache: str = one_of("auto", "memory", "disk", "none")
     cache_budget: float = 4.0  # GiB of decoded images data.cache=auto may hold in memory
     num_workers: Optional[int] = None  # DataLoader workers; default: min(cores - 1, 8) for the DataLoader path
     augment: list[Any] = field(default_factory=list)  # training transforms, by name
@@ -99,7 +58,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     no_decay_norm_bias: bool = False  # exempt norm parameters and biases from weight decay
     scheduler: Any = "constant"  # constant | step | cosine | onecycle
-    lr_scaling: LrScaling = LrScaling.none  # scale lr with the global batch size
+    # Scale lr with the global batch size. linear: lr × global batch / reference batch (Goyal et al. 2017);
+    # sqrt: lr × sqrt(global batch / reference batch)
+    lr_scaling: str = one_of("none", "linear", "sqrt")
     reference_batch_size: int = 256  # the batch size optim.lr is meant for when scaling
 
 
@@ -110,7 +71,8 @@ class LossConfig:
 
 @dataclass
 class MetricsConfig:
-    average: Average = Average.micro
+    # micro: fraction of samples classified correctly; macro: mean of the per-class accuracies
+    average: str = one_of("micro", "macro")
 
 
 @dataclass
@@ -130,7 +92,8 @@ class TrainerConfig:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
-    progress_bar: ProgressBar = ProgressBar.auto
+    # auto: rich when installed, else tqdm; one line per epoch when the output is not a terminal
+    progress_bar: str = one_of("auto", "tqdm", "rich", "none")
     enable_model_summary: bool = False  # Lightning's table of modules (always shown with --verbose)
     detect_anomaly: bool = False  # autograd anomaly detection: finds the op that made a NaN (slow)
     channels_last: bool = False  # NHWC memory layout for conv nets (faster with mixed precision on GPUs)
@@ -147,7 +110,7 @@ class DistributedConfig:
 @dataclass
 class CheckpointConfig:
     monitor: str = "val/acc"
-    mode: MonitorMode = MonitorMode.max
+    mode: str = one_of("max", "min")
     save_top_k: int = 1
     save_last: bool = True  # checkpoints/last.ckpt: the state at the end of every epoch
     every_n_epochs: int = 1
@@ -156,7 +119,8 @@ class CheckpointConfig:
 
 @dataclass
 class WandbConfig:
-    mode: WandbMode = WandbMode.auto
+    # auto: WANDB_MODE if set; else online with credentials, offline without
+    mode: str = one_of("auto", "online", "offline", "disabled")
     project: str = "cnnkit"
     entity: Optional[str] = None
     group: Optional[str] = None  # default: the recipe's name
@@ -192,8 +156,11 @@ class Config:
     runs_dir: str = "runs"
     seed: int = 0
     imports: list[str] = field(default_factory=list)  # your modules / .py files that register entries
-    eval_stats: EvalStats = EvalStats.running
-    tta: TestTimeAugmentation = TestTimeAugmentation.none  # at validation, test and predict
+    # BN at evaluation. running: its moving averages (population estimates), as deployed; batch: the statistics
+    # of each evaluation batch (buffers untouched)
+    eval_stats: str = one_of("running", "batch")
+    # Test-time augmentation at validation, test and predict. flip: average the logits of the image and its mirror
+    tta: str = one_of("none", "flip")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -225,9 +192,19 @@ def same_entry(a: Any, b: Any) -> bool:
 
 
 def to_plain(node: Any) -> Any:
-    """A config node as plain Python data (enums as strings): safe in checkpoints and W&B."""
+    """A config node as plain Python data: safe in checkpoints and W&B."""
     if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    if isinstance(node, Enum):
-        return node.value
+        return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+def schema_fields(section: type = Config, prefix: str = "") -> Iterator[tuple[str, Field]]:
+    """(dotted key, dataclass field) of every key of the schema, sections and the keys inside them."""
+    for f in fields(section):
+        yield prefix + f.name, f
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            yield from schema_fields(f.default_factory, prefix + f.name + ".")
+
+
+# The keys whose value is one of a fixed set of names (``one_of``), and those names.
+CHOICES = {key: f.metadata["choices"] for key, f in schema_fields() if "choices" in f.metadata}

@@ -12,8 +12,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from cnnkit.config.load import load_config, to_plain
-from cnnkit.config.schema import Cache
+from cnnkit.config.load import load_config
+from cnnkit.config.plain import spec
 from cnnkit.console import command_path, note, quiet, shown_path, verbose
 from cnnkit.data.info import DataInfo
 from cnnkit.errors import CheckpointError, DataError
@@ -53,7 +53,7 @@ def _label_rule(cfg: DictConfig, info: DataInfo):
     names: a model trained on other data (digits, MNIST: classes "0".."9") would read a label into any
     folder that happens to be named "3" and print an accuracy that means nothing.
     """
-    name, kwargs = split_spec(to_plain(cfg.data.dataset))
+    name, kwargs = split_spec(spec(cfg, "data.dataset"))
     index = {class_name: i for i, class_name in enumerate(info.class_names)}
     classes = ", ".join(info.class_names[:4]) + (", ..." if len(info.class_names) > 4 else "")
     if DATASETS.get_entry(name).name != "image_folder":
@@ -103,7 +103,7 @@ def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, A
 
 def _one_pass(cfg: DictConfig) -> DictConfig:
     """An evaluation reads each image once: decoding a folder's every split first would only add work."""
-    cfg.data.cache = Cache.none
+    cfg.data.cache = "none"
     return cfg
 
 
