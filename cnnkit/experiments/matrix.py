@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from cnnkit.config.diff import LENGTH, LIMITS, differences, format_value
+from cnnkit.config.diff import differences, format_value
 from cnnkit.config.plain import as_data, spec
 from cnnkit.config.plain import matrix as matrix_of
-from cnnkit.config.schema import Config, spec_key
+from cnnkit.config.schema import HOW, NAME_ORDER, PLACE, Config, keys_with, spec_key
 from cnnkit.errors import ConfigError
 
 
@@ -50,14 +50,13 @@ def name_value(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(value))
 
 
-# Overrides that name a single fit's variant, in this order (within a section, the schema's order).
-# A run's length and limits name it too, so a shorter or limited run never shares a directory with the
-# full one (``--ckpt last`` with a new length still finds the run it extends: api.plan_recipe); the
-# other trainer, checkpoint and logging keys say how to run, not what, so a resume on more devices
-# finds the same run. Where the data lives or whether it may be downloaded names nothing.
-NAMING_KEYS = ("model", "optim", "data.dataset", "data.augment", "data.batch_size", "loss", "seed",
-               "eval_stats", "tta", "imports", *LENGTH, *LIMITS)
-NOT_NAMING = ("data.dataset.download",)
+# Overrides that name a single fit's variant, in this order (within a section, the schema's order): the
+# schema's ``names`` metadata. A run's length and limits name it too, so a shorter or limited run never shares
+# a directory with the full one (``--ckpt last`` with a new length still finds the run it extends:
+# api.plan_recipe); the other trainer, checkpoint and logging keys say how to run, not what, so a resume on
+# more devices finds the same run. Where the data lives or whether it may be downloaded names nothing.
+NAMING_KEYS = NAME_ORDER
+NOT_NAMING = keys_with(PLACE) + keys_with(HOW)
 MAX_NAME = 80
 
 
