@@ -1,4 +1,5 @@
-"""The code's shape: public omegaconf API only, and an import graph without cycles.
+"""The code's shape: public omegaconf API only, config nodes made plain only in cnnkit/config/, and an
+import graph without cycles.
 
 Read from the sources with ``ast`` (nothing is imported), so a private attribute or a cycle added
 anywhere in cnnkit/ fails here, whichever path of the program would reach it.

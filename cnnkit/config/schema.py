@@ -1,7 +1,10 @@
 """The config schema: omegaconf structured dataclasses, the keys that name registry entries, plain data.
 
-The bottom of the config layer: loading and validating (``config.py``), variant names (``matrix.py``),
-plans and the data layer read it; it imports nothing of theirs.
+Each key is declared once, with what cnnkit needs to know about it as field metadata: the names a
+``one_of`` key takes (plain strings, checked by ``load.check_choices``) and its roles (``roles``), from
+which run reuse (``diff.py``) and variant names (``experiments/matrix.py``) take their key sets.
+The bottom of the config layer: loading and validating (``load.py``), variant names, plans and the
+data layer read it; it imports nothing of theirs.
 """
 
 from __future__ import annotations
