@@ -24,10 +24,10 @@ from cnnkit.config.load import (
     parse_override,
     plain_stored,
     spec_roles,
-    to_plain,
     to_yaml,
     validate,
 )
+from cnnkit.config.plain import as_data, spec
 from cnnkit.console import active_matrix, matrix_display, quiet, run_header, verbose
 from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.experiments.matrix import combinations, format_value
@@ -129,7 +129,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     lifecycle = RunLifecycle(run, checkpoint_io, init_from=str(init_from) if init_from else None)
     csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
                               if resume_checkpoint else None)
-    best = BestCheckpoint(str(run.checkpoints), monitor=cfg.checkpoint.monitor, mode=to_plain(cfg.checkpoint.mode),
+    best = BestCheckpoint(str(run.checkpoints), monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                           save_top_k=cfg.checkpoint.save_top_k, every_n_epochs=cfg.checkpoint.every_n_epochs)
     callbacks: list[Any] = [lifecycle, best, RngState()]
     if cfg.checkpoint.save_last:
@@ -210,7 +210,7 @@ def _requeued_checkpoint(run: RunDir) -> Optional[str]:
 def _check_resumable(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
     """Resuming continues the checkpoint's own run (its optimizer, schedule and step): its config must be
     this one, but for how to run it and its length; other weights to start from are ``--init-from``."""
-    diffs = differences(plain_stored(checkpoint["hyper_parameters"]["config"]), to_plain(cfg),
+    diffs = differences(plain_stored(checkpoint["hyper_parameters"]["config"]), as_data(cfg),
                         RESULT_NEUTRAL + RESUME_FREE + LENGTH)
     if diffs:
         raise CheckpointError(f"checkpoint '{path}' was trained with another config ({describe_differences(diffs)}); "
@@ -224,7 +224,7 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     if first_process():
         _follow_report_section(run, cfg)
     if resumed:
-        scheduler = length_bound(to_plain(cfg.optim.scheduler))
+        scheduler = length_bound(spec(cfg, "optim.scheduler"))
         longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run without "
                   f"--ckpt last, in a directory of its own" if scheduler else "raise trainer.max_epochs to train on")
         say(f"run '{run.path}' already finished; nothing to resume ({longer})")
@@ -244,8 +244,8 @@ def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
     report's answer is about: its question, metric, compared key, the course's expectation), and the
     report reads it from the runs."""
     stored = run.read_config()
-    if stored is not None and stored.get("report") != to_plain(cfg.report):
-        stored["report"] = to_plain(cfg.report)
+    if stored is not None and stored.get("report") != as_data(cfg.report):
+        stored["report"] = as_data(cfg.report)
         atomic_write_text(run.config_file, OmegaConf.to_yaml(OmegaConf.create(stored)))
 
 
@@ -273,7 +273,7 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     results: list[FitResult] = []
     if len(plans) == 1:
         return [fit(plans[0][0], ckpt=plans[0][1], init_from=init_from, overwrite=overwrite)]
-    with matrix_display(base.name, plans, show_bar=to_plain(base.trainer.progress_bar) != "none",
+    with matrix_display(base.name, plans, show_bar=base.trainer.progress_bar != "none",
                         runs_dir=Path(base.runs_dir) / base.name, keys=list(base.matrix)) as display:
         for index, (cfg, resume) in enumerate(plans, 1):
             display.variant_started(index, cfg)
@@ -338,7 +338,7 @@ def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> 
         import_user_code(list(cfg.imports))  # a user's own entries are looked up like the built-in ones
         for item, (key, names) in arguments.items():
             try:
-                entry, _ = split_spec(to_plain(OmegaConf.select(cfg, key)))
+                entry, _ = split_spec(spec(cfg, key))
                 accepted = accepted_kwargs(REGISTRIES[SPEC_KEYS[key]].get(entry))
             except RegistryError:  # an unknown name: validation says so
                 continue

@@ -225,7 +225,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_describe(args: argparse.Namespace) -> int:
     # startup: not on the --help path
     from cnnkit import api
-    from cnnkit.config.load import to_plain
+    from cnnkit.config.plain import spec
     from cnnkit.experiments.matrix import format_value
     from cnnkit.nn.anatomy import format_text
 
@@ -239,8 +239,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         show(json.dumps(report, indent=2))
     else:
         model = cfg.model
-        title = (f"{format_value(to_plain(model.backbone))} · norm {format_value(to_plain(model.norm))} · "
-                 f"act {format_value(to_plain(model.act))} · pool {format_value(to_plain(model.pool))} · "
+        title = (f"{format_value(spec(model, 'backbone'))} · norm {format_value(spec(model, 'norm'))} · "
+                 f"act {format_value(spec(model, 'act'))} · pool {format_value(spec(model, 'pool'))} · "
                  f"input {'x'.join(map(str, report['input_shape']))} · {report['num_classes']} classes")
         show(format_text(report, title), end="")
     return 0

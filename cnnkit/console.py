@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cnnkit.config.diff import format_value
-from cnnkit.config.load import to_plain
+from cnnkit.config.plain import spec
 from cnnkit.messages import first_process, note, show
 
 _verbose: Optional[bool] = None  # set by the command line; else CNNKIT_VERBOSE decides
@@ -171,8 +171,8 @@ def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any
     if trainer.world_size > 1:
         device = f"{trainer.world_size}× {device}"
     model = cfg.model
-    parts = [format_value(to_plain(model.backbone)), f"norm {format_value(to_plain(model.norm))}",
-             f"act {format_value(to_plain(model.act))}", f"pool {format_value(to_plain(model.pool))}"]
+    parts = [format_value(spec(model, "backbone")), f"norm {format_value(spec(model, 'norm'))}",
+             f"act {format_value(spec(model, 'act'))}", f"pool {format_value(spec(model, 'pool'))}"]
     return (f"{cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
             f"{' '.join(parts)}, {_count(parameters)} parameters · {run_path}")
 

@@ -2,6 +2,17 @@ import pytest
 from omegaconf import OmegaConf
 
 from cnnkit.config.load import SCHEMA_VERSION, load_config, to_plain
+from cnnkit.config.schema import (
+    ARGUMENT_ROLES,
+    CHOICES,
+    HOW,
+    LENGTH,
+    LIMIT,
+    NAME_ORDER,
+    PLACE,
+    keys_with,
+    schema_fields,
+)
 from cnnkit.errors import ConfigError
 
 from .conftest import QUICKSTART
@@ -105,3 +116,33 @@ def test_a_model_key_the_backbone_does_not_take_is_one_warning_line(capsys):
     load_config([], ["model.backbone=logistic", "model.norm=input", "data.dataset=two_scales"])  # inputs only
     load_config([], ["model.backbone=simple_cnn", "model.pool=min"])  # it takes a pool
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_a_one_of_key_is_a_plain_string_that_takes_only_its_names(tmp_path, key):
+    """Each name is taken as is (no conversion reaches the code); any other value, from a file, an override or
+    an interpolation, is one line naming the source, the key and the names allowed."""
+    for name in CHOICES[key]:
+        value = OmegaConf.select(load_config([], [f"{key}={name}"], validate_config=False), key)
+        assert type(value) is str and value == name
+    with pytest.raises(ConfigError, match=rf"^override '{key}=Nope': config key '{key}': Invalid value 'Nope', "
+                                          rf"expected one of \[{', '.join(CHOICES[key])}\]$"):
+        load_config([], [f"{key}=Nope"], validate_config=False)
+    path = write(tmp_path / "c.yaml", OmegaConf.to_yaml(OmegaConf.from_dotlist([f"{key}=nope"])))
+    with pytest.raises(ConfigError, match=rf"^config file '{path}': config key '{key}': Invalid value 'nope'"):
+        load_config([path], validate_config=False)
+    with pytest.raises(ConfigError, match=rf"^config key '{key}': Invalid value 'default'"):
+        load_config([], [f"{key}=${{name}}"], validate_config=False)
+
+
+def test_key_roles_are_schema_metadata_of_existing_keys():
+    """Run reuse and variant names read their keys from the schema's roles: each role is a known one, each
+    key exists in the config, and no two naming keys share a place in a name."""
+    cfg = load_config([], validate_config=False)
+    declared = [f.metadata for _, f in schema_fields() if f.metadata.get("role") or "names" in f.metadata]
+    assert {m["role"] for m in declared if "role" in m} == {PLACE, HOW, LENGTH, LIMIT}
+    places = [m["names"] for m in declared if "names" in m]
+    assert len(places) == len(set(places)) == len(NAME_ORDER)
+    for key in {*NAME_ORDER, *(k for role in (PLACE, HOW, LENGTH, LIMIT) for k in keys_with(role))} - {*ARGUMENT_ROLES}:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+    assert not set(keys_with(PLACE)) & set(NAME_ORDER) and not set(keys_with(HOW)) & set(NAME_ORDER)

@@ -1,4 +1,5 @@
-"""The code's shape: public omegaconf API only, and an import graph without cycles.
+"""The code's shape: public omegaconf API only, config nodes made plain only in cnnkit/config/, and an
+import graph without cycles.
 
 Read from the sources with ``ast`` (nothing is imported), so a private attribute or a cycle added
 anywhere in cnnkit/ fails here, whichever path of the program would reach it.
@@ -304,3 +305,22 @@ def test_only_the_runs_layer_names_a_runs_files():
     from cnnkit.runs import run_dir
 
     assert (run_dir.CONFIG_FILE, run_dir.STATUS_FILE, run_dir.METRICS_FILE) == RUN_FILES
+
+
+CONVERSIONS = {"to_plain", "to_container", "to_object"}  # an omegaconf node made plain data
+
+
+def _conversions(tree: ast.AST) -> list[int]:
+    """Lines calling a conversion of a config node into plain data, by name or as an attribute."""
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) in CONVERSIONS]
+
+
+def test_only_the_config_layer_converts_config_nodes():
+    """Values leave the config layer plain (``config/plain.py``; ``one_of`` keys are strings), so no other
+    module needs to know omegaconf's node types."""
+    config = PACKAGE / "config"
+    assert any(_conversions(tree) for path, tree in TREES.items() if config in path.parents)  # the scan sees them
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items()
+             if config not in path.parents for line in _conversions(tree)]
+    assert not found, "convert config nodes in cnnkit/config/ (plain.spec/as_data...), not at:\n" + "\n".join(found)

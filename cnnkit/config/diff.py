@@ -9,26 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from cnnkit.config.schema import SPEC_KEYS, same_entry
+from cnnkit.config import schema
+from cnnkit.config.schema import SPEC_KEYS, keys_with, same_entry
 
-# Keys that never change what a run computes: ignored when deciding whether a finished run is reusable.
-RESULT_NEUTRAL = (
-    "schema_version", "name", "variant", "runs_dir",  # they place the run; equal for the same directory
-    "matrix",  # adding a seed to a recipe's matrix keeps the variants already run
-    "report", "logger",
-    "trainer.progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-    "checkpoint.every_n_steps", "checkpoint.save_last",  # extra saves of the same states
-    "data.dataset.download",  # whether missing data may be fetched
-)
-# Keys that say how to run, not what: a run may resume with other values.
-RESUME_FREE = (
-    "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "data.num_workers",
-    "data.cache", "data.cache_budget",  # a resumed run follows the data path its checkpoint records
-)
-# The run's length: a finished run trains on when these grow (see ``length_bound_schedule``).
-LENGTH = ("trainer.max_epochs", "trainer.max_steps")
-# How much of each split a run sees: a limited run is a smoke test, never the recipe's result.
-LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches")
+# The key sets of run reuse, from the roles the schema declares (schema.roles).
+RESULT_NEUTRAL = keys_with(schema.PLACE)  # ignored when deciding whether a finished run is reusable
+RESUME_FREE = keys_with(schema.HOW)  # a run may resume with other values
+LENGTH = keys_with(schema.LENGTH)  # a finished run trains on when these grow (see ``length_bound_schedule``)
+LIMITS = keys_with(schema.LIMIT)  # a limited run is a smoke test, never the recipe's result
 
 
 def format_value(value: Any) -> str:

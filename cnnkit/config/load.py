@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from cnnkit.config.batch import per_device_batch
-from cnnkit.config.schema import SCHEMA_VERSION, SPEC_KEYS, Config, ModelConfig, same_entry, to_plain
+from cnnkit.config.schema import CHOICES, SCHEMA_VERSION, SPEC_KEYS, Config, ModelConfig, same_entry, to_plain
 from cnnkit.errors import ConfigError, first_line, key_context
 from cnnkit.experiments.matrix import variant_from_overrides
 from cnnkit.messages import warn
@@ -187,6 +187,20 @@ def _merge(base: DictConfig, layer: DictConfig, source: str, replace: Sequence[s
         full_key = getattr(err, "full_key", None)
         where = f"config key '{full_key}': " if full_key else ""
         raise ConfigError(f"{source}: {where}{_first_line(err)}") from err
+    check_choices(base, f"{source}: ")
+
+
+def check_choices(cfg: DictConfig, source: str = "") -> None:
+    """Every ``one_of`` key holds one of its names (an interpolation is checked once resolved)."""
+    for key, choices in CHOICES.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if OmegaConf.is_interpolation(node, leaf):
+            continue
+        value = node[leaf]
+        if value not in choices:
+            raise ConfigError(f"{source}config key '{key}': Invalid value '{value}', expected one of "
+                              f"[{', '.join(choices)}]")
 
 
 def migrate(stored: dict[str, Any]) -> dict[str, Any]:
@@ -230,6 +244,7 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
     for item, layer in parse_overrides(overrides):
         _merge(cfg, layer, f"override '{item}'", _named_specs(layer))
     cfg = _resolved(cfg)
+    check_choices(cfg)
     explicit = cfg.variant != "default" or any(o.partition("=")[0].strip() == "variant" for o in overrides)
     if base is None and not cfg.matrix and not explicit:  # a matrix names its variants itself
         cfg.variant = variant_from_overrides(overrides, cfg, _resolved(recipe))
@@ -330,9 +345,9 @@ def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> N
     from cnnkit.data.tensor_loader import uses_tensor_path
 
     traits = getattr(dataset.target, "in_memory", None)  # a DatasetSource's; an entry that is not one: unknown
-    in_memory = traits(to_plain(data.cache)) if callable(traits) else None
+    in_memory = traits(data.cache) if callable(traits) else None
     _require(data.cache_budget > 0, f"data.cache_budget must be > 0 (GiB), got {data.cache_budget}")
-    uses_tensor_path(to_plain(data.loader), in_memory, [plan.target for plan in augment])
+    uses_tensor_path(data.loader, in_memory, [plan.target for plan in augment])
 
 
 def known_world_size(trainer: DictConfig) -> Optional[int]:
@@ -355,7 +370,7 @@ def _check_devices(cfg: DictConfig) -> None:
     world = known_world_size(cfg.trainer)
     if world is not None:
         per_device_batch(cfg.data.batch_size, world, cfg.trainer.accumulate_grad_batches)
-    if to_plain(cfg.trainer.progress_bar) == "rich":
+    if cfg.trainer.progress_bar == "rich":
         _require(importlib.util.find_spec("rich") is not None,
                  "trainer.progress_bar=rich needs the 'rich' package: pip install rich "
                  "(or use trainer.progress_bar=tqdm)")

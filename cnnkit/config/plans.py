@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cnnkit.config.schema import to_plain
+from cnnkit.config.plain import spec
 from cnnkit.errors import key_context
 from cnnkit.nn.layers.blocks import Bias, parse_bias
 from cnnkit.nn.layers.norms import NormScheme
@@ -48,15 +48,15 @@ class ModelPlan:
 
 def model_plan(model_cfg: Any) -> ModelPlan:
     with key_context("model.norm"):
-        norm = NORMS.build(to_plain(model_cfg.norm))
+        norm = NORMS.build(spec(model_cfg, "norm"))
     with key_context("model.act"):
-        act = ACTIVATIONS.plan(to_plain(model_cfg.act))
+        act = ACTIVATIONS.plan(spec(model_cfg, "act"))
     with key_context("model.pool"):
-        pool = POOLINGS.plan(to_plain(model_cfg.pool), given=POOLINGS.inputs)
+        pool = POOLINGS.plan(spec(model_cfg, "pool"), given=POOLINGS.inputs)
     with key_context("model.init"):
-        init = INITS.plan(to_plain(model_cfg.init))
+        init = INITS.plan(spec(model_cfg, "init"))
     with key_context("model.backbone"):
-        backbone = BACKBONES.plan(to_plain(model_cfg.backbone), offered=BACKBONES.inputs)
+        backbone = BACKBONES.plan(spec(model_cfg, "backbone"), offered=BACKBONES.inputs)
     with key_context("model.bias"):
         bias = parse_bias(model_cfg.bias)
     return ModelPlan(norm, act, pool, init, backbone, bias)
@@ -64,30 +64,30 @@ def model_plan(model_cfg: Any) -> ModelPlan:
 
 def optimizer_plan(optim_cfg: Any) -> Plan:
     with key_context("optim.optimizer"):
-        return OPTIMIZERS.plan(to_plain(optim_cfg.optimizer), given=OPTIMIZERS.inputs, offered=OPTIMIZER_OFFERED)
+        return OPTIMIZERS.plan(spec(optim_cfg, "optimizer"), given=OPTIMIZERS.inputs, offered=OPTIMIZER_OFFERED)
 
 
 def scheduler_plan(optim_cfg: Any) -> Plan:
     with key_context("optim.scheduler"):
-        return SCHEDULERS.plan(to_plain(optim_cfg.scheduler), offered=SCHEDULERS.inputs)
+        return SCHEDULERS.plan(spec(optim_cfg, "scheduler"), offered=SCHEDULERS.inputs)
 
 
 def dataset_plan(data_cfg: Any) -> Plan:
     with key_context("data.dataset"):
-        return DATASETS.plan(to_plain(data_cfg.dataset))
+        return DATASETS.plan(spec(data_cfg, "dataset"))
 
 
 def augment_plans(data_cfg: Any) -> list[Plan]:
     plans = []
-    for i, spec in enumerate(data_cfg.augment):
+    for i, entry in enumerate(spec(data_cfg, "augment")):
         with key_context(f"data.augment[{i}]"):
-            plans.append(TRANSFORMS.plan(to_plain(spec), offered=TRANSFORMS.inputs))
+            plans.append(TRANSFORMS.plan(entry, offered=TRANSFORMS.inputs))
     return plans
 
 
 def callback_plans(cfg: Any) -> list[Plan]:
     plans = []
-    for i, spec in enumerate(cfg.callbacks):
+    for i, entry in enumerate(spec(cfg, "callbacks")):
         with key_context(f"callbacks[{i}]"):
-            plans.append(CALLBACKS.plan(to_plain(spec)))
+            plans.append(CALLBACKS.plan(entry))
     return plans

@@ -16,8 +16,8 @@ from torchvision.transforms import v2
 from cnnkit import messages
 from cnnkit.config.batch import per_device_batch
 from cnnkit.config.diff import format_value
+from cnnkit.config.plain import spec
 from cnnkit.config.plans import augment_plans, dataset_plan
-from cnnkit.config.schema import to_plain
 from cnnkit.data.datasets import dataset_info
 from cnnkit.data.decoded import cache_folder, choose, decoded_bytes, decoded_split, size_text
 from cnnkit.data.info import DataInfo
@@ -78,13 +78,13 @@ class ClassificationDataModule(L.LightningDataModule):
         parts = [s for s in (splits.train, splits.val, splits.test) if s is not None]
         total = sum(decoded_bytes(part) for part in parts)
         count = sum(len(part) for part in parts)
-        how = choose(to_plain(self.cfg.cache), self.cfg.cache_budget, total)
+        how = choose(self.cfg.cache, self.cfg.cache_budget, total)
         if how == "none" and self.recorded_path == "tensor":
             how = "memory"
             self.note(f"resuming on the tensor path this run started on: the images ({size_text(total)}) are "
                       f"decoded into memory (data.cache would not decode them on this machine)")
         if how == "none":
-            if to_plain(self.cfg.cache) == "auto":
+            if self.cfg.cache == "auto":
                 self.note(f"data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
                           f"{self.cfg.cache_budget:g} GiB: the DataLoader decodes them every epoch (data.cache=disk "
                           f"decodes them once into a file instead)")
@@ -114,13 +114,13 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _say_path(self) -> None:
         """One line when ``data.loader: auto`` takes the DataLoader for a reason the user may not expect."""
-        mode = to_plain(self.cfg.loader)
+        mode = self.cfg.loader
         in_memory = isinstance(self.splits.train, TensorImages)
         if self.recorded_path == "dataloader" and uses_tensor_path(mode, in_memory, self.transforms):
             self.note("resuming on the DataLoader path this run started on (this machine would take the "
                       "tensor path, whose batches differ)")
         elif mode == "auto" and in_memory and not self.tensor_path:
-            names = [split_spec(to_plain(spec))[0] for spec in self.cfg.augment]
+            names = [split_spec(s)[0] for s in spec(self.cfg, "augment")]
             slow = [name for name, t in zip(names, self.transforms) if not batched(t)]
             self.note(f"data: the DataLoader path, since {', '.join(slow)} has no batched version "
                       f"(batched: {batched_names()}; color_jitter only without hue)")
@@ -135,7 +135,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """Whether batches come from device-resident tensors (see data/tensor_loader.py)."""
         if self.recorded_path == "dataloader":
             return False
-        return uses_tensor_path(to_plain(self.cfg.loader), isinstance(self.splits.train, TensorImages),
+        return uses_tensor_path(self.cfg.loader, isinstance(self.splits.train, TensorImages),
                                 self.transforms)
 
     def prepare_data(self) -> None:
@@ -152,7 +152,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """``digits 1437/180/180 of 1x8x8, 10 classes``: the data in a phrase, for the run's header line."""
         splits = self.load()
         sizes = "/".join(str(len(s)) for s in (splits.train, splits.val, splits.test) if s is not None)
-        name = format_value(to_plain(self.cfg.dataset)).split("(")[0]
+        name = format_value(spec(self.cfg, "dataset")).split("(")[0]
         info = self.info
         return f"{name} {sizes} of {'x'.join(map(str, info.input_shape))}, {info.num_classes} classes"
 

@@ -18,10 +18,12 @@ import json
 from dataclasses import fields
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from cnnkit.config.diff import LENGTH, LIMITS, differences, format_value
-from cnnkit.config.schema import Config, spec_key, to_plain
+from cnnkit.config.diff import differences, format_value
+from cnnkit.config.plain import as_data, spec
+from cnnkit.config.plain import matrix as matrix_of
+from cnnkit.config.schema import HOW, NAME_ORDER, PLACE, Config, keys_with, spec_key
 from cnnkit.errors import ConfigError
 
 
@@ -48,14 +50,13 @@ def name_value(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in str(value))
 
 
-# Overrides that name a single fit's variant, in this order (within a section, the schema's order).
-# A run's length and limits name it too, so a shorter or limited run never shares a directory with the
-# full one (``--ckpt last`` with a new length still finds the run it extends: api.plan_recipe); the
-# other trainer, checkpoint and logging keys say how to run, not what, so a resume on more devices
-# finds the same run. Where the data lives or whether it may be downloaded names nothing.
-NAMING_KEYS = ("model", "optim", "data.dataset", "data.augment", "data.batch_size", "loss", "seed",
-               "eval_stats", "tta", "imports", *LENGTH, *LIMITS)
-NOT_NAMING = ("data.dataset.download",)
+# Overrides that name a single fit's variant, in this order (within a section, the schema's order): the
+# schema's ``names`` metadata. A run's length and limits name it too, so a shorter or limited run never shares
+# a directory with the full one (``--ckpt last`` with a new length still finds the run it extends:
+# api.plan_recipe); the other trainer, checkpoint and logging keys say how to run, not what, so a resume on
+# more devices finds the same run. Where the data lives or whether it may be downloaded names nothing.
+NAMING_KEYS = NAME_ORDER
+NOT_NAMING = keys_with(PLACE) + keys_with(HOW)
 MAX_NAME = 80
 
 
@@ -91,7 +92,7 @@ def variant_from_overrides(overrides: Sequence[str], cfg: Any, recipe: Any = Non
     if recipe is None:
         changed = touched
     else:
-        changed = [key for key, _, _ in differences(to_plain(recipe), to_plain(cfg))
+        changed = [key for key, _, _ in differences(as_data(recipe), as_data(cfg))
                    if any(key == t or key.startswith(t + ".") or t.startswith(key + ".") for t in touched)]
     keys = list(dict.fromkeys(spec_key(k) or k for k in changed if _naming_rank(k) is not None))
     if not keys:
@@ -103,7 +104,7 @@ def variant_from_overrides(overrides: Sequence[str], cfg: Any, recipe: Any = Non
 
 def _naming_value(key: str, cfg: Any) -> Any:
     """The value a key shows in a name: a spec without the arguments that name nothing."""
-    value = to_plain(OmegaConf.select(cfg, key))
+    value = spec(cfg, key)
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if _naming_rank(f"{key}.{k}") is not None}
         return value["name"] if list(value) == ["name"] else value
@@ -134,7 +135,7 @@ def _override(key: str, value: Any) -> str:
 
 def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, list[str], dict[str, Any]]]:
     """(variant name, dotlist overrides, values by key) for each combination, in order, narrowed by ``only``."""
-    matrix = to_plain(cfg.matrix)
+    matrix = matrix_of(cfg)
     if not matrix:
         return [(cfg.variant, [], {})]
     keys = list(matrix)

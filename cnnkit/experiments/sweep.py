@@ -11,13 +11,14 @@ from typing import Any
 
 import yaml
 
-from cnnkit.config.load import load_config, to_plain
+from cnnkit.config.load import load_config
+from cnnkit.config.plain import matrix as matrix_of
 from cnnkit.errors import ConfigError
 
 
 def sweep_config(recipe: str) -> dict[str, Any]:
     cfg = load_config([recipe])
-    matrix = to_plain(cfg.matrix)
+    matrix = matrix_of(cfg)
     if not matrix:
         raise ConfigError(f"sweep: '{recipe}' has no matrix: section to sweep over")
     metric = cfg.report.metric.replace("test/", "val/")

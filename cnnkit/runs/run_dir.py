@@ -22,7 +22,8 @@ from typing import Any, Optional
 import yaml
 
 from cnnkit.config.diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, differences
-from cnnkit.config.load import plain_stored, to_plain
+from cnnkit.config.load import plain_stored
+from cnnkit.config.plain import as_data, spec
 from cnnkit.errors import CnnkitError
 from cnnkit.registry import SCHEDULERS, split_spec
 
@@ -143,7 +144,7 @@ class RunDir:
         unfinished = state not in ("finished", "diverged")
         if unfinished and not resume and not self.last_checkpoint.is_file():
             return NEW  # it stopped before its first checkpoint: nothing to resume, nothing to keep
-        stored, wanted = self.stored_config(), to_plain(cfg)
+        stored, wanted = self.stored_config(), as_data(cfg)
         diffs = differences(stored, wanted, RESULT_NEUTRAL) if stored is not None else []
         if not unfinished and not resume:
             started_from = status.get("init_from")
@@ -226,7 +227,7 @@ def _limit(value: Any) -> float:
 
 def _check_schedule_follows(run: RunDir, cfg: Any, length: list) -> None:
     """Another length continues a schedule only when the schedule does not depend on it."""
-    name = length_bound(to_plain(cfg.optim.scheduler))
+    name = length_bound(spec(cfg, "optim.scheduler"))
     if name:
         raise CnnkitError(
             f"run '{run.path}': optim.scheduler={name} is laid out over the run's length ({describe(length)}), "

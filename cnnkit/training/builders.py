@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig
 
-from cnnkit.config.load import to_plain
+from cnnkit.config.plain import as_data
 from cnnkit.console import interactive
 from cnnkit.data.info import DataInfo
 from cnnkit.errors import CheckpointError, ConfigError
@@ -30,7 +30,7 @@ def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None):
     from cnnkit.training.module import ClassifierModule
 
     with _resize_hint(cfg):
-        module = ClassifierModule(to_plain(cfg), data_info.as_dict())  # plain data: saved as hyper-parameters
+        module = ClassifierModule(as_data(cfg), data_info.as_dict())  # plain data: saved as hyper-parameters
     if datamodule is not None and isinstance(module.model.input_norm, InputStandardize):
         module.model.input_norm.set_statistics(*datamodule.input_statistics())
     return module

@@ -12,8 +12,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from cnnkit.config.load import load_config, to_plain
-from cnnkit.config.schema import Cache
+from cnnkit.config.load import load_config
+from cnnkit.config.plain import spec
 from cnnkit.console import command_path, quiet, shown_path, verbose
 from cnnkit.data.info import DataInfo
 from cnnkit.errors import CheckpointError, DataError
@@ -53,7 +53,7 @@ def _label_rule(cfg: DictConfig, info: DataInfo, source: Any):
     rule = source.label_rule(info.class_names)
     if rule is not None:
         return rule
-    name = split_spec(to_plain(cfg.data.dataset))[0]
+    name = split_spec(spec(cfg, "data.dataset"))[0]
     return (lambda path: -1), (f"no true labels: a file's label is read only for a model trained on files that "
                                f"carry it (an image folder: a folder named after its class); this one was trained "
                                f"on {name}")
@@ -95,7 +95,7 @@ def _module_from_checkpoint(cfg: DictConfig, path: Path, checkpoint: dict[str, A
 
 def _one_pass(cfg: DictConfig) -> DictConfig:
     """An evaluation reads each image once: decoding a folder's every split first would only add work."""
-    cfg.data.cache = Cache.none
+    cfg.data.cache = "none"
     return cfg
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from cnnkit.config.load import to_plain
+from cnnkit.config.plain import as_data
 from cnnkit.console import command_path, verbose
 from cnnkit.errors import first_line
 from cnnkit.messages import first_process, say
@@ -90,7 +90,7 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
     (no network, bad key, service down) costs a warning, not the training run.
     """
     wb = cfg.logger.wandb
-    mode = wandb_mode(to_plain(wb.mode))
+    mode = wandb_mode(wb.mode)
     if mode == "disabled":
         return None
     try:  # importable, not only installed: a broken install is reported here too (wandb loads in seconds: only now)
@@ -102,7 +102,7 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
     logger = ResilientWandbLogger(
         project=wb.project, entity=wb.entity, group=wb.group or cfg.name, name=f"{cfg.name}/{cfg.variant}",
         tags=list(wb.tags), save_dir=str(run_dir), mode=mode, log_model=wb.log_model, id=run_id,
-        config=to_plain(cfg), job_type="fit", settings=wandb_settings(wb.init_timeout),
+        config=as_data(cfg), job_type="fit", settings=wandb_settings(wb.init_timeout),
     )
     if first_process():
         try:

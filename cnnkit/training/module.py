@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from cnnkit.config.load import SCHEMA_VERSION, to_plain
+from cnnkit.config.load import SCHEMA_VERSION
 from cnnkit.config.plans import optimizer_plan, scheduler_plan
 from cnnkit.console import verbose
 from cnnkit.data.info import DataInfo
@@ -86,7 +86,7 @@ class ClassifierModule(L.LightningModule):
         self.data_info = DataInfo.from_dict(data_info)
         self.class_names = list(self.data_info.class_names)
         self.model = build_classifier(self.cfg.model, self.data_info.input_shape, self.data_info.num_classes)
-        average = to_plain(self.cfg.metrics.average)
+        average = self.cfg.metrics.average
         classes = self.data_info.num_classes
         for split in SPLITS:  # checks skipped: inputs come from our own code; NaN losses stop training first
             accuracy = TrainAccuracy if split == "train" else MulticlassAccuracy
@@ -134,9 +134,9 @@ class ClassifierModule(L.LightningModule):
         idle = []
         if not has_bn:
             idle += [f"{option} (the model has no BatchNorm layer)" for option, on in (
-                ("eval_stats: batch", to_plain(self.cfg.eval_stats) == "batch"),
+                ("eval_stats: batch", self.cfg.eval_stats == "batch"),
                 ("distributed.sync_bn", self.cfg.distributed.sync_bn)) if on]
-        if to_plain(self.cfg.tta) == "flip" and not self.data_info.is_image:
+        if self.cfg.tta == "flip" and not self.data_info.is_image:
             idle.append("tta: flip (the inputs are not images)")
         for option in idle:
             flag(f"{option} has no effect here")
@@ -152,7 +152,7 @@ class ClassifierModule(L.LightningModule):
         self._share_bn_statistics()
 
     def _eval_context(self):
-        return batch_statistics(self.model) if to_plain(self.cfg.eval_stats) == "batch" else nullcontext()
+        return batch_statistics(self.model) if self.cfg.eval_stats == "batch" else nullcontext()
 
     # -- steps --------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
@@ -237,7 +237,7 @@ class ClassifierModule(L.LightningModule):
         """Evaluation-time forward: the configured BN statistics and test-time augmentation."""
         with self._eval_context():
             logits = self(x)
-            if to_plain(self.cfg.tta) == "flip" and x.dim() == 4:
+            if self.cfg.tta == "flip" and x.dim() == 4:
                 logits = (logits + self(x.flip(-1))) / 2
         return logits
 
@@ -290,9 +290,9 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         optim = self.cfg.optim
-        lr = scaled_lr(optim.lr, to_plain(optim.lr_scaling), self.cfg.data.batch_size, optim.reference_batch_size)
+        lr = scaled_lr(optim.lr, optim.lr_scaling, self.cfg.data.batch_size, optim.reference_batch_size)
         if lr != optim.lr and verbose():  # a detail, shown with Lightning's own info lines
-            say(f"lr {optim.lr:g} scaled ({to_plain(optim.lr_scaling)}) for global batch "
+            say(f"lr {optim.lr:g} scaled ({optim.lr_scaling}) for global batch "
                 f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
         groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
         plan = optimizer_plan(optim)

@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from cnnkit.config.load import known_world_size, to_plain
+from cnnkit.config.load import known_world_size
+from cnnkit.config.plain import devices
 from cnnkit.console import verbose
 from cnnkit.errors import ConfigError, first_line, key_context
 from cnnkit.runs.run_dir import RunDir
@@ -29,7 +30,7 @@ def check_accelerator(cfg: DictConfig) -> None:
     if accelerator is not None and not accelerator.is_available():
         raise ConfigError(f"trainer.accelerator={t.accelerator}: this machine has no {name.upper()} device that "
                           f"torch can use; use trainer.accelerator=auto (or cpu)")
-    if known_world_size(t) is None and str(to_plain(t.devices)) in ("auto", "-1"):
+    if known_world_size(t) is None and str(devices(t)) in ("auto", "-1"):
         if name == "auto":
             accelerator = next((a for a in (CUDAAccelerator, MPSAccelerator) if a.is_available()), CPUAccelerator)
         if accelerator is not None:  # a user's registered accelerator counts its own devices
@@ -51,7 +52,7 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
 
     t = cfg.trainer
     check_accelerator(cfg)
-    shown = progress_callbacks(to_plain(t.progress_bar))
+    shown = progress_callbacks(t.progress_bar)
     callbacks.extend(shown)
     for i, plan in enumerate(callback_plans(cfg)):
         with key_context(f"callbacks[{i}]"):
@@ -60,7 +61,7 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
             except (ValueError, TypeError) as err:  # a value the callback's own checks refuse
                 raise ConfigError(first_line(err)) from err
     kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator, devices=to_plain(t.devices), strategy=t.strategy, num_nodes=t.num_nodes,
+        accelerator=t.accelerator, devices=devices(t), strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
         gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
