@@ -60,6 +60,14 @@ class FitResult:
     wandb_sync: Optional[str] = None  # the command that uploads an offline W&B run
     limits: list[str] = field(default_factory=list)  # trainer.limit_* settings (e.g. the smoke overlay's)
 
+    @classmethod
+    def of(cls, run: RunDir, cfg: DictConfig, status: str, metrics: dict[str, float], best: Optional[Path],
+           best_epoch: Optional[int], epochs: Optional[int], **details: Any) -> "FitResult":
+        """Every fit's result (trained now or kept): its numbers and what its run directory holds now."""
+        return cls(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
+                   best_by=cfg.checkpoint.monitor, best_epoch=best_epoch, epochs=epochs,
+                   last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None, **details)
+
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
     """Layer-by-layer shapes, parameters, receptive fields and MACs of the config's model."""
@@ -223,22 +231,16 @@ def _ended(run: RunDir, cfg: DictConfig, trainer: Any, lifecycle: Any, best: Any
     best_path = Path(best.best_model_path) if best.best_model_path else None
     best_path = best_path if best_path and best_path.is_file() else None  # a diverged run skipped its later saves
     best_epoch, epochs = (best.best_epoch if best_path else None), int(trainer.current_epoch)
+    diverged = None
     if lifecycle.divergence is not None:
         lifecycle.record_divergence(last)
         d = lifecycle.divergence
         diverged = {"step": d.step, "lr": d.lr, "what": d.what, "reason": d.reason,
                     "last_good": str(last) if last else None}
-        return fit_result(run, cfg, "diverged", metrics, best_path, best_epoch, epochs, diverged=diverged, **details)
-    lifecycle.finish(int(trainer.global_step), metrics, best_path, best_epoch, epochs)
-    return fit_result(run, cfg, "finished", metrics, best_path, best_epoch, epochs, **details)
-
-
-def fit_result(run: RunDir, cfg: DictConfig, status: str, metrics: dict[str, float], best: Optional[Path],
-               best_epoch: Optional[int], epochs: Optional[int], **details: Any) -> FitResult:
-    """Every fit's result (trained now or kept): its numbers and what its run directory holds now."""
-    return FitResult(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
-                     best_by=cfg.checkpoint.monitor, best_epoch=best_epoch, epochs=epochs,
-                     last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None, **details)
+    else:
+        lifecycle.finish(int(trainer.global_step), metrics, best_path, best_epoch, epochs)
+    return FitResult.of(run, cfg, "diverged" if diverged else "finished", metrics, best_path, best_epoch, epochs,
+                        diverged=diverged, **details)
 
 
 def _limits(cfg: DictConfig) -> list[str]:
@@ -280,9 +282,9 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     diverged = None
     if status.get("status") == "diverged":
         diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")}
-    return fit_result(run, cfg, status.get("status", "finished"), status.get("metrics", {}),
-                      Path(best) if best else None, status.get("best_epoch"), status.get("epochs"),
-                      diverged=diverged, kept=True)
+    return FitResult.of(run, cfg, status.get("status", "finished"), status.get("metrics", {}),
+                        Path(best) if best else None, status.get("best_epoch"), status.get("epochs"),
+                        diverged=diverged, kept=True)
 
 
 def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
