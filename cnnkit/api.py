@@ -60,6 +60,14 @@ class FitResult:
     wandb_sync: Optional[str] = None  # the command that uploads an offline W&B run
     limits: list[str] = field(default_factory=list)  # trainer.limit_* settings (e.g. the smoke overlay's)
 
+    @classmethod
+    def of(cls, run: RunDir, cfg: DictConfig, status: str, metrics: dict[str, float], best: Optional[Path],
+           best_epoch: Optional[int], epochs: Optional[int], **details: Any) -> "FitResult":
+        """Every fit's result (trained now or kept): its numbers and what its run directory holds now."""
+        return cls(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
+                   best_by=cfg.checkpoint.monitor, best_epoch=best_epoch, epochs=epochs,
+                   last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None, **details)
+
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
     """Layer-by-layer shapes, parameters, receptive fields and MACs of the config's model."""
@@ -94,41 +102,86 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     # startup: lightning, torch only when this runs
     import lightning as L
 
+    from cnnkit.training.loggers import wandb_run
+
+    start = _Start.read(cfg, run, ckpt, init_from)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module = _build(cfg, run, start)
+    trainer, lifecycle, best = _trainer(cfg, run, start, init_from)  # config errors surface here
+    _open(run, cfg, fresh=verdict == NEW, first_rank=first_rank)
+    lifecycle.start(start.step)
+    if first_rank and active_matrix() is None:  # a matrix variant is one line of its matrix instead
+        parameters = sum(p.numel() for p in module.model.parameters())
+        note(run_header(cfg, run.path, datamodule.describe(), parameters, trainer))
+    with lifecycle.recording_failures(trainer), wandb_run(cfg, run.path, start.wandb_id(run)) as wandb_logger:
+        wandb_sync = _log_to_wandb(wandb_logger, trainer, lifecycle, first_rank)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=start.resume_arg, weights_only=True)
+        metrics = _test(trainer, module, datamodule, lifecycle, best)
+    return _ended(run, cfg, trainer, lifecycle, best, metrics, seconds=time.monotonic() - started,
+                  wandb_sync=wandb_sync, limits=_limits(cfg))
+
+
+@dataclass
+class _Start:
+    """The checkpoint a fit resumes (``--ckpt``) or takes its first weights from (``--init-from``), read."""
+
+    resume_path: Optional[Path] = None
+    resume: Optional[dict[str, Any]] = None
+    init_path: Optional[Path] = None
+    init: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def read(cls, cfg: DictConfig, run: RunDir, ckpt: Optional[str], init_from: Optional[str]) -> "_Start":
+        resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
+        resume = read_checkpoint(resume_path) if resume_path else None
+        if resume is not None:
+            _check_resumable(resume_path, resume, cfg)
+        init_path = resolve_checkpoint(init_from, None) if init_from else None
+        return cls(resume_path, resume, init_path, read_checkpoint(init_path) if init_path else None)
+
+    @property
+    def step(self) -> int:
+        return int(self.resume["global_step"]) if self.resume is not None else 0
+
+    @property
+    def resume_arg(self) -> Optional[str]:
+        return str(self.resume_path) if self.resume_path else None
+
+    def wandb_id(self, run: RunDir) -> Optional[str]:
+        """The W&B run a resumed fit continues."""
+        # startup: wandb's logger module imports lightning
+        from cnnkit.training.loggers import stored_wandb_id
+
+        return stored_wandb_id(run.path, self.resume) if self.resume is not None else None
+
+
+def _build(cfg: DictConfig, run: RunDir, start: _Start) -> tuple[Any, Any]:
+    """The datamodule (a resumed run follows its checkpoint's data path) and the module with its first weights."""
+    datamodule = build_datamodule(cfg)
+    if start.resume is not None:
+        datamodule.follow((start.resume.get("cnnkit") or {}).get("data_path"))
+    datamodule.load()
+    module = build_module(cfg, datamodule.info, datamodule=None if start.resume else datamodule, run_dir=run.path)
+    if start.resume is not None:
+        load_weights(module, start.resume, start.resume_path, strict=True)  # fails early if it does not fit
+    elif start.init is not None:
+        load_weights(module, start.init, start.init_path, strict=False)
+    return datamodule, module
+
+
+def _trainer(cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[str]) -> tuple[Any, Any, Any]:
+    """The trainer with the run's CSV log and callbacks: (trainer, the run's lifecycle, the best checkpoint)."""
+    # startup: lightning, torch only when this runs
     from cnnkit.runs.checkpoint_io import AtomicCheckpointIO
-    from cnnkit.runs.lifecycle import RunInterrupted, RunLifecycle
+    from cnnkit.runs.lifecycle import RunLifecycle
     from cnnkit.training.callbacks.best_checkpoint import BestCheckpoint
     from cnnkit.training.callbacks.last_checkpoint import LastCheckpoint
     from cnnkit.training.callbacks.rng_state import RngState
-    from cnnkit.training.loggers import (
-        RunCSVLogger,
-        finish_wandb,
-        make_wandb_logger,
-        offline_sync_command,
-        stored_wandb_id,
-    )
-
-    resume_path = resolve_checkpoint(ckpt, run) if ckpt else None
-    resume_checkpoint = read_checkpoint(resume_path) if resume_path else None
-    if resume_checkpoint is not None:
-        _check_resumable(resume_path, resume_checkpoint, cfg)
-    init_path = resolve_checkpoint(init_from, None) if init_from else None
-    init_checkpoint = read_checkpoint(init_path) if init_path else None
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    if resume_checkpoint is not None:
-        datamodule.follow((resume_checkpoint.get("cnnkit") or {}).get("data_path"))
-    datamodule.load()
-    module = build_module(cfg, datamodule.info, datamodule=None if resume_checkpoint else datamodule)
-    if resume_checkpoint is not None:
-        load_weights(module, resume_checkpoint, resume_path, strict=True)  # fails early if it does not fit
-    elif init_checkpoint is not None:
-        load_weights(module, init_checkpoint, init_path, strict=False)
+    from cnnkit.training.loggers import RunCSVLogger
 
     checkpoint_io = AtomicCheckpointIO()
     lifecycle = RunLifecycle(run, checkpoint_io, init_from=str(init_from) if init_from else None)
-    csv_logger = RunCSVLogger(run.path, keep_before_step=resume_checkpoint["global_step"]
-                              if resume_checkpoint else None)
+    csv_logger = RunCSVLogger(run.path, keep_before_step=start.step if start.resume is not None else None)
     best = BestCheckpoint(str(run.checkpoints), monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                           save_top_k=cfg.checkpoint.save_top_k, every_n_epochs=cfg.checkpoint.every_n_epochs)
     callbacks: list[Any] = [lifecycle, best, RngState()]
@@ -136,61 +189,58 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         callbacks.append(LastCheckpoint(str(run.checkpoints)))
     if cfg.checkpoint.every_n_steps:
         callbacks.append(LastCheckpoint(str(run.checkpoints), every_n_steps=cfg.checkpoint.every_n_steps))
-    trainer = build_trainer(cfg, run, [csv_logger], callbacks, checkpoint_io)  # config errors surface here
+    return build_trainer(cfg, run, [csv_logger], callbacks, checkpoint_io), lifecycle, best
 
+
+def _open(run: RunDir, cfg: DictConfig, fresh: bool, first_rank: bool) -> None:
+    """The run directory, emptied first for a fresh run, with the config it runs (rank 0 writes)."""
     if first_rank:
-        run.prepare(fresh=verdict == NEW)
+        run.prepare(fresh=fresh)
         atomic_write_text(run.config_file, to_yaml(cfg))
-    lifecycle.start(int(resume_checkpoint["global_step"]) if resume_checkpoint else 0)
-    if first_rank and active_matrix() is None:  # a matrix variant is one line of its matrix instead
-        parameters = sum(p.numel() for p in module.model.parameters())
-        note(run_header(cfg, run.path, datamodule.describe(), parameters, trainer))
 
-    wandb_logger = None
-    wandb_sync = None
-    failed = True
-    try:
-        wandb_logger = make_wandb_logger(cfg, run.path, stored_wandb_id(run.path, resume_checkpoint)
-                                         if resume_checkpoint else None)
-        if wandb_logger is not None:
-            trainer.loggers = [csv_logger, wandb_logger]
-            if first_rank:
-                lifecycle.wandb_run_id = wandb_logger.experiment.id
-                wandb_sync = offline_sync_command(wandb_logger)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None,
-                    weights_only=True)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics["params"] = float(lifecycle.parameters)
-        if lifecycle.divergence is None and datamodule.load().test is not None:
-            results = trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path or None,
-                                   weights_only=True, verbose=verbose())
-            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
-        failed = False
-    except BaseException as err:
-        lifecycle.fail(err, int(trainer.global_step))
-        if lifecycle.interrupted:
-            raise RunInterrupted(run, lifecycle.interrupted, int(trainer.global_step)) from err
-        raise
-    finally:
-        finish_wandb(wandb_logger, failed)
 
+def _log_to_wandb(logger: Any, trainer: Any, lifecycle: Any, first_rank: bool) -> Optional[str]:
+    """The trainer logs to W&B too (when it is on); the command that uploads an offline W&B run, if one."""
+    # startup: wandb's logger module imports lightning
+    from cnnkit.training.loggers import offline_sync_command
+
+    if logger is None:
+        return None
+    trainer.loggers = [*trainer.loggers, logger]
+    if not first_rank:
+        return None
+    lifecycle.wandb_run_id = logger.experiment.id  # saved in checkpoints: a resumed run continues it
+    return offline_sync_command(logger)
+
+
+def _test(trainer: Any, module: Any, datamodule: Any, lifecycle: Any, best: Any) -> dict[str, float]:
+    """The last epoch's metrics, and the test split's on the best checkpoint when the run did not diverge."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["params"] = float(lifecycle.parameters)
+    if lifecycle.divergence is None and datamodule.load().test is not None:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path or None,
+                               weights_only=True, verbose=verbose())
+        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    return metrics
+
+
+def _ended(run: RunDir, cfg: DictConfig, trainer: Any, lifecycle: Any, best: Any, metrics: dict[str, float],
+           **details: Any) -> FitResult:
+    """A trained run's end, recorded in its status.json (finished or diverged), and its result."""
     last = run.last_checkpoint if run.last_checkpoint.is_file() else None
     best_path = Path(best.best_model_path) if best.best_model_path else None
     best_path = best_path if best_path and best_path.is_file() else None  # a diverged run skipped its later saves
-    chosen = dict(best_by=cfg.checkpoint.monitor, best_epoch=best.best_epoch if best_path else None,
-                  epochs=int(trainer.current_epoch))
+    best_epoch, epochs = (best.best_epoch if best_path else None), int(trainer.current_epoch)
+    diverged = None
     if lifecycle.divergence is not None:
         lifecycle.record_divergence(last)
         d = lifecycle.divergence
         diverged = {"step": d.step, "lr": d.lr, "what": d.what, "reason": d.reason,
                     "last_good": str(last) if last else None}
-        return FitResult(status="diverged", run_dir=run.path, metrics=metrics, best_checkpoint=best_path,
-                         **chosen, last_checkpoint=last, diverged=diverged, seconds=time.monotonic() - started,
-                         wandb_sync=wandb_sync, limits=_limits(cfg))
-    lifecycle.finish(int(trainer.global_step), metrics, best_path, chosen["best_epoch"], chosen["epochs"])
-    return FitResult(status="finished", run_dir=run.path, metrics=metrics, best_checkpoint=best_path, **chosen,
-                     last_checkpoint=last, seconds=time.monotonic() - started, wandb_sync=wandb_sync,
-                     limits=_limits(cfg))
+    else:
+        lifecycle.finish(int(trainer.global_step), metrics, best_path, best_epoch, epochs)
+    return FitResult.of(run, cfg, "diverged" if diverged else "finished", metrics, best_path, best_epoch, epochs,
+                        diverged=diverged, **details)
 
 
 def _limits(cfg: DictConfig) -> list[str]:
@@ -232,11 +282,9 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
     diverged = None
     if status.get("status") == "diverged":
         diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")}
-    return FitResult(status=status.get("status", "finished"), run_dir=run.path, metrics=status.get("metrics", {}),
-                     best_checkpoint=Path(best) if best else None, best_by=cfg.checkpoint.monitor,
-                     best_epoch=status.get("best_epoch"), epochs=status.get("epochs"),
-                     last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
-                     diverged=diverged, kept=True)
+    return FitResult.of(run, cfg, status.get("status", "finished"), status.get("metrics", {}),
+                        Path(best) if best else None, status.get("best_epoch"), status.get("epochs"),
+                        diverged=diverged, kept=True)
 
 
 def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:

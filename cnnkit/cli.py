@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from cnnkit.errors import CheckpointError, CnnkitError, ConfigError, first_line, own_message
 from cnnkit.messages import error, first_process, note, say, show
@@ -63,6 +63,14 @@ def build_parser() -> Parser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
+    _add_training(commands)
+    _add_evaluation(commands)
+    _add_tools(commands)
+    return parser
+
+
+def _add_training(commands: Any) -> None:
+    """``fit``."""
     fit = commands.add_parser("fit", help="train a model (then test the best checkpoint)",
                               description="Train the config's model in runs/<name>/<variant>/.")
     _add_config_args(fit, "resume training from this checkpoint ('last': the run's checkpoints/last.ckpt)")
@@ -71,6 +79,9 @@ def build_parser() -> Parser:
     fit.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                      help="run only the matrix combinations with this value (repeatable)")
 
+
+def _add_evaluation(commands: Any) -> None:
+    """``validate``, ``test`` and ``predict``: a checkpoint's numbers."""
     for name, help_text in (("validate", "evaluate a checkpoint on the validation split"),
                             ("test", "evaluate a checkpoint on the test split")):
         sub = commands.add_parser(name, help=help_text, description=f"{help_text.capitalize()}; the model is "
@@ -92,6 +103,9 @@ def build_parser() -> Parser:
     predict.add_argument("--output", "-o", metavar="CSV", help="where to write (default: the run directory)")
     predict.add_argument("--top-k", type=int, default=3, metavar="K", help="classes listed per image (default 3)")
 
+
+def _add_tools(commands: Any) -> None:
+    """``describe``, ``report``, ``sweep`` and ``list``: about models, runs and the registry."""
     describe = commands.add_parser("describe", help="show the model's layers, shapes, receptive fields, MACs",
                                    description="One row per layer of the config's model: output shape, parameters, "
                                                "kernel/stride/padding, receptive field and jump, multiply-accumulates; "
@@ -127,7 +141,6 @@ def build_parser() -> Parser:
     listing.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
                          help="a config whose imports: register your own entries")
     listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    return parser
 
 
 # -- commands -----------------------------------------------------------------------------------

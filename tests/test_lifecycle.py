@@ -169,6 +169,23 @@ def test_confusion_matrix_is_written_by_the_module_into_its_run():
     confusion = json.loads((result.run_dir / "confusion.json").read_text())
     assert confusion["class_names"] == [str(i) for i in range(10)]
     assert sum(map(sum, confusion["matrix"])) > 0
+    (result.run_dir / "confusion.json").unlink()
+    cnnkit.evaluate("test", str(result.run_dir / "checkpoints" / "last.ckpt"))  # outside a fit: no run directory
+    assert not (result.run_dir / "confusion.json").exists()
+
+
+def test_the_module_is_given_its_run_directory_and_says_how_it_diverges():
+    from cnnkit.runs.divergence import WatchesDivergence
+    from cnnkit.runs.lifecycle import RunLifecycle
+    from cnnkit.runs.run_dir import RunDir
+
+    cfg = tiny_config()
+    module = cnnkit.build_module(cfg, cnnkit.data_info(cfg), run_dir=Path("runs/x/y"))
+    assert module.run_dir == Path("runs/x/y") and "run_dir" not in module.hparams  # checkpoints stay plain data
+    assert isinstance(module, WatchesDivergence) and module.divergence is None
+    lifecycle = RunLifecycle(RunDir(Path("runs/x/y")), checkpoint_io=None)
+    with pytest.raises(TypeError, match="does not signal divergence"):
+        lifecycle.on_fit_start(None, torch.nn.Linear(1, 1))
 
 
 def test_a_shorter_length_on_a_finished_run_changes_nothing():

@@ -324,3 +324,32 @@ def test_only_the_config_layer_converts_config_nodes():
     found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items()
              if config not in path.parents for line in _conversions(tree)]
     assert not found, "convert config nodes in cnnkit/config/ (plain.spec/as_data...), not at:\n" + "\n".join(found)
+
+
+LONGEST_FUNCTION = 60  # lines, decorators aside: a longer function is split into named steps
+
+
+def _long_functions(trees: dict[Path, ast.Module]) -> list[str]:
+    """``file:line: name (N lines)`` for every function or method over ``LONGEST_FUNCTION`` lines."""
+    long = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > LONGEST_FUNCTION:
+                    where = path.relative_to(PACKAGE.parent) if path.is_absolute() else path
+                    long.append(f"{where}:{node.lineno}: {node.name} ({length} lines)")
+    return long
+
+
+def test_the_length_scan_counts_methods_and_nested_functions():
+    body = "\n".join(f"        x{i} = {i}" for i in range(LONGEST_FUNCTION - 1))
+    source = f"class A:\n    def short(self):\n        pass\n\n    def long(self):\n{body}\n"
+    assert _long_functions({Path("a.py"): ast.parse(source)}) == []
+    source += "        x = 1\n"  # one more line: the method is over the limit
+    assert _long_functions({Path("a.py"): ast.parse(source)}) == [f"a.py:5: long ({LONGEST_FUNCTION + 1} lines)"]
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = _long_functions(TREES)
+    assert not long, f"functions over {LONGEST_FUNCTION} lines (split them into named steps):\n" + "\n".join(long)

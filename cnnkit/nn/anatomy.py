@@ -72,34 +72,12 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> dict[str, An
         r, j = state.get(id(x), last["value"]) if x is not None else last["value"]
         row = LayerRow(name=names[module], type=type(module).__name__, output_shape=list(output.shape[1:]),
                        params=sum(p.numel() for p in module.parameters(recurse=False)))
-        spatial = x is not None and x.dim() == 4 and output.dim() == 4
-        window = _window(module) if spatial and not isinstance(module, GLOBAL) else None
-        if window is not None:
-            k, s, p, d = window
-            effective = d * (k - 1) + 1
-            predicted = [(size + 2 * p - effective) // s + 1 for size in x.shape[2:]]
-            if predicted == list(output.shape[2:]):
-                row.kernel, row.stride, row.padding = k, s, p
-                if isinstance(r, int):
-                    r, j = r + (effective - 1) * j, j * s
-            elif isinstance(module, WINDOWED) and not getattr(module, "ceil_mode", False):
-                raise RuntimeError(f"describe: {row.name} gave {list(output.shape[2:])}, the formula {predicted}")
-            else:  # e.g. ceil_mode, or an output size of its own: no formula to follow
-                r, j = UNKNOWN, UNKNOWN
-        elif isinstance(module, GLOBAL):
-            r, j = None, None
-        elif spatial and list(x.shape[2:]) != list(output.shape[2:]):
-            r, j = UNKNOWN, UNKNOWN
-        if isinstance(module, nn.Conv2d) and x is not None:
-            row.macs = output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-            row.fc_equivalent_params = x.numel() * output.numel() + (output.numel() if module.bias is not None else 0)
-        elif isinstance(module, nn.Linear):
-            row.macs = module.in_features * module.out_features
-        row.receptive_field, row.jump = r, j
+        row.receptive_field, row.jump = _follow(module, x, output, row, r, j)
+        _count_macs(module, x, output, row)
         rows.append(row)
-        state[id(output)] = (r, j)
+        state[id(output)] = (row.receptive_field, row.jump)
         keep_alive.append(output)
-        last["value"] = (r, j)
+        last["value"] = (row.receptive_field, row.jump)
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -114,20 +92,55 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> dict[str, An
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    return {"input_shape": list(input_shape), "layers": [asdict(row) for row in rows],
+            "totals": _totals(model, rows, list(logits.shape[1:]))}
+
+
+def _follow(module: nn.Module, x: Optional[torch.Tensor], output: torch.Tensor, row: LayerRow, r: Any,
+            j: Any) -> tuple[Any, Any]:
+    """The receptive field and jump after ``module`` (from ``r``, ``j`` before it); a window's
+    kernel/stride/padding go into ``row`` when the output size follows their formula."""
+    spatial = x is not None and x.dim() == 4 and output.dim() == 4
+    window = _window(module) if spatial and not isinstance(module, GLOBAL) else None
+    if window is not None:
+        k, s, p, d = window
+        effective = d * (k - 1) + 1
+        predicted = [(size + 2 * p - effective) // s + 1 for size in x.shape[2:]]
+        if predicted == list(output.shape[2:]):
+            row.kernel, row.stride, row.padding = k, s, p
+            return (r + (effective - 1) * j, j * s) if isinstance(r, int) else (r, j)
+        if isinstance(module, WINDOWED) and not getattr(module, "ceil_mode", False):
+            raise RuntimeError(f"describe: {row.name} gave {list(output.shape[2:])}, the formula {predicted}")
+        return UNKNOWN, UNKNOWN  # e.g. ceil_mode, or an output size of its own: no formula to follow
+    if isinstance(module, GLOBAL):
+        return None, None
+    if spatial and list(x.shape[2:]) != list(output.shape[2:]):
+        return UNKNOWN, UNKNOWN
+    return r, j
+
+
+def _count_macs(module: nn.Module, x: Optional[torch.Tensor], output: torch.Tensor, row: LayerRow) -> None:
+    """Multiply-accumulates, and for a conv the parameters a fully-connected layer of the same maps would need."""
+    if isinstance(module, nn.Conv2d) and x is not None:
+        row.macs = output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        row.fc_equivalent_params = x.numel() * output.numel() + (output.numel() if module.bias is not None else 0)
+    elif isinstance(module, nn.Linear):
+        row.macs = module.in_features * module.out_features
+
+
+def _totals(model: nn.Module, rows: list[LayerRow], output_shape: list[int]) -> dict[str, Any]:
     convs = [row for row in rows if row.fc_equivalent_params is not None]
     conv_params = sum(row.params for row in convs)
     fc_params = sum(row.fc_equivalent_params for row in convs)
-    totals = {
+    return {
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "macs": sum(row.macs for row in rows),
         "conv_params": conv_params,
         "conv_fc_equivalent_params": fc_params,
         "sharing_factor": fc_params / conv_params if conv_params else None,
-        "output_shape": list(logits.shape[1:]),
+        "output_shape": output_shape,
     }
-    return {"input_shape": list(input_shape), "layers": [asdict(row) for row in rows], "totals": totals}
-
 
 def _fmt(value: Any) -> str:
     if value is None:

@@ -2,7 +2,7 @@
 
 ``running`` → ``finished`` | ``diverged`` | ``failed`` | ``interrupted``. The owner is a callback
 (in the spirit of Lightning's ``SaveConfigCallback``) present on every rank: each rank decides the
-same way, rank 0 writes. The module only signals a divergence (``ClassifierModule.divergence``);
+same way, rank 0 writes. The module only signals a divergence (``training.divergence.WatchesDivergence``);
 the owner records it, keeps a diverged state out of every checkpoint, and says where the run stopped.
 Whether a new fit may reuse or continue the directory is ``RunDir.verdict``, read before anything
 heavy is imported.
@@ -15,9 +15,9 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 import torch
@@ -27,22 +27,10 @@ from cnnkit.errors import own_message
 from cnnkit.messages import first_process
 from cnnkit.runs.atomic import atomic_write_text
 from cnnkit.runs.checkpoint_io import AtomicCheckpointIO
+from cnnkit.runs.divergence import Divergence, WatchesDivergence
 from cnnkit.runs.run_dir import RunDir
 
 STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """The module's signal that training went non-finite; the update of that step was skipped."""
-
-    step: int
-    lr: float
-    what: str  # "training loss" | "weights"
-
-    @property
-    def reason(self) -> str:
-        return f"non-finite {self.what} at step {self.step} (lr {self.lr:g})"
 
 
 class RunInterrupted(Exception):
@@ -68,6 +56,8 @@ def interrupt_signal(err: BaseException) -> Optional[int]:
 
 
 class RunLifecycle(L.Callback):
+    """Writes status.json and keeps a diverged state out of checkpoints; the module is a ``WatchesDivergence``."""
+
     def __init__(self, run: RunDir, checkpoint_io: AtomicCheckpointIO, init_from: Optional[str] = None):
         self.run = run
         self.checkpoint_io = checkpoint_io
@@ -112,11 +102,25 @@ class RunLifecycle(L.Callback):
         reason = f"{type(err).__name__}: {own_message(err)}".strip().splitlines()[0]
         self._write("failed", step=step, reason=reason)
 
+    @contextmanager
+    def recording_failures(self, trainer: L.Trainer) -> Iterator[None]:
+        """An exception out of the block is recorded (``fail``); a signal's comes out as ``RunInterrupted``."""
+        try:
+            yield
+        except BaseException as err:
+            self.fail(err, int(trainer.global_step))
+            if self.interrupted:
+                raise RunInterrupted(self.run, self.interrupted, int(trainer.global_step)) from err
+            raise
+
     # -- Lightning hooks --------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, WatchesDivergence):
+            raise TypeError(f"{type(pl_module).__name__} does not signal divergence (training.divergence."
+                            f"WatchesDivergence): the run's lifecycle cannot tell a diverged run")
         self.parameters = sum(p.numel() for p in pl_module.model.parameters())
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module: WatchesDivergence, outputs, batch, batch_idx) -> None:
         if self.divergence is None and pl_module.divergence is not None:
             self.divergence = pl_module.divergence
 
@@ -129,7 +133,7 @@ class RunLifecycle(L.Callback):
         if not self._good_to_save(trainer, pl_module):
             self.checkpoint_io.refuse()
 
-    def _good_to_save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    def _good_to_save(self, trainer: L.Trainer, pl_module: WatchesDivergence) -> bool:
         """False once the run diverged or any weight or buffer is non-finite, so last.ckpt stays the last
         good state: an update can overflow the weights a step before the loss shows it, and a diverged
         forward pass leaves NaN in BN's running statistics. Decided on every rank alike."""

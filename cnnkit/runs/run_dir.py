@@ -2,8 +2,9 @@
 the one reader of those files.
 
 The path is a pure function of the config, so resuming and reports find a run again, and every
-DDP rank computes the same one. ``RunDir.verdict`` decides, from the files alone and before torch
-is imported, what a new ``fit`` may do with the directory; ``lifecycle.RunLifecycle`` is the one
+DDP rank computes the same one. ``RunDir.verdict`` reads the files (``RunDir.found``) and ``decide``,
+a pure function of what they hold, says what a new ``fit`` may do with the directory, before torch is
+imported; ``lifecycle.RunLifecycle`` is the one
 writer of its status.
 """
 
@@ -15,7 +16,7 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ from cnnkit.config.diff import LENGTH, RESULT_NEUTRAL, RESUME_FREE, describe, di
 from cnnkit.config.load import plain_stored
 from cnnkit.config.plain import as_data, spec
 from cnnkit.errors import CnnkitError
-from cnnkit.registry import SCHEDULERS, split_spec
+from cnnkit.registry import SCHEDULERS, RegistryError, split_spec
 
 # What a fit does with its run directory: start it (emptied first if it held a run and --overwrite
 # was given), continue it from a checkpoint, or keep the finished result that is already there.
@@ -118,64 +119,30 @@ class RunDir:
 
     def verdict(self, cfg: Any, resume: bool, overwrite: bool, first_rank: bool = True,
                 init_from: Optional[str] = None) -> str:
-        """What a fit of ``cfg`` may do here: ``NEW``, ``CONTINUE`` or ``KEEP``; refusals raise one line.
-
-        A finished (or diverged) run is kept only when the config asked for now, and the weights it
-        starts from (``--init-from``), give the same result (keys in ``config_diff.RESULT_NEUTRAL``
-        aside); ``--ckpt last`` continues a killed, failed or interrupted run, or trains a finished one
-        longer, when nothing but how to run it (``RESUME_FREE``) and its length differ. A run that
-        stopped before its first checkpoint starts over. Every rank decides alike from the same files;
-        a rank other than the first skips the live-process check and follows a ``running`` status
-        (the first rank wrote it for this very job).
-        """
+        """What a fit of ``cfg`` may do here (``decide``), from the directory's files as they are now."""
         for parent in [self.path, *self.path.parents]:
             if parent.exists() and not parent.is_dir():
                 raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
                                   f"remove it or set runs_dir/name elsewhere")
-        if overwrite or not self.has_contents():
-            return CONTINUE if resume and not overwrite else NEW
+        found = Found(self.path) if overwrite else self.found(cfg, resume)
+        return decide(found, resume=resume, overwrite=overwrite, first_rank=first_rank, init_from=init_from)
+
+    def found(self, cfg: Any, resume: bool) -> "Found":
+        """What the directory holds, as ``decide`` weighs it against a fit of ``cfg`` (resumed or not)."""
+        if not self.has_contents():
+            return Found(self.path)
         status = self.read_status()
-        state = status.get("status")
-        if state == "running" and not first_rank:
-            return CONTINUE if resume else NEW
-        if state == "running" and _alive_elsewhere(status):
-            raise CnnkitError(f"run '{self.path}' is being trained right now by process {status['pid']}; "
-                              f"wait for it to end or stop it, then resume with --ckpt last")
-        unfinished = state not in ("finished", "diverged")
-        if unfinished and not resume and not self.last_checkpoint.is_file():
-            return NEW  # it stopped before its first checkpoint: nothing to resume, nothing to keep
-        stored, wanted = self.stored_config(), as_data(cfg)
-        diffs = differences(stored, wanted, RESULT_NEUTRAL) if stored is not None else []
-        if not unfinished and not resume:
-            started_from = status.get("init_from")
-            if started_from != (str(init_from) if init_from else None):
-                diffs.append(("--init-from", started_from, init_from))
-            if diffs:
-                raise self._changed(state, diffs)
-            return KEEP
-        if state == "diverged":
-            weights = f"--init-from {status['last_good']} " if status.get("last_good") else ""
-            raise CnnkitError(
-                f"run '{self.path}' diverged ({status.get('reason', 'non-finite loss')}); resuming it would "
-                f"diverge again: change the config (e.g. a lower optim.lr) and start over with {weights}--overwrite"
-            )
-        if not resume:
-            label = {"running": " killed", "failed": " failed", "interrupted": "n interrupted"}.get(state, "")
-            raise CnnkitError(
-                f"run directory '{self.path}' already holds a{label} run; resume it with --ckpt last, "
-                f"keep it and start a new run with name=<new name>, or replace it with --overwrite"
-            )
-        changed = [d for d in diffs if d[0] not in RESUME_FREE + LENGTH]
-        if changed:
-            raise self._changed(state or "unfinished", changed, resuming=True)
-        length = [d for d in diffs if d[0] in LENGTH]
-        if not unfinished:
-            length = [d for d in length if _limit(d[2]) > _limit(d[1])]  # a finished run only trains longer
-            if not length:
-                return KEEP
-        if length:
-            _check_schedule_follows(self, cfg, length)
-        return CONTINUE
+        stored = self.stored_config()
+        diffs = differences(stored, as_data(cfg), RESULT_NEUTRAL) if stored is not None else []
+        length_bound_by = None
+        if resume and any(d[0] in LENGTH for d in diffs):  # only then: the registry's schedulers import torch
+            try:
+                length_bound_by = length_bound(spec(cfg, "optim.scheduler"))
+            except RegistryError:  # an unknown scheduler: validation names it
+                pass
+        return Found(self.path, has_contents=True, status=status, has_last_checkpoint=self.last_checkpoint.is_file(),
+                     alive_elsewhere=status.get("status") == "running" and _alive_elsewhere(status), diffs=diffs,
+                     length_bound_by=length_bound_by)
 
     def prepare(self, fresh: bool) -> None:
         """Create the directory; a fresh run first removes what an earlier one left (``--overwrite``)."""
@@ -183,13 +150,88 @@ class RunDir:
             shutil.rmtree(self.path)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
-    def _changed(self, state: str, diffs: list, resuming: bool = False) -> CnnkitError:
-        action = "resume it with" if resuming else "reuse it for"
-        return CnnkitError(
-            f"run '{self.path}' ({state}) was made with another config, so cnnkit will not {action} this one: "
-            f"{describe(diffs)}; keep it and train this config as a new run with name=<new name>, or replace it "
-            f"with --overwrite (which deletes it)"
+
+@dataclass(frozen=True)
+class Found:
+    """A run directory's contents as the verdict weighs them (read by ``RunDir.found``)."""
+
+    path: Path
+    has_contents: bool = False
+    status: dict[str, Any] = field(default_factory=dict)  # status.json
+    has_last_checkpoint: bool = False
+    alive_elsewhere: bool = False  # the process its ``running`` status names still runs
+    diffs: list[tuple[str, Any, Any]] = field(default_factory=list)  # stored config vs wanted, RESULT_NEUTRAL aside
+    length_bound_by: Optional[str] = None  # the scheduler laid out over the run's length, where one is
+
+
+def decide(found: Found, resume: bool, overwrite: bool, first_rank: bool = True,
+           init_from: Optional[str] = None) -> str:
+    """What a fit may do with a run directory: ``NEW``, ``CONTINUE`` or ``KEEP``; refusals raise one line.
+
+    A finished (or diverged) run is kept only when the config asked for now, and the weights it
+    starts from (``--init-from``), give the same result (keys in ``config_diff.RESULT_NEUTRAL``
+    aside); ``--ckpt last`` continues a killed, failed or interrupted run, or trains a finished one
+    longer, when nothing but how to run it (``RESUME_FREE``) and its length differ. A run that
+    stopped before its first checkpoint starts over. Every rank decides alike from the same files;
+    a rank other than the first skips the live-process check and follows a ``running`` status
+    (the first rank wrote it for this very job).
+    """
+    if overwrite or not found.has_contents:
+        return CONTINUE if resume and not overwrite else NEW
+    status, path = found.status, found.path
+    state = status.get("status")
+    if state == "running" and not first_rank:
+        return CONTINUE if resume else NEW
+    if state == "running" and found.alive_elsewhere:
+        raise CnnkitError(f"run '{path}' is being trained right now by process {status['pid']}; "
+                          f"wait for it to end or stop it, then resume with --ckpt last")
+    unfinished = state not in ("finished", "diverged")
+    if unfinished and not resume and not found.has_last_checkpoint:
+        return NEW  # it stopped before its first checkpoint: nothing to resume, nothing to keep
+    diffs = list(found.diffs)
+    if not unfinished and not resume:
+        started_from = status.get("init_from")
+        if started_from != (str(init_from) if init_from else None):
+            diffs.append(("--init-from", started_from, init_from))
+        if diffs:
+            raise _changed(path, state, diffs)
+        return KEEP
+    if state == "diverged":
+        weights = f"--init-from {status['last_good']} " if status.get("last_good") else ""
+        raise CnnkitError(
+            f"run '{path}' diverged ({status.get('reason', 'non-finite loss')}); resuming it would "
+            f"diverge again: change the config (e.g. a lower optim.lr) and start over with {weights}--overwrite"
         )
+    if not resume:
+        label = {"running": " killed", "failed": " failed", "interrupted": "n interrupted"}.get(state, "")
+        raise CnnkitError(
+            f"run directory '{path}' already holds a{label} run; resume it with --ckpt last, "
+            f"keep it and start a new run with name=<new name>, or replace it with --overwrite"
+        )
+    changed = [d for d in diffs if d[0] not in RESUME_FREE + LENGTH]
+    if changed:
+        raise _changed(path, state or "unfinished", changed, resuming=True)
+    length = [d for d in diffs if d[0] in LENGTH]
+    if not unfinished:
+        length = [d for d in length if _limit(d[2]) > _limit(d[1])]  # a finished run only trains longer
+        if not length:
+            return KEEP
+    if length and found.length_bound_by:  # another length would jump the learning rate of its schedule
+        raise CnnkitError(
+            f"run '{path}': optim.scheduler={found.length_bound_by} is laid out over the run's length "
+            f"({describe(length)}), so changing the length would jump its learning rate; train a run of the "
+            f"length you want without --ckpt last (a run's length names its directory)"
+        )
+    return CONTINUE
+
+
+def _changed(path: Path, state: str, diffs: list, resuming: bool = False) -> CnnkitError:
+    action = "resume it with" if resuming else "reuse it for"
+    return CnnkitError(
+        f"run '{path}' ({state}) was made with another config, so cnnkit will not {action} this one: "
+        f"{describe(diffs)}; keep it and train this config as a new run with name=<new name>, or replace it "
+        f"with --overwrite (which deletes it)"
+    )
 
 
 def _alive_elsewhere(status: dict[str, Any]) -> bool:
@@ -224,13 +266,3 @@ def _limit(value: Any) -> float:
     """A training limit as a number: -1 or None (``max_steps``' default) is no limit."""
     return float("inf") if value is None or value < 0 else float(value)
 
-
-def _check_schedule_follows(run: RunDir, cfg: Any, length: list) -> None:
-    """Another length continues a schedule only when the schedule does not depend on it."""
-    name = length_bound(spec(cfg, "optim.scheduler"))
-    if name:
-        raise CnnkitError(
-            f"run '{run.path}': optim.scheduler={name} is laid out over the run's length ({describe(length)}), "
-            f"so changing the length would jump its learning rate; train a run of the length you want without "
-            f"--ckpt last (a run's length names its directory)"
-        )

@@ -23,14 +23,16 @@ def build_datamodule(cfg: DictConfig):
     return ClassificationDataModule(cfg.data, seed=cfg.seed, note=note, show_progress=interactive())
 
 
-def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None):
-    """The LightningModule; with a loaded ``datamodule``, input standardization gets its train-split statistics."""
+def build_module(cfg: DictConfig, data_info: DataInfo, datamodule: Any = None, run_dir: Optional[Path] = None):
+    """The LightningModule; with a loaded ``datamodule``, input standardization gets its train-split statistics;
+    ``run_dir`` is the fit's run directory, where the module writes its own files."""
     # startup: torch only when this runs
     from cnnkit.nn.layers.input_norm import InputStandardize
     from cnnkit.training.module import ClassifierModule
 
     with _resize_hint(cfg):
-        module = ClassifierModule(as_data(cfg), data_info.as_dict())  # plain data: saved as hyper-parameters
+        # config and data info are plain data, saved as hyper-parameters
+        module = ClassifierModule(as_data(cfg), data_info.as_dict(), run_dir=run_dir)
     if datamodule is not None and isinstance(module.model.input_norm, InputStandardize):
         module.model.input_norm.set_statistics(*datamodule.input_statistics())
     return module

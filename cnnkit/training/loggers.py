@@ -8,8 +8,9 @@ import importlib
 import netrc
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -200,3 +201,16 @@ def finish_wandb(logger: Any, failed: bool) -> None:
             wandb.teardown(exit_code=1)
         except Exception:
             pass
+
+
+@contextmanager
+def wandb_run(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> Iterator[Optional[Any]]:
+    """The run's W&B logger (None when W&B is off) for the block's length: started on entry, finished on exit,
+    as failed when the block raised."""
+    logger = make_wandb_logger(cfg, run_dir, run_id)
+    failed = True
+    try:
+        yield logger
+        failed = False
+    finally:
+        finish_wandb(logger, failed)

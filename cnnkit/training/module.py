@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
@@ -20,8 +21,8 @@ from cnnkit.data.info import DataInfo
 from cnnkit.messages import first_process, flag, say
 from cnnkit.nn.layers.batch_stats import batch_statistics
 from cnnkit.nn.model import build_classifier
-from cnnkit.runs.lifecycle import Divergence
-from cnnkit.training.callbacks.output import run_path, write_json
+from cnnkit.runs.divergence import Divergence, WatchesDivergence
+from cnnkit.training.callbacks.output import write_json_file
 from cnnkit.training.distributed import average_bn_buffers, convert_sync_bn
 from cnnkit.training.lightning_adapter import logs_this_step
 from cnnkit.training.optim import parameter_groups, scaled_lr
@@ -70,18 +71,20 @@ class TrainAccuracy(MulticlassAccuracy):
         self._update_state(tp, fp, tn, fn)
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(L.LightningModule, WatchesDivergence):
     """Holds the network, its loss and metrics; rebuilt from ``config`` + ``data_info`` alone.
 
     Both are plain data and saved as hyper-parameters, so a checkpoint is enough to rebuild the
     model (``torch.load(weights_only=True)`` included) without the data set on disk.
     Validation and test run in eval mode: BatchNorm uses its running statistics unless
-    ``eval_stats: batch``.
+    ``eval_stats: batch``. ``run_dir`` is the fit's run directory (None when evaluating outside a run):
+    the test's confusion matrix is written there.
     """
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any], run_dir: Optional[Path] = None):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(ignore=["run_dir"], logger=False)
+        self.run_dir = run_dir
         self.cfg = OmegaConf.create(config)
         self.data_info = DataInfo.from_dict(data_info)
         self.class_names = list(self.data_info.class_names)
@@ -265,9 +268,9 @@ class ClassifierModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
-        if run_path(self.trainer) is not None:  # in a fit's run directory (the same answer on every rank)
+        if self.run_dir is not None:  # in a fit's run directory (the same answer on every rank)
             matrix = self.test_confusion.compute().tolist()  # a collective under DDP: every rank computes
-            write_json(self.trainer, "confusion.json", {"class_names": self.class_names, "matrix": matrix})
+            write_json_file(self.run_dir / "confusion.json", {"class_names": self.class_names, "matrix": matrix})
 
     def predict_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Class probabilities and the batch's labels (-1 where a label is unknown)."""

@@ -50,6 +50,12 @@ class RowLog:
 
 
 def write_json(trainer: Any, name: str, data: Any) -> None:
+    """``<run>/<name>`` of the trainer's fit, if it is one."""
     path = run_path(trainer)
-    if path is not None and first_process():
-        atomic_write_text(path / name, json.dumps(data, indent=2) + "\n")
+    if path is not None:
+        write_json_file(path / name, data)
+
+
+def write_json_file(path: Path, data: Any) -> None:
+    if first_process():
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
