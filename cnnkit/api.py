@@ -30,43 +30,21 @@ from cnnkit.config.load import (
 from cnnkit.config.plain import as_data, spec
 from cnnkit.console import active_matrix, matrix_display, quiet, run_header, verbose
 from cnnkit.errors import CheckpointError, ConfigError
-from cnnkit.experiments.matrix import combinations, format_value
+from cnnkit.experiments.jobs import resolve_jobs, run_jobs
+from cnnkit.experiments.matrix import combinations, format_value, name_value
 from cnnkit.messages import first_process, note, say
 from cnnkit.registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
 from cnnkit.runs.atomic import atomic_write_text
 from cnnkit.runs.checkpoint import read_checkpoint, resolve_checkpoint
+from cnnkit.runs.result import FitResult
 from cnnkit.runs.run_dir import KEEP, NEW, RunDir, length_bound
 from cnnkit.training.builders import build_datamodule, build_model, build_module, data_info, load_weights
 from cnnkit.training.evaluation import checkpoint_config, evaluate, predict
+from cnnkit.training.threads import FitThreads
 from cnnkit.training.trainer import build_trainer
 
 __all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
            "build_datamodule", "build_module", "data_info", "checkpoint_config"]
-
-
-@dataclass
-class FitResult:
-    status: str  # finished | diverged
-    run_dir: Path
-    metrics: dict[str, float] = field(default_factory=dict)
-    best_checkpoint: Optional[Path] = None
-    best_by: Optional[str] = None  # checkpoint.monitor, which chose the best checkpoint
-    best_epoch: Optional[int] = None  # the best checkpoint's epoch, counted from 1 (the one the test metrics are of)
-    epochs: Optional[int] = None  # epochs trained
-    last_checkpoint: Optional[Path] = None
-    diverged: Optional[dict[str, Any]] = None  # step, lr, what, reason, last_good
-    kept: bool = False  # an earlier run with the same config was kept, nothing trained
-    seconds: Optional[float] = None  # wall time of this fit, start-up included
-    wandb_sync: Optional[str] = None  # the command that uploads an offline W&B run
-    limits: list[str] = field(default_factory=list)  # trainer.limit_* settings (e.g. the smoke overlay's)
-
-    @classmethod
-    def of(cls, run: RunDir, cfg: DictConfig, status: str, metrics: dict[str, float], best: Optional[Path],
-           best_epoch: Optional[int], epochs: Optional[int], **details: Any) -> "FitResult":
-        """Every fit's result (trained now or kept): its numbers and what its run directory holds now."""
-        return cls(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
-                   best_by=cfg.checkpoint.monitor, best_epoch=best_epoch, epochs=epochs,
-                   last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None, **details)
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -91,14 +69,21 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     """
     started = time.monotonic()
     run = RunDir.for_config(cfg)
-    if ckpt is None and not overwrite:
-        ckpt = _requeued_checkpoint(run)
+    if ckpt in (None, "last") and not overwrite:  # a requeued SLURM job (or array task) continues where it stopped
+        ckpt = _requeued_checkpoint(run) or ckpt
     first_rank = first_process()  # under strategy=ddp the other ranks re-run this command and follow
     verdict = run.verdict(cfg, resume=ckpt is not None, overwrite=overwrite, first_rank=first_rank,
                           init_from=init_from)
     if verdict == KEEP:
         return _kept(run, cfg, resumed=ckpt is not None)
 
+    with FitThreads(cfg.trainer.threads) as threads:  # registered before set-up: see training/threads.py
+        return _train(cfg, run, verdict, ckpt, init_from, first_rank, started, threads)
+
+
+def _train(cfg: DictConfig, run: RunDir, verdict: str, ckpt: Optional[str], init_from: Optional[str],
+           first_rank: bool, started: float, threads: Any) -> FitResult:
+    """``fit``'s training, once the verdict allows it and the thread count is set."""
     # startup: lightning, torch only when this runs
     import lightning as L
 
@@ -107,7 +92,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     start = _Start.read(cfg, run, ckpt, init_from)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = _build(cfg, run, start)
-    trainer, lifecycle, best = _trainer(cfg, run, start, init_from)  # config errors surface here
+    trainer, lifecycle, best = _trainer(cfg, run, start, init_from, threads)  # config errors surface here
     _open(run, cfg, fresh=verdict == NEW, first_rank=first_rank)
     lifecycle.start(start.step)
     if first_rank and active_matrix() is None:  # a matrix variant is one line of its matrix instead
@@ -169,7 +154,8 @@ def _build(cfg: DictConfig, run: RunDir, start: _Start) -> tuple[Any, Any]:
     return datamodule, module
 
 
-def _trainer(cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[str]) -> tuple[Any, Any, Any]:
+def _trainer(cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[str],
+             threads: Any) -> tuple[Any, Any, Any]:
     """The trainer with the run's CSV log and callbacks: (trainer, the run's lifecycle, the best checkpoint)."""
     # startup: lightning, torch only when this runs
     from cnnkit.runs.checkpoint_io import AtomicCheckpointIO
@@ -177,6 +163,7 @@ def _trainer(cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[st
     from cnnkit.training.callbacks.best_checkpoint import BestCheckpoint
     from cnnkit.training.callbacks.last_checkpoint import LastCheckpoint
     from cnnkit.training.callbacks.rng_state import RngState
+    from cnnkit.training.callbacks.threads import ThreadShare
     from cnnkit.training.loggers import RunCSVLogger
 
     checkpoint_io = AtomicCheckpointIO()
@@ -184,7 +171,7 @@ def _trainer(cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[st
     csv_logger = RunCSVLogger(run.path, keep_before_step=start.step if start.resume is not None else None)
     best = BestCheckpoint(str(run.checkpoints), monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                           save_top_k=cfg.checkpoint.save_top_k, every_n_epochs=cfg.checkpoint.every_n_epochs)
-    callbacks: list[Any] = [lifecycle, best, RngState()]
+    callbacks: list[Any] = [lifecycle, best, RngState(), ThreadShare(threads)]
     if cfg.checkpoint.save_last:
         callbacks.append(LastCheckpoint(str(run.checkpoints)))
     if cfg.checkpoint.every_n_steps:
@@ -299,7 +286,7 @@ def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
 
 def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
                ckpt: Optional[str] = None, init_from: Optional[str] = None,
-               overwrite: bool = False) -> list[FitResult]:
+               overwrite: bool = False, jobs: Any = None) -> list[FitResult]:
     """Fit every combination of the recipe's ``matrix:`` (or its one run), in order.
 
     Every run directory is checked first, from its files alone: a finished variant made with the
@@ -308,8 +295,11 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     ``ckpt="last"`` unfinished variants resume. A diverged variant is a result: the matrix goes on.
     The matrix's values are the recipe's: the command line's overrides apply after them, and an
     argument override that a variant's entry does not take is left out of that variant, said once.
+    ``jobs`` (default: the recipe's ``jobs:``) trains that many variants at once, each its own process
+    (``jobs.py``); ``auto`` picks from the devices and the model's size.
     """
-    base, plans = plan_recipe(files, overrides, only, ckpt)
+    base, runs = plan_runs(files, overrides, only, ckpt)
+    plans = [(run.cfg, run.resume) for run in runs]
     first_rank = first_process()
     # every refusal comes now, in well under a second, before torch is imported or anything trains
     verdicts = [RunDir.for_config(cfg).verdict(cfg, resume=resume is not None, overwrite=overwrite,
@@ -321,6 +311,13 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     results: list[FitResult] = []
     if len(plans) == 1:
         return [fit(plans[0][0], ckpt=plans[0][1], init_from=init_from, overwrite=overwrite)]
+    if first_rank:
+        count = resolve_jobs(base.jobs if jobs is None else jobs,
+                             [cfg for (cfg, _), verdict in zip(plans, verdicts) if verdict != KEEP])
+        if count > 1:
+            kept = {i: fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)
+                    for i, (run, verdict) in enumerate(zip(runs, verdicts), 1) if verdict == KEEP}
+            return run_jobs(files, base, runs, kept, count, ckpt, init_from, overwrite)
     with matrix_display(base.name, plans, show_bar=base.trainer.progress_bar != "none",
                         runs_dir=Path(base.runs_dir) / base.name, keys=list(base.matrix)) as display:
         for index, (cfg, resume) in enumerate(plans, 1):
@@ -331,14 +328,33 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     return results
 
 
+@dataclass
+class PlannedRun:
+    """One run a recipe makes: its config, the checkpoint it resumes from, and the command line that makes
+    it alone (the overrides it takes, the ``--only`` values that select it): a ``--jobs`` job's command."""
+
+    cfg: DictConfig
+    resume: Optional[str]
+    overrides: list[str] = field(default_factory=list)
+    only: list[str] = field(default_factory=list)
+
+
 def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
                 ckpt: Optional[str] = None) -> tuple[DictConfig, list[tuple[DictConfig, Optional[str]]]]:
     """The recipe with the overrides, and each run it makes: (its config, the checkpoint it resumes from)."""
+    base, runs = plan_runs(files, overrides, only, ckpt)
+    return base, [(run.cfg, run.resume) for run in runs]
+
+
+def plan_runs(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
+              ckpt: Optional[str] = None) -> tuple[DictConfig, list[PlannedRun]]:
+    """``plan_recipe``, each run with the command line that makes it alone."""
     base = load_config(files, overrides, validate_config=False)
     if not base.matrix:
         if only:
             raise ConfigError("--only needs a recipe with a matrix: section")
-        return base, [(_run_to_extend(files, overrides, base) if ckpt == "last" else base, ckpt)]
+        return base, [PlannedRun(_run_to_extend(files, overrides, base) if ckpt == "last" else base, ckpt,
+                                 list(overrides))]
     # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
     pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
     variants = combinations(base, [*only, *pinned])
@@ -347,12 +363,13 @@ def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Seque
     left_out = _arguments_left_out(overrides, configs)
     plans = []
     for cfg, (variant, combo, values) in zip(configs, variants):
+        kept = [o for o in overrides if o not in left_out.get(variant, ())]
         if variant in left_out:
-            kept = [o for o in overrides if o not in left_out[variant]]
             cfg = load_config(files, [*kept, f"variant={variant}"], validate_config=False, combination=combo)
         cfg.logger.wandb.tags = list(cfg.logger.wandb.tags) + [f"{k}={v}" for k, v in combo_tags(values)]
         run = RunDir.for_config(cfg)
-        plans.append((cfg, ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None))
+        resume = ckpt if ckpt and (ckpt != "last" or run.last_checkpoint.is_file()) else None
+        plans.append(PlannedRun(cfg, resume, kept, [f"{k}={name_value(v)}" for k, v in values.items()]))
     return base, plans
 
 

@@ -76,8 +76,14 @@ def _add_training(commands: Any) -> None:
     _add_config_args(fit, "resume training from this checkpoint ('last': the run's checkpoints/last.ckpt)")
     fit.add_argument("--init-from", metavar="PATH", help="start from a checkpoint's weights (fine-tuning)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    fit.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                     help="run only the matrix combinations with this value (repeatable)")
+    fit.add_argument("--only", action="append", default=[], metavar="KEY=VALUE|VARIANT",
+                     help="run only the matrix combinations with this value (repeatable: all must match), "
+                          "or the variants of these names")
+    fit.add_argument("--jobs", "-j", metavar="N|auto",
+                     help="train N matrix variants at once, in processes with their share of the cores (one per "
+                          "GPU); auto: from the devices and the model's size (default: the recipe's jobs:, else 1)")
+    fit.add_argument("--print-variants", action="store_true",
+                     help="print the variant names the command would fit, one a line in matrix order, and exit")
 
 
 def _add_evaluation(commands: Any) -> None:
@@ -159,15 +165,22 @@ def _print_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    # startup: not on the --help path
-    from cnnkit import api
-
     if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
         # without a recipe every such run would land, unnamed, in runs/default/
         raise ConfigError("fit needs a recipe: --config FILE (e.g. --config recipes/quickstart.yaml); to train "
                           "the built-in defaults without one, name the run: name=NAME")
-    results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt,
-                             init_from=args.init_from, overwrite=args.overwrite)
+    if args.print_variants:
+        # startup: the config alone, no torch (a SLURM array task runs it first)
+        from cnnkit.experiments.variants import variant_names
+
+        show("\n".join(variant_names(args.config, args.overrides, args.only)))
+        return 0
+    # startup: not on the --help path
+    from cnnkit import api
+    from cnnkit.experiments.jobs import parse_jobs
+
+    results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt, init_from=args.init_from,
+                             overwrite=args.overwrite, jobs=None if args.jobs is None else parse_jobs(args.jobs))
     # startup: not on the --help path
     from cnnkit.console import summary_block
 
@@ -384,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error("interrupted")
         return 128 + signal.SIGINT
     except Exception as err:
-        if type(err).__name__ == "RunInterrupted":  # lifecycle.RunInterrupted, without importing Lightning here
+        if type(err).__name__ in ("RunInterrupted", "JobsInterrupted"):  # without importing Lightning here
             error(str(err))
             return err.exit_code
         if debug:

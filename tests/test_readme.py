@@ -7,8 +7,8 @@ each ``cnnkit fit`` (its runs live under runs/smoke/, so they never meet a full 
 apply) and reads ``report runs/X`` as ``report runs/smoke/X``; ``parse`` turns each cnnkit command
 (``torchrun ... -m cnnkit`` included) into ``--print-config``, for GPU, multi-node and full-data
 commands. Under ``smoke`` and ``parse`` a script (``bash docs/reproduce_cpu.sh``, ``sbatch
-scripts/slurm.sh``: the full reproduction, a cluster job) is checked by ``bash -n``, not run. ``file
-NAME`` saves the block as NAME; ``skip`` is for the test command alone (CI runs it).
+scripts/slurm.sh``, ``bash scripts/slurm_array.sh``: the full reproduction, cluster jobs) is checked by
+``bash -n``, not run. ``file NAME`` saves the block as NAME; ``skip`` is for the test command alone (CI runs it).
 ``pip install ... &&`` is dropped: the package is installed already (CI installs it fresh).
 """
 
@@ -135,6 +135,8 @@ def test_the_readme_runs_top_to_bottom(tmp_path):
      f"{sys.executable} -m cnnkit report runs/smoke/bn_placement"),
     ("bash docs/reproduce_cpu.sh", "smoke", "bash -n docs/reproduce_cpu.sh"),
     ("sbatch scripts/slurm.sh recipes/x.yaml", "parse", "bash -n scripts/slurm.sh"),
+    ("bash scripts/slurm_array.sh recipes/x.yaml", "parse", "bash -n scripts/slurm_array.sh"),
+    ("bash docs/reproduce_cpu.sh --jobs auto", "smoke", "bash -n docs/reproduce_cpu.sh"),
     ("torchrun --nproc_per_node=4 -m cnnkit fit --config a.yaml trainer.devices=4", "parse",
      f"{sys.executable} -m cnnkit fit --config a.yaml trainer.devices=4 --print-config"),
 ])

@@ -334,10 +334,26 @@ def validate(cfg: DictConfig) -> None:
              f"trainer.gradient_clip_val must be > 0 (or null), got {trainer.gradient_clip_val}")
     plans.callback_plans(cfg)
     _check_devices(cfg)
+    check_threads(trainer.threads)
+    check_jobs(to_plain(cfg.jobs), "jobs")
     for key in ("name", "variant"):
         value = cfg[key]
         _require(bool(value) and "/" not in value and value not in (".", ".."),
                  f"{key} must be a non-empty name without '/', got {value!r}")
+
+
+def check_jobs(value: Any, where: str = "--jobs") -> None:
+    """``jobs``/``--jobs``: ``auto`` or a whole number >= 1; anything else is one line naming the fix."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise ConfigError(f"{where} must be a whole number >= 1 or auto, got {value!r}")
+
+
+def check_threads(value: Any) -> None:
+    """``trainer.threads`` is ``auto`` or a whole number >= 1."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    raise ConfigError(f"trainer.threads must be auto or a whole number >= 1, got {value!r}")
 
 
 def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> None:

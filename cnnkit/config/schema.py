@@ -120,6 +120,8 @@ class TrainerConfig:
     channels_last: bool = False  # NHWC memory layout for conv nets (faster with mixed precision on GPUs)
     compile: bool = False  # torch.compile the model (checkpoints keep the uncompiled parameter names)
     cudnn_benchmark: Optional[bool] = None  # let cuDNN pick the fastest conv algorithms for fixed shapes
+    # torch's CPU threads: auto = the cores shared among running cnnkit fits (training/threads.py)
+    threads: Any = field(default="auto", metadata=roles(PLACE))
 
 
 @dataclass
@@ -198,6 +200,8 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig, metadata=roles(PLACE))
     # Dotted key → list of values; one run per combination. A place: adding a seed keeps the variants already run.
     matrix: dict[str, Any] = field(default_factory=dict, metadata=roles(PLACE))
+    # Matrix variants trained at once, in processes of their own: N or auto (fit --jobs; experiments/jobs.py).
+    jobs: Any = field(default=1, metadata=roles(PLACE))
 
 
 # The keys whose value names one registry entry: a name, or ``{name: ..., <argument>: ...}``.

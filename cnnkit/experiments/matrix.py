@@ -140,8 +140,12 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
         return [(cfg.variant, [], {})]
     keys = list(matrix)
     short = _short_keys(keys)
-    wanted = []
+    named = {"+".join(f"{short[k]}={name_value(v)}" for k, v in zip(keys, values))
+             for values in itertools.product(*(matrix[k] for k in keys))}
+    wanted, names = [], [item for item in only if item in named]  # whole variant names select those variants
     for item in only:
+        if item in names:
+            continue
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--only '{item}' must look like key=value (e.g. --only norm=bn_pre)")
@@ -153,9 +157,9 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
     result = []
     for values in itertools.product(*(matrix[k] for k in keys)):
         chosen = dict(zip(keys, values))
-        if not all(selects(v, chosen[k]) for k, v in wanted):
-            continue
         name = "+".join(f"{short[k]}={name_value(v)}" for k, v in chosen.items())
+        if not all(selects(v, chosen[k]) for k, v in wanted) or (names and name not in names):
+            continue
         result.append((name, [_override(k, v) for k, v in chosen.items()], chosen))
     if not result:
         raise ConfigError(f"--only {' '.join(only)} matches none of the matrix's combinations")
