@@ -68,10 +68,26 @@ class Limits:
 # One H100, by construction: the install (~15 s) counts in the budget of 225 s; pytest and the smoke runs get <= 110 s
 # side by side, the speed part the rest (>= 95 s; compile last, only with 45 s left, capped at 90 s); a process past
 # its bound is gone within 5 s (2 s grace, SIGTERM, 2 s, SIGKILL): about 230 s in all, 240 s at worst.
-GPU_LIMITS = Limits(budget=225, caps={PYTEST: 110, SMOKE: 100}, speed_reserve=95, tail={SMOKE: 6, SPEED: 15},
-                    test_bound=75, case_cap=45, compile_cap=90, compile_min=45)
-CPU_LIMITS = Limits(budget=600, caps={PYTEST: 300, SMOKE: 150}, speed_reserve=120, tail={SMOKE: 3, SPEED: 5},
-                    test_bound=150, case_cap=120, compile_cap=120, compile_min=10)
+GPU_LIMITS = Limits(
+    budget=225,
+    caps={PYTEST: 110, SMOKE: 100},
+    speed_reserve=95,
+    tail={SMOKE: 6, SPEED: 15},
+    test_bound=75,
+    case_cap=45,
+    compile_cap=90,
+    compile_min=45,
+)
+CPU_LIMITS = Limits(
+    budget=600,
+    caps={PYTEST: 300, SMOKE: 150},
+    speed_reserve=120,
+    tail={SMOKE: 3, SPEED: 5},
+    test_bound=150,
+    case_cap=120,
+    compile_cap=120,
+    compile_min=10,
+)
 FAULT_TEST = "test_a_hung_test_is_cut_at_its_own_bound"
 FAULT_TEST_BOUND = 3  # the planted hung test's own bound
 FAULT_SMOKE_SECONDS = 8  # the smoke deadline forced short: a few models run, the rest are skipped
@@ -136,23 +152,39 @@ class Lines:
 
 
 # -- the bound of a process ---------------------------------------------------------------------------------
-def run_bounded(cmd: list[str], env: dict[str, str], seconds: float, on_output: Optional[Callable[[str], None]] = None,
-                overrun: Callable[[], Optional[str]] = lambda: None) -> tuple[Optional[int], Optional[str]]:
+def run_bounded(
+    cmd: list[str],
+    env: dict[str, str],
+    seconds: float,
+    on_output: Optional[Callable[[str], None]] = None,
+    overrun: Callable[[], Optional[str]] = lambda: None,
+) -> tuple[Optional[int], Optional[str]]:
     """Run ``cmd`` in its own process group for at most ``seconds``: (exit code, None) or (None, why it was cut).
 
     ``on_output`` gets its output as it comes (else it goes straight to ours); ``overrun`` may cut it early
     by returning a reason. The whole group goes (workers, compile processes, CLI runs a test started)."""
     piped = on_output is not None
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE if piped else None,
+        stderr=subprocess.STDOUT if piped else None,
+    )
     reader = threading.Thread(target=_pump, args=(proc.stdout, on_output), daemon=True) if piped else None
     if reader:
         reader.start()
     deadline, cut = time.monotonic() + seconds, None
     try:
         while proc.poll() is None:
-            cut = (f"cut at its bound of {seconds:.0f} s" if time.monotonic() > deadline else
-                   "stopped: the check was interrupted" if STOP.is_set() else overrun())
+            cut = (
+                f"cut at its bound of {seconds:.0f} s"
+                if time.monotonic() > deadline
+                else "stopped: the check was interrupted"
+                if STOP.is_set()
+                else overrun()
+            )
             if cut:
                 break
             time.sleep(0.2)
@@ -223,8 +255,9 @@ class PytestProgress:
         elif (m := REASON.match(line)) and m.group(2) in self.tests and m.group(3):
             reason = m.group(3)
             cut = "Timeout" in reason
-            self.tests[m.group(2)] = (f"cut at its bound (pytest-timeout): {reason}" if cut else
-                                      f"{self.tests[m.group(2)]}: {reason}")
+            self.tests[m.group(2)] = (
+                f"cut at its bound (pytest-timeout): {reason}" if cut else f"{self.tests[m.group(2)]}: {reason}"
+            )
         elif m := TOTALS.match(line):
             self.entry["summary"] = m.group(1)
 
@@ -250,14 +283,33 @@ def pytest_part(args, limits: Limits, report: Report, entry: dict[str, Any], bou
         marker = f", pytest.mark.timeout({FAULT_TEST_BOUND})" if has_timeout else ""
         hung.write_text(HUNG_TEST.format(name=FAULT_TEST, marker=marker))
         files.append(str(hung))
-    cmd = [sys.executable, "-m", "pytest", *files, "-c", str(REPO / "pyproject.toml"), "--rootdir", str(REPO),
-           "-m", "gpu", "-v", "-p", "no:cacheprovider", "--durations=5", "--disable-warnings"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *files,
+        "-c",
+        str(REPO / "pyproject.toml"),
+        "--rootdir",
+        str(REPO),
+        "-m",
+        "gpu",
+        "-v",
+        "-p",
+        "no:cacheprovider",
+        "--durations=5",
+        "--disable-warnings",
+    ]
     if has_timeout:
         cmd.append(f"--timeout={limits.test_bound:.0f}")
-    entry.update(command=" ".join(cmd[1:]), per_test_bound_s=limits.test_bound,
-                 per_test_bound_by="pytest-timeout" if has_timeout else "this script (pytest-timeout is not installed)")
-    progress = PytestProgress(report, entry,
-                              lambda name: FAULT_TEST_BOUND if name.endswith(FAULT_TEST) else limits.test_bound)
+    entry.update(
+        command=" ".join(cmd[1:]),
+        per_test_bound_s=limits.test_bound,
+        per_test_bound_by="pytest-timeout" if has_timeout else "this script (pytest-timeout is not installed)",
+    )
+    progress = PytestProgress(
+        report, entry, lambda name: FAULT_TEST_BOUND if name.endswith(FAULT_TEST) else limits.test_bound
+    )
     env = {**child_env(args), "COLUMNS": "200"}  # the failures' one-line reasons uncut
     rc, cut = run_bounded(cmd, env, bound, on_output=progress.feed, overrun=progress.overrun)
     progress.lines.close()
@@ -323,13 +375,21 @@ class TimedWindow:
         return batch * self.steps / (self.end - self.start)
 
     def describe(self) -> dict[str, Any]:
-        return {"warmup_steps": self.warmup, "timed_steps": self.steps, "synchronizations": self.synchronizations,
-                "seconds": None if self.start is None or self.end is None else self.end - self.start}
+        return {
+            "warmup_steps": self.warmup,
+            "timed_steps": self.steps,
+            "synchronizations": self.synchronizations,
+            "seconds": None if self.start is None or self.end is None else self.end - self.start,
+        }
 
 
 LIBRARIES = ("torch", "torchvision", "torchmetrics")  # a sync inside them counts for the code that called them
-OWNERS = {"cnnkit": "cnnkit", "lightning": "lightning", "pytorch_lightning": "lightning",
-          "lightning_fabric": "lightning"}
+OWNERS = {
+    "cnnkit": "cnnkit",
+    "lightning": "lightning",
+    "pytorch_lightning": "lightning",
+    "lightning_fabric": "lightning",
+}
 
 
 def attribute(frame) -> tuple[str, str]:
@@ -414,8 +474,11 @@ class SyncCounter:
 
     def summary(self) -> dict[str, Any]:
         steps = max(1, self.watched)
-        return {"watched_steps": self.watched, "per_step": {k: v / steps for k, v in sorted(self.counts.items())},
-                "sites": dict(self.sites.most_common(8))}
+        return {
+            "watched_steps": self.watched,
+            "per_step": {k: v / steps for k, v in sorted(self.counts.items())},
+            "sites": dict(self.sites.most_common(8)),
+        }
 
 
 def host_reads_mode(counter: SyncCounter):
@@ -424,15 +487,29 @@ def host_reads_mode(counter: SyncCounter):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     aten = torch.ops.aten
-    reads = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.equal, aten.is_nonzero, aten._unique,
-             aten._unique2, aten.unique_dim, aten.unique_consecutive, aten.bincount, aten.repeat_interleave}
+    reads = {
+        aten._local_scalar_dense,
+        aten.nonzero,
+        aten.masked_select,
+        aten.equal,
+        aten.is_nonzero,
+        aten._unique,
+        aten._unique2,
+        aten.unique_dim,
+        aten.unique_consecutive,
+        aten.bincount,
+        aten.repeat_interleave,
+    }
     masks = {aten.index, aten.index_put, aten.index_put_}
 
     class HostReads(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             packet = func.overloadpacket
-            if packet in reads or (packet in masks and len(args) > 1 and any(
-                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))):
+            if packet in reads or (
+                packet in masks
+                and len(args) > 1
+                and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))
+            ):
                 counter.record(sys._getframe(1))
             return func(*args, **(kwargs or {}))
 
@@ -477,14 +554,21 @@ def register_check_entries() -> None:
     from cnnkit.data.datasets import Synthetic
     from cnnkit.registry import CALLBACKS, DATASETS
 
-    @DATASETS.register("gpu_check_synthetic", override=True,
-                       description="generated images with no test split (the speed fits run no trainer.test)")
+    @DATASETS.register(
+        "gpu_check_synthetic",
+        override=True,
+        description="generated images with no test split (the speed fits run no trainer.test)",
+    )
     class NoTestSplit(Synthetic):
         def load(self):
             return dataclasses.replace(super().load(), test=None)
 
-    CALLBACKS.register("gpu_check_hook", lambda: HOOKS.pop(0), override=True,
-                       description="the check's timer or sync counter (benchmarks/gpu_check.py only)")
+    CALLBACKS.register(
+        "gpu_check_hook",
+        lambda: HOOKS.pop(0),
+        override=True,
+        description="the check's timer or sync counter (benchmarks/gpu_check.py only)",
+    )
 
 
 HOOKS: list[Any] = []  # the callback objects the next fit's config names, in order
@@ -495,15 +579,19 @@ def record_environment(part: Part) -> None:
     import torch
 
     environment = {
-        "python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
-        "lightning": L.__version__, "device": "cpu" if part.cpu else torch.cuda.get_device_name(0),
-        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "lightning": L.__version__,
+        "device": "cpu" if part.cpu else torch.cuda.get_device_name(0),
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+    }
     part.report.change(lambda data: data.setdefault("environment", environment))
 
 
 def recipe_order() -> list[Path]:
     recipes = sorted(p for p in (REPO / "recipes").glob("*.yaml") if not p.name.endswith(".cpu.yaml"))
-    return sorted(recipes, key=lambda p: (KEY_RECIPES.index(p.stem) if p.stem in KEY_RECIPES else len(KEY_RECIPES)))
+    return sorted(recipes, key=lambda p: KEY_RECIPES.index(p.stem) if p.stem in KEY_RECIPES else len(KEY_RECIPES))
 
 
 def recipe_models(recipe: Path, seen: set[str], samples: int) -> Iterator[tuple[str, list[str]]]:
@@ -515,7 +603,7 @@ def recipe_models(recipe: Path, seen: set[str], samples: int) -> Iterator[tuple[
     with redirect_stdout(io.StringIO()):  # an image folder that is not here says so: it is replaced anyway
         base = cnnkit.load_config([str(recipe)], validate_config=False)
     shaping, combos = set(), []
-    for _, combo, values in (combinations(base) if base.matrix else [("", [], {})]):
+    for _, combo, values in combinations(base) if base.matrix else [("", [], {})]:
         keys = [k for k in values if k.split(".")[0] in ("model", "data")]  # only these change the network
         wanted = tuple(o for k, o in zip(values, combo) if k in keys)
         if wanted not in shaping:
@@ -529,9 +617,14 @@ def recipe_models(recipe: Path, seen: set[str], samples: int) -> Iterator[tuple[
         if key in seen:
             continue
         seen.add(key)
-        data = [] if len(info.input_shape) != 3 else [  # images: generated ones of the recipe's shape
-            f"data.dataset={{name: synthetic, shape: {list(info.input_shape)}, num_classes: {info.num_classes}, "
-            f"samples: {samples}}}"]
+        data = (
+            []
+            if len(info.input_shape) != 3
+            else [  # images: generated ones of the recipe's shape
+                f"data.dataset={{name: synthetic, shape: {list(info.input_shape)}, num_classes: {info.num_classes}, "
+                f"samples: {samples}}}"
+            ]
+        )
         yield f"{recipe.stem}:{'+'.join(combo) or 'default'}", [*combo, *data]
 
 
@@ -565,10 +658,19 @@ def smoke_part(part: Part) -> bool:
                 continue
             started = time.monotonic()
             try:
-                cfg = cnnkit.load_config([str(recipe), str(overlay)], [
-                    *overrides, *extra, f"runs_dir={part.workdir}", f"name=smoke{len(models)}",
-                    "data.batch_size=16", "trainer.log_every_n_steps=1", "checkpoint.save_top_k=0",
-                    "checkpoint.save_last=false"])
+                cfg = cnnkit.load_config(
+                    [str(recipe), str(overlay)],
+                    [
+                        *overrides,
+                        *extra,
+                        f"runs_dir={part.workdir}",
+                        f"name=smoke{len(models)}",
+                        "data.batch_size=16",
+                        "trainer.log_every_n_steps=1",
+                        "checkpoint.save_top_k=0",
+                        "checkpoint.save_last=false",
+                    ],
+                )
                 status = quiet_fit(cfg).status
                 models[label] = status if status in ("finished", "diverged") else f"failed: run {status}"
             except Exception as err:  # one model's failure is a finding, not the end of the check
@@ -598,38 +700,86 @@ class SpeedSizes:
     sync_steps: int
 
 
-GPU_SPEED = (SpeedModel("ResNet-18 (cifar10_fast), batch 512"),
-             SpeedModel("small fast net (simple_cnn 64-128-256), batch 512",
-                        ("model.backbone={name: simple_cnn, channels: [64, 128, 256], hidden: [256]}",)))
-CPU_SPEED = (SpeedModel("dry run: simple_cnn 8-16 for ResNet-18, batch 32",
-                        ("model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32]}", "data.batch_size=32")),
-             SpeedModel("dry run: simple_cnn 8 for the small net, batch 32",
-                        ("model.backbone={name: simple_cnn, channels: [8], hidden: [16]}", "data.batch_size=32")))
+GPU_SPEED = (
+    SpeedModel("ResNet-18 (cifar10_fast), batch 512"),
+    SpeedModel(
+        "small fast net (simple_cnn 64-128-256), batch 512",
+        ("model.backbone={name: simple_cnn, channels: [64, 128, 256], hidden: [256]}",),
+    ),
+)
+CPU_SPEED = (
+    SpeedModel(
+        "dry run: simple_cnn 8-16 for ResNet-18, batch 32",
+        ("model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32]}", "data.batch_size=32"),
+    ),
+    SpeedModel(
+        "dry run: simple_cnn 8 for the small net, batch 32",
+        ("model.backbone={name: simple_cnn, channels: [8], hidden: [16]}", "data.batch_size=32"),
+    ),
+)
 GPU_SIZES = SpeedSizes(samples=50_000, warmup=10, steps=50, sync_start=5, sync_steps=10)
 CPU_SIZES = SpeedSizes(samples=512, warmup=2, steps=3, sync_start=2, sync_steps=3)
 # (model, precision, channels_last, compile): cifar10_fast's own setting first, compile last
-SETTINGS = ((0, "bf16-mixed", True, False), (0, "32-true", False, False), (0, "bf16-mixed", False, False),
-            (1, "bf16-mixed", True, False), (1, "32-true", False, False), (0, "bf16-mixed", True, True))
-SPEED_COMMON = ["trainer.progress_bar=none", "trainer.limit_val_batches=0", "logger.wandb.mode=disabled",
-                "checkpoint.save_top_k=0", "checkpoint.save_last=false", "checkpoint.monitor=train/loss_epoch",
-                "checkpoint.mode=min", "trainer.max_epochs=-1", "trainer.devices=1", "trainer.num_nodes=1",
-                "trainer.strategy=auto", "trainer.cudnn_benchmark=true", "trainer.deterministic=false"]
+SETTINGS = (
+    (0, "bf16-mixed", True, False),
+    (0, "32-true", False, False),
+    (0, "bf16-mixed", False, False),
+    (1, "bf16-mixed", True, False),
+    (1, "32-true", False, False),
+    (0, "bf16-mixed", True, True),
+)
+SPEED_COMMON = [
+    "trainer.progress_bar=none",
+    "trainer.limit_val_batches=0",
+    "logger.wandb.mode=disabled",
+    "checkpoint.save_top_k=0",
+    "checkpoint.save_last=false",
+    "checkpoint.monitor=train/loss_epoch",
+    "checkpoint.mode=min",
+    "trainer.max_epochs=-1",
+    "trainer.devices=1",
+    "trainer.num_nodes=1",
+    "trainer.strategy=auto",
+    "trainer.cudnn_benchmark=true",
+    "trainer.deterministic=false",
+]
 
 
 def case_key(model: SpeedModel, precision: str, channels_last: bool, compiled: bool) -> str:
-    return f"{model.label} · {precision}" + (" · channels_last" if channels_last else "") + (
-        " · compile" if compiled else "")
+    return (
+        f"{model.label} · {precision}"
+        + (" · channels_last" if channels_last else "")
+        + (" · compile" if compiled else "")
+    )
 
 
-def speed_config(part: Part, model: SpeedModel, sizes: SpeedSizes, switches: list[str], steps: int,
-                 hooks: int = 0, extra: tuple[str, ...] = ()):
+def speed_config(
+    part: Part,
+    model: SpeedModel,
+    sizes: SpeedSizes,
+    switches: list[str],
+    steps: int,
+    hooks: int = 0,
+    extra: tuple[str, ...] = (),
+):
     import cnnkit
 
     callbacks = ", ".join(["gpu_check_hook"] * hooks)
-    return cnnkit.load_config([str(REPO / "recipes" / "cifar10_fast.yaml")], [
-        *SPEED_COMMON, f"data.dataset={{name: gpu_check_synthetic, shape: [3, 32, 32], samples: {sizes.samples}}}",
-        f"trainer.accelerator={'cpu' if part.cpu else 'gpu'}", *model.overrides, *switches,
-        f"trainer.max_steps={steps}", f"runs_dir={part.workdir}", "name=speed", f"callbacks=[{callbacks}]", *extra])
+    return cnnkit.load_config(
+        [str(REPO / "recipes" / "cifar10_fast.yaml")],
+        [
+            *SPEED_COMMON,
+            f"data.dataset={{name: gpu_check_synthetic, shape: [3, 32, 32], samples: {sizes.samples}}}",
+            f"trainer.accelerator={'cpu' if part.cpu else 'gpu'}",
+            *model.overrides,
+            *switches,
+            f"trainer.max_steps={steps}",
+            f"runs_dir={part.workdir}",
+            "name=speed",
+            f"callbacks=[{callbacks}]",
+            *extra,
+        ],
+    )
 
 
 def cnnkit_images_per_s(part: Part, cfg, window: TimedWindow) -> float:
@@ -711,19 +861,27 @@ def plain_images_per_s(part: Part, cfg, window: TimedWindow) -> float:
     return window.images_per_s(cfg.data.batch_size)
 
 
-def speed_case(part: Part, model: SpeedModel, sizes: SpeedSizes, precision: str, channels_last: bool,
-               compiled: bool) -> dict[str, Any]:
+def speed_case(
+    part: Part, model: SpeedModel, sizes: SpeedSizes, precision: str, channels_last: bool, compiled: bool
+) -> dict[str, Any]:
     """One alternation: the cnnkit fit, then the plain loop, on the same config."""
-    switches = [f"trainer.precision={precision}", f"trainer.channels_last={str(channels_last).lower()}",
-                f"trainer.compile={str(compiled).lower()}"]
+    switches = [
+        f"trainer.precision={precision}",
+        f"trainer.channels_last={str(channels_last).lower()}",
+        f"trainer.compile={str(compiled).lower()}",
+    ]
     steps = sizes.warmup + sizes.steps
     cfg = speed_config(part, model, sizes, switches, steps, hooks=1, extra=("trainer.log_every_n_steps=50",))
     ours_window, plain_window = (TimedWindow(sizes.warmup, sizes.steps, part.device) for _ in range(2))
     ours = cnnkit_images_per_s(part, cfg, ours_window)
     plain = plain_images_per_s(part, cfg, plain_window)
-    return {"cnnkit_images_per_s": ours, "plain_images_per_s": plain, "cnnkit_step_time_ratio": plain / ours,
-            "batch_size": int(cfg.data.batch_size), "timing": {"cnnkit": ours_window.describe(),
-                                                               "plain": plain_window.describe()}}
+    return {
+        "cnnkit_images_per_s": ours,
+        "plain_images_per_s": plain,
+        "cnnkit_step_time_ratio": plain / ours,
+        "batch_size": int(cfg.data.batch_size),
+        "timing": {"cnnkit": ours_window.describe(), "plain": plain_window.describe()},
+    }
 
 
 class PlantedHostRead:
@@ -750,15 +908,26 @@ def count_syncs(part: Part, model: SpeedModel, sizes: SpeedSizes) -> dict[str, A
 
     HOOKS[:] = [counter.callback()] + ([Plant()] if part.faults else [])
     steps = sizes.sync_start + sizes.sync_steps + 1
-    cfg = speed_config(part, model, sizes, ["trainer.precision=bf16-mixed", "trainer.channels_last=true"], steps,
-                       hooks=len(HOOKS), extra=(f"trainer.log_every_n_steps={10 * steps}",))  # no logging step
+    cfg = speed_config(
+        part,
+        model,
+        sizes,
+        ["trainer.precision=bf16-mixed", "trainer.channels_last=true"],
+        steps,
+        hooks=len(HOOKS),
+        extra=(f"trainer.log_every_n_steps={10 * steps}",),
+    )  # no logging step
     try:
         quiet_fit(cfg)
     finally:
         counter.stop()
     planted_reads = {"planted_reads": planted.reads} if part.faults else {}
-    return {"setting": "bf16-mixed · channels_last", **counter.summary(),
-            "counting_after_the_run": sync_counting_active(), **planted_reads}
+    return {
+        "setting": "bf16-mixed · channels_last",
+        **counter.summary(),
+        "counting_after_the_run": sync_counting_active(),
+        **planted_reads,
+    }
 
 
 def speed_part(part: Part) -> bool:
@@ -769,8 +938,14 @@ def speed_part(part: Part) -> bool:
     plan: list[tuple[dict[str, Any], str, Callable[[], dict[str, Any]], float]] = []
     if part.faults:
         broken = SpeedModel("fault: a case that fails", ("model.backbone={name: no_such_backbone}",))
-        plan.append((cases, case_key(broken, "32-true", False, False),
-                     lambda: speed_case(part, broken, sizes, "32-true", False, False), limits.case_cap))
+        plan.append(
+            (
+                cases,
+                case_key(broken, "32-true", False, False),
+                lambda: speed_case(part, broken, sizes, "32-true", False, False),
+                limits.case_cap,
+            )
+        )
     counted: set[int] = set()
     for index, precision, channels_last, compiled in SETTINGS:
         model = models[index]
@@ -800,9 +975,11 @@ def speed_part(part: Part) -> bool:
             try:
                 table[key] = {**run(), "seconds": time.monotonic() - started}
             except Exception as err:  # one case's failure leaves the others' figures
-                table[key] = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:500],
-                              "seconds": time.monotonic() - started,
-                              "traceback": traceback.format_exc()[-2000:]}
+                table[key] = {
+                    "error": f"{type(err).__name__}: {err}".splitlines()[0][:500],
+                    "seconds": time.monotonic() - started,
+                    "traceback": traceback.format_exc()[-2000:],
+                }
         say(f"   {key}: {_case_line(table[key])}")
         part.save()
     bad = [k for table in (cases, syncs) for k, v in table.items() if "error" in v or "skipped" in v or "cut" in v]
@@ -834,8 +1011,10 @@ def capped(part: Part, table: dict[str, Any], key: str, seconds: float) -> Itera
 
 def _case_line(case: dict[str, Any]) -> str:
     if "cnnkit_images_per_s" in case:
-        return (f"cnnkit {case['cnnkit_images_per_s']:,.0f} images/s, plain {case['plain_images_per_s']:,.0f}, "
-                f"cnnkit step time {case['cnnkit_step_time_ratio']:.3f}x the plain loop's")
+        return (
+            f"cnnkit {case['cnnkit_images_per_s']:,.0f} images/s, plain {case['plain_images_per_s']:,.0f}, "
+            f"cnnkit step time {case['cnnkit_step_time_ratio']:.3f}x the plain loop's"
+        )
     if "per_step" in case:
         return f"host syncs per step {case['per_step'] or 0} over {case['watched_steps']} watched steps"
     return next((f"{k}: {v}" for k, v in case.items() if k in ("error", "skipped", "cut")), str(case))
@@ -843,8 +1022,16 @@ def _case_line(case: dict[str, Any]) -> str:
 
 def child_main(args) -> int:
     report = Report(Path(args.output))
-    part = Part(args.part, args.cpu, args.faults, args.until, args.soft, report, Path(args.workdir),
-                report.load().get(args.part, {}))
+    part = Part(
+        args.part,
+        args.cpu,
+        args.faults,
+        args.until,
+        args.soft,
+        report,
+        Path(args.workdir),
+        report.load().get(args.part, {}),
+    )
     os.environ.setdefault("WANDB_MODE", "disabled")
     import torch
 
@@ -866,8 +1053,12 @@ def child_main(args) -> int:
 # -- the check ----------------------------------------------------------------------------------------------
 def child_env(args) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(WANDB_MODE="disabled", WANDB_SILENT="true", CNNKIT_NO_PLUGINS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.update(
+        WANDB_MODE="disabled",
+        WANDB_SILENT="true",
+        CNNKIT_NO_PLUGINS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
     if args.cpu:
         env["CNNKIT_GPU_TESTS_ON_CPU"] = "1"  # tests/test_gpu.py runs on the CPU
         env["TORCH_COMPILE_OVERRIDE_BACKENDS"] = ">=0:eager"  # dynamo only: inductor's C++ build takes minutes here
@@ -879,8 +1070,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="the dry run on the CPU")
     parser.add_argument("--faults", action="store_true", help="with --cpu: plant the faults the check must survive")
     parser.add_argument("--budget", type=float, help="seconds for the whole check (GPU default 225, CPU 600)")
-    parser.add_argument("--output", help="gpu.json's path (default benchmarks/results/gpu.json; with --cpu "
-                                         "$TMPDIR/cnnkit-gpu-check/gpu.json)")
+    parser.add_argument(
+        "--output",
+        help="gpu.json's path (default benchmarks/results/gpu.json; with --cpu $TMPDIR/cnnkit-gpu-check/gpu.json)",
+    )
     for internal in ("--part", "--until", "--soft", "--workdir"):
         parser.add_argument(internal, help=argparse.SUPPRESS, type=float if internal in ("--until", "--soft") else str)
     args = parser.parse_args(argv)
@@ -896,12 +1089,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     budget = args.budget if args.budget is not None else limits.budget
     end = START + budget
     report = Report(Path(args.output))
-    report.write({"check": {"mode": "cpu dry run" if args.cpu else "gpu", "faults": args.faults, "budget_s": budget,
-                            "started": time.strftime("%Y-%m-%d %H:%M:%S")}})
+    report.write(
+        {
+            "check": {
+                "mode": "cpu dry run" if args.cpu else "gpu",
+                "faults": args.faults,
+                "budget_s": budget,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        }
+    )
     left = end - time.monotonic()
     bounds = {name: min(limits.caps[name], left - limits.speed_reserve) for name in (PYTEST, SMOKE)}
-    say(f"== {PYTEST} (bound {bounds[PYTEST]:.0f} s); beside it, the {SMOKE} (bound {bounds[SMOKE]:.0f} s; "
-        f"its lines start 'smoke |')")
+    say(
+        f"== {PYTEST} (bound {bounds[PYTEST]:.0f} s); beside it, the {SMOKE} (bound {bounds[SMOKE]:.0f} s; "
+        f"its lines start 'smoke |')"
+    )
     smoke = threading.Thread(target=run_part, args=(args, limits, report, SMOKE, bounds[SMOKE], scratch))
     smoke.start()
     try:
@@ -950,8 +1153,20 @@ def run_part(args, limits: Limits, report: Report, name: str, bound: float, scra
 def child_part(args, limits: Limits, report: Report, name: str, bound: float, scratch: Path) -> bool:
     """The smoke or speed part in a process of its own: stopped at its bound, what it wrote is kept."""
     until = time.time() + bound
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--until", str(until),
-           "--soft", str(until - limits.tail[name]), "--output", str(args.output), "--workdir", str(scratch / "runs")]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--part",
+        name,
+        "--until",
+        str(until),
+        "--soft",
+        str(until - limits.tail[name]),
+        "--output",
+        str(args.output),
+        "--workdir",
+        str(scratch / "runs"),
+    ]
     cmd += ["--cpu"] * args.cpu + ["--faults"] * args.faults
     lines = Lines(prefix="smoke | " if name == SMOKE else "")  # the smoke runs print beside pytest
     rc, cut = run_bounded(cmd, child_env(args), bound + 2, on_output=lines.feed)
@@ -971,8 +1186,10 @@ def summarize(report: Report, seconds: float) -> int:
     say(f"\n{'part':<32} {'result':<8} {'seconds':>8} {'bound':>6}")
     for name in PARTS:
         part = data.get(name, {})
-        say(f"{name:<32} {'ok' if part.get('ok') else 'NOT OK':<8} {part.get('seconds', 0):>8.1f} "
-            f"{part.get('bound_s', 0):>6.0f}")
+        say(
+            f"{name:<32} {'ok' if part.get('ok') else 'NOT OK':<8} {part.get('seconds', 0):>8.1f} "
+            f"{part.get('bound_s', 0):>6.0f}"
+        )
     tests = data.get(PYTEST, {}).get("outcomes")
     if tests:
         say(f"  tests: {', '.join(f'{n} {k}' for k, n in tests.items())}")

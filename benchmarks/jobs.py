@@ -34,16 +34,36 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ("error_surface", "bn_activations", "bn_placement", "bn_eval_stats", "bn_lr_scale", "bn_landscape",
-           "bn_batch_size", "cnn_vs_fc", "hw3_food11")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS")
+RECIPES = (
+    "error_surface",
+    "bn_activations",
+    "bn_placement",
+    "bn_eval_stats",
+    "bn_lr_scale",
+    "bn_landscape",
+    "bn_batch_size",
+    "cnn_vs_fc",
+    "hw3_food11",
+)
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    return {**env, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1",
-            "PYTHON": sys.executable, **extra}
+    return {
+        **env,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "disabled",
+        "CNNKIT_NO_PLUGINS": "1",
+        "PYTHON": sys.executable,
+        **extra,
+    }
 
 
 def answer(report: Path) -> str:
@@ -62,8 +82,12 @@ def reproduction(recipes: list[str], work: Path) -> dict:
     for mode, extra in (("sequential", []), ("jobs_auto", ["--jobs", "auto"])):
         runs = work / mode
         start = time.monotonic()
-        proc = subprocess.run(["bash", str(REPO / "docs/reproduce_cpu.sh"), *extra, *recipes],
-                              env=clean_env(RUNS_DIR=str(runs)), capture_output=True, text=True)
+        proc = subprocess.run(
+            ["bash", str(REPO / "docs/reproduce_cpu.sh"), *extra, *recipes],
+            env=clean_env(RUNS_DIR=str(runs)),
+            capture_output=True,
+            text=True,
+        )
         wall = time.monotonic() - start
         if proc.returncode != 0:
             raise SystemExit(f"reproduce_cpu.sh {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
@@ -79,24 +103,49 @@ def reproduction(recipes: list[str], work: Path) -> dict:
         jobs = answer(work / "jobs_auto" / recipe / "REPORT.md")
         committed = answer(REPO / "docs" / recipe / "REPORT.md")
         per_recipe[recipe] = {
-            "sequential_s": times["sequential"].get(recipe), "jobs_auto_s": times["jobs_auto"].get(recipe),
-            "answer_same_as_sequential": seq == jobs, "answer_same_as_committed": jobs == committed,
+            "sequential_s": times["sequential"].get(recipe),
+            "jobs_auto_s": times["jobs_auto"].get(recipe),
+            "answer_same_as_sequential": seq == jobs,
+            "answer_same_as_committed": jobs == committed,
             "extremes_same_as_sequential": extremes(seq) == extremes(jobs),
             "extremes_same_as_committed": extremes(jobs) == extremes(committed),
-            "answer_sequential": seq, "answer_jobs_auto": jobs, "answer_committed": committed}
+            "answer_sequential": seq,
+            "answer_jobs_auto": jobs,
+            "answer_committed": committed,
+        }
     ratio = times["jobs_auto"]["wall_s"] / times["sequential"]["wall_s"]
-    return {"recipes": recipes, "sequential_s": times["sequential"]["wall_s"],
-            "jobs_auto_s": times["jobs_auto"]["wall_s"], "ratio": round(ratio, 3), "target_ratio": 0.75,
-            "per_recipe": per_recipe}
+    return {
+        "recipes": recipes,
+        "sequential_s": times["sequential"]["wall_s"],
+        "jobs_auto_s": times["jobs_auto"]["wall_s"],
+        "ratio": round(ratio, 3),
+        "target_ratio": 0.75,
+        "per_recipe": per_recipe,
+    }
 
 
 def quickstart(work: Path, threads: str | None = None) -> subprocess.Popen:
     """One quickstart fit as a whole process, in a fresh runs directory of its own."""
     work.mkdir(parents=True, exist_ok=True)
     extra = [f"trainer.threads={threads}"] if threads else []
-    return subprocess.Popen([sys.executable, "-m", "cnnkit", "fit", "--config", str(REPO / "recipes/quickstart.yaml"),
-                             "logger.wandb.mode=disabled", "trainer.progress_bar=none", *extra], cwd=work,
-                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnkit",
+            "fit",
+            "--config",
+            str(REPO / "recipes/quickstart.yaml"),
+            "logger.wandb.mode=disabled",
+            "trainer.progress_bar=none",
+            *extra,
+        ],
+        cwd=work,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def timed(*starts) -> float:
@@ -111,22 +160,33 @@ def timed(*starts) -> float:
 
 def together(work: Path, repeats: int) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    rows: dict[str, list[float]] = {"alone_main_all_cores": [], "alone_default": [], "two_one_after_other": [],
-                                    "two_together": []}
+    rows: dict[str, list[float]] = {
+        "alone_main_all_cores": [],
+        "alone_default": [],
+        "two_one_after_other": [],
+        "two_together": [],
+    }
     for r in range(repeats):
         # today's main: torch on every core, whatever runs beside it
         rows["alone_main_all_cores"].append(timed(partial(quickstart, work / f"{r}/main", str(cores))))
         rows["alone_default"].append(timed(partial(quickstart, work / f"{r}/alone")))
-        rows["two_one_after_other"].append(timed(partial(quickstart, work / f"{r}/seq1"))
-                                           + timed(partial(quickstart, work / f"{r}/seq2")))
-        rows["two_together"].append(timed(partial(quickstart, work / f"{r}/tog1"),
-                                          partial(quickstart, work / f"{r}/tog2")))
+        rows["two_one_after_other"].append(
+            timed(partial(quickstart, work / f"{r}/seq1")) + timed(partial(quickstart, work / f"{r}/seq2"))
+        )
+        rows["two_together"].append(
+            timed(partial(quickstart, work / f"{r}/tog1"), partial(quickstart, work / f"{r}/tog2"))
+        )
         print("  " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in rows.items()), flush=True)
     best = {k: round(min(v), 2) for k, v in rows.items()}  # the least disturbed of the repeats
-    return {"cores": cores, "repeats": repeats, "seconds": best, "all_seconds": rows,
-            "together_vs_one_after_other": round(best["two_together"] / best["two_one_after_other"], 3),
-            "alone_default_vs_main": round(best["alone_default"] / best["alone_main_all_cores"], 3),
-            "targets": {"together_vs_one_after_other": "<= 1.0", "alone_default_vs_main": "within 0.95..1.05"}}
+    return {
+        "cores": cores,
+        "repeats": repeats,
+        "seconds": best,
+        "all_seconds": rows,
+        "together_vs_one_after_other": round(best["two_together"] / best["two_one_after_other"], 3),
+        "alone_default_vs_main": round(best["alone_default"] / best["alone_main_all_cores"], 3),
+        "targets": {"together_vs_one_after_other": "<= 1.0", "alone_default_vs_main": "within 0.95..1.05"},
+    }
 
 
 def step_seconds(model, optimizer, x, y, threads: int, seconds: float) -> float:
@@ -166,17 +226,30 @@ def threads_gain(recipes: list[str], seconds: float = 3.0) -> dict:
         y = torch.randint(0, info.num_classes, (cfg.data.batch_size,))
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         per_step = {threads: step_seconds(model, optimizer, x, y, threads, seconds) for threads in (1, 2)}
-        rows[recipe] = {"macs_per_batch": step_macs(cfg), "step_ms_1": round(per_step[1] * 1e3, 2),
-                        "step_ms_2": round(per_step[2] * 1e3, 2), "gain": round(per_step[1] / per_step[2], 2)}
-        print(f"  {recipe}: {rows[recipe]['macs_per_batch']:.3g} MACs/batch, {rows[recipe]['step_ms_1']} ms on 1 "
-              f"thread, {rows[recipe]['step_ms_2']} ms on 2: {rows[recipe]['gain']}x", flush=True)
+        rows[recipe] = {
+            "macs_per_batch": step_macs(cfg),
+            "step_ms_1": round(per_step[1] * 1e3, 2),
+            "step_ms_2": round(per_step[2] * 1e3, 2),
+            "gain": round(per_step[1] / per_step[2], 2),
+        }
+        print(
+            f"  {recipe}: {rows[recipe]['macs_per_batch']:.3g} MACs/batch, {rows[recipe]['step_ms_1']} ms on 1 "
+            f"thread, {rows[recipe]['step_ms_2']} ms on 2: {rows[recipe]['gain']}x",
+            flush=True,
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, metavar="RECIPE",
-                        help="the .cpu recipes of part 1 (default: all)")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=list(RECIPES),
+        choices=RECIPES,
+        metavar="RECIPE",
+        help="the .cpu recipes of part 1 (default: all)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="repeats of part 2 (the fastest counts)")
     parser.add_argument("--skip-reproduction", action="store_true", help="part 2 alone")
     parser.add_argument("--threads-gain", action="store_true", help="part 3 alone")
@@ -195,19 +268,27 @@ def main() -> None:
     print("2. quickstart: two fits started together vs one after the other; one alone vs main", flush=True)
     result["together"] = part2 = together(work / "quickstart", args.repeats)
     s = part2["seconds"]
-    print(f"  two together {s['two_together']:.1f} s vs one after the other {s['two_one_after_other']:.1f} s: "
-          f"{part2['together_vs_one_after_other']:.2f}x (target <= 1)")
-    print(f"  one alone {s['alone_default']:.1f} s vs main's every-core threads {s['alone_main_all_cores']:.1f} s: "
-          f"{part2['alone_default_vs_main']:.2f}x (target within 5%)")
+    print(
+        f"  two together {s['two_together']:.1f} s vs one after the other {s['two_one_after_other']:.1f} s: "
+        f"{part2['together_vs_one_after_other']:.2f}x (target <= 1)"
+    )
+    print(
+        f"  one alone {s['alone_default']:.1f} s vs main's every-core threads {s['alone_main_all_cores']:.1f} s: "
+        f"{part2['alone_default_vs_main']:.2f}x (target within 5%)"
+    )
     if not args.skip_reproduction:
         print(f"1. docs/reproduce_cpu.sh {' '.join(args.recipes)}: sequential vs --jobs auto", flush=True)
         result["reproduction"] = part1 = reproduction(args.recipes, work / "reproduce")
-        print(f"  sequential {part1['sequential_s']:.1f} s, --jobs auto {part1['jobs_auto_s']:.1f} s: "
-              f"{part1['ratio']:.2f}x (target <= 0.75)")
+        print(
+            f"  sequential {part1['sequential_s']:.1f} s, --jobs auto {part1['jobs_auto_s']:.1f} s: "
+            f"{part1['ratio']:.2f}x (target <= 0.75)"
+        )
         for recipe, row in part1["per_recipe"].items():
-            print(f"  {recipe}: {row['sequential_s']} s -> {row['jobs_auto_s']} s; answer same as sequential: "
-                  f"{row['answer_same_as_sequential']} (best/worst {row['extremes_same_as_sequential']}), as "
-                  f"committed docs: {row['answer_same_as_committed']} (best/worst {row['extremes_same_as_committed']})")
+            print(
+                f"  {recipe}: {row['sequential_s']} s -> {row['jobs_auto_s']} s; answer same as sequential: "
+                f"{row['answer_same_as_sequential']} (best/worst {row['extremes_same_as_sequential']}), as "
+                f"committed docs: {row['answer_same_as_committed']} (best/worst {row['extremes_same_as_committed']})"
+            )
     result["machine"]["load_after"] = os.getloadavg()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

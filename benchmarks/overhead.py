@@ -31,14 +31,29 @@ from cnnkit.registry import CALLBACKS  # noqa: E402
 CASES = {
     "digits simple_cnn, batch 64": ["data.dataset=digits", "data.batch_size=64"],
     "CIFAR-shaped 3x32x32 simple_cnn, batch 128": [
-        "data.dataset={name: synthetic, shape: [3, 32, 32], samples: 20000}", "data.batch_size=128"],
+        "data.dataset={name: synthetic, shape: [3, 32, 32], samples: 20000}",
+        "data.batch_size=128",
+    ],
 }
-COMMON = ["model.backbone={name: simple_cnn, channels: [32, 64], hidden: [128]}", "model.norm=bn_pre",
-          "optim.optimizer={name: sgd, momentum: 0.9}", "optim.lr=0.01", "trainer.accelerator=cpu",
-          "trainer.devices=1", "trainer.progress_bar=none", "trainer.enable_model_summary=false",
-          "trainer.limit_val_batches=0", "trainer.limit_test_batches=1", "logger.wandb.mode=disabled",
-          "checkpoint.save_top_k=0", "checkpoint.save_last=false", "checkpoint.monitor=train/loss_epoch",
-          "checkpoint.mode=min", "trainer.max_epochs=-1", "trainer.max_steps=1000"]
+COMMON = [
+    "model.backbone={name: simple_cnn, channels: [32, 64], hidden: [128]}",
+    "model.norm=bn_pre",
+    "optim.optimizer={name: sgd, momentum: 0.9}",
+    "optim.lr=0.01",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.progress_bar=none",
+    "trainer.enable_model_summary=false",
+    "trainer.limit_val_batches=0",
+    "trainer.limit_test_batches=1",
+    "logger.wandb.mode=disabled",
+    "checkpoint.save_top_k=0",
+    "checkpoint.save_last=false",
+    "checkpoint.monitor=train/loss_epoch",
+    "checkpoint.mode=min",
+    "trainer.max_epochs=-1",
+    "trainer.max_steps=1000",
+]
 
 
 class StepTimer(L.Callback):
@@ -67,9 +82,17 @@ def step_timer(warmup: int = 20) -> StepTimer:
 
 
 def cnnkit_step(overrides: list[str], steps: int, warmup: int, workdir: Path) -> float:
-    cfg = cnnkit.load_config([], [*COMMON, *overrides, f"trainer.max_steps={steps + warmup}",
-                                  f"runs_dir={workdir}", "name=overhead", f"callbacks=[{{name: step_timer, "
-                                  f"warmup: {warmup}}}]"])
+    cfg = cnnkit.load_config(
+        [],
+        [
+            *COMMON,
+            *overrides,
+            f"trainer.max_steps={steps + warmup}",
+            f"runs_dir={workdir}",
+            "name=overhead",
+            f"callbacks=[{{name: step_timer, warmup: {warmup}}}]",
+        ],
+    )
     cnnkit.fit(cfg, overwrite=True)
     timer = TIMERS[-1]
     return (timer.end - timer.start) / timer.steps
@@ -117,9 +140,15 @@ def main() -> None:
             plain.append(plain_step(overrides, args.steps, args.warmup))
             ours.append(cnnkit_step(overrides, args.steps, args.warmup, workdir))
         p, c = statistics.median(plain), statistics.median(ours)
-        results[case] = {"plain_ms": p * 1e3, "cnnkit_ms": c * 1e3, "ratio": c / p, "repeats": args.repeats,
-                         "steps": args.steps, "plain_all_ms": [v * 1e3 for v in plain],
-                         "cnnkit_all_ms": [v * 1e3 for v in ours]}
+        results[case] = {
+            "plain_ms": p * 1e3,
+            "cnnkit_ms": c * 1e3,
+            "ratio": c / p,
+            "repeats": args.repeats,
+            "steps": args.steps,
+            "plain_all_ms": [v * 1e3 for v in plain],
+            "cnnkit_all_ms": [v * 1e3 for v in ours],
+        }
         print(f"{case:<44} {p * 1e3:>14.3f} {c * 1e3:>15.3f} {c / p:>7.3f}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"torch_threads": torch.get_num_threads(), "cases": results}, indent=2))

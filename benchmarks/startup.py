@@ -32,10 +32,23 @@ def wall(args: list[str], env: dict[str, str], cwd: str) -> tuple[float, str]:
 
 def first_step(env: dict[str, str], cwd: str) -> float:
     start = time.time()
-    _, output = wall(["fit", "--config", str(REPO / "recipes" / "quickstart.yaml"), "--overwrite",
-                      f"imports=[{REPO / 'benchmarks' / 'first_step.py'}]", "callbacks=[first_step_clock]",
-                      "trainer.progress_bar=none", "trainer.enable_model_summary=false", "logger.wandb.mode=disabled",
-                      "trainer.limit_test_batches=1", "trainer.limit_val_batches=1"], env, cwd)
+    _, output = wall(
+        [
+            "fit",
+            "--config",
+            str(REPO / "recipes" / "quickstart.yaml"),
+            "--overwrite",
+            f"imports=[{REPO / 'benchmarks' / 'first_step.py'}]",
+            "callbacks=[first_step_clock]",
+            "trainer.progress_bar=none",
+            "trainer.enable_model_summary=false",
+            "logger.wandb.mode=disabled",
+            "trainer.limit_test_batches=1",
+            "trainer.limit_val_batches=1",
+        ],
+        env,
+        cwd,
+    )
     end = next(float(line.split()[1]) for line in output.splitlines() if line.startswith("FIRST_STEP_END"))
     return end - start
 
@@ -47,10 +60,14 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1"}
     cwd = tempfile.mkdtemp(prefix="cnnkit-startup-")
-    measures = {"--help": lambda: wall(["--help"], env, cwd)[0], "list": lambda: wall(["list"], env, cwd)[0],
-                "describe (quickstart)": lambda: wall(
-                    ["describe", "--config", str(REPO / "recipes" / "quickstart.yaml")], env, cwd)[0],
-                "first training step (quickstart)": lambda: first_step(env, cwd)}
+    measures = {
+        "--help": lambda: wall(["--help"], env, cwd)[0],
+        "list": lambda: wall(["list"], env, cwd)[0],
+        "describe (quickstart)": lambda: wall(
+            ["describe", "--config", str(REPO / "recipes" / "quickstart.yaml")], env, cwd
+        )[0],
+        "first training step (quickstart)": lambda: first_step(env, cwd),
+    }
     results = {}
     print(f"{'command':<36} {'median s':>9}  all")
     for name, measure in measures.items():

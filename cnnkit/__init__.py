@@ -16,9 +16,22 @@ _LAZY = {
     # registries (light): each under its kind in capitals
     **{name: "cnnkit.registry" for name in ("Registry", *(kind.upper() for kind in REGISTRIES))},
     # the Python API
-    **{name: "cnnkit.api" for name in (
-        "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model", "build_module",
-        "build_datamodule", "data_info", "FitResult")},
+    **{
+        name: "cnnkit.api"
+        for name in (
+            "load_config",
+            "fit",
+            "fit_recipe",
+            "evaluate",
+            "predict",
+            "describe",
+            "build_model",
+            "build_module",
+            "build_datamodule",
+            "data_info",
+            "FitResult",
+        )
+    },
     # extension points
     "NormScheme": "cnnkit.nn.layers.norms",
     "ConvNormAct": "cnnkit.nn.layers.blocks",

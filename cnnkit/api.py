@@ -43,8 +43,20 @@ from cnnkit.training.evaluation import checkpoint_config, evaluate, predict
 from cnnkit.training.threads import FitThreads
 from cnnkit.training.trainer import build_trainer
 
-__all__ = ["FitResult", "load_config", "fit", "fit_recipe", "evaluate", "predict", "describe", "build_model",
-           "build_datamodule", "build_module", "data_info", "checkpoint_config"]
+__all__ = [
+    "FitResult",
+    "load_config",
+    "fit",
+    "fit_recipe",
+    "evaluate",
+    "predict",
+    "describe",
+    "build_model",
+    "build_datamodule",
+    "build_module",
+    "data_info",
+    "checkpoint_config",
+]
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -60,8 +72,9 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 # -- fit ------------------------------------------------------------------------------------------
 @quiet
-def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = None,
-        overwrite: bool = False) -> FitResult:
+def fit(
+    cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = None, overwrite: bool = False
+) -> FitResult:
     """Train ``cfg`` in its run directory; ``ckpt`` (a path or ``last``) resumes, ``init_from`` fine-tunes.
 
     A finished run made with the same config is kept, not retrained (``overwrite`` redoes it).
@@ -72,8 +85,7 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
     if ckpt in (None, "last") and not overwrite:  # a requeued SLURM job (or array task) continues where it stopped
         ckpt = _requeued_checkpoint(run) or ckpt
     first_rank = first_process()  # under strategy=ddp the other ranks re-run this command and follow
-    verdict = run.verdict(cfg, resume=ckpt is not None, overwrite=overwrite, first_rank=first_rank,
-                          init_from=init_from)
+    verdict = run.verdict(cfg, resume=ckpt is not None, overwrite=overwrite, first_rank=first_rank, init_from=init_from)
     if verdict == KEEP:
         return _kept(run, cfg, resumed=ckpt is not None)
 
@@ -81,8 +93,16 @@ def fit(cfg: DictConfig, ckpt: Optional[str] = None, init_from: Optional[str] = 
         return _train(cfg, run, verdict, ckpt, init_from, first_rank, started, threads)
 
 
-def _train(cfg: DictConfig, run: RunDir, verdict: str, ckpt: Optional[str], init_from: Optional[str],
-           first_rank: bool, started: float, threads: Any) -> FitResult:
+def _train(
+    cfg: DictConfig,
+    run: RunDir,
+    verdict: str,
+    ckpt: Optional[str],
+    init_from: Optional[str],
+    first_rank: bool,
+    started: float,
+    threads: Any,
+) -> FitResult:
     """``fit``'s training, once the verdict allows it and the thread count is set."""
     # startup: lightning, torch only when this runs
     import lightning as L
@@ -102,8 +122,17 @@ def _train(cfg: DictConfig, run: RunDir, verdict: str, ckpt: Optional[str], init
         wandb_sync = _log_to_wandb(wandb_logger, trainer, lifecycle, first_rank)
         trainer.fit(module, datamodule=datamodule, ckpt_path=start.resume_arg, weights_only=True)
         metrics = _test(trainer, module, datamodule, lifecycle, best)
-    return _ended(run, cfg, trainer, lifecycle, best, metrics, seconds=time.monotonic() - started,
-                  wandb_sync=wandb_sync, limits=_limits(cfg))
+    return _ended(
+        run,
+        cfg,
+        trainer,
+        lifecycle,
+        best,
+        metrics,
+        seconds=time.monotonic() - started,
+        wandb_sync=wandb_sync,
+        limits=_limits(cfg),
+    )
 
 
 @dataclass
@@ -154,8 +183,9 @@ def _build(cfg: DictConfig, run: RunDir, start: _Start) -> tuple[Any, Any]:
     return datamodule, module
 
 
-def _trainer(cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[str],
-             threads: Any) -> tuple[Any, Any, Any]:
+def _trainer(
+    cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[str], threads: Any
+) -> tuple[Any, Any, Any]:
     """The trainer with the run's CSV log and callbacks: (trainer, the run's lifecycle, the best checkpoint)."""
     # startup: lightning, torch only when this runs
     from cnnkit.runs.checkpoint_io import AtomicCheckpointIO
@@ -169,8 +199,13 @@ def _trainer(cfg: DictConfig, run: RunDir, start: _Start, init_from: Optional[st
     checkpoint_io = AtomicCheckpointIO()
     lifecycle = RunLifecycle(run, checkpoint_io, init_from=str(init_from) if init_from else None)
     csv_logger = RunCSVLogger(run.path, keep_before_step=start.step if start.resume is not None else None)
-    best = BestCheckpoint(str(run.checkpoints), monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
-                          save_top_k=cfg.checkpoint.save_top_k, every_n_epochs=cfg.checkpoint.every_n_epochs)
+    best = BestCheckpoint(
+        str(run.checkpoints),
+        monitor=cfg.checkpoint.monitor,
+        mode=cfg.checkpoint.mode,
+        save_top_k=cfg.checkpoint.save_top_k,
+        every_n_epochs=cfg.checkpoint.every_n_epochs,
+    )
     callbacks: list[Any] = [lifecycle, best, RngState(), ThreadShare(threads)]
     if cfg.checkpoint.save_last:
         callbacks.append(LastCheckpoint(str(run.checkpoints)))
@@ -205,14 +240,16 @@ def _test(trainer: Any, module: Any, datamodule: Any, lifecycle: Any, best: Any)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["params"] = float(lifecycle.parameters)
     if lifecycle.divergence is None and datamodule.load().test is not None:
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best.best_model_path or None,
-                               weights_only=True, verbose=verbose())
+        results = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best.best_model_path or None, weights_only=True, verbose=verbose()
+        )
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     return metrics
 
 
-def _ended(run: RunDir, cfg: DictConfig, trainer: Any, lifecycle: Any, best: Any, metrics: dict[str, float],
-           **details: Any) -> FitResult:
+def _ended(
+    run: RunDir, cfg: DictConfig, trainer: Any, lifecycle: Any, best: Any, metrics: dict[str, float], **details: Any
+) -> FitResult:
     """A trained run's end, recorded in its status.json (finished or diverged), and its result."""
     last = run.last_checkpoint if run.last_checkpoint.is_file() else None
     best_path = Path(best.best_model_path) if best.best_model_path else None
@@ -222,17 +259,34 @@ def _ended(run: RunDir, cfg: DictConfig, trainer: Any, lifecycle: Any, best: Any
     if lifecycle.divergence is not None:
         lifecycle.record_divergence(last)
         d = lifecycle.divergence
-        diverged = {"step": d.step, "lr": d.lr, "what": d.what, "reason": d.reason,
-                    "last_good": str(last) if last else None}
+        diverged = {
+            "step": d.step,
+            "lr": d.lr,
+            "what": d.what,
+            "reason": d.reason,
+            "last_good": str(last) if last else None,
+        }
     else:
         lifecycle.finish(int(trainer.global_step), metrics, best_path, best_epoch, epochs)
-    return FitResult.of(run, cfg, "diverged" if diverged else "finished", metrics, best_path, best_epoch, epochs,
-                        diverged=diverged, **details)
+    return FitResult.of(
+        run,
+        cfg,
+        "diverged" if diverged else "finished",
+        metrics,
+        best_path,
+        best_epoch,
+        epochs,
+        diverged=diverged,
+        **details,
+    )
 
 
 def _limits(cfg: DictConfig) -> list[str]:
-    return [f"{key}={cfg.trainer[key]}" for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
-            if cfg.trainer[key] is not None]
+    return [
+        f"{key}={cfg.trainer[key]}"
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+        if cfg.trainer[key] is not None
+    ]
 
 
 def _requeued_checkpoint(run: RunDir) -> Optional[str]:
@@ -247,12 +301,15 @@ def _requeued_checkpoint(run: RunDir) -> Optional[str]:
 def _check_resumable(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
     """Resuming continues the checkpoint's own run (its optimizer, schedule and step): its config must be
     this one, but for how to run it and its length; other weights to start from are ``--init-from``."""
-    diffs = differences(plain_stored(checkpoint["hyper_parameters"]["config"]), as_data(cfg),
-                        RESULT_NEUTRAL + RESUME_FREE + LENGTH)
+    diffs = differences(
+        plain_stored(checkpoint["hyper_parameters"]["config"]), as_data(cfg), RESULT_NEUTRAL + RESUME_FREE + LENGTH
+    )
     if diffs:
-        raise CheckpointError(f"checkpoint '{path}' was trained with another config ({describe_differences(diffs)}); "
-                              f"--ckpt resumes that run as it was: to start this config from its weights, "
-                              f"use --init-from {path}")
+        raise CheckpointError(
+            f"checkpoint '{path}' was trained with another config ({describe_differences(diffs)}); "
+            f"--ckpt resumes that run as it was: to start this config from its weights, "
+            f"use --init-from {path}"
+        )
 
 
 def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
@@ -262,16 +319,28 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
         _follow_report_section(run, cfg)
     if resumed:
         scheduler = length_bound(spec(cfg, "optim.scheduler"))
-        longer = (f"its {scheduler} schedule is laid out over the run's length: train a longer run without "
-                  f"--ckpt last, in a directory of its own" if scheduler else "raise trainer.max_epochs to train on")
+        longer = (
+            f"its {scheduler} schedule is laid out over the run's length: train a longer run without "
+            f"--ckpt last, in a directory of its own"
+            if scheduler
+            else "raise trainer.max_epochs to train on"
+        )
         say(f"run '{run.path}' already finished; nothing to resume ({longer})")
     best = status.get("best_checkpoint")
     diverged = None
     if status.get("status") == "diverged":
         diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")}
-    return FitResult.of(run, cfg, status.get("status", "finished"), status.get("metrics", {}),
-                        Path(best) if best else None, status.get("best_epoch"), status.get("epochs"),
-                        diverged=diverged, kept=True)
+    return FitResult.of(
+        run,
+        cfg,
+        status.get("status", "finished"),
+        status.get("metrics", {}),
+        Path(best) if best else None,
+        status.get("best_epoch"),
+        status.get("epochs"),
+        diverged=diverged,
+        kept=True,
+    )
 
 
 def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
@@ -284,9 +353,15 @@ def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:
         atomic_write_text(run.config_file, OmegaConf.to_yaml(OmegaConf.create(stored)))
 
 
-def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
-               ckpt: Optional[str] = None, init_from: Optional[str] = None,
-               overwrite: bool = False, jobs: Any = None) -> list[FitResult]:
+def fit_recipe(
+    files: Sequence[str],
+    overrides: Sequence[str] = (),
+    only: Sequence[str] = (),
+    ckpt: Optional[str] = None,
+    init_from: Optional[str] = None,
+    overwrite: bool = False,
+    jobs: Any = None,
+) -> list[FitResult]:
     """Fit every combination of the recipe's ``matrix:`` (or its one run), in order.
 
     Every run directory is checked first, from its files alone: a finished variant made with the
@@ -302,9 +377,12 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     plans = [(run.cfg, run.resume) for run in runs]
     first_rank = first_process()
     # every refusal comes now, in well under a second, before torch is imported or anything trains
-    verdicts = [RunDir.for_config(cfg).verdict(cfg, resume=resume is not None, overwrite=overwrite,
-                                               first_rank=first_rank, init_from=init_from)
-                for cfg, resume in plans]
+    verdicts = [
+        RunDir.for_config(cfg).verdict(
+            cfg, resume=resume is not None, overwrite=overwrite, first_rank=first_rank, init_from=init_from
+        )
+        for cfg, resume in plans
+    ]
     for (cfg, _), verdict in zip(plans, verdicts):
         if verdict != KEEP:  # a kept run needs nothing built
             validate(cfg)
@@ -312,14 +390,23 @@ def fit_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequen
     if len(plans) == 1:
         return [fit(plans[0][0], ckpt=plans[0][1], init_from=init_from, overwrite=overwrite)]
     if first_rank:
-        count = resolve_jobs(base.jobs if jobs is None else jobs,
-                             [cfg for (cfg, _), verdict in zip(plans, verdicts) if verdict != KEEP])
+        count = resolve_jobs(
+            base.jobs if jobs is None else jobs, [cfg for (cfg, _), verdict in zip(plans, verdicts) if verdict != KEEP]
+        )
         if count > 1:
-            kept = {i: fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)
-                    for i, (run, verdict) in enumerate(zip(runs, verdicts), 1) if verdict == KEEP}
+            kept = {
+                i: fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)
+                for i, (run, verdict) in enumerate(zip(runs, verdicts), 1)
+                if verdict == KEEP
+            }
             return run_jobs(files, base, runs, kept, count, ckpt, init_from, overwrite)
-    with matrix_display(base.name, plans, show_bar=base.trainer.progress_bar != "none",
-                        runs_dir=Path(base.runs_dir) / base.name, keys=list(base.matrix)) as display:
+    with matrix_display(
+        base.name,
+        plans,
+        show_bar=base.trainer.progress_bar != "none",
+        runs_dir=Path(base.runs_dir) / base.name,
+        keys=list(base.matrix),
+    ) as display:
         for index, (cfg, resume) in enumerate(plans, 1):
             display.variant_started(index, cfg)
             results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
@@ -339,27 +426,32 @@ class PlannedRun:
     only: list[str] = field(default_factory=list)
 
 
-def plan_recipe(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
-                ckpt: Optional[str] = None) -> tuple[DictConfig, list[tuple[DictConfig, Optional[str]]]]:
+def plan_recipe(
+    files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (), ckpt: Optional[str] = None
+) -> tuple[DictConfig, list[tuple[DictConfig, Optional[str]]]]:
     """The recipe with the overrides, and each run it makes: (its config, the checkpoint it resumes from)."""
     base, runs = plan_runs(files, overrides, only, ckpt)
     return base, [(run.cfg, run.resume) for run in runs]
 
 
-def plan_runs(files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (),
-              ckpt: Optional[str] = None) -> tuple[DictConfig, list[PlannedRun]]:
+def plan_runs(
+    files: Sequence[str], overrides: Sequence[str] = (), only: Sequence[str] = (), ckpt: Optional[str] = None
+) -> tuple[DictConfig, list[PlannedRun]]:
     """``plan_recipe``, each run with the command line that makes it alone."""
     base = load_config(files, overrides, validate_config=False)
     if not base.matrix:
         if only:
             raise ConfigError("--only needs a recipe with a matrix: section")
-        return base, [PlannedRun(_run_to_extend(files, overrides, base) if ckpt == "last" else base, ckpt,
-                                 list(overrides))]
+        return base, [
+            PlannedRun(_run_to_extend(files, overrides, base) if ckpt == "last" else base, ckpt, list(overrides))
+        ]
     # an override of a matrix key narrows the matrix to that value (what a W&B sweep agent passes)
     pinned = [o for o in overrides if o.partition("=")[0] in base.matrix]
     variants = combinations(base, [*only, *pinned])
-    configs = [load_config(files, [*overrides, f"variant={variant}"], validate_config=False, combination=combo)
-               for variant, combo, _ in variants]
+    configs = [
+        load_config(files, [*overrides, f"variant={variant}"], validate_config=False, combination=combo)
+        for variant, combo, _ in variants
+    ]
     left_out = _arguments_left_out(overrides, configs)
     plans = []
     for cfg, (variant, combo, values) in zip(configs, variants):
@@ -416,8 +508,10 @@ def _arguments_left_out(overrides: Sequence[str], configs: list[DictConfig]) -> 
         key, names = arguments[item]
         shown = ", ".join(list(where)[:3]) + (f" (+{len(where) - 3} more)" if len(where) > 3 else "")
         entries = " or ".join(f"'{e}'" for e in sorted(set(where.values())))
-        say(f"note: {item} is left out of {len(where)} of {len(configs)} variants, whose "
-            f"{key.rsplit('.', 1)[-1]} {entries} takes no argument {', '.join(repr(n) for n in names)}: {shown}")
+        say(
+            f"note: {item} is left out of {len(where)} of {len(configs)} variants, whose "
+            f"{key.rsplit('.', 1)[-1]} {entries} takes no argument {', '.join(repr(n) for n in names)}: {shown}"
+        )
         for variant in where:
             left_out.setdefault(variant, []).append(item)
     return left_out

@@ -39,10 +39,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def _add_config_args(parser: argparse.ArgumentParser, ckpt_help: Optional[str]) -> None:
-    parser.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
-                        help="YAML config file; repeat to merge several (later wins)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides applied last, e.g. model.norm=bn_post trainer.max_epochs=3")
+    parser.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML config file; repeat to merge several (later wins)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides applied last, e.g. model.norm=bn_post trainer.max_epochs=3",
+    )
     if ckpt_help:
         parser.add_argument("--ckpt", metavar="PATH|last", help=ckpt_help)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -50,16 +60,28 @@ def _add_config_args(parser: argparse.ArgumentParser, ckpt_help: Optional[str]) 
 
 
 def _add_output_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
-                        help="show Lightning's and W&B's own output too (model table, banners, run history)")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show Lightning's and W&B's own output too (model table, banners, run history)",
+    )
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="cnnkit", description="Train and evaluate CNN classifiers from YAML recipes.",
-                    epilog="Run 'cnnkit COMMAND --help' for a command's options.")
-    parser.add_argument("--verbose", "-v", action="store_true",
-                        help="show Lightning's and W&B's own output too (model table, banners, run history)")
+    parser = Parser(
+        prog="cnnkit",
+        description="Train and evaluate CNN classifiers from YAML recipes.",
+        epilog="Run 'cnnkit COMMAND --help' for a command's options.",
+    )
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show Lightning's and W&B's own output too (model table, banners, run history)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
@@ -71,81 +93,142 @@ def build_parser() -> Parser:
 
 def _add_training(commands: Any) -> None:
     """``fit``."""
-    fit = commands.add_parser("fit", help="train a model (then test the best checkpoint)",
-                              description="Train the config's model in runs/<name>/<variant>/.")
+    fit = commands.add_parser(
+        "fit",
+        help="train a model (then test the best checkpoint)",
+        description="Train the config's model in runs/<name>/<variant>/.",
+    )
     _add_config_args(fit, "resume training from this checkpoint ('last': the run's checkpoints/last.ckpt)")
     fit.add_argument("--init-from", metavar="PATH", help="start from a checkpoint's weights (fine-tuning)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    fit.add_argument("--only", action="append", default=[], metavar="KEY=VALUE|VARIANT",
-                     help="run only the matrix combinations with this value (repeatable: all must match), "
-                          "or the variants of these names")
-    fit.add_argument("--jobs", "-j", metavar="N|auto",
-                     help="train N matrix variants at once, in processes with their share of the cores (one per "
-                          "GPU); auto: from the devices and the model's size (default: the recipe's jobs:, else 1)")
-    fit.add_argument("--print-variants", action="store_true",
-                     help="print the variant names the command would fit, one a line in matrix order, and exit")
+    fit.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE|VARIANT",
+        help="run only the matrix combinations with this value (repeatable: all must match), "
+        "or the variants of these names",
+    )
+    fit.add_argument(
+        "--jobs",
+        "-j",
+        metavar="N|auto",
+        help="train N matrix variants at once, in processes with their share of the cores (one per "
+        "GPU); auto: from the devices and the model's size (default: the recipe's jobs:, else 1)",
+    )
+    fit.add_argument(
+        "--print-variants",
+        action="store_true",
+        help="print the variant names the command would fit, one a line in matrix order, and exit",
+    )
 
 
 def _add_evaluation(commands: Any) -> None:
     """``validate``, ``test`` and ``predict``: a checkpoint's numbers."""
-    for name, help_text in (("validate", "evaluate a checkpoint on the validation split"),
-                            ("test", "evaluate a checkpoint on the test split")):
-        sub = commands.add_parser(name, help=help_text, description=f"{help_text.capitalize()}; the model is "
-                                  f"rebuilt from the config stored in the checkpoint.")
-        _add_config_args(sub, "checkpoint to evaluate ('last' / 'best': the run's last or best checkpoint, of "
-                              "the --config's run or the one run under runs/)")
+    for name, help_text in (
+        ("validate", "evaluate a checkpoint on the validation split"),
+        ("test", "evaluate a checkpoint on the test split"),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text.capitalize()}; the model is rebuilt from the config stored in the checkpoint.",
+        )
+        _add_config_args(
+            sub,
+            "checkpoint to evaluate ('last' / 'best': the run's last or best checkpoint, of "
+            "the --config's run or the one run under runs/)",
+        )
 
-    predict = commands.add_parser("predict", help="write class probabilities to a CSV",
-                                  description="Predict a split or image files, folders and globs; writes a CSV "
-                                              "(file, class, probability, label and correct where known, top-k) "
-                                              "and prints a table for up to 20 images.")
-    _add_config_args(predict, "checkpoint to predict with ('last' / 'best': the run's last or best "
-                                  "checkpoint, of the --config's run or the one run under runs/)")
+    predict = commands.add_parser(
+        "predict",
+        help="write class probabilities to a CSV",
+        description="Predict a split or image files, folders and globs; writes a CSV "
+        "(file, class, probability, label and correct where known, top-k) "
+        "and prints a table for up to 20 images.",
+    )
+    _add_config_args(
+        predict,
+        "checkpoint to predict with ('last' / 'best': the run's last or best "
+        "checkpoint, of the --config's run or the one run under runs/)",
+    )
     source = predict.add_mutually_exclusive_group()
-    source.add_argument("--split", choices=("train", "val", "test"), help="a split of the configured dataset "
-                        "(default: test)")
-    source.add_argument("--input", "-i", action="append", default=[], metavar="PATH",
-                        help="an image file, a folder (searched recursively) or a quoted glob; repeat per path")
+    source.add_argument(
+        "--split", choices=("train", "val", "test"), help="a split of the configured dataset (default: test)"
+    )
+    source.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an image file, a folder (searched recursively) or a quoted glob; repeat per path",
+    )
     predict.add_argument("--output", "-o", metavar="CSV", help="where to write (default: the run directory)")
     predict.add_argument("--top-k", type=int, default=3, metavar="K", help="classes listed per image (default 3)")
 
 
 def _add_tools(commands: Any) -> None:
     """``describe``, ``report``, ``sweep`` and ``list``: about models, runs and the registry."""
-    describe = commands.add_parser("describe", help="show the model's layers, shapes, receptive fields, MACs",
-                                   description="One row per layer of the config's model: output shape, parameters, "
-                                               "kernel/stride/padding, receptive field and jump, multiply-accumulates; "
-                                               "then totals and the saving from parameter sharing. Reads no data.")
+    describe = commands.add_parser(
+        "describe",
+        help="show the model's layers, shapes, receptive fields, MACs",
+        description="One row per layer of the config's model: output shape, parameters, "
+        "kernel/stride/padding, receptive field and jump, multiply-accumulates; "
+        "then totals and the saving from parameter sharing. Reads no data.",
+    )
     _add_config_args(describe, None)
     describe.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
-    report = commands.add_parser("report", help="figures and a REPORT.md table from a recipe's runs",
-                                 description="Read runs/<recipe>/*/ (metrics.csv, status.json and the analysis "
-                                             "callbacks' files) and write PNG figures and REPORT.md there.")
+    report = commands.add_parser(
+        "report",
+        help="figures and a REPORT.md table from a recipe's runs",
+        description="Read runs/<recipe>/*/ (metrics.csv, status.json and the analysis "
+        "callbacks' files) and write PNG figures and REPORT.md there.",
+    )
     report.add_argument("runs", metavar="RUNS_DIR", help="a recipe's run directory, e.g. runs/bn_placement")
-    report.add_argument("--wandb", action="store_true",
-                        help="also add the figures to the runs' W&B runs (each W&B session writes a new local run "
-                             "folder, so a run whose figures were added unchanged before is skipped)")
+    report.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also add the figures to the runs' W&B runs (each W&B session writes a new local run "
+        "folder, so a run whose figures were added unchanged before is skipped)",
+    )
     report.add_argument("--no-wandb", action="store_true", help=argparse.SUPPRESS)  # the default now; scripts pass it
     _add_output_args(report)
 
-    sweep = commands.add_parser("sweep", help="write a W&B sweep YAML from a recipe's matrix",
-                                description="Turn a recipe's matrix into a W&B grid sweep whose command runs "
-                                            "'cnnkit fit --config RECIPE key=value ...' (a matrix key given as an "
-                                            "override narrows the matrix to that value).")
+    sweep = commands.add_parser(
+        "sweep",
+        help="write a W&B sweep YAML from a recipe's matrix",
+        description="Turn a recipe's matrix into a W&B grid sweep whose command runs "
+        "'cnnkit fit --config RECIPE key=value ...' (a matrix key given as an "
+        "override narrows the matrix to that value).",
+    )
     sweep.add_argument("recipe", metavar="RECIPE", help="the recipe YAML")
     sweep.add_argument("--output", "-o", metavar="FILE", help="where to write (default: stdout)")
     sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
-    listing = commands.add_parser("list", help="list registered names (norms, backbones, ...)",
-                                  description="List registry entries with one-line descriptions; naming one "
-                                              "registry also shows each entry's config keys and defaults. "
-                                              "'imports=[my_layers.py]' (or --config) adds your own entries.")
-    listing.add_argument("items", nargs="*", metavar="[REGISTRY] [PATTERN] [KEY=VALUE]",
-                         help=f"a registry ({', '.join(REGISTRY_NAMES)}; singular too), a substring or glob, "
-                              f"and config overrides such as 'imports=[my_layers.py]'")
-    listing.add_argument("--config", "-c", action="append", default=[], metavar="FILE",
-                         help="a config whose imports: register your own entries")
+    listing = commands.add_parser(
+        "list",
+        help="list registered names (norms, backbones, ...)",
+        description="List registry entries with one-line descriptions; naming one "
+        "registry also shows each entry's config keys and defaults. "
+        "'imports=[my_layers.py]' (or --config) adds your own entries.",
+    )
+    listing.add_argument(
+        "items",
+        nargs="*",
+        metavar="[REGISTRY] [PATTERN] [KEY=VALUE]",
+        help=f"a registry ({', '.join(REGISTRY_NAMES)}; singular too), a substring or glob, "
+        f"and config overrides such as 'imports=[my_layers.py]'",
+    )
+    listing.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a config whose imports: register your own entries",
+    )
     listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
@@ -167,8 +250,10 @@ def _print_config(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
         # without a recipe every such run would land, unnamed, in runs/default/
-        raise ConfigError("fit needs a recipe: --config FILE (e.g. --config recipes/quickstart.yaml); to train "
-                          "the built-in defaults without one, name the run: name=NAME")
+        raise ConfigError(
+            "fit needs a recipe: --config FILE (e.g. --config recipes/quickstart.yaml); to train "
+            "the built-in defaults without one, name the run: name=NAME"
+        )
     if args.print_variants:
         # startup: the config alone, no torch (a SLURM array task runs it first)
         from cnnkit.experiments.variants import variant_names
@@ -179,8 +264,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from cnnkit import api
     from cnnkit.experiments.jobs import parse_jobs
 
-    results = api.fit_recipe(args.config, args.overrides, only=args.only, ckpt=args.ckpt, init_from=args.init_from,
-                             overwrite=args.overwrite, jobs=None if args.jobs is None else parse_jobs(args.jobs))
+    results = api.fit_recipe(
+        args.config,
+        args.overrides,
+        only=args.only,
+        ckpt=args.ckpt,
+        init_from=args.init_from,
+        overwrite=args.overwrite,
+        jobs=None if args.jobs is None else parse_jobs(args.jobs),
+    )
     # startup: not on the --help path
     from cnnkit.console import summary_block
 
@@ -188,8 +280,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 0
     result = results[0]
     if result.kept and not args.ckpt:
-        say(f"{result.run_dir.parent.name}/{result.run_dir.name} {result.status} before with the same "
-            f"config; kept it (--overwrite redoes it)")
+        say(
+            f"{result.run_dir.parent.name}/{result.run_dir.name} {result.status} before with the same "
+            f"config; kept it (--overwrite redoes it)"
+        )
     # a diverged run is a failed command: its block goes to stderr, and the exit code says so
     (say if result.status == "diverged" else note)(summary_block(result))
     return EXIT_DIVERGED if result.status == "diverged" else 0
@@ -208,8 +302,10 @@ def _paths_among(tokens: Sequence[str]) -> list[str]:
 def _path_hint(command: Optional[str], paths: list[str]) -> str:
     shown = " ".join(f"'{p}'" for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
     if command == "predict":
-        return (f"{shown} is a path, not an option or KEY=VALUE override: repeat --input per path "
-                f"(--input a.png --input b.png) or quote a glob (--input 'images/*.png')")
+        return (
+            f"{shown} is a path, not an option or KEY=VALUE override: repeat --input per path "
+            f"(--input a.png --input b.png) or quote a glob (--input 'images/*.png')"
+        )
     return f"{shown} is a path, not a KEY=VALUE override: pass a checkpoint as --ckpt PATH, a config as --config FILE"
 
 
@@ -232,17 +328,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _require_ckpt(args)
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
-    predictions = api.predict(args.ckpt, args.config, args.overrides, split=args.split, inputs=args.input,
-                              output=args.output, top_k=args.top_k)
+    predictions = api.predict(
+        args.ckpt,
+        args.config,
+        args.overrides,
+        split=args.split,
+        inputs=args.input,
+        output=args.output,
+        top_k=args.top_k,
+    )
     if len(predictions.rows) <= TABLE_ROWS:
         rows = [[shown_path(row[0]) if args.input else row[0], *row[1:]] for row in predictions.rows]
         show("\n".join(text_table([predictions.header, *rows], left=2)))
     else:
-        note(f"{len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here "
-             f"(the CSV has them all)")
+        note(f"{len(predictions.rows)} images: more than {TABLE_ROWS}, so no table here (the CSV has them all)")
     accuracy = predictions.accuracy()
-    scored = f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label" if accuracy else \
-        (f"; {predictions.no_labels}" if predictions.no_labels else "")
+    scored = (
+        f"; accuracy {accuracy[0]:.4f} on the {accuracy[1]} with a known label"
+        if accuracy
+        else (f"; {predictions.no_labels}" if predictions.no_labels else "")
+    )
     count = len(predictions.rows)
     note(f"wrote {count} prediction{'s' if count != 1 else ''} to {shown_path(predictions.path)}{scored}")
     return 0
@@ -265,9 +370,11 @@ def _cmd_describe(args: argparse.Namespace) -> int:
         show(json.dumps(report, indent=2))
     else:
         model = cfg.model
-        title = (f"{format_value(spec(model, 'backbone'))} · norm {format_value(spec(model, 'norm'))} · "
-                 f"act {format_value(spec(model, 'act'))} · pool {format_value(spec(model, 'pool'))} · "
-                 f"input {'x'.join(map(str, report['input_shape']))} · {report['num_classes']} classes")
+        title = (
+            f"{format_value(spec(model, 'backbone'))} · norm {format_value(spec(model, 'norm'))} · "
+            f"act {format_value(spec(model, 'act'))} · pool {format_value(spec(model, 'pool'))} · "
+            f"input {'x'.join(map(str, report['input_shape']))} · {report['num_classes']} classes"
+        )
         show(format_text(report, title), end="")
     return 0
 
@@ -363,8 +470,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": _cmd_fit, "validate": _cmd_evaluate, "test": _cmd_evaluate, "predict": _cmd_predict,
-            "describe": _cmd_describe, "report": _cmd_report, "sweep": _cmd_sweep, "list": _cmd_list}
+COMMANDS = {
+    "fit": _cmd_fit,
+    "validate": _cmd_evaluate,
+    "test": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "describe": _cmd_describe,
+    "report": _cmd_report,
+    "sweep": _cmd_sweep,
+    "list": _cmd_list,
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -62,9 +62,12 @@ def _lightning_loggers() -> list[str]:
         for package in ("pytorch", "fabric"):
             folder = os.path.join(root, package)
             if os.path.isdir(folder):
-                names += [f"lightning.{package}.{entry}" for entry in sorted(os.listdir(folder))
-                          if not entry.startswith("__") and (os.path.isdir(os.path.join(folder, entry))
-                                                             or entry.endswith(".py"))]
+                names += [
+                    f"lightning.{package}.{entry}"
+                    for entry in sorted(os.listdir(folder))
+                    if not entry.startswith("__")
+                    and (os.path.isdir(os.path.join(folder, entry)) or entry.endswith(".py"))
+                ]
     return [name[:-3] if name.endswith(".py") else name for name in names]
 
 
@@ -110,12 +113,14 @@ def _ignored(patterns: Sequence[str]) -> Iterator[None]:
         finally:
             imported = [f for f in warnings.filters if f not in ours]
     for action, message, category, module, lineno in reversed(imported):
-        warnings.filterwarnings(action, message.pattern if message else "", category,
-                                module.pattern if module else "", lineno)
+        warnings.filterwarnings(
+            action, message.pattern if message else "", category, module.pattern if module else "", lineno
+        )
 
 
 def quiet(function: Callable[..., Any]) -> Callable[..., Any]:
     """``function`` runs under ``lightning_quiet`` (the API's fit, evaluate and predict)."""
+
     @functools.wraps(function)
     def quietly(*args: Any, **kwargs: Any) -> Any:
         with lightning_quiet():
@@ -127,8 +132,10 @@ def quiet(function: Callable[..., Any]) -> Callable[..., Any]:
 def text_table(rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
     """Rows (the first is the header) as aligned columns: the first ``left`` to the left, the rest right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-            .rstrip() for row in rows]
+    return [
+        "  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
 
 
 def interactive(stream: Any = None) -> bool:
@@ -171,10 +178,16 @@ def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any
     if trainer.world_size > 1:
         device = f"{trainer.world_size}× {device}"
     model = cfg.model
-    parts = [format_value(spec(model, "backbone")), f"norm {format_value(spec(model, 'norm'))}",
-             f"act {format_value(spec(model, 'act'))}", f"pool {format_value(spec(model, 'pool'))}"]
-    return (f"{cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
-            f"{' '.join(parts)}, {_count(parameters)} parameters · {run_path}")
+    parts = [
+        format_value(spec(model, "backbone")),
+        f"norm {format_value(spec(model, 'norm'))}",
+        f"act {format_value(spec(model, 'act'))}",
+        f"pool {format_value(spec(model, 'pool'))}",
+    ]
+    return (
+        f"{cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
+        f"{' '.join(parts)}, {_count(parameters)} parameters · {run_path}"
+    )
 
 
 def summary_block(result: Any) -> str:
@@ -185,8 +198,10 @@ def summary_block(result: Any) -> str:
     if result.status == "diverged":
         d = result.diverged or {}
         kept = f"last good checkpoint {d['last_good']}" if d.get("last_good") else "no checkpoint kept"
-        lines = [f"{where} diverged{took}: {d.get('reason', 'non-finite training loss')}; {kept}; "
-                 f"marked diverged in {result.run_dir}/status.json"]
+        lines = [
+            f"{where} diverged{took}: {d.get('reason', 'non-finite training loss')}; {kept}; "
+            f"marked diverged in {result.run_dir}/status.json"
+        ]
     else:
         limited = f" [limited: {', '.join(result.limits)}]" if getattr(result, "limits", None) else ""
         lines = [f"{result.status} {where}{took}{limited} ({shown_path(result.run_dir)})"]
@@ -296,8 +311,10 @@ class MatrixDisplay:
             state = "kept" if result.kept else result.status
             counts[state] = counts.get(state, 0) + 1
         tally = ", ".join(f"{n} {state}" for state, n in counts.items())
-        note(f"{self.name}: {len(results)} runs in {_seconds(time.monotonic() - self.started)} ({tally}) "
-              f"in {runs_dir}; compare them with: python -m cnnkit report {command_path(runs_dir)}")
+        note(
+            f"{self.name}: {len(results)} runs in {_seconds(time.monotonic() - self.started)} ({tally}) "
+            f"in {runs_dir}; compare them with: python -m cnnkit report {command_path(runs_dir)}"
+        )
         offline = [r.wandb_sync for r in results if r.wandb_sync]
         if offline:
             show(f"  W&B is offline; upload the runs with: wandb sync {command_path(runs_dir)}/*/wandb/offline-run-*")
@@ -307,8 +324,9 @@ _matrix: Optional[MatrixDisplay] = None
 
 
 @contextmanager
-def matrix_display(name: str, runs: Sequence[Any], show_bar: bool, runs_dir: Any,
-                   keys: Sequence[str]) -> Iterator[MatrixDisplay]:
+def matrix_display(
+    name: str, runs: Sequence[Any], show_bar: bool, runs_dir: Any, keys: Sequence[str]
+) -> Iterator[MatrixDisplay]:
     """While a matrix runs, its variants report to its display instead of a bar and a block each."""
     global _matrix
     _matrix = MatrixDisplay(name, runs, show_bar, runs_dir, keys)

@@ -89,8 +89,10 @@ class Entry:
             return []
         shown = []
         for p in params:
-            if p.name in skip or p.kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                inspect.Parameter.KEYWORD_ONLY):
+            if p.name in skip or p.kind not in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            ):
                 continue
             default = self.preset.get(p.name, p.default)
             if default is inspect.Parameter.empty:
@@ -109,8 +111,9 @@ class Registry:
     a mapping ``{name: ..., **kwargs}`` and checks kwargs against the target's signature first.
     """
 
-    def __init__(self, kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = (),
-                 inputs: tuple[str, ...] = ()):
+    def __init__(
+        self, kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = (), inputs: tuple[str, ...] = ()
+    ):
         """``builtins``: modules that register the built-in entries; ``packages``: every module in them does;
         ``inputs``: what cnnkit passes when it builds an entry, which a config never sets."""
         self.kind = kind  # plural, as used on the command line: "norms", "backbones", ...
@@ -140,10 +143,13 @@ class Registry:
         ``traits`` are facts about it that tools and tests read (``{"min_size": 32}`` for a backbone).
         """
         if target is None:
+
             def decorator(obj: Any) -> Any:
-                self.register(name, obj, aliases=aliases, description=description,
-                              override=override, traits=traits, **preset)
+                self.register(
+                    name, obj, aliases=aliases, description=description, override=override, traits=traits, **preset
+                )
                 return obj
+
             return decorator
         name = name or getattr(target, "__name__", None)
         if not name:
@@ -151,8 +157,14 @@ class Registry:
         if description is None:
             doc = inspect.getdoc(target) or ""
             description = doc.strip().splitlines()[0] if doc.strip() else ""
-        entry = Entry(name=name, description=description, target=target,
-                      aliases=tuple(aliases), preset=dict(preset), traits=dict(traits or {}))
+        entry = Entry(
+            name=name,
+            description=description,
+            target=target,
+            aliases=tuple(aliases),
+            preset=dict(preset),
+            traits=dict(traits or {}),
+        )
         self._add(entry, override)
         return target
 
@@ -167,8 +179,9 @@ class Registry:
         **preset: Any,
     ) -> None:
         """Declare an entry by ``"package.module:attribute"``; nothing is imported until used."""
-        entry = Entry(name=name, description=description, import_path=import_path,
-                      aliases=tuple(aliases), preset=dict(preset))
+        entry = Entry(
+            name=name, description=description, import_path=import_path, aliases=tuple(aliases), preset=dict(preset)
+        )
         self._add(entry, override)
 
     def _add(self, entry: Entry, override: bool) -> None:
@@ -251,8 +264,7 @@ class Registry:
         close = difflib.get_close_matches(normalize(name), [normalize(n) for n in names], n=3, cutoff=0.5)
         by_key = {normalize(n): n for n in names}
         hint = f"did you mean {', '.join(repr(by_key[c]) for c in close)}? " if close else ""
-        return (f"unknown {self.singular} '{name}'; "
-                f"{hint}available: {', '.join(names)}. ({IMPORTS_HINT})")
+        return f"unknown {self.singular} '{name}'; {hint}available: {', '.join(names)}. ({IMPORTS_HINT})"
 
     def __contains__(self, name: str) -> bool:
         self._load_builtins()
@@ -325,14 +337,18 @@ def split_spec(spec: Any, kind: str = "registry") -> tuple[str, dict[str, Any]]:
         name = kwargs.pop("name", None)
         if not isinstance(name, str):
             squeezed = [k for k in kwargs if isinstance(k, str) and ":" in k]
-            hint = (" (in YAML flow style put a space after each colon: {name: bn_pre, momentum: 0.1})"
-                    if squeezed else "")
+            hint = (
+                " (in YAML flow style put a space after each colon: {name: bn_pre, momentum: 0.1})" if squeezed else ""
+            )
             raise RegistryError(
                 f"a mapping spec needs a 'name' key (e.g. {{name: ..., <argument>: ...}}), got {dict(spec)}{hint}"
             )
         return name, kwargs
-    hint = (" (YAML reads off/on/no/yes/true/false as booleans: quote the name, e.g. 'off')"
-            if isinstance(spec, bool) else "")
+    hint = (
+        " (YAML reads off/on/no/yes/true/false as booleans: quote the name, e.g. 'off')"
+        if isinstance(spec, bool)
+        else ""
+    )
     raise RegistryError(f"expected a name or a mapping with 'name', got {spec!r}{hint}")
 
 
@@ -344,8 +360,11 @@ def accepted_kwargs(target: Callable[..., Any]) -> list[str] | None:
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
-    return [n for n, p in params.items()
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return [
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
 
 
 def check_kwargs(target: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
@@ -360,9 +379,7 @@ def check_kwargs(target: Callable[..., Any], kwargs: Mapping[str, Any], what: st
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             if isinstance(key, str) and ":" in key:  # {name:bn_pre} is one key in YAML's flow style
                 hint = " (in YAML flow style put a space after each colon: {name: bn_pre, momentum: 0.1})"
-            raise RegistryError(
-                f"{what} has no argument '{key}'{hint}; it accepts: {', '.join(accepted) or 'nothing'}"
-            )
+            raise RegistryError(f"{what} has no argument '{key}'{hint}; it accepts: {', '.join(accepted) or 'nothing'}")
     missing = [n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs]
     if missing:
         raise RegistryError(f"{what} needs argument(s) {', '.join(repr(m) for m in missing)}")
@@ -391,8 +408,7 @@ def load_plugins() -> bool:
                 obj()
             loaded = True
         except Exception as err:  # one bad plugin must not break cnnkit
-            message = (f"plugin '{ep.name}' ({ep.value}) failed to load and was skipped: "
-                       f"{type(err).__name__}: {err}")
+            message = f"plugin '{ep.name}' ({ep.value}) failed to load and was skipped: {type(err).__name__}: {err}"
             plugin_failures.append(message)
             say(message)
     return loaded
@@ -452,8 +468,9 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
 REGISTRIES: dict[str, Registry] = {}  # by kind, in the order ``cnnkit list`` shows them
 
 
-def _declare(kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = (),
-             inputs: tuple[str, ...] = ()) -> Registry:
+def _declare(
+    kind: str, builtins: tuple[str, ...] = (), packages: tuple[str, ...] = (), inputs: tuple[str, ...] = ()
+) -> Registry:
     REGISTRIES[kind] = Registry(kind, builtins, packages, inputs)
     return REGISTRIES[kind]
 
@@ -463,14 +480,17 @@ NORMS = _declare("norms", packages=("cnnkit.nn.layers",))
 ACTIVATIONS = _declare("activations", packages=("cnnkit.nn.layers",))
 POOLINGS = _declare("poolings", packages=("cnnkit.nn.layers",), inputs=("kernel_size",))  # the backbone's pool size
 INITS = _declare("inits", packages=("cnnkit.nn.layers",))
-BACKBONES = _declare("backbones", packages=("cnnkit.nn.backbones",),
-                     inputs=("input_shape", "num_classes", "norm", "act", "pool", "bias"))
+BACKBONES = _declare(
+    "backbones", packages=("cnnkit.nn.backbones",), inputs=("input_shape", "num_classes", "norm", "act", "pool", "bias")
+)
 DATASETS = _declare("datasets", builtins=("cnnkit.data.datasets",))
-TRANSFORMS = _declare("transforms", builtins=("cnnkit.data.transforms",),
-                      inputs=("size",))  # the images' (height, width), for crops that default to it
+TRANSFORMS = _declare(
+    "transforms", builtins=("cnnkit.data.transforms",), inputs=("size",)
+)  # the images' (height, width), for crops that default to it
 OPTIMIZERS = _declare("optimizers", builtins=("cnnkit.training.optim",), inputs=("params", "lr", "weight_decay"))
-SCHEDULERS = _declare("schedulers", builtins=("cnnkit.training.optim",),
-                      inputs=("optimizer", "total_steps", "steps_per_epoch", "lr"))
+SCHEDULERS = _declare(
+    "schedulers", builtins=("cnnkit.training.optim",), inputs=("optimizer", "total_steps", "steps_per_epoch", "lr")
+)
 # the course analyses register their own callbacks (one module each, found by name: experiments/analyses/)
 CALLBACKS = _declare("callbacks", builtins=("cnnkit.training.callbacks", "cnnkit.experiments.analyses"))
 ANALYSES = _declare("analyses", builtins=("cnnkit.experiments.analyses",))  # report units: ``Analysis`` objects

@@ -99,10 +99,21 @@ def edited_recipe(edit: str) -> tuple[str, ...]:
 
 
 def run_cli(*args: str, cwd=None, timeout: int = 300, env_extra=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1", "PYTHONPATH": str(REPO),
-           **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd or os.getcwd(), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "CNNKIT_NO_PLUGINS": "1",
+        "PYTHONPATH": str(REPO),
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cnnkit", *args],
+        cwd=cwd or os.getcwd(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_error(proc, fragment: str) -> None:

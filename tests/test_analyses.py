@@ -41,8 +41,11 @@ def test_every_analysis_module_is_a_report_unit_and_its_callback_is_registered_u
 def test_the_report_opens_with_the_units_of_what_every_run_writes_and_names_no_analysis():
     assert [u.name for u in analyses.units()][:3] == ["curves", "final", "confusion"]
     report = (REPO / "cnnkit" / "experiments" / "report.py").read_text()
-    assert not re.search(r"hessian|activations\.csv|landscape|eval_modes|percentile|surface|trajectory|curves\.png|"
-                         r"final\.png|confusion", report)
+    assert not re.search(
+        r"hessian|activations\.csv|landscape|eval_modes|percentile|surface|trajectory|curves\.png|"
+        r"final\.png|confusion",
+        report,
+    )
 
 
 def _fit(*overrides):
@@ -76,7 +79,7 @@ def test_the_gap_is_measured_against_exact_population_statistics(tmp_path):
     datamodule = cnnkit.build_datamodule(cfg)
     model = cnnkit.build_module(cfg, cnnkit.data_info(cfg)).model
     state = torch.load(result.run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     bn_names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert bn_names and set(rows[-1]) == {"step"} | {f"{n}/{k}" for n in bn_names for k in ("mean_gap", "var_gap")}
     # reference: precise BN on a copy over every training input (train mode, batches of the training batch)
@@ -90,8 +93,9 @@ def test_the_gap_is_measured_against_exact_population_statistics(tmp_path):
     for name in bn_names:
         torch.testing.assert_close(population[name].mean.float(), exact[name].running_mean)
         mean_gap, var_gap = gaps(layers[name], population[name])
-        expected = ((layers[name].running_mean - exact[name].running_mean).abs()
-                    / exact[name].running_var.sqrt()).mean()
+        expected = (
+            (layers[name].running_mean - exact[name].running_mean).abs() / exact[name].running_var.sqrt()
+        ).mean()
         assert mean_gap == pytest.approx(float(expected), rel=1e-3)
         assert mean_gap == pytest.approx(float(rows[-1][f"{name}/mean_gap"]), rel=1e-6)
         assert var_gap == pytest.approx(float(rows[-1][f"{name}/var_gap"]), rel=1e-6)
@@ -126,8 +130,9 @@ def test_the_loss_analyses_measure_the_training_objective_label_smoothing_includ
         trained = float(module.loss(module(x), y))
         assert trained == pytest.approx(float(F.cross_entropy(module(x), y, label_smoothing=0.1)))
         assert abs(trained - float(module.evaluation_loss(module(x), y))) > 1e-3  # smoothing changes the number
-    trainer = SimpleNamespace(global_step=0, datamodule=datamodule, callbacks=[],
-                              optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])])
+    trainer = SimpleNamespace(
+        global_step=0, datamodule=datamodule, callbacks=[], optimizers=[SimpleNamespace(param_groups=[{"lr": 0.1}])]
+    )
 
     probes = landscape.LandscapeProbes(every_n_steps=1, multipliers=[1])
     probes.on_train_batch_start(trainer, module, (x, y), 0)

@@ -30,8 +30,15 @@ def config_for(backbone, norm="bn_pre", size=None, *extra):
     spec = {"name": backbone, **({"width": 0.125} if takes(backbone, "width") else {})}  # slim: a quick test
     spec_text = "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
     size = size or MIN_SIZE[backbone]
-    return load_config([], [f"model.backbone={spec_text}", f"model.norm={norm}",
-                            f"data.dataset={{name: digits, image_size: {size}}}", *extra])
+    return load_config(
+        [],
+        [
+            f"model.backbone={spec_text}",
+            f"model.norm={norm}",
+            f"data.dataset={{name: digits, image_size: {size}}}",
+            *extra,
+        ],
+    )
 
 
 def test_all_backbones_are_listed():
@@ -45,8 +52,9 @@ def test_every_backbone_takes_its_declared_smallest_input_and_refuses_one_less(b
     size = BACKBONES.get_entry(backbone).traits["min_size"]
     cnnkit.build_model(config_for(backbone, "bn_pre", size))
     if size > 1:
-        with pytest.raises(ConfigError, match=f"{backbone} needs inputs of at least {size}x{size}, got "
-                                              f"{size - 1}x{size - 1}"):
+        with pytest.raises(
+            ConfigError, match=f"{backbone} needs inputs of at least {size}x{size}, got {size - 1}x{size - 1}"
+        ):
             cnnkit.build_model(config_for(backbone, "bn_pre", size - 1))
 
 
@@ -68,10 +76,19 @@ def test_every_backbone_with_every_norm_takes_a_training_step_on_digits(backbone
 
 @pytest.mark.parametrize("backbone", ["lenet", "resnet20", "hw3_2021"])
 def test_backbones_train_by_name_through_fit(backbone):
-    cfg = load_config([SMOKE], [
-        f"model.backbone={backbone}", "model.norm=bn_scratch", f"data.dataset={{name: digits, image_size: "
-        f"{MIN_SIZE[backbone]}}}", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "data.batch_size=16", f"name={backbone}"])
+    cfg = load_config(
+        [SMOKE],
+        [
+            f"model.backbone={backbone}",
+            "model.norm=bn_scratch",
+            f"data.dataset={{name: digits, image_size: {MIN_SIZE[backbone]}}}",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "data.batch_size=16",
+            f"name={backbone}",
+        ],
+    )
     assert cnnkit.fit(cfg).status == "finished"
 
 
@@ -79,22 +96,48 @@ def course_2021():
     def block(i, o, p):
         return [nn.Conv2d(i, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(p, p, 0)]
 
-    return nn.Sequential(*block(3, 64, 2), *block(64, 128, 2), *block(128, 256, 4), nn.Flatten(),
-                         nn.Linear(256 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 11))
+    return nn.Sequential(
+        *block(3, 64, 2),
+        *block(64, 128, 2),
+        *block(128, 256, 4),
+        nn.Flatten(),
+        nn.Linear(256 * 8 * 8, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 11),
+    )
 
 
 def course_2022():
     def block(i, o):
         return [nn.Conv2d(i, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2, 2, 0)]
 
-    return nn.Sequential(*block(3, 64), *block(64, 128), *block(128, 256), *block(256, 512), *block(512, 512),
-                         nn.Flatten(), nn.Linear(512 * 4 * 4, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(),
-                         nn.Linear(512, 11))
+    return nn.Sequential(
+        *block(3, 64),
+        *block(64, 128),
+        *block(128, 256),
+        *block(256, 512),
+        *block(512, 512),
+        nn.Flatten(),
+        nn.Linear(512 * 4 * 4, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 512),
+        nn.ReLU(),
+        nn.Linear(512, 11),
+    )
 
 
 def course_config(backbone, size=128):
-    return load_config([], [f"model.backbone={backbone}", "model.norm=bn_pre", "model.bias=true",
-                            f"data.dataset={{name: image_folder, root: absent, image_size: {size}, num_classes: 11}}"])
+    return load_config(
+        [],
+        [
+            f"model.backbone={backbone}",
+            "model.norm=bn_pre",
+            "model.bias=true",
+            f"data.dataset={{name: image_folder, root: absent, image_size: {size}, num_classes: 11}}",
+        ],
+    )
 
 
 @pytest.mark.parametrize("backbone, reference", [("hw3_2021", course_2021), ("hw3_2022", course_2022)])
@@ -103,11 +146,17 @@ def test_course_models_equal_the_published_ones(backbone, reference):
     theirs = reference()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in theirs.parameters()]
-    assert [type(m) for m in ours.modules() if not list(m.children())] == \
-           [type(m) for m in theirs.modules() if not list(m.children())]
+    assert [type(m) for m in ours.modules() if not list(m.children())] == [
+        type(m) for m in theirs.modules() if not list(m.children())
+    ]
     # defaults are the course's input and class count
-    direct = BACKBONES.build(backbone, norm=cnnkit.NORMS.build("bn_pre"), act=nn.ReLU,
-                             pool=lambda kernel_size: nn.MaxPool2d(kernel_size), bias=True)
+    direct = BACKBONES.build(
+        backbone,
+        norm=cnnkit.NORMS.build("bn_pre"),
+        act=nn.ReLU,
+        pool=lambda kernel_size: nn.MaxPool2d(kernel_size),
+        bias=True,
+    )
     assert direct(torch.zeros(1, 3, 128, 128)).shape == (1, 11)
 
 
@@ -172,8 +221,9 @@ def test_describe_every_backbone(backbone):
 
 
 def test_describe_cli_json_needs_no_data():
-    proc = cli("describe", "data.dataset={name: cifar10, root: /no/such/root}", "model.backbone=resnet20",
-               "--format", "json")
+    proc = cli(
+        "describe", "data.dataset={name: cifar10, root: /no/such/root}", "model.backbone=resnet20", "--format", "json"
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["input_shape"] == [3, 32, 32] and report["totals"]["output_shape"] == [10]
@@ -236,11 +286,20 @@ def test_every_batchnorm_sits_on_the_side_of_the_activation_its_scheme_says(back
 
     from cnnkit.nn.backbones.resnet import BasicBlock
 
-    spec = {"name": backbone, **({"width": 0.125} if takes(backbone, "width") else {}),
-            **({"preact": True} if preact else {})}
+    spec = {
+        "name": backbone,
+        **({"width": 0.125} if takes(backbone, "width") else {}),
+        **({"preact": True} if preact else {}),
+    }
     spec_text = "{" + ", ".join(f"{k}: {str(v).lower()}" for k, v in spec.items()) + "}"
-    cfg = load_config([], [f"model.backbone={spec_text}", f"model.norm={norm}",
-                           f"data.dataset={{name: digits, image_size: {MIN_SIZE[backbone]}}}"])
+    cfg = load_config(
+        [],
+        [
+            f"model.backbone={spec_text}",
+            f"model.norm={norm}",
+            f"data.dataset={{name: digits, image_size: {MIN_SIZE[backbone]}}}",
+        ],
+    )
     model = cnnkit.build_model(cfg).eval()
     joins = {f"{name}.act" for name, module in model.named_modules() if isinstance(module, BasicBlock)}
     trace = leaf_trace(model, torch.zeros(2, *cnnkit.data_info(cfg).input_shape))

@@ -44,8 +44,16 @@ class ScriptedValidation(L.LightningModule):
 
 def fit_scripted(checkpoint: ModelCheckpoint, loss: list[float]) -> ModelCheckpoint:
     data = DataLoader(TensorDataset(torch.zeros(2, 2)), batch_size=2)
-    trainer = L.Trainer(max_epochs=len(ACC), callbacks=[checkpoint], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_epochs=len(ACC),
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(ScriptedValidation(ACC, loss), train_dataloaders=data, val_dataloaders=data)
     return checkpoint
 
@@ -58,10 +66,13 @@ def kept(tmp_path) -> list[str]:
     return sorted(p.name for p in tmp_path.glob("*.ckpt"))
 
 
-@pytest.mark.parametrize("loss, epoch", [
-    ([1.0, 0.5, 0.2, 0.4, 0.3], 3),  # the tie with the lowest val/loss
-    ([1.0, 0.3, 0.3, 0.4, 0.3], 5),  # val/loss ties too: the latest
-])
+@pytest.mark.parametrize(
+    "loss, epoch",
+    [
+        ([1.0, 0.5, 0.2, 0.4, 0.3], 3),  # the tie with the lowest val/loss
+        ([1.0, 0.3, 0.3, 0.4, 0.3], 5),  # val/loss ties too: the latest
+    ],
+)
 def test_a_tie_goes_to_the_lower_val_loss_then_the_later_epoch(tmp_path, loss, epoch):
     lightning = fit_scripted(ModelCheckpoint(str(tmp_path / "lightning"), monitor="val/acc", mode="max"), loss)
     assert lightning.best_model_path.endswith("epoch=1-step=2.ckpt")  # Lightning's own: the first of the ties
@@ -100,6 +111,7 @@ def test_a_fit_names_one_epoch_count_everywhere_and_the_weights_its_test_is_of(t
 
 
 def test_without_a_best_checkpoint_the_test_is_of_the_last_weights(tmp_path):
-    result = FitResult(status="finished", run_dir=tmp_path / "q" / "default", metrics={"test/acc": 0.5},
-                       best_by="val/acc", epochs=3)
+    result = FitResult(
+        status="finished", run_dir=tmp_path / "q" / "default", metrics={"test/acc": 0.5}, best_by="val/acc", epochs=3
+    )
     assert summary_block(result).splitlines()[1] == "  test (the weights after epoch 3): test/acc 0.5000"

@@ -27,22 +27,32 @@ def test_help_imports_neither_torch_nor_lightning():
 def subprocess_importtime(*args):
     import subprocess
 
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "cnnkit", *args], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO), "CNNKIT_NO_PLUGINS": "1"},
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cnnkit", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "CNNKIT_NO_PLUGINS": "1"},
+        timeout=120,
+    )
 
 
 def imported(proc, package):
-    return any(line.split("|")[-1].strip().split(".")[0] == package
-               for line in proc.stderr.splitlines() if line.startswith("import time:"))
+    return any(
+        line.split("|")[-1].strip().split(".")[0] == package
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    )
 
 
 def test_list_norms_shows_the_four_schemes_without_lightning():
     proc = subprocess_importtime("list", "norms")
     assert proc.returncode == 0
     for name in ("none", "input", "bn_pre", "bn_post"):
-        line = next(text for text in proc.stdout.splitlines() if text.strip().startswith(name + " ") or
-                    text.strip().startswith(name + " ("))
+        line = next(
+            text
+            for text in proc.stdout.splitlines()
+            if text.strip().startswith(name + " ") or text.strip().startswith(name + " (")
+        )
         assert len(line.split()) > 3  # has a description
     assert not imported(proc, "lightning")
     everything = cli("list")
@@ -70,24 +80,38 @@ BAD_INPUTS = {
     "unknown key": (lambda t: ["fit", "--config", QUICKSTART, "model.nrm=bn_pre"], "did you mean 'model.norm'"),
     "wrong type": (lambda t: ["fit", "--config", QUICKSTART, "trainer.max_epochs=many"], "trainer.max_epochs"),
     "unknown name": (lambda t: ["fit", "--config", QUICKSTART, "model.norm=bn_pree"], "did you mean 'bn_pre'"),
-    "data root": (lambda t: ["fit", "--config", QUICKSTART, "data.dataset={name: cifar10, root: /no/such/dir}"],
-                  "data root '/no/such/dir' does not exist"),
-    "image folder root": (lambda t: ["fit", "--config", QUICKSTART,
-                                     "data.dataset={name: image_folder, root: /no/such/dir}"], "does not exist"),
+    "data root": (
+        lambda t: ["fit", "--config", QUICKSTART, "data.dataset={name: cifar10, root: /no/such/dir}"],
+        "data root '/no/such/dir' does not exist",
+    ),
+    "image folder root": (
+        lambda t: ["fit", "--config", QUICKSTART, "data.dataset={name: image_folder, root: /no/such/dir}"],
+        "does not exist",
+    ),
     "batch of one with BN": (lambda t: ["fit", "--config", QUICKSTART, "data.batch_size=1"], "at least 2 samples"),
     "lr <= 0": (lambda t: ["fit", "--config", QUICKSTART, "optim.lr=-0.1"], "optim.lr must be > 0"),
-    "bn momentum": (lambda t: ["fit", "--config", QUICKSTART, "model.norm={name: bn_post, momentum: -0.5}"],
-                    "momentum must be in [0, 1]"),
-    "imports fails": (lambda t: ["fit", "--config", QUICKSTART,
-                                 f"imports=[{write(t, 'boom.py', 'raise RuntimeError(chr(98)+chr(97)+chr(100))')}]"],
-                      "RuntimeError: bad"),
+    "bn momentum": (
+        lambda t: ["fit", "--config", QUICKSTART, "model.norm={name: bn_post, momentum: -0.5}"],
+        "momentum must be in [0, 1]",
+    ),
+    "imports fails": (
+        lambda t: [
+            "fit",
+            "--config",
+            QUICKSTART,
+            f"imports=[{write(t, 'boom.py', 'raise RuntimeError(chr(98)+chr(97)+chr(100))')}]",
+        ],
+        "RuntimeError: bad",
+    ),
     "unknown subcommand": (lambda t: ["frobnicate"], "invalid choice: 'frobnicate'"),
     "missing checkpoint": (lambda t: ["test", "--ckpt", "missing.ckpt"], "checkpoint 'missing.ckpt' not found"),
     "unreadable checkpoint": (lambda t: ["test", "--ckpt", garbage_ckpt(t)], "is corrupt or truncated"),
     "no checkpoint to resume": (lambda t: ["fit", "--config", QUICKSTART, "--ckpt", "last"], "no checkpoint to resume"),
     "test without ckpt": (lambda t: ["test", "--config", QUICKSTART], "test needs --ckpt"),
-    "gpu on a cpu machine": (lambda t: ["fit", "--config", QUICKSTART, "trainer.accelerator=gpu"],
-                             "trainer.accelerator=gpu: this machine has no GPU device"),
+    "gpu on a cpu machine": (
+        lambda t: ["fit", "--config", QUICKSTART, "trainer.accelerator=gpu"],
+        "trainer.accelerator=gpu: this machine has no GPU device",
+    ),
 }
 
 
@@ -136,17 +160,16 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     kept = cli("fit", *tiny, "trainer.max_epochs=1")
     assert kept.returncode == 0 and "finished before with the same config; kept it" in kept.stderr
     refused = cli("fit", *tiny, "--config", edited_recipe("trainer: {max_epochs: 2}")[-1])  # the recipe, edited
-    assert_one_line_error(refused, "was made with another config, so cnnkit will not reuse it for this one: "
-                                   "trainer.max_epochs 1 → 2")
+    assert_one_line_error(
+        refused, "was made with another config, so cnnkit will not reuse it for this one: trainer.max_epochs 1 → 2"
+    )
     cosine = cli("fit", *tiny, "trainer.max_epochs=2", "--ckpt", "last")
     assert_one_line_error(cosine, "optim.scheduler=cosine is laid out over the run's length")
 
-    resumed = cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
-                  "--ckpt", "last")
+    resumed = cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default", "--ckpt", "last")
     assert_one_line_error(resumed, "optim.scheduler cosine → constant")  # the schedule is part of the result
     cli("fit", *tiny, "trainer.max_epochs=1", "optim.scheduler=constant", "variant=default", "--overwrite")
-    resumed = cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default",
-                  "--ckpt", "last")
+    resumed = cli("fit", *tiny, "trainer.max_epochs=2", "optim.scheduler=constant", "variant=default", "--ckpt", "last")
     assert resumed.returncode == 0, resumed.stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6  # 2 epochs x 3
     epochs = {row["epoch"] for row in csv.DictReader(open(run / "metrics.csv")) if row.get("val/acc")}
@@ -171,8 +194,16 @@ def test_fit_resume_test_and_predict_end_to_end(tmp_path):
     from PIL import Image
 
     Image.new("L", (8, 8), 128).save(images / "a.png")
-    from_folder = cli("predict", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--input",
-                      str(tmp_path / "images"), "--output", str(tmp_path / "folder.csv"), "trainer.progress_bar=none")
+    from_folder = cli(
+        "predict",
+        "--ckpt",
+        str(run / "checkpoints" / "last.ckpt"),
+        "--input",
+        str(tmp_path / "images"),
+        "--output",
+        str(tmp_path / "folder.csv"),
+        "trainer.progress_bar=none",
+    )
     assert from_folder.returncode == 0, from_folder.stderr
     rows = list(csv.DictReader(open(tmp_path / "folder.csv")))
     assert [Path(r["file"]).name for r in rows] == ["a.png"]
@@ -191,8 +222,10 @@ def test_a_checkpoint_that_carries_code_is_refused(tmp_path):
 def test_an_error_from_a_dataloader_worker_shows_its_own_line():
     from cnnkit.errors import DataError, own_message
 
-    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-                        "last):\n  File \"x.py\", line 1\ncnnkit.errors.DataError: image_folder: cannot read image "
-                        "'a/b.png': bad file")
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1\ncnnkit.errors.DataError: image_folder: cannot read image '
+        "'a/b.png': bad file"
+    )
     assert own_message(wrapped) == "image_folder: cannot read image 'a/b.png': bad file"
     assert own_message(DataError("plain")) == "plain"

@@ -44,26 +44,29 @@ def test_quickstart_recipe_resolves():
     assert cfg.name == "quickstart" and cfg.model.norm == "bn_pre" and cfg.trainer.accelerator == "cpu"
 
 
-@pytest.mark.parametrize("text, overrides, message", [
-    ("model: {nrm: bn_pre}\n", [], "unknown config key 'model.nrm'; did you mean 'model.norm'?"),
-    ("", ["trainer.max_epochs=abc"], "config key 'trainer.max_epochs'"),
-    ("", ["model.norm=bn_pree"], "model.norm: unknown norm 'bn_pree'; did you mean 'bn_pre'"),
-    ("", ["optim.lr=0"], "optim.lr must be > 0"),
-    ("", ["optim.lr=-1"], "optim.lr must be > 0"),
-    ("", ["data.batch_size=1"], "at least 2 samples per batch"),
-    ("", ["model.norm={name: bn_pre, momentum: 1.5}"], "momentum must be in [0, 1]"),
-    ("", ["model.norm=off"], "quote the name"),
-    ("", ["model.backbone={name: simple_cnn, chanels: [3]}"], "did you mean 'channels'"),
-    ("", ["optim.optimizer={name: sgd, momentun: 0.9}"], "did you mean 'momentum'"),
-    ("", ["optim.scheduler=cosin"], "did you mean 'cosine'"),
-    ("", ["data.augment=[hflipp]"], "unknown transform 'hflipp'"),
-    ("", ["metrics.average=weighted"], "metrics.average"),
-    ("", ["trainer.max_epochs=0"], "trainer.max_epochs must be >= 1"),
-    ("", ["name=a/b"], "name must be a non-empty name without '/'"),
-    ("", ["nonsense"], "must look like key=value"),
-    ("x: ${nope}\n", [], "unknown config key 'x'"),
-    ("name: ${nope}\n", [], "cannot resolve interpolation"),
-])
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("model: {nrm: bn_pre}\n", [], "unknown config key 'model.nrm'; did you mean 'model.norm'?"),
+        ("", ["trainer.max_epochs=abc"], "config key 'trainer.max_epochs'"),
+        ("", ["model.norm=bn_pree"], "model.norm: unknown norm 'bn_pree'; did you mean 'bn_pre'"),
+        ("", ["optim.lr=0"], "optim.lr must be > 0"),
+        ("", ["optim.lr=-1"], "optim.lr must be > 0"),
+        ("", ["data.batch_size=1"], "at least 2 samples per batch"),
+        ("", ["model.norm={name: bn_pre, momentum: 1.5}"], "momentum must be in [0, 1]"),
+        ("", ["model.norm=off"], "quote the name"),
+        ("", ["model.backbone={name: simple_cnn, chanels: [3]}"], "did you mean 'channels'"),
+        ("", ["optim.optimizer={name: sgd, momentun: 0.9}"], "did you mean 'momentum'"),
+        ("", ["optim.scheduler=cosin"], "did you mean 'cosine'"),
+        ("", ["data.augment=[hflipp]"], "unknown transform 'hflipp'"),
+        ("", ["metrics.average=weighted"], "metrics.average"),
+        ("", ["trainer.max_epochs=0"], "trainer.max_epochs must be >= 1"),
+        ("", ["name=a/b"], "name must be a non-empty name without '/'"),
+        ("", ["nonsense"], "must look like key=value"),
+        ("x: ${nope}\n", [], "unknown config key 'x'"),
+        ("name: ${nope}\n", [], "cannot resolve interpolation"),
+    ],
+)
 def test_config_errors_name_the_key_and_the_fix(tmp_path, text, overrides, message):
     path = write(tmp_path / "c.yaml", text)
     with pytest.raises(ConfigError) as err:
@@ -111,7 +114,8 @@ def test_a_model_key_the_backbone_does_not_take_is_one_warning_line(capsys):
 
     load_config([], ["model.backbone=resnet20", "model.pool=min"])
     assert capsys.readouterr().err.splitlines() == [
-        "cnnkit: warning: model.pool=min has no effect: backbone 'resnet20' takes no pool"]
+        "cnnkit: warning: model.pool=min has no effect: backbone 'resnet20' takes no pool"
+    ]
     load_config([], ["model.backbone=resnet20"])  # the schema's pool: max is not the user's choice
     load_config([], ["model.backbone=logistic", "model.norm=input", "data.dataset=two_scales"])  # inputs only
     load_config([], ["model.backbone=simple_cnn", "model.pool=min"])  # it takes a pool
@@ -125,8 +129,11 @@ def test_a_one_of_key_is_a_plain_string_that_takes_only_its_names(tmp_path, key)
     for name in CHOICES[key]:
         value = OmegaConf.select(load_config([], [f"{key}={name}"], validate_config=False), key)
         assert type(value) is str and value == name
-    with pytest.raises(ConfigError, match=rf"^override '{key}=Nope': config key '{key}': Invalid value 'Nope', "
-                                          rf"expected one of \[{', '.join(CHOICES[key])}\]$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^override '{key}=Nope': config key '{key}': Invalid value 'Nope', "
+        rf"expected one of \[{', '.join(CHOICES[key])}\]$",
+    ):
         load_config([], [f"{key}=Nope"], validate_config=False)
     path = write(tmp_path / "c.yaml", OmegaConf.to_yaml(OmegaConf.from_dotlist([f"{key}=nope"])))
     with pytest.raises(ConfigError, match=rf"^config file '{path}': config key '{key}': Invalid value 'nope'"):

@@ -47,8 +47,10 @@ def test_input_statistics_come_from_the_train_split_only():
 
 
 def test_augmentation_by_name_applies_to_training_only():
-    dm = datamodule("data.augment=[{name: random_crop, padding: 2}, horizontal_flip, "
-                    "{name: color_jitter, brightness: 0.5, contrast: 0.5, saturation: 0}, trivial_augment]")
+    dm = datamodule(
+        "data.augment=[{name: random_crop, padding: 2}, horizontal_flip, "
+        "{name: color_jitter, brightness: 0.5, contrast: 0.5, saturation: 0}, trivial_augment]"
+    )
     splits = dm.load()
     x, _ = splits.train[0]
     assert x.shape == (1, 8, 8) and splits.train.transform is not None and splits.val.transform is None
@@ -58,6 +60,7 @@ def test_augmentation_by_name_applies_to_training_only():
 
 def test_crop_padding_and_cutout_length_follow_the_input_size():
     """CIFAR's 4 px padding and 8 px cutout at 32 px; an 8x8 digit gets 1 px and 2 px, not a blank image."""
+
     def transforms(*overrides):
         dm = datamodule(*overrides)
         dm.load()
@@ -89,8 +92,11 @@ def test_global_batch_is_divided_over_processes_and_accumulation(monkeypatch):
     assert dm.steps_per_epoch(2, 2) == (-(-len(dm.load().train) // 2) // 16) // 2
     val = list(dm.val_dataloader())  # rank 1's unpadded shard: samples 1, 3, 5, ...
     assert sum(len(y) for _, y in val) == len(dm.load().val) // 2
-    with pytest.raises(ConfigError, match="must divide evenly by world size 2 x trainer.accumulate_grad_batches 2 "
-                                          "= 4; use a multiple of 4, e.g. 64"):
+    with pytest.raises(
+        ConfigError,
+        match="must divide evenly by world size 2 x trainer.accumulate_grad_batches 2 "
+        "= 4; use a multiple of 4, e.g. 64",
+    ):
         dm.per_device(62)
 
 
@@ -115,10 +121,12 @@ def offline(monkeypatch, response=None):
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
 
 
-@pytest.mark.parametrize("name, tv_class, where", [("mnist", "MNIST", "data/MNIST/raw"),
-                                                   ("cifar10", "CIFAR10", "data/cifar-10-batches-py")])
-def test_a_failed_download_says_so_in_one_line_and_leaves_nothing_behind(monkeypatch, capsys, tmp_path, name,
-                                                                        tv_class, where):
+@pytest.mark.parametrize(
+    "name, tv_class, where", [("mnist", "MNIST", "data/MNIST/raw"), ("cifar10", "CIFAR10", "data/cifar-10-batches-py")]
+)
+def test_a_failed_download_says_so_in_one_line_and_leaves_nothing_behind(
+    monkeypatch, capsys, tmp_path, name, tv_class, where
+):
     from cnnkit.cli import main
     from tests.conftest import QUICKSTART, SMOKE
 
@@ -129,8 +137,9 @@ def test_a_failed_download_says_so_in_one_line_and_leaves_nothing_behind(monkeyp
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"cnnkit: error: downloading {tv_class} into 'data' failed: ")
     assert "<urlopen error [Errno -3] Temporary failure in name resolution>" in lines[0]
-    assert lines[0].endswith(f"; check the network (or proxy), or copy the files into '{where}' and set "
-                             f"data.dataset.download=false")
+    assert lines[0].endswith(
+        f"; check the network (or proxy), or copy the files into '{where}' and set data.dataset.download=false"
+    )
     assert lines[0].count("urlopen error") == 1  # torchvision's every mirror, said once
     assert list(tmp_path.iterdir()) == []  # no data/, no empty data/MNIST/raw, no run directory
 
@@ -158,7 +167,12 @@ def test_a_download_cut_off_midway_removes_its_partial_file_and_keeps_the_users(
     with pytest.raises(DataError, match=r"^downloading MNIST into '.*data' failed: .*Connection reset by peer"):
         load_splits({"name": "mnist", "root": str(tmp_path / "data"), "download": True})
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "data", "data/MNIST", "data/MNIST/raw", "data/MNIST/raw/t10k-labels-idx1-ubyte.gz", "data/notes.txt"]
+        "data",
+        "data/MNIST",
+        "data/MNIST/raw",
+        "data/MNIST/raw/t10k-labels-idx1-ubyte.gz",
+        "data/notes.txt",
+    ]
 
 
 def make_image(path, value):
@@ -186,15 +200,27 @@ def test_image_folder_label_prefix(tmp_path):
     for split in ("training", "validation"):
         for label in (0, 3, 10):
             make_image(tmp_path / split / f"{label}_{split}.jpg", 10 * label)
-    splits = load_splits({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
-                             "splits": {"train": "training", "val": "validation"}})
+    splits = load_splits(
+        {
+            "name": "image_folder",
+            "root": str(tmp_path),
+            "layout": "label_prefix",
+            "splits": {"train": "training", "val": "validation"},
+        }
+    )
     assert splits.class_names == ["0", "3", "10"]
     labels = {path.rsplit("/", 1)[1]: label for path, label in splits.train.items}
     assert labels == {"0_training.jpg": 0, "3_training.jpg": 1, "10_training.jpg": 2}
     (tmp_path / "training" / "unlabeled.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="unlabeled.jpg' does not start with '<label>_'"):
-        load_splits({"name": "image_folder", "root": str(tmp_path), "layout": "label_prefix",
-                        "splits": {"train": "training", "val": "validation"}})
+        load_splits(
+            {
+                "name": "image_folder",
+                "root": str(tmp_path),
+                "layout": "label_prefix",
+                "splits": {"train": "training", "val": "validation"},
+            }
+        )
 
 
 def test_image_folder_missing_root_and_unreadable_image(tmp_path):
@@ -210,8 +236,10 @@ def test_image_folder_missing_root_and_unreadable_image(tmp_path):
 
 def test_dataset_info_needs_no_data(tmp_path):
     assert DATASETS.build({"name": "cifar10", "root": str(tmp_path / "absent")}).info().as_dict() == {
-        "input_shape": [3, 32, 32], "num_classes": 10, "class_names": [
-            "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+        "input_shape": [3, 32, 32],
+        "num_classes": 10,
+        "class_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    }
     assert DATASETS.build({"name": "mnist", "image_size": 32}).info().input_shape == (1, 32, 32)
     folder = DATASETS.build({"name": "image_folder", "root": str(tmp_path), "image_size": 128, "num_classes": 11})
     assert folder.info().input_shape == (3, 128, 128) and folder.info().num_classes == 11

@@ -47,8 +47,17 @@ def _sync_bn_worker(rank: int, port: int, out: str) -> None:
     xs = x[shard].clone().requires_grad_()
     y = layer(xs)
     (y * grad[shard]).sum().backward()
-    torch.save({"y": y.detach(), "x_grad": xs.grad, "w_grad": layer.weight.grad, "b_grad": layer.bias.grad,
-                "mean": layer.running_mean, "var": layer.running_var}, f"{out}/{rank}.pt")
+    torch.save(
+        {
+            "y": y.detach(),
+            "x_grad": xs.grad,
+            "w_grad": layer.weight.grad,
+            "b_grad": layer.bias.grad,
+            "mean": layer.running_mean,
+            "var": layer.running_var,
+        },
+        f"{out}/{rank}.pt",
+    )
     dist.destroy_process_group()
 
 
@@ -106,12 +115,14 @@ def test_lr_scaling_rules():
 
 def test_resume_continues_the_same_wandb_run(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = load_config([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=1",
-                                               "optim.scheduler=constant"])
+    cfg = load_config(
+        [QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=1", "optim.scheduler=constant"]
+    )
     first = cnnkit.fit(cfg)
     run_id = (first.run_dir / "wandb_id").read_text().strip()
-    (resumed,) = cnnkit.fit_recipe([QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=2",
-                                                         "optim.scheduler=constant"], ckpt="last")
+    (resumed,) = cnnkit.fit_recipe(
+        [QUICKSTART, SMOKE], ["logger.wandb.mode=auto", "trainer.max_epochs=2", "optim.scheduler=constant"], ckpt="last"
+    )
     assert resumed.run_dir == first.run_dir
     offline = sorted(p.name for p in (resumed.run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(f"-{run_id}" in name for name in offline)  # wandb adds "-1" within a second
@@ -138,9 +149,21 @@ def test_an_override_of_a_matrix_key_narrows_the_matrix(tmp_path):
 def test_two_process_ddp_fit_through_the_cli(tmp_path):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text("name: ddp\nmatrix:\n  distributed.sync_bn: [false, true]\n")
-    proc = run_cli("fit", "--config", QUICKSTART, "--config", SMOKE, "--config", str(REPO / "configs" / "trainer" /
-                   "ddp_cpu.yaml"), "--config", str(recipe), "logger.wandb.mode=offline", cwd=tmp_path,
-                   timeout=400, env_extra={"WANDB_MODE": "offline"})
+    proc = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        SMOKE,
+        "--config",
+        str(REPO / "configs" / "trainer" / "ddp_cpu.yaml"),
+        "--config",
+        str(recipe),
+        "logger.wandb.mode=offline",
+        cwd=tmp_path,
+        timeout=400,
+        env_extra={"WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for variant in ("sync_bn=false", "sync_bn=true"):
         run = tmp_path / "runs" / "ddp_cpu" / "ddp" / variant  # the ddp_cpu preset's own runs_dir
@@ -148,5 +171,7 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run per variant, not per rank
     lines = proc.stdout.splitlines()  # reported once, by rank 0
     assert [line.split("  ")[:2] for line in lines if line.startswith("[")] == [
-        ["[1/2] sync_bn=false", "finished"], ["[2/2] sync_bn=true", "finished"]], proc.stdout
+        ["[1/2] sync_bn=false", "finished"],
+        ["[2/2] sync_bn=true", "finished"],
+    ], proc.stdout
     assert sum(line.startswith("cnnkit: ddp: 2 runs in ") for line in lines) == 1, proc.stdout

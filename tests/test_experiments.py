@@ -23,7 +23,7 @@ from cnnkit.training.callbacks.precise_bn import recompute_bn_statistics
 
 from .conftest import QUICKSTART, REPO, SMOKE
 
-RECIPES = sorted(p.name[:-len(".cpu.yaml")] for p in (REPO / "recipes").glob("*.cpu.yaml"))
+RECIPES = sorted(p.name[: -len(".cpu.yaml")] for p in (REPO / "recipes").glob("*.cpu.yaml"))
 
 
 def write(path, text):
@@ -32,12 +32,18 @@ def write(path, text):
 
 
 def test_matrix_combinations_are_ordered_named_and_narrowed(tmp_path):
-    recipe = write(tmp_path / "m.yaml", "matrix:\n  model.act: [sigmoid, relu]\n  optim.lr: [0.1, 0.5]\n"
-                                        "  model.norm: [none, {name: bn_pre, momentum: 0.01}]\n")
+    recipe = write(
+        tmp_path / "m.yaml",
+        "matrix:\n  model.act: [sigmoid, relu]\n  optim.lr: [0.1, 0.5]\n"
+        "  model.norm: [none, {name: bn_pre, momentum: 0.01}]\n",
+    )
     cfg = load_config([recipe])
     names = [name for name, _, _ in combinations(cfg)]
-    assert names[:3] == ["act=sigmoid+lr=0.1+norm=none", "act=sigmoid+lr=0.1+norm=bn_pre-momentum0.01",
-                         "act=sigmoid+lr=0.5+norm=none"]
+    assert names[:3] == [
+        "act=sigmoid+lr=0.1+norm=none",
+        "act=sigmoid+lr=0.1+norm=bn_pre-momentum0.01",
+        "act=sigmoid+lr=0.5+norm=none",
+    ]
     assert len(names) == 8
     only = combinations(cfg, ["act=relu", "norm=none"])
     assert [n for n, _, _ in only] == ["act=relu+lr=0.1+norm=none", "act=relu+lr=0.5+norm=none"]
@@ -48,14 +54,18 @@ def test_matrix_combinations_are_ordered_named_and_narrowed(tmp_path):
 
 
 def test_matrix_key_that_does_not_exist_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="matrix: key 'model.nrom' does not exist in the config \\(did you mean "
-                                          "'model.norm'\\?\\)"):
+    with pytest.raises(
+        ConfigError, match="matrix: key 'model.nrom' does not exist in the config \\(did you mean 'model.norm'\\?\\)"
+    ):
         load_config([write(tmp_path / "m.yaml", "matrix:\n  model.nrom: [none]\n")])
 
 
 def test_a_diverged_variant_is_recorded_and_the_matrix_goes_on(tmp_path):
-    recipe = write(tmp_path / "d.yaml", "name: diverge\nmodel: {norm: none, act: identity}\n"
-                                        "optim: {scheduler: constant}\nmatrix:\n  optim.lr: [1.0e+30, 0.01]\n")
+    recipe = write(
+        tmp_path / "d.yaml",
+        "name: diverge\nmodel: {norm: none, act: identity}\n"
+        "optim: {scheduler: constant}\nmatrix:\n  optim.lr: [1.0e+30, 0.01]\n",
+    )
     results = cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe], ["trainer.limit_train_batches=10"])
     assert [r.status for r in results] == ["diverged", "finished"]
     assert json.loads((results[0].run_dir / "status.json").read_text())["status"] == "diverged"
@@ -78,15 +88,25 @@ def test_precise_bn_equals_the_exact_full_pass_statistics():
 
 
 def test_precise_bn_and_eval_modes_callbacks_in_a_fit():
-    cfg = load_config([QUICKSTART, SMOKE], [
-        "model.backbone={name: mlp, hidden: [32, 32]}", "trainer.limit_test_batches=1.0",
-        "trainer.limit_train_batches=20", "trainer.max_epochs=3",
-        "callbacks=[{name: precise_bn, num_batches: 5}, {name: eval_modes, modes: [running, "
-        "{stats: batch, batch_size: 1}, {stats: batch, batch_size: 256}, precise]}]"])
+    cfg = load_config(
+        [QUICKSTART, SMOKE],
+        [
+            "model.backbone={name: mlp, hidden: [32, 32]}",
+            "trainer.limit_test_batches=1.0",
+            "trainer.limit_train_batches=20",
+            "trainer.max_epochs=3",
+            "callbacks=[{name: precise_bn, num_batches: 5}, {name: eval_modes, modes: [running, "
+            "{stats: batch, batch_size: 1}, {stats: batch, batch_size: 256}, precise]}]",
+        ],
+    )
     result = cnnkit.fit(cfg)
     modes = json.loads((result.run_dir / "eval_modes.json").read_text())
-    assert [(m["stats"], m["batch_size"]) for m in modes] == [("running", 64), ("batch", 1), ("batch", 256),
-                                                             ("precise", 64)]
+    assert [(m["stats"], m["batch_size"]) for m in modes] == [
+        ("running", 64),
+        ("batch", 1),
+        ("batch", 256),
+        ("precise", 64),
+    ]
     accuracy = {f"{m['stats']}@{m['batch_size']}": m["accuracy"] for m in modes}
     # a batch of one normalizes every feature to beta: one class for every image, i.e. that class's share
     test_labels = [int(y) for _, y in cnnkit.build_datamodule(cfg).load().test]
@@ -97,8 +117,10 @@ def test_precise_bn_and_eval_modes_callbacks_in_a_fit():
 
 
 def test_options_that_do_nothing_without_bn_warn_and_go_on():
-    cfg = load_config([QUICKSTART, SMOKE], ["model.norm=none", "callbacks=[precise_bn]", "eval_stats=batch",
-                                            "distributed.sync_bn=true"])
+    cfg = load_config(
+        [QUICKSTART, SMOKE],
+        ["model.norm=none", "callbacks=[precise_bn]", "eval_stats=batch", "distributed.sync_bn=true"],
+    )
     with pytest.warns(UserWarning) as record:
         assert cnnkit.fit(cfg).status == "finished"
     messages = {str(w.message) for w in record}
@@ -157,8 +179,10 @@ def test_activation_percentiles_of_a_known_distribution():
 
 
 def test_hessian_lr_and_loss_surface_on_logistic_regression():
-    cfg = load_config([str(REPO / "recipes" / "error_surface.cpu.yaml"), SMOKE],
-                      ["model.norm=none", "trainer.max_epochs=3", "matrix={}"])
+    cfg = load_config(
+        [str(REPO / "recipes" / "error_surface.cpu.yaml"), SMOKE],
+        ["model.norm=none", "trainer.max_epochs=3", "matrix={}"],
+    )
     result = cnnkit.fit(cfg)
     hessian = json.loads((result.run_dir / "hessian.json").read_text())
     train = cnnkit.build_datamodule(cfg).load().train.images
@@ -181,10 +205,13 @@ def test_noisy_bn_is_noisy_in_training_only():
 
 
 def test_report_renders_from_a_small_run(tmp_path):
-    recipe = write(tmp_path / "r.yaml", "name: tiny\nmodel: {backbone: {name: mlp, hidden: [16]}, act: sigmoid}\n"
-                                        "callbacks: [{name: activation_percentiles, every_n_steps: 1}, "
-                                        "{name: landscape, every_n_steps: 1, multipliers: [1, 2]}]\n"
-                                        "matrix:\n  model.norm: [none, bn_pre]\n  seed: [0, 1]\n")
+    recipe = write(
+        tmp_path / "r.yaml",
+        "name: tiny\nmodel: {backbone: {name: mlp, hidden: [16]}, act: sigmoid}\n"
+        "callbacks: [{name: activation_percentiles, every_n_steps: 1}, "
+        "{name: landscape, every_n_steps: 1, multipliers: [1, 2]}]\n"
+        "matrix:\n  model.norm: [none, bn_pre]\n  seed: [0, 1]\n",
+    )
     cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe])
     report = build_report(Path("runs/smoke/tiny"))
     text = report.read_text()
@@ -216,8 +243,9 @@ def test_every_recipe_runs_under_the_smoke_overlay(recipe):
 
 def test_report_adds_its_figures_to_the_runs_wandb_runs_only_when_asked_and_once(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    recipe = write(tmp_path / "w.yaml",
-                   "name: wb\nlogger: {wandb: {mode: offline}}\nmatrix:\n  model.norm: [none, bn_pre]\n")
+    recipe = write(
+        tmp_path / "w.yaml", "name: wb\nlogger: {wandb: {mode: offline}}\nmatrix:\n  model.norm: [none, bn_pre]\n"
+    )
     results = cnnkit.fit_recipe([QUICKSTART, SMOKE, recipe], ["logger.wandb.mode=offline"])
 
     def offline(result):

@@ -41,7 +41,9 @@ def user_package(tmp_path, monkeypatch):
 
 
 def test_a_norm_is_one_file_of_the_users(user_package):
-    module = user_package("group_pre", '''
+    module = user_package(
+        "group_pre",
+        '''
         """GroupNorm (4 groups) before the activation."""
         from torch import nn
 
@@ -54,7 +56,8 @@ def test_a_norm_is_one_file_of_the_users(user_package):
 
             def make(self, num_features, dim):
                 return nn.GroupNorm(4, num_features)
-    ''')
+    ''',
+    )
     listed = cli("list", "norms", f"imports=[{module}]")
     assert listed.returncode == 0 and "group4_pre" in listed.stdout and "GroupNorm, 4 groups" in listed.stdout
     result = cnnkit.fit(tiny_config(f"imports=[{module}]", "model.norm=group4_pre"))
@@ -70,7 +73,8 @@ def test_a_backbone_module_dropped_into_the_backbones_package_is_found(tmp_path,
 
     folder = tmp_path / "more_backbones"
     folder.mkdir()
-    (folder / "tiny_net.py").write_text(textwrap.dedent('''
+    (folder / "tiny_net.py").write_text(
+        textwrap.dedent('''
         """A one-hidden-layer network: the smallest built-in-style backbone."""
         import math
 
@@ -81,7 +85,8 @@ def test_a_backbone_module_dropped_into_the_backbones_package_is_found(tmp_path,
         @BACKBONES.register("tiny_net", traits={"min_size": 1}, description="flatten → 16 units → classes")
         def tiny_net(input_shape, num_classes, *, norm, act, bias="auto"):
             return classifier_head(math.prod(input_shape), [16], num_classes, norm=norm, act=act, bias=bias)
-    '''))
+    ''')
+    )
     monkeypatch.setattr(cnnkit.nn.backbones, "__path__", [*cnnkit.nn.backbones.__path__, str(folder)])
     monkeypatch.setattr(BACKBONES, "_builtins_loaded", False)  # as in a fresh process
     monkeypatch.delitem(sys.modules, "cnnkit.nn.backbones.tiny_net", raising=False)
@@ -143,8 +148,11 @@ def test_an_analysis_is_one_file_of_the_users_listed_trained_and_reported(user_p
     assert rows[0] == "step,grad_norm" and len(rows) == 1 + 3  # the smoke run's three steps
     largest = max(float(line.split(",")[1]) for line in rows[1:])
     # a fresh process, as a user runs it: the report imports the runs' imports: to find their analysis
-    proc = run_cli("report", str(result.run_dir.parent),
-                   env_extra={"PYTHONPATH": os.pathsep.join([str(REPO), str(user_package.root)])})
+    proc = run_cli(
+        "report",
+        str(result.run_dir.parent),
+        env_extra={"PYTHONPATH": os.pathsep.join([str(REPO), str(user_package.root)])},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (result.run_dir.parent / "REPORT.md").read_text()
     assert "## Largest gradient norm" in report and f"| {result.run_dir.name} | {largest:.4g} |" in report

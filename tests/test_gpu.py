@@ -37,11 +37,20 @@ def test_the_tensor_loader_and_batched_transforms_run_on_the_gpu_with_device_gen
 
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(256) % 10
-    transforms = [TRANSFORMS.build(name, optional={"size": (32, 32)}) for name in
-                  ("random_crop", "random_resized_crop", "horizontal_flip", "cutout", "color_jitter",
-                   "random_rotation")]
-    loader = TensorBatches(images, labels, 64, shuffle=True, drop_last=True, seed=3, transforms=transforms,
-                           device=DEVICE)
+    transforms = [
+        TRANSFORMS.build(name, optional={"size": (32, 32)})
+        for name in (
+            "random_crop",
+            "random_resized_crop",
+            "horizontal_flip",
+            "cutout",
+            "color_jitter",
+            "random_rotation",
+        )
+    ]
+    loader = TensorBatches(
+        images, labels, 64, shuffle=True, drop_last=True, seed=3, transforms=transforms, device=DEVICE
+    )
     first = [x.clone() for x, _ in loader]
     again = [x for x, _ in loader]
     assert len(first) == 4 and all(x.device.type == DEVICE and x.shape == (64, 3, 32, 32) for x in first)
@@ -73,12 +82,15 @@ class LayoutProbe(L.Callback):
         if not pl_module.cfg.trainer.compile:  # a hook inside a compiled module would be traced, not probed
             pl_module.model.register_forward_pre_hook(
                 lambda module, args: self.inputs_channels_last.append(
-                    args[0].is_contiguous(memory_format=torch.channels_last)))
+                    args[0].is_contiguous(memory_format=torch.channels_last)
+                )
+            )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         convs = [m.weight for m in pl_module.model.modules() if isinstance(m, torch.nn.Conv2d)]
-        self.weights_channels_last.append(bool(convs) and all(
-            w.is_contiguous(memory_format=torch.channels_last) for w in convs))
+        self.weights_channels_last.append(
+            bool(convs) and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+        )
 
 
 PROBES: list[LayoutProbe] = []
@@ -90,12 +102,16 @@ def layout_probe() -> LayoutProbe:
     return PROBES[-1]
 
 
-@pytest.mark.parametrize("switches", [
-    ["trainer.precision=bf16-mixed"],
-    ["trainer.precision=16-mixed"],
-    ["trainer.precision=bf16-mixed", "trainer.channels_last=true"],
-    ["trainer.precision=bf16-mixed", "trainer.channels_last=true", "trainer.compile=true"],
-], ids=["bf16-mixed", "16-mixed", "bf16-channels-last", "bf16-channels-last-compile"])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        ["trainer.precision=bf16-mixed"],
+        ["trainer.precision=16-mixed"],
+        ["trainer.precision=bf16-mixed", "trainer.channels_last=true"],
+        ["trainer.precision=bf16-mixed", "trainer.channels_last=true", "trainer.compile=true"],
+    ],
+    ids=["bf16-mixed", "16-mixed", "bf16-channels-last", "bf16-channels-last-compile"],
+)
 def test_speed_switches_train_with_a_finite_loss_and_a_checkpoint_that_reloads(tmp_path, switches):
     from torch._dynamo.utils import counters
 
@@ -133,10 +149,16 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 """
 
-EXACT = ["trainer.deterministic=true", "trainer.max_epochs=2", "trainer.limit_train_batches=null",
-         "trainer.limit_val_batches=null", "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1",
-         "model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
-         "data.augment=[random_crop, horizontal_flip, cutout]"]
+EXACT = [
+    "trainer.deterministic=true",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=null",
+    "trainer.limit_val_batches=null",
+    "checkpoint.every_n_steps=4",
+    "trainer.log_every_n_steps=1",
+    "model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
+    "data.augment=[random_crop, horizontal_flip, cutout]",
+]
 
 
 def test_exact_resume_on_the_gpu_ends_bitwise_equal_with_the_cuda_rng_restored(tmp_path):
@@ -144,11 +166,20 @@ def test_exact_resume_on_the_gpu_ends_bitwise_equal_with_the_cuda_rng_restored(t
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     (tmp_path / "b" / "killer.py").write_text(KILLER)
-    killed_args = ["fit", "--config", QUICKSTART, "--config", OVERLAY, *EXACT, "imports=[killer.py]",
-                   "callbacks=[{name: kill_at}]"]
+    killed_args = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        OVERLAY,
+        *EXACT,
+        "imports=[killer.py]",
+        "callbacks=[{name: kill_at}]",
+    ]
     with ThreadPoolExecutor(2) as pool:  # the straight run beside the one that is killed: half the wait
-        straight = pool.submit(run_cli, "fit", "--config", QUICKSTART, "--config", OVERLAY, *EXACT,
-                               cwd=tmp_path / "a", env_extra=env)
+        straight = pool.submit(
+            run_cli, "fit", "--config", QUICKSTART, "--config", OVERLAY, *EXACT, cwd=tmp_path / "a", env_extra=env
+        )
         killed = pool.submit(run_cli, *killed_args, cwd=tmp_path / "b", env_extra=env)
         straight, killed = straight.result(), killed.result()
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -184,11 +215,19 @@ def test_no_host_sync_per_step_from_cnnkit_in_bf16(tmp_path):
     counter = SyncCounter(start=5, steps=10, device=DEVICE)
     CALLBACKS.register("sync_counter", counter.callback, override=True)
     CALLBACKS.register("host_read", HostRead, override=True)
-    cfg = gpu_config(CIFAR, "data.batch_size=64", "trainer.precision=bf16-mixed", "trainer.max_steps=16",
-                     "data.augment=[random_crop, random_resized_crop, horizontal_flip, cutout, color_jitter, "
-                     "random_rotation]",
-                     "trainer.max_epochs=-1", "trainer.limit_train_batches=null", "trainer.log_every_n_steps=50",
-                     "checkpoint.save_last=false", "callbacks=[sync_counter, host_read]", f"runs_dir={tmp_path}")
+    cfg = gpu_config(
+        CIFAR,
+        "data.batch_size=64",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_steps=16",
+        "data.augment=[random_crop, random_resized_crop, horizontal_flip, cutout, color_jitter, random_rotation]",
+        "trainer.max_epochs=-1",
+        "trainer.limit_train_batches=null",
+        "trainer.log_every_n_steps=50",
+        "checkpoint.save_last=false",
+        "callbacks=[sync_counter, host_read]",
+        f"runs_dir={tmp_path}",
+    )
     result = cnnkit.fit(cfg)
     assert result.status == "finished"
     assert not sync_counting_active()  # off again after its window

@@ -26,11 +26,23 @@ def test_the_dry_run_survives_its_planted_faults_and_keeps_every_part(tmp_path):
 
     gpu_json = REPO / "benchmarks" / "results" / "gpu.json"
     existed = gpu_json.exists()
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "PYTHON": sys.executable}
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "out"),
+        "TMPDIR": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+    }
     started = time.monotonic()
-    proc = subprocess.run(["bash", str(CHECK), "--cpu", "--faults", "--budget", "900"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(CHECK), "--cpu", "--faults", "--budget", "900"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # the planted faults make parts not ok
     results = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert results["check"]["mode"] == "cpu dry run"
@@ -60,9 +72,11 @@ def test_the_dry_run_survives_its_planted_faults_and_keeps_every_part(tmp_path):
         case = cases[key]
         assert case["cnnkit_images_per_s"] > 0 and case["plain_images_per_s"] > 0, (key, case)
         timing = case["timing"]
-        assert {k: v for k, v in timing["cnnkit"].items() if k != "seconds"} == {
-            k: v for k, v in timing["plain"].items() if k != "seconds"} == {
-            "warmup_steps": CPU_SIZES.warmup, "timed_steps": CPU_SIZES.steps, "synchronizations": 2}
+        assert (
+            {k: v for k, v in timing["cnnkit"].items() if k != "seconds"}
+            == {k: v for k, v in timing["plain"].items() if k != "seconds"}
+            == {"warmup_steps": CPU_SIZES.warmup, "timed_steps": CPU_SIZES.steps, "synchronizations": 2}
+        )
     assert cases["fault: a case that hangs"]["cut"].startswith("at its cap")  # the process ended; the rest is kept
     assert not speed["ok"]
     for model in CPU_SPEED:
@@ -109,7 +123,8 @@ def test_without_the_interpreter_it_says_in_one_line_what_to_set(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         "gpu_check: no 'no-such-python3' on PATH: set PYTHON to the interpreter that has torch "
-        "(PYTHON=/path/to/python3 bash scripts/gpu_check.sh)"]
+        "(PYTHON=/path/to/python3 bash scripts/gpu_check.sh)"
+    ]
 
 
 def test_an_unknown_option_is_one_line():
@@ -143,8 +158,10 @@ def test_each_test_gets_its_outcome_and_one_past_its_bound_is_named():
     assert entry["tests"] == {"tests/a.py::test_one": "passed"}
     assert progress.overrun() == "stopped at tests/a.py::test_two"
     assert entry["tests"]["tests/a.py::test_two"].startswith("cut at its bound")
-    progress.feed("FAILED [ 66%]\n::test_three FAILED [100%]\nFAILED ::test_three - Failed: Timeout (>3.0s) from "
-                  "pytest-timeout.\n==== 1 passed, 2 failed in 5.00s ====\n")
+    progress.feed(
+        "FAILED [ 66%]\n::test_three FAILED [100%]\nFAILED ::test_three - Failed: Timeout (>3.0s) from "
+        "pytest-timeout.\n==== 1 passed, 2 failed in 5.00s ====\n"
+    )
     assert entry["tests"]["::test_three"].startswith("cut at its bound (pytest-timeout)")
     assert entry["summary"] == "1 passed, 2 failed in 5.00s"
 

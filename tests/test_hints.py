@@ -32,8 +32,15 @@ def test_arguments_for_a_part_named_alone_go_to_that_part():
 
 
 def test_a_dataset_without_a_resize_key_is_not_told_to_resize(tmp_path):
-    proc = cli("fit", "--config", QUICKSTART, "--config", SMOKE, DEEP,
-                   "data.dataset={name: synthetic, shape: [1, 8, 8], samples: 100}")
+    proc = cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        SMOKE,
+        DEEP,
+        "data.dataset={name: synthetic, shape: [1, 8, 8], samples: 100}",
+    )
     assert_one_line_error(proc, "needs inputs of at least 32x32, got 8x8; use larger images or a shallower model")
 
 
@@ -58,11 +65,13 @@ def test_ckpt_last_without_a_config_finds_the_one_run_or_says_which_path_to_pass
     with_config = cli("test", "--ckpt", "last", "--config", QUICKSTART, "--config", SMOKE, "model.norm=bn_post")
     assert with_config.returncode == 0, with_config.stderr[-2000:]
     by_override = cli("test", "--ckpt", "last", "model.norm=bn_post")  # the variant it names
-    assert by_override.returncode == 0 and "--ckpt last: runs/smoke/quickstart/norm=bn_post/checkpoints/last.ckpt" in \
-        by_override.stdout, by_override.stderr[-2000:]
+    assert (
+        by_override.returncode == 0
+        and "--ckpt last: runs/smoke/quickstart/norm=bn_post/checkpoints/last.ckpt" in by_override.stdout
+    ), by_override.stderr[-2000:]
 
 
-MY_LAYERS = '''
+MY_LAYERS = """
 from torch import nn
 from cnnkit import ACTIVATIONS, POOLINGS
 
@@ -70,7 +79,7 @@ ACTIVATIONS.register("my_act", nn.SiLU, description="my own activation")
 POOLINGS.register("lp", lambda kernel_size: nn.LPPool2d(2, kernel_size), description="L2 pooling")
 POOLINGS.register("fractional", lambda kernel_size: nn.FractionalMaxPool2d(kernel_size, output_ratio=0.5),
                   description="fractional max pooling")
-'''
+"""
 
 
 def test_list_and_describe_take_imports_like_fit(tmp_path):
@@ -79,8 +88,11 @@ def test_list_and_describe_take_imports_like_fit(tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"^  my_act\s+my own activation$", listed.stdout, re.M), listed.stdout
     filtered = cli("list", "activations", "my*", "imports=[my_layers.py]")
-    assert filtered.stdout.splitlines() == ["activations:", "  my_act  my own activation",
-                                            "            keys: inplace=false"]
+    assert filtered.stdout.splitlines() == [
+        "activations:",
+        "  my_act  my own activation",
+        "            keys: inplace=false",
+    ]
     described = cli("describe", "--config", QUICKSTART, "imports=[my_layers.py]", "model.act=my_act")
     assert described.returncode == 0 and "SiLU" in described.stdout, described.stderr
 

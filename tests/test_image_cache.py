@@ -49,10 +49,12 @@ def test_random_resized_crop_boxes_follow_torchvisions_rule():
 
 def test_color_jitter_matches_torchvision_per_image_and_order():
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    factors = {"brightness": torch.tensor([0.7, 1.2, 1.0, 0.9]), "contrast": torch.tensor([1.3, 0.8, 1.0, 0.6]),
-               "saturation": torch.tensor([0.5, 1.4, 1.0, 0.0])}
-    functions = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
-                 "saturation": TF.adjust_saturation}
+    factors = {
+        "brightness": torch.tensor([0.7, 1.2, 1.0, 0.9]),
+        "contrast": torch.tensor([1.3, 0.8, 1.0, 0.6]),
+        "saturation": torch.tensor([0.5, 1.4, 1.0, 0.0]),
+    }
+    functions = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast, "saturation": TF.adjust_saturation}
     jitter = ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)
     for order in (["brightness", "contrast", "saturation"], ["saturation", "brightness", "contrast"]):
         out = x
@@ -64,8 +66,12 @@ def test_color_jitter_matches_torchvision_per_image_and_order():
                 expected = functions[name](expected, factors[name][i].item())
             torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
     gray = torch.rand(2, 1, 8, 8)
-    torch.testing.assert_close(jitter.adjust(gray, "contrast", torch.tensor([0.5, 1.5]))[1],
-                               TF.adjust_contrast(gray[1], 1.5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        jitter.adjust(gray, "contrast", torch.tensor([0.5, 1.5]))[1],
+        TF.adjust_contrast(gray[1], 1.5),
+        atol=1e-6,
+        rtol=0,
+    )
     assert not ColorJitter(hue=0.1).batchable  # hue stays on the per-image path
 
 
@@ -89,18 +95,21 @@ def test_color_jitter_batched_keeps_each_images_own_order():
     out = jitter.apply_batch(x, generator, orders=orders)
     names = list(factors)
     for i in range(3):
-        expected = x[i:i + 1]
+        expected = x[i : i + 1]
         for index in orders[i].tolist():
-            expected = jitter.adjust(expected, names[index], factors[names[index]][i:i + 1])
-        torch.testing.assert_close(out[i:i + 1], expected, atol=1e-6, rtol=0)
+            expected = jitter.adjust(expected, names[index], factors[names[index]][i : i + 1])
+        torch.testing.assert_close(out[i : i + 1], expected, atol=1e-6, rtol=0)
     drawn = jitter.orders(1000, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert len({tuple(o) for o in drawn.tolist()}) == 6  # every order occurs
 
 
 def test_batched_transforms_draw_per_image_and_repeat_with_the_seed():
     x = torch.rand(64, 3, 32, 32)
-    for transform in (RandomResizedCrop(32), ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
-                      RandomRotation(20)):
+    for transform in (
+        RandomResizedCrop(32),
+        ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
+        RandomRotation(20),
+    ):
         a = transform.apply_batch(x, torch.Generator().manual_seed(5))
         b = transform.apply_batch(x, torch.Generator().manual_seed(5))
         assert torch.equal(a, b)
@@ -156,8 +165,9 @@ def test_a_folder_that_fits_takes_the_tensor_path_and_says_so(tmp_path, capsys, 
 
 def test_over_the_budget_the_dataloader_decodes_and_says_why(tmp_path, capsys):
     dataset = make_folder(tmp_path / "images")
-    datamodule = cnnkit.build_datamodule(cnnkit.load_config([QUICKSTART, SMOKE],
-                                                            [dataset, AUGMENT, SMALL, "data.cache_budget=1e-6"]))
+    datamodule = cnnkit.build_datamodule(
+        cnnkit.load_config([QUICKSTART, SMOKE], [dataset, AUGMENT, SMALL, "data.cache_budget=1e-6"])
+    )
     datamodule.load()
     assert not datamodule.tensor_path
     assert "exceed data.cache_budget=1e-06 GiB: the DataLoader decodes them every epoch" in capsys.readouterr().out
@@ -206,8 +216,10 @@ def test_a_read_only_folder_caches_in_the_users_cache_directory(tmp_path, monkey
     datamodule = cnnkit.build_datamodule(cnnkit.load_config([QUICKSTART, SMOKE], [dataset, SMALL, "data.cache=disk"]))
     datamodule.load()
     printed = capsys.readouterr().out
-    assert f"cnnkit: '{tmp_path / 'images'}' cannot be written; the decoded-image cache is in " \
-           f"{tmp_path / 'home-cache' / 'cnnkit' / 'decoded'}" in printed
+    assert (
+        f"cnnkit: '{tmp_path / 'images'}' cannot be written; the decoded-image cache is in "
+        f"{tmp_path / 'home-cache' / 'cnnkit' / 'decoded'}" in printed
+    )
     assert len(list((tmp_path / "home-cache").rglob("train-*.npy"))) == 1
     assert not (tmp_path / "images" / CACHE_FOLDER).exists()
 
@@ -226,8 +238,9 @@ def test_the_checkpoint_records_the_path_and_a_resume_follows_it(tmp_path, capsy
     result = cnnkit.fit(cnnkit.load_config([QUICKSTART, SMOKE], overrides))
     checkpoint = torch.load(result.last_checkpoint, weights_only=True)
     assert checkpoint["cnnkit"]["data_path"] == "tensor"
-    datamodule = cnnkit.build_datamodule(cnnkit.load_config([QUICKSTART, SMOKE], [*overrides,
-                                                                                  "data.cache_budget=1e-6"]))
+    datamodule = cnnkit.build_datamodule(
+        cnnkit.load_config([QUICKSTART, SMOKE], [*overrides, "data.cache_budget=1e-6"])
+    )
     datamodule.follow("tensor")
     datamodule.load()
     assert datamodule.tensor_path
@@ -261,13 +274,38 @@ ImageFiles.decode = decode
 def test_two_processes_build_the_disk_cache_once_and_both_train(tmp_path, launcher):
     dataset = make_folder(tmp_path / "images", per_class=16)
     (tmp_path / "tracer.py").write_text(TRACER)
-    args = ["fit", "--config", QUICKSTART, "--config", SMOKE, dataset, AUGMENT, "data.cache=disk",
-            "trainer.devices=2", "data.batch_size=16", "imports=[tracer.py]"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1", "PYTHONPATH": str(REPO),
-           "DECODE_LOG": str(tmp_path / "decodes.log")}
+    args = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        SMOKE,
+        dataset,
+        AUGMENT,
+        "data.cache=disk",
+        "trainer.devices=2",
+        "data.batch_size=16",
+        "imports=[tracer.py]",
+    ]
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "CNNKIT_NO_PLUGINS": "1",
+        "PYTHONPATH": str(REPO),
+        "DECODE_LOG": str(tmp_path / "decodes.log"),
+    }
     if launcher == "torchrun":  # both ranks start at once, with no process group yet when they load the data
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   "-m", "cnnkit", *args, "trainer.strategy=ddp"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "cnnkit",
+            *args,
+            "trainer.strategy=ddp",
+        ]
     else:
         command = [sys.executable, "-m", "cnnkit", *args, "--config", str(REPO / "configs/trainer/ddp_cpu.yaml")]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -284,8 +322,9 @@ def test_caches_of_other_shapes_of_one_folder_live_side_by_side(tmp_path, monkey
     dataset = make_folder(tmp_path / "images")
     decoded = count_decodes(monkeypatch)
     for size in (32, 16, 32, 16):
-        cfg = cnnkit.load_config([QUICKSTART, SMOKE], [dataset.replace("}", f", image_size: {size}}}"), SMALL,
-                                                       "data.cache=disk"])
+        cfg = cnnkit.load_config(
+            [QUICKSTART, SMOKE], [dataset.replace("}", f", image_size: {size}}}"), SMALL, "data.cache=disk"]
+        )
         cnnkit.build_datamodule(cfg).load()
     assert len(decoded) == 2 * 72  # each shape decoded once, then mapped
     names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "images" / CACHE_FOLDER).glob("*.npy"))

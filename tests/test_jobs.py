@@ -42,13 +42,16 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 # -- where each job runs ----------------------------------------------------------------------------
-@pytest.mark.parametrize("gpus, jobs, expected", [
-    (["0"], 1, ["0"]),
-    (["0", "1"], 2, ["0", "1"]),
-    ([str(i) for i in range(8)], 8, [str(i) for i in range(8)]),
-    (["0", "1"], 4, ["0", "1", "0", "1"]),  # several small jobs per device, spread evenly
-    (["5", "7"], 3, ["5", "7", "5"]),  # CUDA_VISIBLE_DEVICES's own ids
-])
+@pytest.mark.parametrize(
+    "gpus, jobs, expected",
+    [
+        (["0"], 1, ["0"]),
+        (["0", "1"], 2, ["0", "1"]),
+        ([str(i) for i in range(8)], 8, [str(i) for i in range(8)]),
+        (["0", "1"], 4, ["0", "1", "0", "1"]),  # several small jobs per device, spread evenly
+        (["5", "7"], 3, ["5", "7", "5"]),  # CUDA_VISIBLE_DEVICES's own ids
+    ],
+)
 def test_each_job_gets_its_device(gpus, jobs, expected):
     taken = slots(jobs, cpus=range(16), gpus=gpus)
     env = [job_env(slot, {"CUDA_VISIBLE_DEVICES": ",".join(gpus), "PATH": "/bin"}) for slot in taken]
@@ -80,8 +83,22 @@ def test_auto_picks_from_devices_and_model_size():
 
 def test_a_job_is_the_command_a_user_types_for_its_variants():
     command = child_command(["r.yaml"], ["optim.lr=0.1"], ["seed=1", "seed=3"], "last", None, False)
-    assert command[1:] == ["-m", "cnnkit", "fit", "--config", "r.yaml", "--only", "seed=1", "--only", "seed=3",
-                           "--ckpt", "last", "--jobs", "1", "optim.lr=0.1"]
+    assert command[1:] == [
+        "-m",
+        "cnnkit",
+        "fit",
+        "--config",
+        "r.yaml",
+        "--only",
+        "seed=1",
+        "--only",
+        "seed=3",
+        "--ckpt",
+        "last",
+        "--jobs",
+        "1",
+        "optim.lr=0.1",
+    ]
 
 
 def test_variants_are_dealt_round_robin_into_two_processes_per_slot():
@@ -105,18 +122,30 @@ def test_bad_recipe_jobs_is_one_line():
 def test_print_variants_lists_the_matrix_in_order_without_torch(tmp_path):
     path = recipe(tmp_path, seeds=(2, 0, 1), extra="  optim.lr: [0.1, 0.5]\n")
     assert cli("fit", "--config", path, "--print-variants").stdout.split() == [
-        f"seed={s}+lr={lr}" for s in (2, 0, 1) for lr in (0.1, 0.5)]
+        f"seed={s}+lr={lr}" for s in (2, 0, 1) for lr in (0.1, 0.5)
+    ]
     assert cli("fit", "--config", path, "--print-variants", "--only", "lr=0.5").stdout.split() == [
-        "seed=2+lr=0.5", "seed=0+lr=0.5", "seed=1+lr=0.5"]
+        "seed=2+lr=0.5",
+        "seed=0+lr=0.5",
+        "seed=1+lr=0.5",
+    ]
     assert cli("fit", "--config", QUICKSTART, "--print-variants").stdout.split() == ["default"]
-    code = ("import sys; from cnnkit.cli import main; main(['fit', '--config', sys.argv[1], '--print-variants']); "
-            "assert 'torch' not in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    code = (
+        "import sys; from cnnkit.cli import main; main(['fit', '--config', sys.argv[1], '--print-variants']); "
+        "assert 'torch' not in sys.modules"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, path],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     # a whole variant name selects that variant (what an array task passes)
     assert cli("fit", "--config", path, "--print-variants", "--only", "seed=0+lr=0.5").stdout.split() == [
-        "seed=0+lr=0.5"]
+        "seed=0+lr=0.5"
+    ]
 
 
 @pytest.mark.slow
@@ -165,13 +194,17 @@ def test_ctrl_c_stops_every_job_and_ckpt_last_completes_the_matrix_bitwise(tmp_p
     longer = ["trainer.max_epochs=15", "trainer.limit_train_batches=5", "trainer.threads=1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "cnnkit", "fit", "--config", path, "--jobs", "2", *longer]
-    parent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "runs/smoke/tiny"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # both jobs past their first checkpoint
-        if sum((runs / f"seed={s}/checkpoints/last.ckpt").is_file() and status(runs / f"seed={s}") == "running"
-               for s in range(5)) == 2:
+        if (
+            sum(
+                (runs / f"seed={s}/checkpoints/last.ckpt").is_file() and status(runs / f"seed={s}") == "running"
+                for s in range(5)
+            )
+            == 2
+        ):
             break
         time.sleep(0.2)
     else:
@@ -188,8 +221,9 @@ def test_ctrl_c_stops_every_job_and_ckpt_last_completes_the_matrix_bitwise(tmp_p
         if state != "not started":
             assert not list((runs / f"seed={s}").rglob("*.tmp*")), list((runs / f"seed={s}").rglob("*"))
             weights(runs / f"seed={s}")
-    resumed = subprocess.run([*command, "--ckpt", "last"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        [*command, "--ckpt", "last"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert {status(runs / f"seed={s}") for s in range(5)} == {"finished"}
     # the uninterrupted matrix, one after the other in this process
@@ -202,10 +236,15 @@ def test_ctrl_c_stops_every_job_and_ckpt_last_completes_the_matrix_bitwise(tmp_p
 @pytest.mark.slow
 def test_a_variant_that_fails_is_one_line_and_the_others_go_on(tmp_path):
     path = tmp_path / "broken.yaml"
-    path.write_text(f"include: [{QUICKSTART}, {SMOKE}]\nname: broken\nmatrix:\n"
-                    f"  data.dataset: [digits, {{name: image_folder, root: missing_folder}}]\n")
+    path.write_text(
+        f"include: [{QUICKSTART}, {SMOKE}]\nname: broken\nmatrix:\n"
+        f"  data.dataset: [digits, {{name: image_folder, root: missing_folder}}]\n"
+    )
     proc = cli("fit", "--config", str(path), "--jobs", "2")
-    assert_one_line_error(proc, "1 of 2 variants failed: dataset=image_folder-rootmissing_folder (exit 2: "
-                                "cnnkit: error: image_folder: data root 'missing_folder' does not exist")
+    assert_one_line_error(
+        proc,
+        "1 of 2 variants failed: dataset=image_folder-rootmissing_folder (exit 2: "
+        "cnnkit: error: image_folder: data root 'missing_folder' does not exist",
+    )
     assert "runs/smoke/broken/logs/job2.log" in proc.stderr
     assert status(tmp_path / "runs/smoke/broken/dataset=digits") == "finished"

@@ -71,8 +71,9 @@ def test_norm_traits_and_bn_momentum_validation():
 
 
 def _model(norm, input_shape=(1, 8, 8), backbone="simple_cnn"):
-    cfg = OmegaConf.create({"backbone": backbone, "norm": norm, "act": "relu", "pool": "max",
-                            "init": "default", "bias": "auto"})
+    cfg = OmegaConf.create(
+        {"backbone": backbone, "norm": norm, "act": "relu", "pool": "max", "init": "default", "bias": "auto"}
+    )
     return build_classifier(cfg, input_shape, 10)
 
 
@@ -134,8 +135,13 @@ def test_poolings():
 
 def test_activations():
     x = torch.linspace(-2, 2, 5)
-    for name, fn in (("relu", torch.relu), ("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
-                     ("gelu", nn.functional.gelu), ("identity", lambda t: t)):
+    for name, fn in (
+        ("relu", torch.relu),
+        ("sigmoid", torch.sigmoid),
+        ("tanh", torch.tanh),
+        ("gelu", nn.functional.gelu),
+        ("identity", lambda t: t),
+    ):
         assert torch.allclose(ACTIVATIONS.build(name)(x), fn(x))
 
 

@@ -26,8 +26,9 @@ def test_last_checkpoint_is_the_final_state_when_the_best_is_early():
     assert last["global_step"] == 12 and last["epoch"] == 3
     assert torch.load(result.best_checkpoint, weights_only=True)["global_step"] == 3
     assert result.last_checkpoint == result.run_dir / "checkpoints/last.ckpt"
-    again = cnnkit.evaluate("validate", "last", [QUICKSTART, SMOKE], [*FEW, "checkpoint.monitor=epoch",
-                                                                     "checkpoint.mode=min"])
+    again = cnnkit.evaluate(
+        "validate", "last", [QUICKSTART, SMOKE], [*FEW, "checkpoint.monitor=epoch", "checkpoint.mode=min"]
+    )
     assert again["val/acc"] == pytest.approx(result.metrics["val/acc"], abs=1e-6)
     assert again["val/loss"] == pytest.approx(result.metrics["val/loss"], rel=1e-5)
 
@@ -39,17 +40,26 @@ def test_a_step_save_at_the_epochs_last_step_is_replaced_by_the_end_of_epoch_sta
     assert last["global_step"] == 12 and loop["processed"] == 4  # after the epoch's end, not before validation
 
 
-@pytest.mark.parametrize("scheduler, extends", [
-    ("constant", True), ("{name: step, step_epochs: 1, gamma: 0.5}", True), ("cosine", False), ("onecycle", False),
-])
+@pytest.mark.parametrize(
+    "scheduler, extends",
+    [
+        ("constant", True),
+        ("{name: step, step_epochs: 1, gamma: 0.5}", True),
+        ("cosine", False),
+        ("onecycle", False),
+    ],
+)
 def test_a_finished_run_trains_on_only_where_its_schedule_allows(scheduler, extends):
     short = tiny_config("trainer.limit_train_batches=3", f"optim.scheduler={scheduler}")
     first = cnnkit.fit(short)
     longer = ["trainer.limit_train_batches=3", f"optim.scheduler={scheduler}", "trainer.max_epochs=2"]
     assert tiny_config(*longer).variant != short.variant  # a new length names a new run...
     if not extends:
-        with pytest.raises(CnnkitError, match=r"laid out over the run's length \(trainer.max_epochs 1 → 2\), so "
-                                              r"changing the length would jump its learning rate"):
+        with pytest.raises(
+            CnnkitError,
+            match=r"laid out over the run's length \(trainer.max_epochs 1 → 2\), so "
+            r"changing the length would jump its learning rate",
+        ):
             cnnkit.fit_recipe([QUICKSTART, SMOKE], longer, ckpt="last")
         assert torch.load(first.last_checkpoint, weights_only=True)["global_step"] == 3  # untouched
         return
@@ -68,30 +78,39 @@ def test_a_finished_run_with_the_same_config_is_kept_and_with_another_is_refused
     assert again.kept and again.metrics == first.metrics
     assert (first.run_dir / "metrics.csv").stat().st_mtime_ns == stamp
     # the remedy that keeps the finished run comes first; the one that deletes it says so
-    with pytest.raises(CnnkitError, match=r"was made with another config.*trainer.limit_train_batches 3 → 5; keep "
-                                          r"it and train this config as a new run with name=<new name>, or replace "
-                                          r"it with --overwrite \(which deletes it\)"):
+    with pytest.raises(
+        CnnkitError,
+        match=r"was made with another config.*trainer.limit_train_batches 3 → 5; keep "
+        r"it and train this config as a new run with name=<new name>, or replace "
+        r"it with --overwrite \(which deletes it\)",
+    ):
         cnnkit.fit(tiny_config(files=edited_recipe("trainer: {limit_train_batches: 5}")))
     with pytest.raises(CnnkitError, match=r"will not resume it with this one: trainer.limit_val_batches 2 → 1"):
         cnnkit.fit_recipe(edited_recipe("trainer: {limit_val_batches: 1}"), ["trainer.max_epochs=2"], ckpt="last")
 
 
 def write_recipe(path: Path, seeds: str, lr: float = 0.05) -> str:
-    path.write_text(f"include: [{QUICKSTART}]\nname: seeds\ntrainer: {{max_epochs: 1}}\noptim: {{lr: {lr}}}\n"
-                    f"matrix:\n  seed: {seeds}\n")
+    path.write_text(
+        f"include: [{QUICKSTART}]\nname: seeds\ntrainer: {{max_epochs: 1}}\noptim: {{lr: {lr}}}\n"
+        f"matrix:\n  seed: {seeds}\n"
+    )
     return str(path)
 
 
 def test_smoke_runs_live_apart_an_edited_recipe_is_refused_before_anything_trains_and_a_new_seed_keeps_the_old(
-        tmp_path):
+    tmp_path,
+):
     recipe = write_recipe(tmp_path / "r.yaml", "[0]")
     smoke = cnnkit.fit_recipe([recipe, SMOKE])
     assert [r.status for r in smoke] == ["finished"]
     assert smoke[0].run_dir == Path("runs/smoke/seeds/seed=0")  # the full recipe's runs go to runs/seeds/
     assert load_config([recipe]).runs_dir == "runs"
     stamp = (smoke[0].run_dir / "status.json").read_text()
-    with pytest.raises(CnnkitError, match=r"runs/smoke/seeds/seed=0' \(finished\) was made with another config, .*: "
-                                          r"optim.lr 0.05 → 0.1"):
+    with pytest.raises(
+        CnnkitError,
+        match=r"runs/smoke/seeds/seed=0' \(finished\) was made with another config, .*: "
+        r"optim.lr 0.05 → 0.1",
+    ):
         cnnkit.fit_recipe([write_recipe(tmp_path / "r.yaml", "[0]", lr=0.1), SMOKE])
     assert (smoke[0].run_dir / "status.json").read_text() == stamp  # nothing retrained
     recipe = write_recipe(tmp_path / "r.yaml", "[0, 1]")
@@ -106,17 +125,23 @@ def test_smoke_runs_live_apart_an_edited_recipe_is_refused_before_anything_train
 
 def test_the_variant_is_named_from_the_overrides_that_change_a_result():
     assert tiny_config().variant == "default"
-    assert tiny_config("model.norm=bn_post", "model.act=sigmoid", "optim.lr=0.5").variant == \
-        "norm=bn_post+act=sigmoid+lr=0.5"
+    assert (
+        tiny_config("model.norm=bn_post", "model.act=sigmoid", "optim.lr=0.5").variant
+        == "norm=bn_post+act=sigmoid+lr=0.5"
+    )
     assert tiny_config("optim.lr=0.5", "model.norm=bn_post").variant == "norm=bn_post+lr=0.5"  # fixed order
     how = ("trainer.devices=1", "checkpoint.every_n_steps=5", "trainer.num_nodes=1")
     assert tiny_config(*how).variant == "default"
     # a shorter or limited run never shares the full run's directory
-    assert tiny_config("trainer.max_epochs=2", "trainer.limit_val_batches=1").variant == \
-        "max_epochs=2+limit_val_batches=1"
+    assert (
+        tiny_config("trainer.max_epochs=2", "trainer.limit_val_batches=1").variant == "max_epochs=2+limit_val_batches=1"
+    )
     assert tiny_config("model.norm=gn", "variant=mine").variant == "mine"
-    long = tiny_config("model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
-                       "data.augment=[random_crop, horizontal_flip, cutout]", "optim.scheduler=cosine").variant
+    long = tiny_config(
+        "model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
+        "data.augment=[random_crop, horizontal_flip, cutout]",
+        "optim.scheduler=cosine",
+    ).variant
     assert len(long) <= 80 and re.fullmatch(r"backbone=simple_cnn-channels8-16-hidden32-dropout0.3-[0-9a-f]{8}", long)
     from omegaconf import OmegaConf
 
@@ -134,12 +159,19 @@ def test_a_refused_rerun_is_quick_and_imports_no_torch(tmp_path):
     first = cli("fit", "--config", QUICKSTART, "--config", SMOKE)
     assert first.returncode == 0, first.stderr[-2000:]
     edited = edited_recipe("trainer: {max_epochs: 2}")
-    probe = ("import sys, time; from cnnkit.cli import main; t = time.perf_counter(); "
-             f"code = main(['fit', '--config', {edited[0]!r}, '--config', {edited[1]!r}, '--config', {edited[2]!r}]); "
-             "print(code, 'torch' in sys.modules, time.perf_counter() - t)")
+    probe = (
+        "import sys, time; from cnnkit.cli import main; t = time.perf_counter(); "
+        f"code = main(['fit', '--config', {edited[0]!r}, '--config', {edited[1]!r}, '--config', {edited[2]!r}]); "
+        "print(code, 'torch' in sys.modules, time.perf_counter() - t)"
+    )
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
     code, imported, _ = proc.stdout.split()
     assert (code, imported) == ("2", "False"), proc.stderr
     assert "trainer.max_epochs 1 → 2" in proc.stderr
@@ -202,8 +234,11 @@ def test_resuming_a_checkpoint_of_another_config_is_refused_pointing_to_init_fro
     from cnnkit.errors import CheckpointError
 
     other = cnnkit.fit(tiny_config())
-    with pytest.raises(CheckpointError, match=r"was trained with another config \(optim.lr 0.05 → 0.2\); "
-                                              r"--ckpt resumes that run as it was: .* use --init-from"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"was trained with another config \(optim.lr 0.05 → 0.2\); "
+        r"--ckpt resumes that run as it was: .* use --init-from",
+    ):
         cnnkit.fit(tiny_config("optim.lr=0.2"), ckpt=str(other.last_checkpoint))
     assert not (other.run_dir.parent / "lr=0.2").exists()
 
@@ -222,8 +257,7 @@ def test_names_ignore_the_command_lines_order_and_read_resolved_values():
     assert tiny_config("model.act=sigmoid", "model.norm=bn_post").variant == "norm=bn_post+act=sigmoid"
     assert tiny_config("optim.weight_decay=${optim.lr}").variant == "weight_decay=0.05"
     assert tiny_config("model.norm.name=gn").variant == "norm=gn"
-    fast = load_config([str(REPO / "recipes/cifar10_fast.yaml")], ["data.dataset.download=true"],
-                       validate_config=False)
+    fast = load_config([str(REPO / "recipes/cifar10_fast.yaml")], ["data.dataset.download=true"], validate_config=False)
     assert fast.variant == "default"  # whether data may be downloaded names nothing
 
 
@@ -236,8 +270,9 @@ def test_every_rank_reaches_the_same_verdict_from_the_run_files():
     for first_rank in (True, False):  # e.g. a requeued job's leftover hpc checkpoint: nothing to do, on every rank
         assert run.verdict(cfg, resume=True, overwrite=False, first_rank=first_rank) == KEEP
         with pytest.raises(CnnkitError, match="trainer.limit_val_batches 2 → 1"):
-            run.verdict(tiny_config("trainer.limit_val_batches=1"), resume=False, overwrite=False,
-                        first_rank=first_rank)
+            run.verdict(
+                tiny_config("trainer.limit_val_batches=1"), resume=False, overwrite=False, first_rank=first_rank
+            )
     status = json.loads(run.status_file.read_text())
     run.status_file.write_text(json.dumps({**status, "status": "running", "pid": 1, "host": "elsewhere"}))
     assert run.verdict(cfg, resume=False, overwrite=False, first_rank=False) == NEW  # rank 0 wrote it for this job

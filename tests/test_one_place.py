@@ -21,24 +21,32 @@ def files_matching(pattern: str) -> list[str]:
     return sorted(name for name, text in SOURCES.items() if re.search(pattern, text))
 
 
-@pytest.mark.parametrize("what, pattern, home", [
-    ("BN normalization", r"rsqrt|var\S*\s*\+\s*[\w.]*eps", ["nn/layers/bn_math.py"]),
-    ("a running-statistics update", r"running_(mean|var)\.(mul_|add_|copy_)", ["nn/layers/bn_math.py"]),
-    ("per-channel sums of squares", r"\(\w+ \* \w+\)\.sum\(1\)", ["nn/layers/bn_math.py"]),
-    ("uint8 → float scaling", r"div_?\(255\)|/ ?255\b", ["data/pixels.py"]),
-    ("a seed-mixing constant", r"1_000_003|7_919|10_000_019", ["data/seeding.py"]),
-    ("a temporary-file rename", r"os\.replace|mkstemp", ["runs/atomic.py"]),
-    ("the image-input check", r"def image_channels", ["nn/backbones/shapes.py"]),
-    ("the classification loss", r"cross_entropy|nll_loss|CrossEntropyLoss|log_softmax", ["training/module.py"]),
-])
+@pytest.mark.parametrize(
+    "what, pattern, home",
+    [
+        ("BN normalization", r"rsqrt|var\S*\s*\+\s*[\w.]*eps", ["nn/layers/bn_math.py"]),
+        ("a running-statistics update", r"running_(mean|var)\.(mul_|add_|copy_)", ["nn/layers/bn_math.py"]),
+        ("per-channel sums of squares", r"\(\w+ \* \w+\)\.sum\(1\)", ["nn/layers/bn_math.py"]),
+        ("uint8 → float scaling", r"div_?\(255\)|/ ?255\b", ["data/pixels.py"]),
+        ("a seed-mixing constant", r"1_000_003|7_919|10_000_019", ["data/seeding.py"]),
+        ("a temporary-file rename", r"os\.replace|mkstemp", ["runs/atomic.py"]),
+        ("the image-input check", r"def image_channels", ["nn/backbones/shapes.py"]),
+        ("the classification loss", r"cross_entropy|nll_loss|CrossEntropyLoss|log_softmax", ["training/module.py"]),
+    ],
+)
 def test_shared_arithmetic_is_written_in_one_module(what, pattern, home):
     assert files_matching(pattern) == home, f"{what} outside {home}"
 
 
 def test_every_bn_variant_is_built_from_bn_math():
     users = files_matching(r"\bbn_math\b")
-    for module in ("nn/layers/bn_scratch.py", "nn/layers/batch_stats.py", "nn/layers/input_norm.py",
-                   "training/distributed.py", "training/callbacks/precise_bn.py"):
+    for module in (
+        "nn/layers/bn_scratch.py",
+        "nn/layers/batch_stats.py",
+        "nn/layers/input_norm.py",
+        "training/distributed.py",
+        "training/callbacks/precise_bn.py",
+    ):
         assert module in users
 
 

@@ -34,8 +34,7 @@ def images(tmp_path):
 
 def predict(capsys, checkpoint, *args: str) -> tuple[list[str], list[dict[str, str]]]:
     out = Path("out.csv")
-    assert main(["predict", "--ckpt", str(checkpoint), *args, "--output", str(out),
-                 "trainer.progress_bar=none"]) == 0
+    assert main(["predict", "--ckpt", str(checkpoint), *args, "--output", str(out), "trainer.progress_bar=none"]) == 0
     printed = capsys.readouterr().out.splitlines()
     return printed, list(csv.DictReader(open(out)))
 
@@ -51,7 +50,8 @@ def test_one_file(capsys, checkpoint, images):
     assert printed[0].split() == ["file", "class", "probability", "top3"]
     assert len(printed) == 3 and printed[-1] == (
         "cnnkit: wrote 1 prediction to out.csv; no true labels: a file's label is read only for a model trained "
-        "on files that carry it (an image folder: a folder named after its class); this one was trained on digits")
+        "on files that carry it (an image folder: a folder named after its class); this one was trained on digits"
+    )
 
 
 def test_several_files_a_glob_and_a_folder(capsys, checkpoint, images):
@@ -76,25 +76,36 @@ def test_a_model_trained_on_an_image_folder_knows_the_labels_of_files_laid_out_a
             (tmp_path / "pets" / split / name).mkdir(parents=True)
             for i in range(8):
                 Image.new("L", (8, 8), value + i).save(tmp_path / "pets" / split / name / f"{i}.png")
-    cfg = cnnkit.load_config([QUICKSTART, SMOKE], [f"data.dataset={{name: image_folder, root: {tmp_path / 'pets'}}}",
-                                                   "data.batch_size=8", f"runs_dir={tmp_path / 'runs'}"])
+    cfg = cnnkit.load_config(
+        [QUICKSTART, SMOKE],
+        [
+            f"data.dataset={{name: image_folder, root: {tmp_path / 'pets'}}}",
+            "data.batch_size=8",
+            f"runs_dir={tmp_path / 'runs'}",
+        ],
+    )
     model = cnnkit.fit(cfg).last_checkpoint
     (tmp_path / "new").mkdir()
     Image.new("L", (8, 8), 30).save(tmp_path / "new" / "unsorted.png")
     capsys.readouterr()  # the fit's own lines
-    printed, rows = predict(capsys, model, "--input", str(tmp_path / "pets" / "val"), "--input",
-                            str(tmp_path / "new" / "unsorted.png"))
+    printed, rows = predict(
+        capsys, model, "--input", str(tmp_path / "pets" / "val"), "--input", str(tmp_path / "new" / "unsorted.png")
+    )
     assert list(rows[0]) == ["file", "class", "probability", "label", "correct", "top2"]
     assert [r["label"] for r in rows] == ["cat"] * 8 + ["dog"] * 8 + [""]  # a folder named after no class
     assert all(r["correct"] == ("yes" if r["class"] == r["label"] else "no") for r in rows[:16])
     correct = sum(r["correct"] == "yes" for r in rows)
-    assert printed[-1] == f"cnnkit: wrote 17 predictions to out.csv; accuracy {correct / 16:.4f} on the 16 with a " \
-                          f"known label"
+    assert (
+        printed[-1] == f"cnnkit: wrote 17 predictions to out.csv; accuracy {correct / 16:.4f} on the 16 with a "
+        f"known label"
+    )
     assert len(printed) == 1 + 17 + 1
     printed, rows = predict(capsys, model, "--input", str(tmp_path / "new"))
     assert list(rows[0]) == ["file", "class", "probability", "top2"]
-    assert printed[-1] == ("cnnkit: wrote 1 prediction to out.csv; no true labels: no file sits in a folder named "
-                           "after one of the model's classes (cat, dog)")
+    assert printed[-1] == (
+        "cnnkit: wrote 1 prediction to out.csv; no true labels: no file sits in a folder named "
+        "after one of the model's classes (cat, dog)"
+    )
 
 
 def test_many_images_are_a_csv_without_a_table(capsys, checkpoint, tmp_path):
@@ -113,8 +124,10 @@ def test_a_split_has_its_true_labels(capsys, checkpoint):
     printed, rows = predict(capsys, checkpoint, "--split", "val")
     assert len(rows) == 180 and all(r["label"] for r in rows)
     correct = sum(r["correct"] == "yes" for r in rows)
-    assert printed[-1] == f"cnnkit: wrote 180 predictions to out.csv; accuracy {correct / 180:.4f} on the 180 " \
-                          f"with a known label"
+    assert (
+        printed[-1] == f"cnnkit: wrote 180 predictions to out.csv; accuracy {correct / 180:.4f} on the 180 "
+        f"with a known label"
+    )
 
 
 def test_paths_are_never_overrides_and_the_hint_works(tmp_path, checkpoint, images):
@@ -137,10 +150,13 @@ def test_paths_are_never_overrides_and_the_hint_works(tmp_path, checkpoint, imag
     assert proc.returncode == 2 and "is a path, not an option or KEY=VALUE override" in proc.stderr
 
 
-@pytest.mark.parametrize("given, message", [
-    ("missing.png", "input 'missing.png' does not exist"),
-    ("nothing/*.png", "no images match 'nothing/*.png'"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("missing.png", "input 'missing.png' does not exist"),
+        ("nothing/*.png", "no images match 'nothing/*.png'"),
+    ],
+)
 def test_an_input_that_names_no_image_is_one_line(tmp_path, checkpoint, given, message):
     proc = cli("predict", "--ckpt", str(checkpoint), "--input", given)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -75,7 +75,8 @@ def test_the_top_two_blocks_are_the_install_and_run_and_the_install_and_test_com
     blocks = readme_blocks((REPO / "README.md").read_text())
     assert [commands(b[3]) for b in blocks[:2]] == [
         ["pip install -e . && python -m cnnkit fit --config recipes/quickstart.yaml"],
-        ['pip install -e ".[dev]" && pytest -n auto']]
+        ['pip install -e ".[dev]" && pytest -n auto'],
+    ]
 
 
 def test_only_the_test_command_is_skipped():
@@ -87,8 +88,13 @@ def test_only_the_test_command_is_skipped():
 def test_the_readme_runs_top_to_bottom(tmp_path):
     for folder in ("recipes", "configs", "docs", "scripts", "examples"):
         (tmp_path / folder).symlink_to(REPO / folder)
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "CNNKIT_NO_PLUGINS": "1",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "CNNKIT_NO_PLUGINS": "1",
+        "PYTHONPATH": str(REPO),
+    }
     ran = []
     for marker, argument, language, body in readme_blocks((REPO / "README.md").read_text()):
         if marker == "skip":
@@ -97,8 +103,9 @@ def test_the_readme_runs_top_to_bottom(tmp_path):
             (tmp_path / argument).write_text(body)
             continue
         if language == "python":
-            proc = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, env=env, capture_output=True,
-                                  text=True, timeout=600)
+            proc = subprocess.run(
+                [sys.executable, "-c", body], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+            )
             assert proc.returncode == 0, f"README python block failed:\n{body}\n{proc.stderr[-3000:]}"
             ran.append("python block")
             continue
@@ -106,10 +113,14 @@ def test_the_readme_runs_top_to_bottom(tmp_path):
             to_run = as_run(command, marker)
             if to_run is None:
                 continue
-            to_run = to_run.replace("python -m cnnkit", f"{sys.executable} -m cnnkit", 1) \
-                if to_run.startswith("python ") else to_run
-            proc = subprocess.run(to_run, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
-                                  timeout=600)
+            to_run = (
+                to_run.replace("python -m cnnkit", f"{sys.executable} -m cnnkit", 1)
+                if to_run.startswith("python ")
+                else to_run
+            )
+            proc = subprocess.run(
+                to_run, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+            )
             assert proc.returncode == 0, f"README command failed: {command}\n{proc.stderr[-3000:]}"
             assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
             if " fit " in to_run and "--print-config" not in to_run and "kept" not in comment:
@@ -119,26 +130,41 @@ def test_the_readme_runs_top_to_bottom(tmp_path):
     assert len(ran) >= 16
     # every fit found a run directory of its own: the full ones, the smoke ones, the two-process one
     assert sorted(p.name for p in (tmp_path / "runs/quickstart").iterdir()) == [
-        "default", "norm=bn_post+act=sigmoid+lr=0.5", "norm=bn_post+max_epochs=3", "seed=1"]
-    assert [p.name for p in (tmp_path / "runs/smoke/quickstart").iterdir()] == [
-        "norm=instance_pre+imports=my_norms.py"]
+        "default",
+        "norm=bn_post+act=sigmoid+lr=0.5",
+        "norm=bn_post+max_epochs=3",
+        "seed=1",
+    ]
+    assert [p.name for p in (tmp_path / "runs/smoke/quickstart").iterdir()] == ["norm=instance_pre+imports=my_norms.py"]
     assert [p.name for p in (tmp_path / "runs/ddp_cpu/quickstart").iterdir()] == ["default"]
     assert (tmp_path / "runs/smoke/bn_placement/REPORT.md").is_file()
     assert len(list((tmp_path / "runs/smoke/bn_placement").glob("*/status.json"))) == 36
 
 
-@pytest.mark.parametrize("command, marker, expected", [
-    ("pip install -e . && python -m cnnkit fit --config r.yaml", "run", "python -m cnnkit fit --config r.yaml"),
-    ("python -m cnnkit fit --config r.yaml --config configs/trainer/ddp_cpu.yaml", "smoke",
-     f"{sys.executable} -m cnnkit fit --config r.yaml {SMOKE} --config configs/trainer/ddp_cpu.yaml"),
-    ("python -m cnnkit report runs/bn_placement", "smoke",
-     f"{sys.executable} -m cnnkit report runs/smoke/bn_placement"),
-    ("bash docs/reproduce_cpu.sh", "smoke", "bash -n docs/reproduce_cpu.sh"),
-    ("sbatch scripts/slurm.sh recipes/x.yaml", "parse", "bash -n scripts/slurm.sh"),
-    ("bash scripts/slurm_array.sh recipes/x.yaml", "parse", "bash -n scripts/slurm_array.sh"),
-    ("bash docs/reproduce_cpu.sh --jobs auto", "smoke", "bash -n docs/reproduce_cpu.sh"),
-    ("torchrun --nproc_per_node=4 -m cnnkit fit --config a.yaml trainer.devices=4", "parse",
-     f"{sys.executable} -m cnnkit fit --config a.yaml trainer.devices=4 --print-config"),
-])
+@pytest.mark.parametrize(
+    "command, marker, expected",
+    [
+        ("pip install -e . && python -m cnnkit fit --config r.yaml", "run", "python -m cnnkit fit --config r.yaml"),
+        (
+            "python -m cnnkit fit --config r.yaml --config configs/trainer/ddp_cpu.yaml",
+            "smoke",
+            f"{sys.executable} -m cnnkit fit --config r.yaml {SMOKE} --config configs/trainer/ddp_cpu.yaml",
+        ),
+        (
+            "python -m cnnkit report runs/bn_placement",
+            "smoke",
+            f"{sys.executable} -m cnnkit report runs/smoke/bn_placement",
+        ),
+        ("bash docs/reproduce_cpu.sh", "smoke", "bash -n docs/reproduce_cpu.sh"),
+        ("sbatch scripts/slurm.sh recipes/x.yaml", "parse", "bash -n scripts/slurm.sh"),
+        ("bash scripts/slurm_array.sh recipes/x.yaml", "parse", "bash -n scripts/slurm_array.sh"),
+        ("bash docs/reproduce_cpu.sh --jobs auto", "smoke", "bash -n docs/reproduce_cpu.sh"),
+        (
+            "torchrun --nproc_per_node=4 -m cnnkit fit --config a.yaml trainer.devices=4",
+            "parse",
+            f"{sys.executable} -m cnnkit fit --config a.yaml trainer.devices=4 --print-config",
+        ),
+    ],
+)
 def test_how_the_harness_turns_a_command(command, marker, expected):
     assert as_run(command, marker) == expected

@@ -109,13 +109,15 @@ def test_lazy_entry_that_cannot_import_is_a_clear_error():
 
 def test_imports_a_py_file_that_registers_a_norm(tmp_path):
     path = tmp_path / "user_norm_file.py"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         from cnnkit import NORMS, NormScheme
 
         @NORMS.register("user_file_norm")
         class UserFileNorm(NormScheme):
             order = "post"
-    """))
+    """)
+    )
     reg.import_user_code([str(path)])
     reg.import_user_code([str(path)])  # once only
     assert NORMS.get("user_file_norm").order == "post"
@@ -141,13 +143,19 @@ def _install_plugin(root, dist: str, module: str, value: str, code: str) -> None
 
 
 def test_entry_point_plugins_load_lazily_and_a_broken_one_is_reported(tmp_path, monkeypatch, capsys):
-    _install_plugin(tmp_path, "good_plugin", "good_plugin_mod", "good_plugin_mod:register",
-                    "def register():\n"
-                    "    from cnnkit import ACTIVATIONS\n"
-                    "    from torch import nn\n"
-                    "    ACTIVATIONS.register('plugin_act', nn.SiLU, description='from a plugin')\n")
-    _install_plugin(tmp_path, "bad_plugin", "bad_plugin_mod", "bad_plugin_mod",
-                    "raise ImportError('plugin is broken')\n")
+    _install_plugin(
+        tmp_path,
+        "good_plugin",
+        "good_plugin_mod",
+        "good_plugin_mod:register",
+        "def register():\n"
+        "    from cnnkit import ACTIVATIONS\n"
+        "    from torch import nn\n"
+        "    ACTIVATIONS.register('plugin_act', nn.SiLU, description='from a plugin')\n",
+    )
+    _install_plugin(
+        tmp_path, "bad_plugin", "bad_plugin_mod", "bad_plugin_mod", "raise ImportError('plugin is broken')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("CNNKIT_NO_PLUGINS")
     reg.reset_plugins()

@@ -10,10 +10,15 @@ import torch
 from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, cli, run_cli
 
 EXACT = [
-    "trainer.deterministic=true", "trainer.max_epochs=2", "trainer.progress_bar=none",
-    "trainer.enable_model_summary=false", "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1",
+    "trainer.deterministic=true",
+    "trainer.max_epochs=2",
+    "trainer.progress_bar=none",
+    "trainer.enable_model_summary=false",
+    "checkpoint.every_n_steps=4",
+    "trainer.log_every_n_steps=1",
     "model.backbone={name: simple_cnn, channels: [8, 16], hidden: [32], dropout: 0.3}",
-    "data.augment=[random_crop, horizontal_flip, cutout]", "optim.scheduler=cosine",
+    "data.augment=[random_crop, horizontal_flip, cutout]",
+    "optim.scheduler=cosine",
 ]
 
 KILLER = textwrap.dedent("""
@@ -103,8 +108,15 @@ def uninterrupted(tmp_path_factory, kill_images):
     def run(data: tuple[str, ...]):
         if data not in done:
             cwd = tmp_path_factory.mktemp("straight")
-            args = ["fit", "--config", QUICKSTART, *EXACT, *with_images(data, kill_images), "name=straight",
-                    f"runs_dir={cwd / 'runs'}"]
+            args = [
+                "fit",
+                "--config",
+                QUICKSTART,
+                *EXACT,
+                *with_images(data, kill_images),
+                "name=straight",
+                f"runs_dir={cwd / 'runs'}",
+            ]
             proc = run_cli(*args, cwd=cwd, timeout=600) if needs_processes(data) else cli(*args)
             assert proc.returncode == 0, proc.stderr[-2000:]
             run = only_run(cwd / "runs/straight")
@@ -128,31 +140,60 @@ def needs_processes(data: tuple[str, ...]) -> bool:
 # stops at the next batch boundary; both leave status "interrupted" and exit 128 + the signal.
 TENSOR = ("data.loader=tensor",)
 # a cached image folder on the tensor path, with every batched transform of the course's HW3 tiers
-CACHED_FOLDER = ("data.dataset={name: image_folder, root: IMAGES}", "data.cache=disk", "data.loader=tensor",
-                 "data.augment=[random_resized_crop, horizontal_flip, color_jitter, random_rotation]")
-AFTER_BEST = ("data.loader=tensor", "checkpoint.every_n_steps=null", "checkpoint.monitor=epoch", "checkpoint.mode=min",
-              "trainer.max_epochs=3")
+CACHED_FOLDER = (
+    "data.dataset={name: image_folder, root: IMAGES}",
+    "data.cache=disk",
+    "data.loader=tensor",
+    "data.augment=[random_resized_crop, horizontal_flip, color_jitter, random_rotation]",
+)
+AFTER_BEST = (
+    "data.loader=tensor",
+    "checkpoint.every_n_steps=null",
+    "checkpoint.monitor=epoch",
+    "checkpoint.mode=min",
+    "trainer.max_epochs=3",
+)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data, kill", [
-    (TENSOR, "step: 26"),
-    (TENSOR, "epoch: 1"),
-    (("data.loader=dataloader", "data.num_workers=0"), "step: 26"),
-    (("data.loader=dataloader", "data.num_workers=2"), "step: 26"),
-    (("data.loader=dataloader", "data.num_workers=2"), "epoch: 1"),
-    (("--config", str(REPO / "configs/trainer/ddp_cpu.yaml"), "trainer.max_epochs=3"), "step: 26"),
-    (AFTER_BEST, "epoch: 2"),
-    (TENSOR, "step: 26, signal: SIGINT"),
-    (TENSOR, "step: 26, signal: SIGTERM"),
-    (CACHED_FOLDER, "step: 13"),
-], ids=["tensor-mid-epoch", "tensor-epoch-boundary", "dataloader-mid-epoch", "workers-mid-epoch",
-        "workers-epoch-boundary", "ddp-two-processes-mid-epoch", "after-the-last-improvement",
-        "sigint-mid-epoch", "sigterm-mid-epoch", "cached-image-folder-mid-epoch"])
+@pytest.mark.parametrize(
+    "data, kill",
+    [
+        (TENSOR, "step: 26"),
+        (TENSOR, "epoch: 1"),
+        (("data.loader=dataloader", "data.num_workers=0"), "step: 26"),
+        (("data.loader=dataloader", "data.num_workers=2"), "step: 26"),
+        (("data.loader=dataloader", "data.num_workers=2"), "epoch: 1"),
+        (("--config", str(REPO / "configs/trainer/ddp_cpu.yaml"), "trainer.max_epochs=3"), "step: 26"),
+        (AFTER_BEST, "epoch: 2"),
+        (TENSOR, "step: 26, signal: SIGINT"),
+        (TENSOR, "step: 26, signal: SIGTERM"),
+        (CACHED_FOLDER, "step: 13"),
+    ],
+    ids=[
+        "tensor-mid-epoch",
+        "tensor-epoch-boundary",
+        "dataloader-mid-epoch",
+        "workers-mid-epoch",
+        "workers-epoch-boundary",
+        "ddp-two-processes-mid-epoch",
+        "after-the-last-improvement",
+        "sigint-mid-epoch",
+        "sigterm-mid-epoch",
+        "cached-image-folder-mid-epoch",
+    ],
+)
 def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, kill_images, data, kill):
     (tmp_path / "killer.py").write_text(KILLER)
-    common = ["--config", QUICKSTART, *EXACT, *with_images(data, kill_images), "name=killed", "imports=[killer.py]",
-              f"callbacks=[{{name: kill_at, {kill}}}]"]
+    common = [
+        "--config",
+        QUICKSTART,
+        *EXACT,
+        *with_images(data, kill_images),
+        "name=killed",
+        "imports=[killer.py]",
+        f"callbacks=[{{name: kill_at, {kill}}}]",
+    ]
     killed = run_cli("fit", *common, cwd=tmp_path, timeout=600)
     run = only_run(next((tmp_path / "runs").glob("**/killed")))  # runs/killed; runs/ddp_cpu/killed
     status = json.loads((run / "status.json").read_text())
@@ -161,16 +202,21 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, kill
         assert killed.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal], killed.stderr[-2000:]
         assert status["status"] == "interrupted" and status["step"] == 26 and status["signal"] == signal
         last = killed.stderr.strip().splitlines()[-1]
-        assert last == (f"cnnkit: killed/{run.name} interrupted by {signal} at step 26; resume it from its last "
-                        f"checkpoint with the same command and --ckpt last"), killed.stderr[-2000:]
+        assert last == (
+            f"cnnkit: killed/{run.name} interrupted by {signal} at step 26; resume it from its last "
+            f"checkpoint with the same command and --ckpt last"
+        ), killed.stderr[-2000:]
         assert sum(line.startswith("cnnkit:") for line in killed.stderr.splitlines()) == 1
         assert "Traceback" not in killed.stderr
     else:
         assert killed.returncode == -9
         assert status["status"] == "running"  # what a kill leaves; resume picks it up
     # the kill needs a process of its own; the resume (and the uninterrupted run) may run in this one
-    resumed = run_cli("fit", *common, "--ckpt", "last", cwd=tmp_path, timeout=600) if needs_processes(data) else \
-        cli("fit", *common, "--ckpt", "last")
+    resumed = (
+        run_cli("fit", *common, "--ckpt", "last", cwd=tmp_path, timeout=600)
+        if needs_processes(data)
+        else cli("fit", *common, "--ckpt", "last")
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, metrics = uninterrupted(data)
     b = final_state(run / "checkpoints/last.ckpt")
@@ -184,8 +230,15 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, kill
 
 @pytest.mark.slow
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
-    common = ["--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
-              "trainer.enable_model_summary=false", "checkpoint.save_top_k=0", "checkpoint.every_n_steps=5"]
+    common = [
+        "--config",
+        QUICKSTART,
+        "trainer.max_epochs=2",
+        "trainer.progress_bar=none",
+        "trainer.enable_model_summary=false",
+        "checkpoint.save_top_k=0",
+        "checkpoint.every_n_steps=5",
+    ]
     proc = run_cli("fit", *common, cwd=tmp_path, env_extra={"CNNKIT_FAULT_KILL_IN_SAVE": "2"})
     assert proc.returncode == -9
     run = only_run(tmp_path / "runs/quickstart")
@@ -203,9 +256,18 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
     import resource
     import sys
 
-    common = ["--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
-              "trainer.enable_model_summary=false", "checkpoint.save_top_k=0", "checkpoint.every_n_steps=5",
-              "logger.wandb.mode=disabled", "optim.scheduler=constant", "variant=default"]
+    common = [
+        "--config",
+        QUICKSTART,
+        "trainer.max_epochs=2",
+        "trainer.progress_bar=none",
+        "trainer.enable_model_summary=false",
+        "checkpoint.save_top_k=0",
+        "checkpoint.every_n_steps=5",
+        "logger.wandb.mode=disabled",
+        "optim.scheduler=constant",
+        "variant=default",
+    ]
     first = cli("fit", *common, "trainer.max_steps=5")  # one whole checkpoint first (in this process)
     assert first.returncode == 0, first.stderr[-2000:]
     size = (tmp_path / "runs/quickstart/default/checkpoints/last.ckpt").stat().st_size
@@ -213,10 +275,21 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
     def limit():  # files may grow to half a checkpoint: the next save cannot complete
         resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
 
-    env = {**__import__("os").environ, "WANDB_MODE": "disabled", "CNNKIT_NO_PLUGINS": "1",
-           "PYTHONPATH": str(QUICKSTART.rsplit("/recipes", 1)[0])}
-    proc = subprocess.run([sys.executable, "-m", "cnnkit", "fit", *common, "--ckpt", "last"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    env = {
+        **__import__("os").environ,
+        "WANDB_MODE": "disabled",
+        "CNNKIT_NO_PLUGINS": "1",
+        "PYTHONPATH": str(QUICKSTART.rsplit("/recipes", 1)[0]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnkit", "fit", *common, "--ckpt", "last"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("cnnkit: error:")]
     assert len(errors) == 1 and "disk is full or a file-size limit" in errors[0] and "Traceback" not in proc.stderr
@@ -234,8 +307,13 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint_and_refuses_to_resume():
 
     # lr 1e4 overflows the weights in an update a step before the loss turns non-finite: the save in
     # between must not replace the last good checkpoint
-    cfg = tiny_config("optim.lr=1.0e+4", "optim.scheduler=constant", "checkpoint.every_n_steps=2",
-                      "trainer.limit_train_batches=10", "trainer.max_epochs=3")
+    cfg = tiny_config(
+        "optim.lr=1.0e+4",
+        "optim.scheduler=constant",
+        "checkpoint.every_n_steps=2",
+        "trainer.limit_train_batches=10",
+        "trainer.max_epochs=3",
+    )
     result = cnnkit.fit(cfg)
     assert result.status == "diverged" and result.diverged["what"] in ("weights", "training loss")
     status = json.loads((result.run_dir / "status.json").read_text())
@@ -246,8 +324,11 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint_and_refuses_to_resume():
         checkpoint = torch.load(path, weights_only=True)
         assert checkpoint["global_step"] <= status["step"]
         assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
-    with pytest.raises(CnnkitError, match=r"diverged \(non-finite .* at step \d+ \(lr 10000\)\); resuming it would "
-                                          r"diverge again: .* --init-from .*last.ckpt --overwrite"):
+    with pytest.raises(
+        CnnkitError,
+        match=r"diverged \(non-finite .* at step \d+ \(lr 10000\)\); resuming it would "
+        r"diverge again: .* --init-from .*last.ckpt --overwrite",
+    ):
         cnnkit.fit(cfg, ckpt="last")
 
 
@@ -263,8 +344,9 @@ def test_resuming_a_finished_run_does_nothing_unless_it_may_train_longer():
     assert again.status == "finished" and again.metrics == first.metrics
     assert again.best_checkpoint == first.best_checkpoint and again.last_checkpoint == first.last_checkpoint
     assert (first.run_dir / "metrics.csv").read_text() == metrics  # untouched
-    (longer,) = cnnkit.fit_recipe([QUICKSTART, SMOKE], ["optim.scheduler=constant", "trainer.max_epochs=2"],
-                                  ckpt="last")
+    (longer,) = cnnkit.fit_recipe(
+        [QUICKSTART, SMOKE], ["optim.scheduler=constant", "trainer.max_epochs=2"], ckpt="last"
+    )
     assert longer.status == "finished" and longer.run_dir == first.run_dir
     assert torch.load(longer.last_checkpoint, weights_only=True)["epoch"] == 1
 
@@ -284,20 +366,21 @@ def test_resuming_a_run_that_a_live_process_is_training_is_refused(tmp_path):
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cnnkit", "fit"])
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a reused pid
     try:
-        status.write_text(json.dumps({"status": "running", "step": 3, "pid": trainer.pid,
-                                      "host": socket.gethostname()}))
+        status.write_text(
+            json.dumps({"status": "running", "step": 3, "pid": trainer.pid, "host": socket.gethostname()})
+        )
         with pytest.raises(CnnkitError, match=f"is being trained right now by process {trainer.pid}"):
             cnnkit.fit(cfg, ckpt="last")
         # the same pid now belongs to a process that is not cnnkit: the run's own process is gone
-        status.write_text(json.dumps({"status": "running", "step": 3, "pid": stranger.pid,
-                                      "host": socket.gethostname()}))
+        status.write_text(
+            json.dumps({"status": "running", "step": 3, "pid": stranger.pid, "host": socket.gethostname()})
+        )
         assert cnnkit.fit(cfg, ckpt="last").status == "finished"
     finally:
         for process in (trainer, stranger):
             process.kill()
             process.wait()
-    status.write_text(json.dumps({"status": "running", "step": 3, "pid": trainer.pid,
-                                  "host": socket.gethostname()}))
+    status.write_text(json.dumps({"status": "running", "step": 3, "pid": trainer.pid, "host": socket.gethostname()}))
     assert cnnkit.fit(cfg, ckpt="last").status == "finished"  # that process is gone: resume
 
 
@@ -356,18 +439,22 @@ BAD_INPUTS = {
     "checkpoint of another model": (
         lambda t, ckpt: [*FIT, "--ckpt", str(ckpt), "model.backbone={name: mlp, hidden: [16]}"],
         "was trained with another config (model.backbone.name simple_cnn → mlp, model.backbone.hidden [128] → "
-        "[16], model.backbone.channels [32,64] → null); --ckpt resumes that run as it was"),
+        "[16], model.backbone.channels [32,64] → null); --ckpt resumes that run as it was",
+    ),
     "truncated checkpoint": (lambda t, ckpt: ["test", "--ckpt", truncated(ckpt, t)], "is corrupt or truncated"),
     "not a cnnkit checkpoint": (lambda t, ckpt: ["test", "--ckpt", not_cnnkit(t)], "not a cnnkit checkpoint"),
     "empty class folder": (lambda t, ckpt: [*FIT, image_folder(t, empty_class=True)], "b' has no images"),
-    "num_classes mismatch": (
-        lambda t, ckpt: [*FIT, image_folder(t)[:-1] + ", num_classes: 3}"], "num_classes=3 but"),
-    "unknown matrix key": (lambda t, ckpt: [*FIT, "matrix={model.nrom: [none, bn_pre]}"],
-                           "matrix: key 'model.nrom' does not exist in the config"),
+    "num_classes mismatch": (lambda t, ckpt: [*FIT, image_folder(t)[:-1] + ", num_classes: 3}"], "num_classes=3 but"),
+    "unknown matrix key": (
+        lambda t, ckpt: [*FIT, "matrix={model.nrom: [none, bn_pre]}"],
+        "matrix: key 'model.nrom' does not exist in the config",
+    ),
     "imports that fail": (lambda t, ckpt: [*FIT, "imports=[no_such_module_of_mine]"], "no_such_module_of_mine"),
     "run directory path is a file": (lambda t, ckpt: [*FIT, a_file_named_runs(t)], "exists and is a file"),
-    "YAML that would run code": (lambda t, ckpt: [*FIT, "--config", python_tagged_yaml(t)],
-                                 "could not determine a constructor for the tag"),
+    "YAML that would run code": (
+        lambda t, ckpt: [*FIT, "--config", python_tagged_yaml(t)],
+        "could not determine a constructor for the tag",
+    ),
 }
 
 
@@ -384,8 +471,15 @@ def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, norm, cache):
     """A folder that fits in memory is decoded before the run starts, and bn_pre standardizes the inputs
     with every training image: either way nothing is written. Otherwise images are read as training goes,
     in a worker: the run ends marked failed."""
-    proc = cli(*FIT, image_folder(tmp_path, unreadable=True), f"model.norm={norm}", "data.num_workers=1",
-               "trainer.limit_train_batches=null", "data.batch_size=2", f"data.cache={cache}")
+    proc = cli(
+        *FIT,
+        image_folder(tmp_path, unreadable=True),
+        f"model.norm={norm}",
+        "data.num_workers=1",
+        "trainer.limit_train_batches=null",
+        "data.batch_size=2",
+        f"data.cache={cache}",
+    )
     assert "broken.png' (Unsupported image file" in proc.stderr and ".cpp" not in proc.stderr
     if norm == "bn_pre" or cache == "auto":
         assert_one_line_error(proc, "cannot read image")
@@ -401,8 +495,10 @@ def test_an_unreadable_image_is_one_line_naming_the_file(tmp_path, norm, cache):
 
 def test_a_diverging_variant_is_one_line_and_the_matrix_finishes_the_others(tmp_path):
     recipe = tmp_path / "d.yaml"
-    recipe.write_text("name: diverge\nmodel: {norm: none, act: identity}\noptim: {scheduler: constant}\n"
-                      "matrix:\n  optim.lr: [1.0e+30, 0.01]\n")
+    recipe.write_text(
+        "name: diverge\nmodel: {norm: none, act: identity}\noptim: {scheduler: constant}\n"
+        "matrix:\n  optim.lr: [1.0e+30, 0.01]\n"
+    )
     proc = cli(*FIT, "--config", str(recipe))
     assert proc.returncode == 0, proc.stderr[-2000:]  # the matrix ran to its end
     lines = [line for line in proc.stdout.splitlines() if " diverged: " in line]
@@ -437,9 +533,18 @@ def test_gradient_clipping_and_anomaly_detection_switches():
             RecordFirstUpdate.seen.update(moved=float(moved.norm()), anomaly=torch.is_anomaly_enabled())
 
     def first_update(*overrides):
-        cnnkit.fit(tiny_config("trainer.max_steps=1", "optim.weight_decay=0", "optim.scheduler=constant",
-                               "optim.optimizer=sgd", "optim.lr=0.1", "callbacks=[record_first_update]",
-                               *overrides), overwrite=True)
+        cnnkit.fit(
+            tiny_config(
+                "trainer.max_steps=1",
+                "optim.weight_decay=0",
+                "optim.scheduler=constant",
+                "optim.optimizer=sgd",
+                "optim.lr=0.1",
+                "callbacks=[record_first_update]",
+                *overrides,
+            ),
+            overwrite=True,
+        )
         return dict(RecordFirstUpdate.seen)
 
     free = first_update()

@@ -20,7 +20,7 @@ from cnnkit.experiments.report import build_report, collect
 
 from .conftest import QUICKSTART, REPO, SMOKE
 
-RECIPES = sorted(p.name[:-len(".cpu.yaml")] for p in (REPO / "recipes").glob("*.cpu.yaml"))
+RECIPES = sorted(p.name[: -len(".cpu.yaml")] for p in (REPO / "recipes").glob("*.cpu.yaml"))
 
 
 def put(config: dict, key: str, value) -> None:
@@ -36,8 +36,11 @@ def write_run(root, variant: str, config: dict, result) -> None:
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     metric = (config.get("report") or {}).get("metric", "test/acc")
-    status = ({"status": "diverged", "step": 40, "reason": "non-finite loss"} if result == "diverged" else
-              {"status": "finished", "metrics": {metric: result, "params": 1000}})
+    status = (
+        {"status": "diverged", "step": 40, "reason": "non-finite loss"}
+        if result == "diverged"
+        else {"status": "finished", "metrics": {metric: result, "params": 1000}}
+    )
     (path / "status.json").write_text(json.dumps(status))
     (path / "metrics.csv").write_text("step,train/loss_step\n0,2.3\n10,1.0\n")
 
@@ -45,8 +48,9 @@ def write_run(root, variant: str, config: dict, result) -> None:
 def write_matrix(root, matrix: dict, report: dict, outcome, base=None) -> None:
     """Every combination of ``matrix`` as a run; ``outcome(values by key)`` gives its result."""
     base = base or {"name": root.name, "seed": 0, "model": {}, "optim": {}}
-    for variant, _, chosen in combinations(load_config(base=copy.deepcopy({**base, "matrix": matrix}),
-                                                       validate_config=False)):
+    for variant, _, chosen in combinations(
+        load_config(base=copy.deepcopy({**base, "matrix": matrix}), validate_config=False)
+    ):
         config = copy.deepcopy(base)
         config.update(matrix=matrix, report=report, variant=variant)
         for key, value in chosen.items():
@@ -68,8 +72,11 @@ def test_a_variant_that_always_diverges_ranks_last_and_the_answer_counts_its_run
 
     write_matrix(tmp_path / "truth", matrix, {"metric": "test/acc", "compare": "model.norm"}, outcome)
     text = the_answer(tmp_path / "truth")
-    ranking = re.search(r"Ranked within each of the 2 settings of lr \(a run that diverged ranks below every run "
-                        r"that finished\), (.*?)\.( |$)", text).group(1)
+    ranking = re.search(
+        r"Ranked within each of the 2 settings of lr \(a run that diverged ranks below every run "
+        r"that finished\), (.*?)\.( |$)",
+        text,
+    ).group(1)
     assert [m for m in re.findall(r"norm=(\w+)", ranking)] == ["bn_pre", "none", "bn_post"], ranking
     assert "norm=bn_pre comes first (best in 2 of 2 settings; test/acc 0.9510 over 6 runs)" in ranking
     assert "and last norm=bn_post (best in 0 of 2 settings; 6 of 6 runs diverged)" in ranking
@@ -78,37 +85,59 @@ def test_a_variant_that_always_diverges_ranks_last_and_the_answer_counts_its_run
 def test_diverged_runs_are_not_left_out_of_the_average(tmp_path):
     """E3's trap: BN after a sigmoid scores highest where it finishes and diverges at the high lr; leaving
     the diverged runs out made it read as the best scheme."""
-    matrix = {"model.act": ["sigmoid", "relu"], "model.norm": ["none", "bn_pre", "bn_post"], "optim.lr": [1, 5],
-              "seed": [0, 1]}
+    matrix = {
+        "model.act": ["sigmoid", "relu"],
+        "model.norm": ["none", "bn_pre", "bn_post"],
+        "optim.lr": [1, 5],
+        "seed": [0, 1],
+    }
     scores = {"none": 0.17, "bn_pre": 0.95, "bn_post": 0.97}
 
     def outcome(v):
         return "diverged" if (v["model.norm"], v["optim.lr"]) == ("bn_post", 5) else scores[v["model.norm"]]
 
-    report = {"metric": "test/acc", "compare": "model.norm", "expect": "bn_pre",
-              "where": {"model.act": "sigmoid", "optim.lr": 5}}
+    report = {
+        "metric": "test/acc",
+        "compare": "model.norm",
+        "expect": "bn_pre",
+        "where": {"model.act": "sigmoid", "optim.lr": 5},
+    }
     write_matrix(tmp_path / "placement", matrix, report, outcome)
     text = the_answer(tmp_path / "placement")
-    assert text.startswith("The course expects norm=bn_pre to do best at act=sigmoid, lr=5, and here it does: "
-                           "norm=bn_pre 0.9500 > norm=none 0.1700 > norm=bn_post (diverged in 2 of 2 runs).")
-    assert "norm=bn_pre comes first (best in 2 of 4 settings; test/acc 0.9500 over 8 runs), then norm=bn_post " \
-           "(best in 2 of 4 settings; test/acc 0.9700 over the 4 runs that finished; 4 of 8 runs diverged), and " \
-           "last norm=none" in text
+    assert text.startswith(
+        "The course expects norm=bn_pre to do best at act=sigmoid, lr=5, and here it does: "
+        "norm=bn_pre 0.9500 > norm=none 0.1700 > norm=bn_post (diverged in 2 of 2 runs)."
+    )
+    assert (
+        "norm=bn_pre comes first (best in 2 of 4 settings; test/acc 0.9500 over 8 runs), then norm=bn_post "
+        "(best in 2 of 4 settings; test/acc 0.9700 over the 4 runs that finished; 4 of 8 runs diverged), and "
+        "last norm=none" in text
+    )
     # the course's expectation, checked rather than asserted: when BN before the sigmoid loses there, it says so
-    write_matrix(tmp_path / "flipped", matrix, report,
-                 lambda v: 0.5 if (v["model.norm"], v["optim.lr"]) == ("bn_pre", 5) else scores[v["model.norm"]])
+    write_matrix(
+        tmp_path / "flipped",
+        matrix,
+        report,
+        lambda v: 0.5 if (v["model.norm"], v["optim.lr"]) == ("bn_pre", 5) else scores[v["model.norm"]],
+    )
     assert the_answer(tmp_path / "flipped").startswith(
-        "The course expects norm=bn_pre to do best at act=sigmoid, lr=5, but here it does not: norm=bn_post 0.9700 >")
+        "The course expects norm=bn_pre to do best at act=sigmoid, lr=5, but here it does not: norm=bn_post 0.9700 >"
+    )
 
 
 def test_a_lead_within_the_seeds_spread_is_called_so(tmp_path):
     matrix = {"model.norm": ["bn_pre", "gn"], "seed": [0, 1, 2]}
-    write_matrix(tmp_path / "close", matrix, {"metric": "test/acc"},
-                 lambda v: {"bn_pre": [0.90, 0.95, 0.97], "gn": [0.92, 0.93, 0.91]}[v["model.norm"]][v["seed"]])
+    write_matrix(
+        tmp_path / "close",
+        matrix,
+        {"metric": "test/acc"},
+        lambda v: {"bn_pre": [0.90, 0.95, 0.97], "gn": [0.92, 0.93, 0.91]}[v["model.norm"]][v["seed"]],
+    )
     assert the_answer(tmp_path / "close") == (
         "Ranked by test/acc (a run that diverged ranks below every run that finished), norm=bn_pre comes first "
         "(test/acc 0.9400 over 3 runs), last norm=gn (test/acc 0.9200 over 3 runs); norm=bn_pre leads norm=gn by "
-        "0.0200, within the seeds' spread (±0.0361).")
+        "0.0200, within the seeds' spread (±0.0361)."
+    )
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -141,10 +170,19 @@ def test_every_course_recipe_says_what_its_answer_is_about_and_the_answer_follow
 def test_a_row_averages_only_runs_that_differ_by_their_seed(tmp_path):
     """Runs of one name made with another length are a row of their own, named by what differs; a key that
     never changes a result (num_workers) does not split a row."""
-    base = {"name": "quickstart", "variant": "default", "trainer": {"max_epochs": 15}, "data": {"num_workers": 0},
-            "report": {"metric": "test/acc"}}
-    for variant, seed, epochs, workers, acc in [("default", 0, 15, 0, 0.98), ("seed=1", 1, 15, 4, 0.99),
-                                                ("seed=2", 2, 2, 0, 0.30), ("seed=3", 3, 2, 0, 0.20)]:
+    base = {
+        "name": "quickstart",
+        "variant": "default",
+        "trainer": {"max_epochs": 15},
+        "data": {"num_workers": 0},
+        "report": {"metric": "test/acc"},
+    }
+    for variant, seed, epochs, workers, acc in [
+        ("default", 0, 15, 0, 0.98),
+        ("seed=1", 1, 15, 4, 0.99),
+        ("seed=2", 2, 2, 0, 0.30),
+        ("seed=3", 3, 2, 0, 0.20),
+    ]:
         config = copy.deepcopy(base)
         config.update(seed=seed, variant=variant)
         config["trainer"]["max_epochs"], config["data"]["num_workers"] = epochs, workers
@@ -156,18 +194,22 @@ def test_a_row_averages_only_runs_that_differ_by_their_seed(tmp_path):
     assert "default [max_epochs=15] comes first" in text
 
 
-def test_a_recipe_whose_answer_names_a_key_it_does_not_have_is_refused_and_an_expectation_without_runs_said(
-        tmp_path):
+def test_a_recipe_whose_answer_names_a_key_it_does_not_have_is_refused_and_an_expectation_without_runs_said(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("report: {compare: model.nrom}\nmatrix:\n  model.norm: [none, bn_pre]\n")
     with pytest.raises(ConfigError, match=r"report.compare: 'model.nrom' is not a matrix key; matrix keys: model.norm"):
         load_config([str(recipe)])
     report = {"metric": "test/acc", "compare": "model.norm", "expect": "bn_pre", "where": {"optim.lr": 5}}
-    write_matrix(tmp_path / "narrowed", {"model.norm": ["none", "bn_pre"], "optim.lr": [1]}, report,
-                 lambda v: 0.9 if v["model.norm"] == "bn_pre" else 0.5)
+    write_matrix(
+        tmp_path / "narrowed",
+        {"model.norm": ["none", "bn_pre"], "optim.lr": [1]},
+        report,
+        lambda v: 0.9 if v["model.norm"] == "bn_pre" else 0.5,
+    )
     assert collect(tmp_path / "narrowed").answer.startswith(
         "The course expects norm=bn_pre to do best at lr=5; no runs here are of that setting, so the numbers "
-        "below neither show nor refute it. Ranked by test/acc")
+        "below neither show nor refute it. Ranked by test/acc"
+    )
 
 
 def test_a_kept_run_takes_the_recipes_current_report_section(tmp_path):
@@ -176,8 +218,9 @@ def test_a_kept_run_takes_the_recipes_current_report_section(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: kept\nmatrix:\n  model.norm: [none, bn_pre]\n")
     cnnkit.fit_recipe([QUICKSTART, SMOKE, str(recipe)])
-    recipe.write_text("name: kept\nreport: {compare: model.norm, expect: bn_pre}\n"
-                      "matrix:\n  model.norm: [none, bn_pre]\n")
+    recipe.write_text(
+        "name: kept\nreport: {compare: model.norm, expect: bn_pre}\nmatrix:\n  model.norm: [none, bn_pre]\n"
+    )
     assert all(r.kept for r in cnnkit.fit_recipe([QUICKSTART, SMOKE, str(recipe)]))
     stored = yaml.safe_load((tmp_path / "runs/smoke/kept/norm=none/config.yaml").read_text())
     assert stored["report"]["expect"] == "bn_pre" and stored["trainer"]["limit_train_batches"] == 3

@@ -12,14 +12,23 @@ import pytest
 from cnnkit.experiments.analyses import _unit, curves, eval_modes, final, landscape, loss_surface
 from cnnkit.experiments.report import Run, build_report
 
-MATRIX = {"model.act": ["sigmoid", "relu"], "model.norm": ["none", "bn_pre", "bn_post"], "optim.lr": [1, 5],
-          "seed": [0, 1]}
+MATRIX = {
+    "model.act": ["sigmoid", "relu"],
+    "model.norm": ["none", "bn_pre", "bn_post"],
+    "optim.lr": [1, 5],
+    "seed": [0, 1],
+}
 
 
 def fake_run(act, norm, lr, seed, diverged_at=None):
     variant = f"act={act}+norm={norm}+lr={lr}+seed={seed}"
-    config = {"model": {"act": act, "norm": norm}, "optim": {"lr": lr}, "seed": seed, "matrix": MATRIX,
-              "report": {"metric": "test/acc"}}
+    config = {
+        "model": {"act": act, "norm": norm},
+        "optim": {"lr": lr},
+        "seed": seed,
+        "matrix": MATRIX,
+        "report": {"metric": "test/acc"},
+    }
     steps = range(0, 100, 10)
     loss = [2.3 * math.exp(-s / 40) for s in steps]
     if diverged_at is not None:  # exploding before it diverged: 1e28 the step before
@@ -28,15 +37,25 @@ def fake_run(act, norm, lr, seed, diverged_at=None):
     else:
         status = {"status": "finished", "metrics": {"test/acc": 0.9 - 0.1 * (norm == "none") + 0.01 * seed}}
     metrics = [{"step": s, "train/loss_step": v} for s, v in zip(steps, loss) if diverged_at is None or s < diverged_at]
-    return Run(path=Path(variant), variant=variant, group=variant.rsplit("+seed", 1)[0], config=config,
-               status=status, metrics=metrics)
+    return Run(
+        path=Path(variant),
+        variant=variant,
+        group=variant.rsplit("+seed", 1)[0],
+        config=config,
+        status=status,
+        metrics=metrics,
+    )
 
 
 @pytest.fixture
 def groups():
-    runs = [fake_run(act, norm, lr, seed, diverged_at=40 if (norm == "bn_post" and lr == 5) else None)
-            for act in ("sigmoid", "relu") for norm in ("none", "bn_pre", "bn_post") for lr in (1, 5)
-            for seed in (0, 1)]
+    runs = [
+        fake_run(act, norm, lr, seed, diverged_at=40 if (norm == "bn_post" and lr == 5) else None)
+        for act in ("sigmoid", "relu")
+        for norm in ("none", "bn_pre", "bn_post")
+        for lr in (1, 5)
+        for seed in (0, 1)
+    ]
     found: dict[str, list[Run]] = {}
     for run in runs:
         found.setdefault(run.group, []).append(run)
@@ -61,8 +80,19 @@ def test_no_two_variants_share_colour_and_line_style(groups):
 
 def test_many_variants_keep_clearly_different_colours_and_a_shared_colour_differs_in_line_and_marker():
     palette = set(map(tuple, _unit.pyplot().get_cmap("tab10").colors))
-    many = {f"lr={i}": [Run(path=Path(str(i)), variant=f"lr={i}", group=f"lr={i}", status={}, metrics=[],
-                            config={"optim": {"lr": i}, "matrix": {"optim.lr": list(range(14))}})] for i in range(14)}
+    many = {
+        f"lr={i}": [
+            Run(
+                path=Path(str(i)),
+                variant=f"lr={i}",
+                group=f"lr={i}",
+                status={},
+                metrics=[],
+                config={"optim": {"lr": i}, "matrix": {"optim.lr": list(range(14))}},
+            )
+        ]
+        for i in range(14)
+    }
     styles = _unit.variant_styles(many)
     assert {tuple(s["color"]) for s in styles.values()} <= palette  # never tab20's pale twins
     looks = [(tuple(s["color"]), s["linestyle"], s["marker"]) for s in styles.values()]
@@ -97,10 +127,20 @@ def test_final_marks_diverged_variants_and_keeps_the_metric_axis(groups, monkeyp
 
 def test_a_value_label_is_never_crossed_by_its_error_bar(monkeypatch):
     """A short bar's value sits above its error bar; a tall bar's value is boxed over the bar's line."""
+
     def seeds(norm, accs):
-        return [Run(path=Path(f"{norm}{i}"), variant=f"norm={norm}+seed={i}", group=f"norm={norm}",
-                    config={"report": {"metric": "test/acc"}}, metrics=[],
-                    status={"status": "finished", "metrics": {"test/acc": acc}}) for i, acc in enumerate(accs)]
+        return [
+            Run(
+                path=Path(f"{norm}{i}"),
+                variant=f"norm={norm}+seed={i}",
+                group=f"norm={norm}",
+                config={"report": {"metric": "test/acc"}},
+                metrics=[],
+                status={"status": "finished", "metrics": {"test/acc": acc}},
+            )
+            for i, acc in enumerate(accs)
+        ]
+
     groups = {"norm=none": seeds("none", [0.05, 0.25]), "norm=bn_pre": seeds("bn_pre", [0.3, 0.7])}
     figures = capture(monkeypatch, final)
     final.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
@@ -118,32 +158,45 @@ def test_a_figure_with_nothing_to_draw_is_not_written_and_the_report_says_so(tmp
         (run / "config.yaml").write_text("report: {metric: test/acc}\n")
         (run / "metrics.csv").write_text("step,train/loss_step\n1,0.7\n")
         # a landscape probe whose every value diverged
-        (run / "landscape.csv").write_text("step,loss_min,loss_max,grad_change_min,grad_change_max,beta\n"
-                                           "0,nan,nan,nan,nan,nan\n")
+        (run / "landscape.csv").write_text(
+            "step,loss_min,loss_max,grad_change_min,grad_change_max,beta\n0,nan,nan,nan,nan,nan\n"
+        )
     report = build_report(tmp_path / "recipe", log_to_wandb=False).read_text()
     assert "- *landscape: no figure" in report
     assert not (tmp_path / "recipe" / "landscape.png").exists()
 
 
 def finished(variant, value, params=1000, metric="test/acc", extras=None):
-    return Run(path=Path(variant), variant=variant, group=variant.rsplit("+seed", 1)[0], metrics=[],
-               config={"report": {"metric": metric}}, extras=extras or {},
-               status={"status": "finished", "metrics": {metric: value, "params": params}})
+    return Run(
+        path=Path(variant),
+        variant=variant,
+        group=variant.rsplit("+seed", 1)[0],
+        metrics=[],
+        config={"report": {"metric": metric}},
+        extras=extras or {},
+        status={"status": "finished", "metrics": {metric: value, "params": params}},
+    )
 
 
 def errorbar_ends(ax):
     """(low, high) of every error bar drawn on ``ax``."""
     from matplotlib.container import ErrorbarContainer
 
-    return [(segment[0][1], segment[1][1]) for container in ax.containers if isinstance(container, ErrorbarContainer)
-            for segment in container.lines[2][0].get_segments()]
+    return [
+        (segment[0][1], segment[1][1])
+        for container in ax.containers
+        if isinstance(container, ErrorbarContainer)
+        for segment in container.lines[2][0].get_segments()
+    ]
 
 
 def test_final_fits_the_axis_to_close_values_and_shows_the_parameter_counts_that_differ(monkeypatch):
     """cnn_vs_fc: 0.977–0.990 on a 0–1 axis looked alike, and the point (FC has 4x the parameters) was missing."""
-    groups = {"mlp": [finished("mlp+seed=0", 0.968, 536586), finished("mlp+seed=1", 0.986, 536586)],
-              "cnn_max": [finished("cnn_max+seed=0", 0.984, 131178), finished("cnn_max+seed=1", 0.986, 131178)],
-              "cnn_avg": [finished("cnn_avg+seed=0", 0.988, 131178), finished("cnn_avg+seed=1", 0.992, 131178)]}
+    groups = {
+        "mlp": [finished("mlp+seed=0", 0.968, 536586), finished("mlp+seed=1", 0.986, 536586)],
+        "cnn_max": [finished("cnn_max+seed=0", 0.984, 131178), finished("cnn_max+seed=1", 0.986, 131178)],
+        "cnn_avg": [finished("cnn_avg+seed=0", 0.988, 131178), finished("cnn_avg+seed=1", 0.992, 131178)],
+    }
     figures = capture(monkeypatch, final)
     final.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
     ax = figures[0].axes[0]
@@ -159,8 +212,10 @@ def test_final_fits_the_axis_to_close_values_and_shows_the_parameter_counts_that
 
 
 def test_an_error_bar_never_runs_past_the_metrics_range(monkeypatch):
-    groups = {"high": [finished(f"high+seed={i}", v) for i, v in enumerate((1.0, 0.94, 1.0))],
-              "low": [finished(f"low+seed={i}", v) for i, v in enumerate((0.02, 0.3, 0.01))]}
+    groups = {
+        "high": [finished(f"high+seed={i}", v) for i, v in enumerate((1.0, 0.94, 1.0))],
+        "low": [finished(f"low+seed={i}", v) for i, v in enumerate((0.02, 0.3, 0.01))],
+    }
     figures = capture(monkeypatch, final)
     final.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
     ends = errorbar_ends(figures[0].axes[0])
@@ -169,9 +224,12 @@ def test_an_error_bar_never_runs_past_the_metrics_range(monkeypatch):
 
 
 def test_eval_modes_tells_running_from_precise_statistics(monkeypatch):
-    modes = [{"stats": "running", "batch_size": 64, "accuracy": 0.973}, {"stats": "batch", "batch_size": 1,
-              "accuracy": 0.10}, {"stats": "batch", "batch_size": 256, "accuracy": 0.97},
-             {"stats": "precise", "batch_size": 64, "accuracy": 0.973}]
+    modes = [
+        {"stats": "running", "batch_size": 64, "accuracy": 0.973},
+        {"stats": "batch", "batch_size": 1, "accuracy": 0.10},
+        {"stats": "batch", "batch_size": 256, "accuracy": 0.97},
+        {"stats": "precise", "batch_size": 64, "accuracy": 0.973},
+    ]
     groups = {name: [finished(name, 0.97, extras={"eval_modes": {"eval_modes": modes}})] for name in ("m=0.1", "m=0.5")}
     figures = capture(monkeypatch, eval_modes)
     eval_modes.ANALYSIS.figures([r for rs in groups.values() for r in rs], groups, Path("."))
@@ -184,8 +242,19 @@ def test_eval_modes_tells_running_from_precise_statistics(monkeypatch):
 
 
 def test_landscape_axes_say_what_they_measure(monkeypatch):
-    rows = [{"step": s, "loss": 1.0, "loss_min": 0.9, "loss_max": 1.2, "grad_change_min": 0.1, "grad_change_max": 0.5,
-             "beta": 3.0, "grad_norm": 1.0} for s in (0, 25, 50)]
+    rows = [
+        {
+            "step": s,
+            "loss": 1.0,
+            "loss_min": 0.9,
+            "loss_max": 1.2,
+            "grad_change_min": 0.1,
+            "grad_change_max": 0.5,
+            "beta": 3.0,
+            "grad_norm": 1.0,
+        }
+        for s in (0, 25, 50)
+    ]
     groups = {"norm=bn_pre": [finished("norm=bn_pre", 0.9, extras={"landscape": {"landscape": rows}})]}
     figures = capture(monkeypatch, landscape)
     landscape.ANALYSIS.figures(groups["norm=bn_pre"], groups, Path("."))

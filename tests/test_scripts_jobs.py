@@ -23,7 +23,8 @@ def tree(tmp: Path) -> Path:
     for script in ("docs/reproduce_cpu.sh", "scripts/slurm_array.sh"):
         shutil.copy(REPO / script, tmp / script)
     (tmp / "recipes/tiny.cpu.yaml").write_text(
-        f"include: [{QUICKSTART}, {SMOKE}]\nname: tiny\nmatrix:\n  seed: [0, 1]\n")
+        f"include: [{QUICKSTART}, {SMOKE}]\nname: tiny\nmatrix:\n  seed: [0, 1]\n"
+    )
     (tmp / "docs/timings.txt").write_text("tiny: 1 s\n")
     return tmp
 
@@ -45,8 +46,14 @@ def test_reproduce_keeps_the_users_runs_and_docs_unless_asked(tmp_path):
     docs_before = {p: p.read_bytes() for p in (root / "docs").rglob("*") if p.is_file()}
 
     def reproduce(*args):
-        proc = subprocess.run(["bash", "docs/reproduce_cpu.sh", *args, "tiny"], cwd=root, env=env(),
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            ["bash", "docs/reproduce_cpu.sh", *args, "tiny"],
+            cwd=root,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
 
@@ -63,8 +70,9 @@ def test_reproduce_keeps_the_users_runs_and_docs_unless_asked(tmp_path):
     assert again.stdout.count("config, kept") == 2, again.stdout
     assert (root / "docs/tiny/REPORT.md").read_text() == (runs / "REPORT.md").read_text()
     assert (root / "docs/timings.txt").read_text().startswith("tiny: ")
-    bad = subprocess.run(["bash", "docs/reproduce_cpu.sh", "--job", "2"], cwd=root, env=env(), capture_output=True,
-                         text=True, timeout=60)
+    bad = subprocess.run(
+        ["bash", "docs/reproduce_cpu.sh", "--job", "2"], cwd=root, env=env(), capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown option '--job'" in bad.stderr
 
 
@@ -76,16 +84,38 @@ def test_slurm_array_submits_a_task_per_variant_and_each_trains_its_own(tmp_path
     (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/submitted"\n')
     (bin_dir / "sbatch").chmod(0o755)
     path_env = {**env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    submit = subprocess.run(["bash", "scripts/slurm_array.sh", "recipes/tiny.cpu.yaml", "optim.lr=0.01"], cwd=root,
-                            env=path_env, capture_output=True, text=True, timeout=60)
+    submit = subprocess.run(
+        ["bash", "scripts/slurm_array.sh", "recipes/tiny.cpu.yaml", "optim.lr=0.01"],
+        cwd=root,
+        env=path_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert submit.returncode == 0, submit.stderr
     assert (bin_dir / "submitted").read_text().split() == [
-        "--array=0-1", "scripts/slurm_array.sh", "recipes/tiny.cpu.yaml", "optim.lr=0.01"]
-    task = subprocess.run(["bash", "scripts/slurm_array.sh", "recipes/tiny.cpu.yaml"], cwd=root,
-                          env={**env(), "SLURM_ARRAY_TASK_ID": "1"}, capture_output=True, text=True, timeout=300)
+        "--array=0-1",
+        "scripts/slurm_array.sh",
+        "recipes/tiny.cpu.yaml",
+        "optim.lr=0.01",
+    ]
+    task = subprocess.run(
+        ["bash", "scripts/slurm_array.sh", "recipes/tiny.cpu.yaml"],
+        cwd=root,
+        env={**env(), "SLURM_ARRAY_TASK_ID": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert task.returncode == 0, task.stdout + task.stderr
     runs = root / "runs/smoke/tiny"
     assert [p.name for p in runs.iterdir()] == ["seed=1"] and status(runs / "seed=1") == "finished"
-    beyond = subprocess.run(["bash", "scripts/slurm_array.sh", "recipes/tiny.cpu.yaml"], cwd=root,
-                            env={**env(), "SLURM_ARRAY_TASK_ID": "2"}, capture_output=True, text=True, timeout=60)
+    beyond = subprocess.run(
+        ["bash", "scripts/slurm_array.sh", "recipes/tiny.cpu.yaml"],
+        cwd=root,
+        env={**env(), "SLURM_ARRAY_TASK_ID": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert beyond.returncode == 2 and "task 2 has no variant" in beyond.stderr

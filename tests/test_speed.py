@@ -31,8 +31,12 @@ def test_epoch_order_comes_from_seed_and_epoch():
 
 def test_ranks_take_disjoint_equal_shards():
     images, labels = torch.zeros(10, 1, 1, 1), torch.arange(10)
-    shards = [torch.cat([y for _, y in TensorBatches(images, labels, 2, shuffle=True, drop_last=True, seed=0,
-                                                     rank=r, world=2)]) for r in range(2)]
+    shards = [
+        torch.cat(
+            [y for _, y in TensorBatches(images, labels, 2, shuffle=True, drop_last=True, seed=0, rank=r, world=2)]
+        )
+        for r in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == 4 and not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
@@ -54,7 +58,7 @@ def test_batched_random_crop_is_a_crop_of_the_padded_image():
     out = RandomCrop(size=(6, 6), padding=2).apply_batch(x, torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(16):
-        assert any(torch.equal(out[i], padded[i, :, dy:dy + 6, dx:dx + 6]) for dy in range(5) for dx in range(5))
+        assert any(torch.equal(out[i], padded[i, :, dy : dy + 6, dx : dx + 6]) for dy in range(5) for dx in range(5))
     assert len({out[i].sum().item() for i in range(16)}) > 1
 
 
@@ -76,8 +80,10 @@ def datamodule(*overrides):
 
 def test_auto_loader_picks_the_tensor_path_only_when_everything_is_batched():
     assert isinstance(datamodule("data.augment=[random_crop, hflip, cutout]").train_dataloader(), TensorBatches)
-    assert isinstance(datamodule("data.augment=[random_resized_crop, color_jitter, random_rotation]")
-                      .train_dataloader(), TensorBatches)
+    assert isinstance(
+        datamodule("data.augment=[random_resized_crop, color_jitter, random_rotation]").train_dataloader(),
+        TensorBatches,
+    )
     assert isinstance(datamodule("data.augment=[trivial_augment]").train_dataloader(), DataLoader)
     assert isinstance(datamodule("data.augment=[{name: color_jitter, hue: 0.1}]").train_dataloader(), DataLoader)
     assert isinstance(datamodule("data.loader=dataloader").train_dataloader(), DataLoader)
@@ -95,8 +101,10 @@ def test_both_paths_give_the_same_validation_data():
 
 @pytest.mark.slow
 def test_speed_switches_train_and_keep_checkpoint_names():
-    cfg = load_config([QUICKSTART, SMOKE], ["trainer.compile=true", "trainer.channels_last=true", "tta=flip",
-                                            "data.augment=[random_crop, cutout]"])
+    cfg = load_config(
+        [QUICKSTART, SMOKE],
+        ["trainer.compile=true", "trainer.channels_last=true", "tta=flip", "data.augment=[random_crop, cutout]"],
+    )
     result = cnnkit.fit(cfg)
     assert result.status == "finished"
     state = torch.load(result.last_checkpoint, weights_only=True)["state_dict"]

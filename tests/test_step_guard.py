@@ -30,8 +30,10 @@ def _step(model, optimizer, guard, x):
 
 
 def _state(model, optimizer):
-    return ([t.clone() for t in model.state_dict().values()],
-            [v.clone() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)])
+    return (
+        [t.clone() for t in model.state_dict().values()],
+        [v.clone() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)],
+    )
 
 
 def test_a_non_finite_step_changes_no_weight_no_optimizer_state_and_no_bn_buffer():
@@ -46,8 +48,10 @@ def test_a_non_finite_step_changes_no_weight_no_optimizer_state_and_no_bn_buffer
         _step(model, optimizer, guard, batch)
     assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
     assert guard.first_bad_step() == 0
-    for make in (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, fused=True),
-                 lambda p: torch.optim.AdamW(p, lr=0.01, fused=True)):
+    for make in (
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, fused=True),
+        lambda p: torch.optim.AdamW(p, lr=0.01, fused=True),
+    ):
         model = _model()
         optimizer = make(model.parameters())
         assert skips_on_device(optimizer)
@@ -98,9 +102,15 @@ class NanAt(L.Callback):
         SEEN["after"] = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
 """
 
-RUN = ["optim.scheduler=constant", "trainer.max_epochs=3", "trainer.limit_train_batches=null",
-       "trainer.log_every_n_steps=50", "checkpoint.every_n_steps=null", "imports=[nan_at.py]",
-       "callbacks=[{name: nan_at, step: 25}]"]
+RUN = [
+    "optim.scheduler=constant",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=null",
+    "trainer.log_every_n_steps=50",
+    "checkpoint.every_n_steps=null",
+    "imports=[nan_at.py]",
+    "callbacks=[{name: nan_at, step: 25}]",
+]
 
 
 def test_the_guard_stops_where_the_per_step_check_stops_and_updates_nothing_after(tmp_path, monkeypatch):
@@ -110,8 +120,10 @@ def test_the_guard_stops_where_the_per_step_check_stops_and_updates_nothing_afte
     import sys
 
     results = {}
-    for name, optimizer in (("guard", "{name: sgd, momentum: 0.9, fused: true}"),
-                            ("check", "{name: sgd, momentum: 0.9, fused: false}")):
+    for name, optimizer in (
+        ("guard", "{name: sgd, momentum: 0.9, fused: true}"),
+        ("check", "{name: sgd, momentum: 0.9, fused: false}"),
+    ):
         cfg = cnnkit.load_config([QUICKSTART, SMOKE], [*RUN, f"optim.optimizer={optimizer}", f"runs_dir={name}"])
         result = cnnkit.fit(cfg)
         seen = next(m for k, m in sys.modules.items() if k.startswith("cnnkit_user_") and k.endswith("nan_at_py")).SEEN

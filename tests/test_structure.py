@@ -22,8 +22,19 @@ def _omegaconf_private_names() -> set[str]:
     """Every ``_``-prefixed attribute omegaconf's config, node and helper classes have (dunders aside)."""
     config = OmegaConf.create({"a": 1, "b": [2]})
     names = set()
-    for owner in (DictConfig, ListConfig, BaseContainer, Node, nodes.ValueNode, nodes.AnyNode, OmegaConf, omegaconf,
-                  config, config.b, nodes.AnyNode(1)):  # instances: their slots (``_metadata``...) too
+    for owner in (
+        DictConfig,
+        ListConfig,
+        BaseContainer,
+        Node,
+        nodes.ValueNode,
+        nodes.AnyNode,
+        OmegaConf,
+        omegaconf,
+        config,
+        config.b,
+        nodes.AnyNode(1),
+    ):  # instances: their slots (``_metadata``...) too
         names |= {name for name in dir(owner) if name.startswith("_") and not name.endswith("__")}
     return names
 
@@ -35,16 +46,23 @@ def test_no_omegaconf_private_api():
     for path, tree in TREES.items():
         where = path.relative_to(PACKAGE.parent)
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and node.attr in private
-                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in private
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
                 found.append(f"{where}:{node.lineno}: .{node.attr}")
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("omegaconf"):
-                if any(part.startswith("_") for part in node.module.split(".")) or \
-                        any(alias.name.startswith("_") for alias in node.names):
+                if any(part.startswith("_") for part in node.module.split(".")) or any(
+                    alias.name.startswith("_") for alias in node.names
+                ):
                     found.append(f"{where}:{node.lineno}: from {node.module} import ...")
             elif isinstance(node, ast.Import):
-                found += [f"{where}:{node.lineno}: import {a.name}" for a in node.names
-                          if a.name.startswith("omegaconf.") and "._" in f".{a.name}"]
+                found += [
+                    f"{where}:{node.lineno}: import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("omegaconf.") and "._" in f".{a.name}"
+                ]
     assert not found, "omegaconf's private API (use OmegaConf.select/is_missing/to_container...):\n" + "\n".join(found)
 
 
@@ -77,7 +95,7 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(anchor + ([base] if base else []))
                 targets = [f"{base}.{alias.name}" for alias in node.names]
             else:
@@ -99,7 +117,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for target in sorted(graph.get(module, ())):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 found = visit(target)
                 if found:
@@ -137,8 +155,7 @@ def test_the_data_layer_never_imports_the_terminal():
         if module not in reached:
             reached.add(module)
             todo.extend(graph[module])
-    terminal = {m for m in reached
-                if m == "cnnkit.console" or m.startswith("cnnkit.training.callbacks.progress")}
+    terminal = {m for m in reached if m == "cnnkit.console" or m.startswith("cnnkit.training.callbacks.progress")}
     assert not terminal, f"cnnkit.data reaches {sorted(terminal)}"
 
 
@@ -157,8 +174,11 @@ def _says_startup(lines: list[str], node: ast.stmt) -> bool:
     if "# startup:" in lines[node.lineno - 1]:
         return True
     index = node.lineno - 2
-    while index >= 0 and (not lines[index].strip() or lines[index].lstrip().startswith(("from ", "import "))
-                          or lines[index].startswith(" " * (node.col_offset + 4))):
+    while index >= 0 and (
+        not lines[index].strip()
+        or lines[index].lstrip().startswith(("from ", "import "))
+        or lines[index].startswith(" " * (node.col_offset + 4))
+    ):
         index -= 1
     return index >= 0 and lines[index].strip().startswith("# startup:")
 
@@ -180,8 +200,11 @@ RANK_ENV_KEYS = {"RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"}
 
 def _docstrings(tree: ast.AST) -> set[int]:
     nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
-    return {id(node.body[0].value) for node in nodes
-            if node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {
+        id(node.body[0].value)
+        for node in nodes
+        if node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
 
 
 def _terminal_writes(tree: ast.AST) -> list[str]:
@@ -190,12 +213,21 @@ def _terminal_writes(tree: ast.AST) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
             found.append(f"{node.lineno}: print(")
-        elif (isinstance(node, ast.Attribute) and node.attr == "write" and isinstance(node.value, ast.Attribute)
-              and node.value.attr in ("stdout", "stderr") and isinstance(node.value.value, ast.Name)
-              and node.value.value.id == "sys"):
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr == "write"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr in ("stdout", "stderr")
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "sys"
+        ):
             found.append(f"{node.lineno}: sys.{node.value.attr}.write")
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and "cnnkit: " in node.value
-              and id(node) not in docstrings):
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "cnnkit: " in node.value
+            and id(node) not in docstrings
+        ):
             found.append(f"{node.lineno}: a 'cnnkit: ' prefix")
     return found
 
@@ -205,12 +237,20 @@ def _rank_checks(tree: ast.AST) -> list[str]:
     comparison with ``global_rank``, or the launcher's rank variables read directly."""
     found = []
     for node in ast.walk(tree):
-        names = ([node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute)
-                 else [alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) else [])
+        names = (
+            [node.id]
+            if isinstance(node, ast.Name)
+            else [node.attr]
+            if isinstance(node, ast.Attribute)
+            else [alias.name for alias in node.names]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
         if RANK_NAMES & set(names):
             found.append(f"{node.lineno}: {sorted(RANK_NAMES & set(names))[0]}")
-        elif isinstance(node, ast.Compare) and any(isinstance(side, ast.Attribute) and side.attr == "global_rank"
-                                                    for side in (node.left, *node.comparators)):
+        elif isinstance(node, ast.Compare) and any(
+            isinstance(side, ast.Attribute) and side.attr == "global_rank" for side in (node.left, *node.comparators)
+        ):
             found.append(f"{node.lineno}: global_rank compared")
         elif isinstance(node, ast.Constant) and node.value in RANK_ENV_KEYS:
             found.append(f"{node.lineno}: {node.value!r} read")
@@ -220,21 +260,31 @@ def _rank_checks(tree: ast.AST) -> list[str]:
 def test_the_terminal_checks_see_what_they_forbid():
     writes = ast.parse('"""cnnkit: a docstring"""\nprint("x")\nsys.stderr.write("y")\nsay(f"cnnkit: {x}")\n')
     assert [line.split(":")[0] for line in _terminal_writes(writes)] == ["2", "3", "4"]
-    ranks = ast.parse("from lightning.pytorch.utilities.rank_zero import rank_zero_only\n"
-                      "first = trainer.global_rank == 0\nos.environ.get('LOCAL_RANK')\nshard = trainer.global_rank\n")
+    ranks = ast.parse(
+        "from lightning.pytorch.utilities.rank_zero import rank_zero_only\n"
+        "first = trainer.global_rank == 0\nos.environ.get('LOCAL_RANK')\nshard = trainer.global_rank\n"
+    )
     assert [line.split(":")[0] for line in _rank_checks(ranks)] == ["1", "2", "3"]
 
 
 def test_only_messages_writes_to_the_terminal():
     """One place adds the prefix and decides which process speaks (argparse's own --help text aside)."""
-    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items() if path != WRITER
-             for line in _terminal_writes(tree)]
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path, tree in TREES.items()
+        if path != WRITER
+        for line in _terminal_writes(tree)
+    ]
     assert not found, "write through cnnkit.messages (say/note/warn/error/show) instead:\n" + "\n".join(found)
 
 
 def test_one_rank_zero_function():
-    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items() if path != WRITER
-             for line in _rank_checks(tree)]
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path, tree in TREES.items()
+        if path != WRITER
+        for line in _rank_checks(tree)
+    ]
     assert not found, "ask cnnkit.messages.first_process() instead:\n" + "\n".join(found)
 
 
@@ -281,8 +331,12 @@ def layer_of(module: str) -> int:
 
 def test_lower_layers_never_import_higher_ones():
     assert layer_of("cnnkit.nn.layers.norms") < layer_of("cnnkit.config.plans") < layer_of("cnnkit.nn.model")
-    upward = {(module, target) for module, targets in import_graph().items() for target in targets
-              if layer_of(target) > layer_of(module)}
+    upward = {
+        (module, target)
+        for module, targets in import_graph().items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    }
     new = sorted(upward - PENDING_UPWARD)
     assert not new, "imports from a higher layer (move the piece down): " + ", ".join(f"{a} → {b}" for a, b in new)
     gone = sorted(PENDING_UPWARD - upward)
@@ -299,8 +353,11 @@ def test_only_the_runs_layer_names_a_runs_files():
     for path, tree in TREES.items():
         if path.parent.name == "runs":
             continue
-        naming += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
-                   if isinstance(node, ast.Constant) and node.value in RUN_FILES]
+        naming += [
+            f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in RUN_FILES
+        ]
     assert not naming, "a run's files named outside cnnkit/runs/ (use RunDir):\n" + "\n".join(naming)
     from cnnkit.runs import run_dir
 
@@ -312,8 +369,11 @@ CONVERSIONS = {"to_plain", "to_container", "to_object"}  # an omegaconf node mad
 
 def _conversions(tree: ast.AST) -> list[int]:
     """Lines calling a conversion of a config node into plain data, by name or as an attribute."""
-    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
-            and getattr(node.func, "id", getattr(node.func, "attr", None)) in CONVERSIONS]
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in CONVERSIONS
+    ]
 
 
 def test_only_the_config_layer_converts_config_nodes():
@@ -321,8 +381,12 @@ def test_only_the_config_layer_converts_config_nodes():
     module needs to know omegaconf's node types."""
     config = PACKAGE / "config"
     assert any(_conversions(tree) for path, tree in TREES.items() if config in path.parents)  # the scan sees them
-    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path, tree in TREES.items()
-             if config not in path.parents for line in _conversions(tree)]
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path, tree in TREES.items()
+        if config not in path.parents
+        for line in _conversions(tree)
+    ]
     assert not found, "convert config nodes in cnnkit/config/ (plain.spec/as_data...), not at:\n" + "\n".join(found)
 
 

@@ -27,11 +27,16 @@ def run_in_terminal(*args: str, cwd, timeout: int = 300, columns: int = 120) -> 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     # the size is the terminal's own: COLUMNS/LINES (pytest-xdist's workers set 80x24) would override it
-    env = {**{k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "COLUMNS", "LINES")},
-           "WANDB_MODE": "offline",
-           "CNNKIT_NO_PLUGINS": "1", "PYTHONPATH": str(REPO), "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "cnnkit", *args], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=cwd, env=env)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "COLUMNS", "LINES")},
+        "WANDB_MODE": "offline",
+        "CNNKIT_NO_PLUGINS": "1",
+        "PYTHONPATH": str(REPO),
+        "TERM": "xterm",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", *args], stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env
+    )
     os.close(slave)
     chunks = []
     try:
@@ -61,17 +66,27 @@ def visible_lines(output: str) -> list[str]:
     return lines
 
 
-NOISE = ("GPU available", "TPU available", "wandb:", "Trainable params", "┏", "Restoring states",
-         "`Trainer.fit` stopped", "💡")
+NOISE = (
+    "GPU available",
+    "TPU available",
+    "wandb:",
+    "Trainable params",
+    "┏",
+    "Restoring states",
+    "`Trainer.fit` stopped",
+    "💡",
+)
 
 
 def test_a_quickstart_on_a_terminal_is_a_header_one_bar_and_a_summary(tmp_path):
-    output = run_in_terminal("fit", "--config", QUICKSTART, "trainer.max_epochs=3", "trainer.progress_bar=tqdm",
-                             cwd=tmp_path)
+    output = run_in_terminal(
+        "fit", "--config", QUICKSTART, "trainer.max_epochs=3", "trainer.progress_bar=tqdm", cwd=tmp_path
+    )
     lines = visible_lines(output)
     assert len(lines) <= 15, "\n".join(lines)
-    assert lines[0].startswith("cnnkit: quickstart/max_epochs=3 · cpu · 32-true · digits 1257/180/360 of 1x8x8, "
-                               "10 classes · simple_cnn"), lines[0]
+    assert lines[0].startswith(
+        "cnnkit: quickstart/max_epochs=3 · cpu · 32-true · digits 1257/180/360 of 1x8x8, 10 classes · simple_cnn"
+    ), lines[0]
     assert "53.2 K parameters · runs/quickstart/max_epochs=3" in lines[0]
     assert "\r" in output and "epoch 3/3" in output  # the live bar was there, with the epoch on it
     summary = "\n".join(lines[1:])
@@ -95,8 +110,9 @@ def test_the_default_bar_with_rich_installed_is_riches_and_as_short(tmp_path):
 
 
 def test_without_a_bar_the_whole_output_is_a_few_lines(tmp_path):
-    output = run_in_terminal("fit", "--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
-                             cwd=tmp_path)
+    output = run_in_terminal(
+        "fit", "--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none", cwd=tmp_path
+    )
     lines = visible_lines(output)
     assert len(output.replace("\r\n", "\n").strip().split("\n")) == len(lines) <= 15, output
     assert "\r" not in output.replace("\r\n", "\n")
@@ -104,17 +120,32 @@ def test_without_a_bar_the_whole_output_is_a_few_lines(tmp_path):
 
 
 def test_verbose_brings_lightnings_and_wandbs_own_output_back(tmp_path):
-    output = run_in_terminal("fit", "--config", QUICKSTART, "--config", SMOKE, "logger.wandb.mode=offline",
-                             "--verbose", cwd=tmp_path)
+    output = run_in_terminal(
+        "fit", "--config", QUICKSTART, "--config", SMOKE, "logger.wandb.mode=offline", "--verbose", cwd=tmp_path
+    )
     output = ANSI.sub("", output)
     assert "GPU available" in output and "wandb:" in output and "Trainable params" in output
 
 
 def test_output_that_is_not_a_terminal_gets_a_line_per_epoch(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cnnkit", "fit", "--config", QUICKSTART, "trainer.max_epochs=3",
-                           "trainer.progress_bar=tqdm", "logger.wandb.mode=disabled"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "CNNKIT_NO_PLUGINS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnnkit",
+            "fit",
+            "--config",
+            QUICKSTART,
+            "trainer.max_epochs=3",
+            "trainer.progress_bar=tqdm",
+            "logger.wandb.mode=disabled",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "CNNKIT_NO_PLUGINS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stdout + proc.stderr
     epochs = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
@@ -126,14 +157,26 @@ def test_output_that_is_not_a_terminal_gets_a_line_per_epoch(tmp_path):
 def test_a_matrix_is_a_line_per_variant_under_one_bar(tmp_path):
     recipe = tmp_path / "m.yaml"
     recipe.write_text("name: mx\nmatrix:\n  model.norm: [bn_pre, bn_post]\n  seed: [0, 1]\n")
-    output = run_in_terminal("fit", "--config", QUICKSTART, "--config", SMOKE, "--config", str(recipe),
-                             "trainer.progress_bar=tqdm", cwd=tmp_path)
+    output = run_in_terminal(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        SMOKE,
+        "--config",
+        str(recipe),
+        "trainer.progress_bar=tqdm",
+        cwd=tmp_path,
+    )
     lines = visible_lines(output)
     assert lines[0] == "cnnkit: mx: 4 runs (model.norm × seed) in runs/smoke/mx", lines
     variants = [line for line in lines if line.startswith("[")]
     assert [line.split("  ")[0] for line in variants] == [
-        "[1/4] norm=bn_pre+seed=0", "[2/4] norm=bn_pre+seed=1", "[3/4] norm=bn_post+seed=0",
-        "[4/4] norm=bn_post+seed=1"], lines
+        "[1/4] norm=bn_pre+seed=0",
+        "[2/4] norm=bn_pre+seed=1",
+        "[3/4] norm=bn_post+seed=0",
+        "[4/4] norm=bn_post+seed=1",
+    ], lines
     assert all(re.search(r"  finished  [\d.]+ s  test/acc 0\.\d{4}$", line) for line in variants), variants
     assert "run/s" in output  # the overall bar
     assert lines[-1].startswith("cnnkit: mx: 4 runs in ") and "(4 finished)" in lines[-1]

@@ -84,5 +84,6 @@ def test_a_fit_is_registered_before_its_set_up_and_removed_after(registry, monke
 
 @pytest.mark.parametrize("value", ["0", "many", "1.5"])
 def test_bad_threads_values_are_one_line(value):
-    assert_one_line_error(cli("fit", "--config", QUICKSTART, f"trainer.threads={value}"),
-                          "trainer.threads must be auto or a whole number")
+    assert_one_line_error(
+        cli("fit", "--config", QUICKSTART, f"trainer.threads={value}"), "trainer.threads must be auto or a whole number"
+    )

@@ -71,8 +71,9 @@ def test_resume_keeps_metrics_history_and_appends():
     (resumed,) = cnnkit.fit_recipe(files, [*overrides, "trainer.max_epochs=3"], ckpt="last")  # the run it extends
     assert resumed.run_dir == first.run_dir
     after = rows(resumed.run_dir / "metrics.csv")
-    assert after[:len(before) - sum(1 for r in before if r.get("test/acc"))] == [
-        r for r in before if not r.get("test/acc")]
+    assert after[: len(before) - sum(1 for r in before if r.get("test/acc"))] == [
+        r for r in before if not r.get("test/acc")
+    ]
     epochs = sorted({int(r["epoch"]) for r in after if r.get("val/acc")})
     assert epochs == [0, 1, 2]
     train_steps = [int(r["step"]) for r in after if r.get("train/loss_step")]
@@ -82,8 +83,11 @@ def test_resume_keeps_metrics_history_and_appends():
 
 def test_resume_from_a_checkpoint_of_another_model_names_the_keys():
     first = cnnkit.fit(tiny_config())
-    with pytest.raises(CheckpointError, match=r"was trained with another config \(model.backbone "
-                                              r"simple_cnn\(channels=\[32,64\],hidden=\[128\]\) → mlp\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"was trained with another config \(model.backbone "
+        r"simple_cnn\(channels=\[32,64\],hidden=\[128\]\) → mlp\)",
+    ):
         cnnkit.fit(tiny_config("model.backbone=mlp"), ckpt=str(first.last_checkpoint))
     with pytest.raises(CheckpointError, match=r"does not fit the configured model \(missing: model.backbone"):
         cnnkit.evaluate("test", str(first.last_checkpoint), overrides=["model.backbone=mlp"])
@@ -100,8 +104,14 @@ def test_init_from_copies_fitting_weights():
 
 
 def test_divergence_stops_the_run_and_marks_it():
-    cfg = tiny_config("model.norm=none", "model.act=identity", "optim.lr=1e30", "optim.scheduler=constant",
-                      "trainer.limit_train_batches=20", "variant=diverges")
+    cfg = tiny_config(
+        "model.norm=none",
+        "model.act=identity",
+        "optim.lr=1e30",
+        "optim.scheduler=constant",
+        "trainer.limit_train_batches=20",
+        "variant=diverges",
+    )
     result = cnnkit.fit(cfg)
     assert result.status == "diverged" and result.diverged["lr"] == 1e30
     status = json.loads((result.run_dir / "status.json").read_text())
@@ -113,8 +123,9 @@ def test_eval_with_batch_statistics_differs_from_running_statistics():
     result = cnnkit.fit(tiny_config("trainer.limit_train_batches=1.0", "trainer.max_epochs=2"))
     full_test = ["trainer.limit_test_batches=1.0"]
     running = cnnkit.evaluate("test", str(result.last_checkpoint), overrides=full_test)
-    batch_one = cnnkit.evaluate("test", str(result.last_checkpoint),
-                                overrides=full_test + ["eval_stats=batch", "data.eval_batch_size=1"])
+    batch_one = cnnkit.evaluate(
+        "test", str(result.last_checkpoint), overrides=full_test + ["eval_stats=batch", "data.eval_batch_size=1"]
+    )
     assert running["test/acc"] > 0.8
     # a batch of one normalizes every feature map to beta: the prediction ignores the input
     assert batch_one["test/acc"] < running["test/acc"]
@@ -123,8 +134,9 @@ def test_eval_with_batch_statistics_differs_from_running_statistics():
 def _onecycle(total):
     """torch's own OneCycleLR with cnnkit's defaults: the reference for the onecycle schedule."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
-    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=total, pct_start=0.25,
-                                                    div_factor=25.0, final_div_factor=1e4)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.01, total_steps=total, pct_start=0.25, div_factor=25.0, final_div_factor=1e4
+    )
     rates = []
     for _ in range(total):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -136,25 +148,37 @@ def _onecycle(total):
 # the learning rate of each of the 6 steps (2 epochs x 3 batches), from each schedule's formula
 SCHEDULES = {
     "{name: step, step_epochs: 1}": [0.01 * 0.1 ** (s // 3) for s in range(6)],
-    "{name: cosine, warmup_steps: 2}": [0.01 * (s + 1) / 2 if s < 2
-                                        else 0.01 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(6)],
+    "{name: cosine, warmup_steps: 2}": [
+        0.01 * (s + 1) / 2 if s < 2 else 0.01 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(6)
+    ],
     "onecycle": _onecycle(6),
     "constant": [0.01] * 6,
 }
 
 
-@pytest.mark.parametrize("optimizer, scheduler", [
-    ("{name: sgd, momentum: 0.9, nesterov: true}", "{name: step, step_epochs: 1}"),
-    ("adam", "{name: cosine, warmup_steps: 2}"),
-    ("adamw", "onecycle"),
-    ("sgd", "constant"),
-])
+@pytest.mark.parametrize(
+    "optimizer, scheduler",
+    [
+        ("{name: sgd, momentum: 0.9, nesterov: true}", "{name: step, step_epochs: 1}"),
+        ("adam", "{name: cosine, warmup_steps: 2}"),
+        ("adamw", "onecycle"),
+        ("sgd", "constant"),
+    ],
+)
 def test_optimizers_and_schedulers(optimizer, scheduler):
-    cfg = tiny_config(f"optim.optimizer={optimizer}", f"optim.scheduler={scheduler}", "optim.lr=0.01",
-                      "trainer.max_epochs=2", "optim.weight_decay=1e-4", "optim.no_decay_norm_bias=true",
-                      "loss.label_smoothing=0.1", "trainer.gradient_clip_val=1.0", "trainer.log_every_n_steps=1",
-                      "callbacks=[{name: lr_monitor, logging_interval: step}, "
-                      "{name: early_stopping, monitor: val/acc, mode: max, patience: 5}]")
+    cfg = tiny_config(
+        f"optim.optimizer={optimizer}",
+        f"optim.scheduler={scheduler}",
+        "optim.lr=0.01",
+        "trainer.max_epochs=2",
+        "optim.weight_decay=1e-4",
+        "optim.no_decay_norm_bias=true",
+        "loss.label_smoothing=0.1",
+        "trainer.gradient_clip_val=1.0",
+        "trainer.log_every_n_steps=1",
+        "callbacks=[{name: lr_monitor, logging_interval: step}, "
+        "{name: early_stopping, monitor: val/acc, mode: max, patience: 5}]",
+    )
     result = cnnkit.fit(cfg)
     assert result.status == "finished"
     logged = rows(result.run_dir / "metrics.csv")

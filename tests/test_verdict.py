@@ -37,8 +37,10 @@ def test_a_finished_run_of_another_config_or_other_weights_is_refused_naming_the
         decide(found("finished", diffs=[("optim.lr", 0.1, 0.2)]), resume=False, overwrite=False)
     with pytest.raises(CnnkitError, match="--init-from"):
         decide(found("finished"), resume=False, overwrite=False, init_from="other.ckpt")
-    assert decide(found("finished", status={"init_from": "w.ckpt"}), resume=False, overwrite=False,
-                  init_from="w.ckpt") == KEEP
+    assert (
+        decide(found("finished", status={"init_from": "w.ckpt"}), resume=False, overwrite=False, init_from="w.ckpt")
+        == KEEP
+    )
 
 
 def test_a_running_status_is_followed_by_other_ranks_and_refused_while_its_process_lives():
@@ -49,8 +51,9 @@ def test_a_running_status_is_followed_by_other_ranks_and_refused_while_its_proce
         decide(running, resume=True, overwrite=False)
 
 
-@pytest.mark.parametrize("state, label", [("running", "a killed"), ("failed", "a failed"),
-                                          ("interrupted", "an interrupted")])
+@pytest.mark.parametrize(
+    "state, label", [("running", "a killed"), ("failed", "a failed"), ("interrupted", "an interrupted")]
+)
 def test_an_unfinished_run_resumes_or_starts_over_only_when_nothing_was_saved(state, label):
     assert decide(found(state), resume=True, overwrite=False) == CONTINUE
     assert decide(found(state, last=False), resume=False, overwrite=False) == NEW
@@ -60,8 +63,7 @@ def test_an_unfinished_run_resumes_or_starts_over_only_when_nothing_was_saved(st
 
 def test_a_diverged_run_is_not_resumed_and_the_refusal_names_its_last_good_weights():
     with pytest.raises(CnnkitError, match="--init-from runs/r/v/checkpoints/last.ckpt --overwrite"):
-        decide(found("diverged", status={"last_good": "runs/r/v/checkpoints/last.ckpt"}), resume=True,
-               overwrite=False)
+        decide(found("diverged", status={"last_good": "runs/r/v/checkpoints/last.ckpt"}), resume=True, overwrite=False)
 
 
 def test_resuming_with_a_changed_result_key_is_refused_but_how_to_run_it_may_change():
@@ -77,5 +79,8 @@ def test_a_finished_run_trains_on_only_when_longer_and_its_schedule_allows():
     with pytest.raises(CnnkitError, match="optim.scheduler=cosine is laid out over the run's length"):
         decide(found("finished", diffs=[EPOCHS], length_bound_by="cosine"), resume=True, overwrite=False)
     with pytest.raises(CnnkitError, match="optim.scheduler=cosine"):  # an unfinished run's length changes too
-        decide(found("interrupted", diffs=[("trainer.max_epochs", 5, 3)], length_bound_by="cosine"), resume=True,
-               overwrite=False)
+        decide(
+            found("interrupted", diffs=[("trainer.max_epochs", 5, 3)], length_bound_by="cosine"),
+            resume=True,
+            overwrite=False,
+        )

@@ -119,9 +119,17 @@ SERVICE_KILLER = textwrap.dedent("""
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the service process through /proc")
 def test_the_wandb_service_dying_mid_run(tmp_path):
     (tmp_path / "killer.py").write_text(SERVICE_KILLER)
-    proc = run_cli("fit", "--config", QUICKSTART, "trainer.max_epochs=2", "trainer.progress_bar=none",
-                   "logger.wandb.mode=offline", "imports=[killer.py]",
-                   "callbacks=[{name: kill_wandb_service, step: 5}]", cwd=tmp_path)
+    proc = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "trainer.max_epochs=2",
+        "trainer.progress_bar=none",
+        "logger.wandb.mode=offline",
+        "imports=[killer.py]",
+        "callbacks=[{name: kill_wandb_service, step: 5}]",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "W&B logging stopped mid-run" in proc.stderr and "Traceback" not in proc.stderr
     assert "cnnkit: finished" in proc.stdout

@@ -70,6 +70,7 @@ def _as_mapping(spec: Any, other: Any) -> Any:
 
 def describe(diffs: list[tuple[str, Any, Any]], most: int = 4) -> str:
     """``trainer.max_epochs 1 → 15, model.backbone simple_cnn(channels=[32,64]) → mlp (+2 more)``."""
+
     def show(value: Any) -> str:
         return "null" if value is None else format_value(value)
 

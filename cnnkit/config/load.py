@@ -56,8 +56,7 @@ def read_config_file(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, 
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"config file '{path}' must be a mapping of keys to values (e.g. 'model: ...'), "
-            f"got a {type(data).__name__}"
+            f"config file '{path}' must be a mapping of keys to values (e.g. 'model: ...'), got a {type(data).__name__}"
         )
     includes = data.pop(INCLUDE_KEY, []) or []
     if isinstance(includes, str):
@@ -199,8 +198,9 @@ def check_choices(cfg: DictConfig, source: str = "") -> None:
             continue
         value = node[leaf]
         if value not in choices:
-            raise ConfigError(f"{source}config key '{key}': Invalid value '{value}', expected one of "
-                              f"[{', '.join(choices)}]")
+            raise ConfigError(
+                f"{source}config key '{key}': Invalid value '{value}', expected one of [{', '.join(choices)}]"
+            )
 
 
 def migrate(stored: dict[str, Any]) -> dict[str, Any]:
@@ -215,9 +215,13 @@ def migrate(stored: dict[str, Any]) -> dict[str, Any]:
     return {**stored, "schema_version": SCHEMA_VERSION}
 
 
-def load_config(files: Sequence[str] = (), overrides: Sequence[str] = (),
-                base: dict[str, Any] | None = None, validate_config: bool = True,
-                combination: Sequence[str] = ()) -> DictConfig:
+def load_config(
+    files: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+    validate_config: bool = True,
+    combination: Sequence[str] = (),
+) -> DictConfig:
     """Schema ← ``base`` (e.g. a checkpoint's config) ← files ← ``combination`` ← overrides, resolved and
     validated.
 
@@ -305,41 +309,56 @@ def validate(cfg: DictConfig) -> None:
     _check_loader(data, dataset_plan, augment_plans)
     _require(data.batch_size >= 1, f"data.batch_size must be >= 1, got {data.batch_size}")
     if norm.batch_stats:
-        _require(data.batch_size >= 2,
-                 f"data.batch_size={data.batch_size} with norm '{to_plain(model.norm)}', which normalizes with "
-                 f"batch statistics: training needs at least 2 samples per batch; raise data.batch_size or pick "
-                 f"a norm without batch statistics (gn, ln, none)")
-    _require(data.eval_batch_size is None or data.eval_batch_size >= 1,
-             f"data.eval_batch_size must be >= 1, got {data.eval_batch_size}")
-    _require(data.num_workers is None or data.num_workers >= 0,
-             f"data.num_workers must be >= 0, got {data.num_workers}")
+        _require(
+            data.batch_size >= 2,
+            f"data.batch_size={data.batch_size} with norm '{to_plain(model.norm)}', which normalizes with "
+            f"batch statistics: training needs at least 2 samples per batch; raise data.batch_size or pick "
+            f"a norm without batch statistics (gn, ln, none)",
+        )
+    _require(
+        data.eval_batch_size is None or data.eval_batch_size >= 1,
+        f"data.eval_batch_size must be >= 1, got {data.eval_batch_size}",
+    )
+    _require(
+        data.num_workers is None or data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}"
+    )
 
     optim = cfg.optim
     _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
     _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
-    _require(optim.reference_batch_size >= 1,
-             f"optim.reference_batch_size must be >= 1, got {optim.reference_batch_size}")
+    _require(
+        optim.reference_batch_size >= 1, f"optim.reference_batch_size must be >= 1, got {optim.reference_batch_size}"
+    )
     plans.optimizer_plan(optim)
     plans.scheduler_plan(optim)
-    _require(0.0 <= cfg.loss.label_smoothing < 1.0,
-             f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}")
+    _require(
+        0.0 <= cfg.loss.label_smoothing < 1.0, f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}"
+    )
 
     trainer = cfg.trainer
-    _require(trainer.max_epochs >= 1 or trainer.max_steps > 0,
-             "trainer.max_epochs must be >= 1 (or set trainer.max_steps > 0)")
-    _require(trainer.accumulate_grad_batches >= 1,
-             f"trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}")
+    _require(
+        trainer.max_epochs >= 1 or trainer.max_steps > 0,
+        "trainer.max_epochs must be >= 1 (or set trainer.max_steps > 0)",
+    )
+    _require(
+        trainer.accumulate_grad_batches >= 1,
+        f"trainer.accumulate_grad_batches must be >= 1, got {trainer.accumulate_grad_batches}",
+    )
     _require(trainer.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {trainer.log_every_n_steps}")
-    _require(trainer.gradient_clip_val is None or trainer.gradient_clip_val > 0,
-             f"trainer.gradient_clip_val must be > 0 (or null), got {trainer.gradient_clip_val}")
+    _require(
+        trainer.gradient_clip_val is None or trainer.gradient_clip_val > 0,
+        f"trainer.gradient_clip_val must be > 0 (or null), got {trainer.gradient_clip_val}",
+    )
     plans.callback_plans(cfg)
     _check_devices(cfg)
     check_threads(trainer.threads)
     check_jobs(to_plain(cfg.jobs), "jobs")
     for key in ("name", "variant"):
         value = cfg[key]
-        _require(bool(value) and "/" not in value and value not in (".", ".."),
-                 f"{key} must be a non-empty name without '/', got {value!r}")
+        _require(
+            bool(value) and "/" not in value and value not in (".", ".."),
+            f"{key} must be a non-empty name without '/', got {value!r}",
+        )
 
 
 def check_jobs(value: Any, where: str = "--jobs") -> None:
@@ -387,9 +406,10 @@ def _check_devices(cfg: DictConfig) -> None:
     if world is not None:
         per_device_batch(cfg.data.batch_size, world, cfg.trainer.accumulate_grad_batches)
     if cfg.trainer.progress_bar == "rich":
-        _require(importlib.util.find_spec("rich") is not None,
-                 "trainer.progress_bar=rich needs the 'rich' package: pip install rich "
-                 "(or use trainer.progress_bar=tqdm)")
+        _require(
+            importlib.util.find_spec("rich") is not None,
+            "trainer.progress_bar=rich needs the 'rich' package: pip install rich (or use trainer.progress_bar=tqdm)",
+        )
 
 
 _SAID: set[str] = set()
@@ -425,8 +445,10 @@ def check_matrix(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(key, leaf_keys, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"matrix: key '{key}' does not exist in the config{hint}")
-        _require(isinstance(values, ListConfig) and len(values) > 0,
-                 f"matrix: '{key}' needs a non-empty list of values, got {to_plain(values)!r}")
+        _require(
+            isinstance(values, ListConfig) and len(values) > 0,
+            f"matrix: '{key}' needs a non-empty list of values, got {to_plain(values)!r}",
+        )
     check_report_keys(cfg)
 
 
@@ -434,8 +456,11 @@ def check_report_keys(cfg: DictConfig) -> None:
     """``report.compare``/``along``/``where`` name matrix keys, so a typo fails before anything trains rather
     than leaving the answer silent (a value the matrix lacks, e.g. after narrowing it, the answer reports)."""
     matrix = to_plain(cfg.matrix)
-    named = [("report.compare", cfg.report.compare), ("report.along", cfg.report.along),
-             *((f"report.where.{key}", key) for key in cfg.report.where)]
+    named = [
+        ("report.compare", cfg.report.compare),
+        ("report.along", cfg.report.along),
+        *((f"report.where.{key}", key) for key in cfg.report.where),
+    ]
     for where, key in named:
         if key is not None and key not in matrix:
             raise ConfigError(f"{where}: '{key}' is not a matrix key; matrix keys: {', '.join(matrix) or 'none'}")

@@ -205,9 +205,16 @@ class Config:
 
 
 # The keys whose value names one registry entry: a name, or ``{name: ..., <argument>: ...}``.
-SPEC_KEYS = {"model.backbone": "backbones", "model.norm": "norms", "model.act": "activations",
-             "model.pool": "poolings", "model.init": "inits", "data.dataset": "datasets",
-             "optim.optimizer": "optimizers", "optim.scheduler": "schedulers"}
+SPEC_KEYS = {
+    "model.backbone": "backbones",
+    "model.norm": "norms",
+    "model.act": "activations",
+    "model.pool": "poolings",
+    "model.init": "inits",
+    "data.dataset": "datasets",
+    "optim.optimizer": "optimizers",
+    "optim.scheduler": "schedulers",
+}
 
 
 def spec_key(key: str) -> str | None:
@@ -250,5 +257,9 @@ def keys_with(role: str) -> tuple[str, ...]:
 
 
 # The keys that name a single fit's variant, in the order they appear in its name.
-NAME_ORDER = tuple(key for key, f in sorted(((k, f) for k, f in schema_fields() if "names" in f.metadata),
-                                            key=lambda item: item[1].metadata["names"]))
+NAME_ORDER = tuple(
+    key
+    for key, f in sorted(
+        ((k, f) for k, f in schema_fields() if "names" in f.metadata), key=lambda item: item[1].metadata["names"]
+    )
+)

@@ -37,8 +37,9 @@ class ClassificationDataModule(L.LightningDataModule):
     that way); evaluation loaders keep every sample in order.
     """
 
-    def __init__(self, data_cfg: Any, seed: int = 0, note: Callable[[str], None] = messages.note,
-                 show_progress: bool = False):
+    def __init__(
+        self, data_cfg: Any, seed: int = 0, note: Callable[[str], None] = messages.note, show_progress: bool = False
+    ):
         """``note`` says what was decided for the user (the data path, an inferred size): ``messages.note``
         (stdout, first process, prefixed) unless the caller collects them; ``show_progress`` draws a bar while
         images are decoded."""
@@ -81,13 +82,17 @@ class ClassificationDataModule(L.LightningDataModule):
         how = choose(self.cfg.cache, self.cfg.cache_budget, total)
         if how == "none" and self.recorded_path == "tensor":
             how = "memory"
-            self.note(f"resuming on the tensor path this run started on: the images ({size_text(total)}) are "
-                      f"decoded into memory (data.cache would not decode them on this machine)")
+            self.note(
+                f"resuming on the tensor path this run started on: the images ({size_text(total)}) are "
+                f"decoded into memory (data.cache would not decode them on this machine)"
+            )
         if how == "none":
             if self.cfg.cache == "auto":
-                self.note(f"data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
-                          f"{self.cfg.cache_budget:g} GiB: the DataLoader decodes them every epoch (data.cache=disk "
-                          f"decodes them once into a file instead)")
+                self.note(
+                    f"data: {count:,} images, {size_text(total)} decoded, exceed data.cache_budget="
+                    f"{self.cfg.cache_budget:g} GiB: the DataLoader decodes them every epoch (data.cache=disk "
+                    f"decodes them once into a file instead)"
+                )
             return splits
         started = time.monotonic()
         folder = None
@@ -99,15 +104,16 @@ class ClassificationDataModule(L.LightningDataModule):
         decoded, built = {}, 0
         for name in ("train", "val", "test"):
             if getattr(splits, name) is not None:
-                decoded[name], decoded_now = decoded_split(getattr(splits, name), name, folder,
-                                                            self.show_progress)
+                decoded[name], decoded_now = decoded_split(getattr(splits, name), name, folder, self.show_progress)
                 built += len(decoded[name]) if decoded_now else 0
         took = f"{time.monotonic() - started:.1f} s"
         if folder is None:
             self.note(f"data: {count:,} images decoded once into memory ({size_text(total)}, {took})")
         elif built:
-            self.note(f"data: {built:,} of {count:,} images decoded in {took} into the cache {folder} "
-                      f"({size_text(total)}; later runs map it)")
+            self.note(
+                f"data: {built:,} of {count:,} images decoded in {took} into the cache {folder} "
+                f"({size_text(total)}; later runs map it)"
+            )
         else:
             self.note(f"data: {count:,} decoded images mapped from the cache {folder} ({size_text(total)})")
         return dataclasses.replace(splits, **decoded)
@@ -117,13 +123,17 @@ class ClassificationDataModule(L.LightningDataModule):
         mode = self.cfg.loader
         in_memory = isinstance(self.splits.train, TensorImages)
         if self.recorded_path == "dataloader" and uses_tensor_path(mode, in_memory, self.transforms):
-            self.note("resuming on the DataLoader path this run started on (this machine would take the "
-                      "tensor path, whose batches differ)")
+            self.note(
+                "resuming on the DataLoader path this run started on (this machine would take the "
+                "tensor path, whose batches differ)"
+            )
         elif mode == "auto" and in_memory and not self.tensor_path:
             names = [split_spec(s)[0] for s in spec(self.cfg, "augment")]
             slow = [name for name, t in zip(names, self.transforms) if not batched(t)]
-            self.note(f"data: the DataLoader path, since {', '.join(slow)} has no batched version "
-                      f"(batched: {batched_names()}; color_jitter only without hue)")
+            self.note(
+                f"data: the DataLoader path, since {', '.join(slow)} has no batched version "
+                f"(batched: {batched_names()}; color_jitter only without hue)"
+            )
 
     @property
     def path(self) -> str:
@@ -135,8 +145,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """Whether batches come from device-resident tensors (see data/tensor_loader.py)."""
         if self.recorded_path == "dataloader":
             return False
-        return uses_tensor_path(self.cfg.loader, isinstance(self.splits.train, TensorImages),
-                                self.transforms)
+        return uses_tensor_path(self.cfg.loader, isinstance(self.splits.train, TensorImages), self.transforms)
 
     def prepare_data(self) -> None:
         self.load()
@@ -196,9 +205,17 @@ class ClassificationDataModule(L.LightningDataModule):
         # every loader has its own generator: starting worker processes (e.g. a resumed run's first
         # validation) must not draw from the global RNG, or dropout after a resume would differ
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                          generator=generator, sampler=sampler)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            generator=generator,
+            sampler=sampler,
+        )
 
     def train_dataloader(self):
         splits = self.load()
@@ -210,13 +227,28 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         world, rank, _ = self._layout()
         if self.tensor_path:
-            return TensorBatches(splits.train.images, splits.train.labels, batch, shuffle=True, drop_last=True,
-                                 seed=self.seed, transforms=self.transforms, rank=rank, world=world,
-                                 device=self.device)
+            return TensorBatches(
+                splits.train.images,
+                splits.train.labels,
+                batch,
+                shuffle=True,
+                drop_last=True,
+                seed=self.seed,
+                transforms=self.transforms,
+                rank=rank,
+                world=world,
+                device=self.device,
+            )
         if world == 1:  # under DDP Lightning shards with its DistributedSampler, seeded per (seed, epoch)
             workers = self._workers()
-            return ResumableDataLoader(splits.train, batch, self.seed, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+            return ResumableDataLoader(
+                splits.train,
+                batch,
+                self.seed,
+                num_workers=workers,
+                pin_memory=torch.cuda.is_available(),
+                persistent_workers=workers > 0,
+            )
         return self._loader(splits.train, batch, train=True)
 
     def _eval_loader(self, dataset: Dataset):
@@ -224,8 +256,14 @@ class ClassificationDataModule(L.LightningDataModule):
         world, rank, _ = self._layout()
         batch = max(1, (self.cfg.eval_batch_size or self.cfg.batch_size) // world)
         if self.tensor_path:
-            return TensorBatches(dataset.images[rank::world], dataset.labels[rank::world], batch, shuffle=False,
-                                 drop_last=False, device=self.device)
+            return TensorBatches(
+                dataset.images[rank::world],
+                dataset.labels[rank::world],
+                batch,
+                shuffle=False,
+                drop_last=False,
+                device=self.device,
+            )
         if world == 1:
             return self._loader(dataset, batch, train=False)
         return self._loader(dataset, batch, train=False, sampler=UnpaddedDistributedSampler(dataset, world, rank))

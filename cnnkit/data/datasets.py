@@ -36,8 +36,9 @@ def _resize(images: torch.Tensor, image_size: int | Sequence[int] | None) -> tor
     if image_size is None or images.dim() != 4 or tuple(images.shape[-2:]) == _size_pair(image_size):
         return images
     dtype = images.dtype
-    resized = F.interpolate(images.float(), size=_size_pair(image_size), mode="bilinear",
-                            antialias=True, align_corners=False)
+    resized = F.interpolate(
+        images.float(), size=_size_pair(image_size), mode="bilinear", antialias=True, align_corners=False
+    )
     return to_uint8(resized) if dtype == torch.uint8 else resized
 
 
@@ -46,9 +47,17 @@ def _check_fraction(name: str, value: float) -> None:
         raise DataError(f"{name} must be in (0, 1), got {value}")
 
 
-def _in_memory(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], *,
-               test: tuple[torch.Tensor, torch.Tensor] | None, val_fraction: float, test_fraction: float | None,
-               split_seed: int, image_size) -> DatasetSplits:
+def _in_memory(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    *,
+    test: tuple[torch.Tensor, torch.Tensor] | None,
+    val_fraction: float,
+    test_fraction: float | None,
+    split_seed: int,
+    image_size,
+) -> DatasetSplits:
     """Carve val (and test, if the source has none) out of the training images, stratified."""
     _check_fraction("val_fraction", val_fraction)
     images = _resize(images, image_size)
@@ -72,10 +81,19 @@ def _in_memory(images: torch.Tensor, labels: torch.Tensor, class_names: list[str
 class Digits(DatasetSource):
     """The embedded default: seeded stratified train/val/test split; ``image_size`` resizes."""
 
-    def __init__(self, image_size: int | list[int] | None = None, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, split_seed: int = 0):
+    def __init__(
+        self,
+        image_size: int | list[int] | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+    ):
         self.image_size, self.val_fraction, self.test_fraction, self.split_seed = (
-            image_size, val_fraction, test_fraction, split_seed)
+            image_size,
+            val_fraction,
+            test_fraction,
+            split_seed,
+        )
 
     def info(self) -> DataInfo:
         return DataInfo.of((1, *_size_pair(self.image_size or 8)), [str(i) for i in range(10)])
@@ -87,13 +105,23 @@ class Digits(DatasetSource):
         bunch = load_digits()
         images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
         labels = torch.as_tensor(bunch.target, dtype=torch.long)
-        return _in_memory(images, labels, [str(c) for c in bunch.target_names], test=None,
-                          val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                          split_seed=self.split_seed, image_size=self.image_size)
+        return _in_memory(
+            images,
+            labels,
+            [str(c) for c in bunch.target_names],
+            test=None,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            split_seed=self.split_seed,
+            image_size=self.image_size,
+        )
 
 
-@DATASETS.register("two_scales", description="generated two-class data on two features of scale ~1 and ~scale "
-                                             "(default 100): the course's badly conditioned error surface")
+@DATASETS.register(
+    "two_scales",
+    description="generated two-class data on two features of scale ~1 and ~scale "
+    "(default 100): the course's badly conditioned error surface",
+)
 class TwoScales(DatasetSource):
     """x1 ~ N(0, 1), x2 ~ N(0, scale²); the label is the sign of x1 + x2/scale + noise·N(0, 1).
 
@@ -101,8 +129,15 @@ class TwoScales(DatasetSource):
     w2 than along w1 (condition number ~ scale²).
     """
 
-    def __init__(self, samples: int = 600, scale: float = 100.0, noise: float = 0.5, seed: int = 0,
-                 val_fraction: float = 0.1, test_fraction: float = 0.2):
+    def __init__(
+        self,
+        samples: int = 600,
+        scale: float = 100.0,
+        noise: float = 0.5,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+    ):
         if samples < 20 or scale <= 0:
             raise DataError(f"two_scales: need samples >= 20 and scale > 0, got {samples}, {scale}")
         self.samples, self.scale, self.noise, self.seed = samples, scale, noise, seed
@@ -116,17 +151,35 @@ class TwoScales(DatasetSource):
         x = torch.randn(self.samples, 2, generator=generator) * torch.tensor([1.0, self.scale])
         score = x[:, 0] + x[:, 1] / self.scale + self.noise * torch.randn(self.samples, generator=generator)
         labels = (score > 0).long()
-        return _in_memory(x, labels, ["0", "1"], test=None, val_fraction=self.val_fraction,
-                          test_fraction=self.test_fraction, split_seed=self.seed, image_size=None)
+        return _in_memory(
+            x,
+            labels,
+            ["0", "1"],
+            test=None,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            split_seed=self.seed,
+            image_size=None,
+        )
 
 
-@DATASETS.register("synthetic", description="generated uint8 images with random labels (e.g. CIFAR-shaped "
-                                            "3x32x32) for speed tests; nothing to learn")
+@DATASETS.register(
+    "synthetic",
+    description="generated uint8 images with random labels (e.g. CIFAR-shaped "
+    "3x32x32) for speed tests; nothing to learn",
+)
 class Synthetic(DatasetSource):
     """``samples`` random images of ``shape`` with ``num_classes`` random labels, from ``seed``."""
 
-    def __init__(self, shape: list[int] = (3, 32, 32), num_classes: int = 10, samples: int = 10000, seed: int = 0,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1):
+    def __init__(
+        self,
+        shape: list[int] = (3, 32, 32),
+        num_classes: int = 10,
+        samples: int = 10000,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+    ):
         if len(shape) != 3 or num_classes < 2 or samples < 20:
             raise DataError("synthetic: need shape [C, H, W], num_classes >= 2 and samples >= 20")
         self.shape, self.num_classes, self.samples, self.seed = tuple(shape), num_classes, samples, seed
@@ -139,9 +192,16 @@ class Synthetic(DatasetSource):
         generator = torch.Generator().manual_seed(self.seed)
         images = torch.randint(0, 256, (self.samples, *self.shape), generator=generator, dtype=torch.uint8)
         labels = torch.arange(self.samples) % self.num_classes
-        return _in_memory(images, labels, [str(i) for i in range(self.num_classes)], test=None,
-                          val_fraction=self.val_fraction, test_fraction=self.test_fraction, split_seed=self.seed,
-                          image_size=None)
+        return _in_memory(
+            images,
+            labels,
+            [str(i) for i in range(self.num_classes)],
+            test=None,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            split_seed=self.seed,
+            image_size=None,
+        )
 
 
 class TorchvisionSource(DatasetSource):
@@ -153,10 +213,21 @@ class TorchvisionSource(DatasetSource):
     shape: tuple[int, int, int] = (1, 28, 28)
     classes: Sequence[str] = ()
 
-    def __init__(self, root: str = "data", download: bool = False, val_fraction: float = 0.1,
-                 split_seed: int = 0, image_size: int | list[int] | None = None):
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        image_size: int | list[int] | None = None,
+    ):
         self.root, self.download, self.val_fraction, self.split_seed, self.image_size = (
-            root, download, val_fraction, split_seed, image_size)
+            root,
+            download,
+            val_fraction,
+            split_seed,
+            image_size,
+        )
 
     def info(self) -> DataInfo:
         size = _size_pair(self.image_size) if self.image_size else self.shape[1:]
@@ -210,9 +281,16 @@ class TorchvisionSource(DatasetSource):
 
         train = self._open(train=True)
         images, labels = tensors(train)
-        return _in_memory(images, labels, list(train.classes), test=tensors(self._open(train=False)),
-                          val_fraction=self.val_fraction, test_fraction=None, split_seed=self.split_seed,
-                          image_size=self.image_size)
+        return _in_memory(
+            images,
+            labels,
+            list(train.classes),
+            test=tensors(self._open(train=False)),
+            val_fraction=self.val_fraction,
+            test_fraction=None,
+            split_seed=self.split_seed,
+            image_size=self.image_size,
+        )
 
 
 def _entries(root: str, folder: str) -> set[str]:
@@ -252,8 +330,7 @@ class MNIST(TorchvisionSource):
 @DATASETS.register("fashion_mnist", description="torchvision Fashion-MNIST, 28x28 grayscale clothing (60k / 10k)")
 class FashionMNIST(TorchvisionSource):
     tv_class, folder, files, shape = "FashionMNIST", "FashionMNIST", "FashionMNIST/raw", (1, 28, 28)
-    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"]
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 @DATASETS.register("cifar10", description="torchvision CIFAR-10, 32x32 color, 10 classes (50k / 10k)")
@@ -268,8 +345,11 @@ class CIFAR100(TorchvisionSource):
     classes = [str(i) for i in range(100)]  # the real names come with the data
 
 
-@DATASETS.register("image_folder", aliases=("folder",),
-                   description="image files: train/ val/ [test/] with a folder per class, or label-prefixed names")
+@DATASETS.register(
+    "image_folder",
+    aliases=("folder",),
+    description="image files: train/ val/ [test/] with a folder per class, or label-prefixed names",
+)
 class ImageFolder(FileSource):
     """``layout: class_dirs`` → ``root/train/<class>/*.jpg``; ``label_prefix`` → ``root/train/3_120.jpg``.
 
@@ -281,8 +361,15 @@ class ImageFolder(FileSource):
 
     FALLBACK_SIZE, FALLBACK_CHANNELS = 64, 3
 
-    def __init__(self, root: str, layout: str = "class_dirs", image_size: int | list[int] | None = None,
-                 channels: int | None = None, splits: dict[str, str] | None = None, num_classes: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        layout: str = "class_dirs",
+        image_size: int | list[int] | None = None,
+        channels: int | None = None,
+        splits: dict[str, str] | None = None,
+        num_classes: int | None = None,
+    ):
         if layout not in ("class_dirs", "label_prefix"):
             raise DataError(f"image_folder: layout must be class_dirs or label_prefix, got {layout!r}")
         if channels not in (None, 1, 3):
@@ -307,8 +394,10 @@ class ImageFolder(FileSource):
             return self.labels_by_folder(class_names)
         index = {name: i for i, name in enumerate(class_names)}
         shown = ", ".join(class_names[:4]) + (", ..." if len(class_names) > 4 else "")
-        return ((lambda path: index.get(Path(path).name.split("_", 1)[0], -1) if "_" in Path(path).name else -1),
-                f"no true labels: no file is named <class>_... after one of the model's classes ({shown})")
+        return (
+            (lambda path: index.get(Path(path).name.split("_", 1)[0], -1) if "_" in Path(path).name else -1),
+            f"no true labels: no file is named <class>_... after one of the model's classes ({shown})",
+        )
 
     def _shape(self, train_files: list[tuple[str, int]] | None) -> tuple[int, int, int]:
         """(channels, height, width): as configured, else the images' own (said in one line), else 3×64×64."""
@@ -320,22 +409,30 @@ class ImageFolder(FileSource):
         inferred = []
         if self.size is None:
             if len(sizes) == 1:
-                (width, height), = sizes
+                ((width, height),) = sizes
                 self.size = (height, width)
                 inferred.append(f"{height}x{width} pixels")
             else:
                 self.size = _size_pair(self.FALLBACK_SIZE)
-                seen = f"sizes differ ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:2])}, ...)" if sizes else \
-                    "no image to read"
+                seen = (
+                    f"sizes differ ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:2])}, ...)"
+                    if sizes
+                    else "no image to read"
+                )
                 inferred.append(f"{seen}: resized to {self.FALLBACK_SIZE}x{self.FALLBACK_SIZE}")
         if self.channels is None:
             modes = {channels for _, channels in headers}
             self.channels = modes.pop() if len(modes) == 1 else self.FALLBACK_CHANNELS
-            inferred.append(("grayscale" if self.channels == 1 else "color") if headers else
-                            f"no image to read: {self.channels} channels")
-        self._notes.append(f"image_folder '{self.root}': {', '.join(inferred)} → input "
-                           f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels "
-                           f"to change)")
+            inferred.append(
+                ("grayscale" if self.channels == 1 else "color")
+                if headers
+                else f"no image to read: {self.channels} channels"
+            )
+        self._notes.append(
+            f"image_folder '{self.root}': {', '.join(inferred)} → input "
+            f"{self.channels}x{self.size[0]}x{self.size[1]} (set data.dataset.image_size / channels "
+            f"to change)"
+        )
         return (self.channels, *self.size)
 
     def _list(self, split: str, class_names: list[str] | None):
@@ -351,17 +448,22 @@ class ImageFolder(FileSource):
 
     def load(self) -> DatasetSplits:
         if not os.path.isdir(self.root):
-            raise DataError(f"image_folder: data root '{self.root}' does not exist; "
-                            f"set data.dataset.root to your image folder")
+            raise DataError(
+                f"image_folder: data root '{self.root}' does not exist; set data.dataset.root to your image folder"
+            )
         for split in ("train", "val"):
             if not os.path.isdir(os.path.join(self.root, self.folders[split])):
-                raise DataError(f"image_folder: no '{self.folders[split]}' folder under '{self.root}' (the {split} "
-                                f"split); set data.dataset.splits.{split} to its folder name")
+                raise DataError(
+                    f"image_folder: no '{self.folders[split]}' folder under '{self.root}' (the {split} "
+                    f"split); set data.dataset.splits.{split} to its folder name"
+                )
         class_names, train_files = self._list("train", None)
         if self.num_classes is not None and self.num_classes != len(class_names):
-            raise DataError(f"image_folder: data.dataset.num_classes={self.num_classes} but "
-                            f"'{os.path.join(self.root, self.folders['train'])}' has {len(class_names)} classes; "
-                            f"fix num_classes or the folders")
+            raise DataError(
+                f"image_folder: data.dataset.num_classes={self.num_classes} but "
+                f"'{os.path.join(self.root, self.folders['train'])}' has {len(class_names)} classes; "
+                f"fix num_classes or the folders"
+            )
         _, val_files = self._list("val", class_names)
         has_test = os.path.isdir(os.path.join(self.root, self.folders["test"]))
         test_files = self._list("test", class_names)[1] if has_test else None
@@ -371,9 +473,13 @@ class ImageFolder(FileSource):
         def files(split: str, items):
             return ImageFiles(items, (height, width), channels, split) if items is not None else None
 
-        return DatasetSplits(train=files("train", train_files), val=files("val", val_files),
-                             test=files("test", test_files), input_shape=(channels, height, width),
-                             class_names=class_names)
+        return DatasetSplits(
+            train=files("train", train_files),
+            val=files("val", val_files),
+            test=files("test", test_files),
+            input_shape=(channels, height, width),
+            class_names=class_names,
+        )
 
 
 def dataset_info(splits: DatasetSplits) -> dict[str, Any]:

@@ -84,8 +84,17 @@ def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.frombuffer(buffer, dtype=torch.uint8, count=math.prod(shape)).view(shape)
 
 
-DECODER_NOISE = ("libpng ", "libjpeg", "Corrupt JPEG", "Premature end of JPEG", "Not a JPEG", "Invalid SOS",
-                 "Huffman", "Unsupported marker", "Warning: ")
+DECODER_NOISE = (
+    "libpng ",
+    "libjpeg",
+    "Corrupt JPEG",
+    "Premature end of JPEG",
+    "Not a JPEG",
+    "Invalid SOS",
+    "Huffman",
+    "Unsupported marker",
+    "Warning: ",
+)
 
 
 @contextmanager
@@ -147,8 +156,9 @@ def decode(files: FileSamples, what: str, show_progress: bool = False) -> torch.
         with native_messages():
             if processes > 1:
                 _decode_range((0, 1))  # loads the decoders here once, before the processes fork
-                with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                                         initializer=_start_worker) as pool:
+                with ProcessPoolExecutor(
+                    processes, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker
+                ) as pool:
                     for done in pool.map(_decode_range, ranges):
                         if bar is not None:
                             bar.update(done)
@@ -160,8 +170,10 @@ def decode(files: FileSamples, what: str, show_progress: bool = False) -> torch.
     except UnreadableImage as err:
         raise _reason(files, err) from err
     except BrokenProcessPool as err:
-        raise DataError(f"image_folder: a process decoding the {what} images died (out of memory?); "
-                        f"use data.cache=none to decode them as batches are made") from err
+        raise DataError(
+            f"image_folder: a process decoding the {what} images died (out of memory?); "
+            f"use data.cache=none to decode them as batches are made"
+        ) from err
     finally:
         _job = None
         if bar is not None:
@@ -178,8 +190,9 @@ def cache_name(files: FileSamples, split: str) -> str:
         try:
             stat = os.stat(path)
         except OSError as err:
-            raise DataError(f"image_folder: cannot read image '{path}' ({err.strerror}); replace or remove "
-                            f"the file") from err
+            raise DataError(
+                f"image_folder: cannot read image '{path}' ({err.strerror}); replace or remove the file"
+            ) from err
         digest.update(f"{os.path.abspath(path)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return f"{split}-{files.channels}x{files.size[0]}x{files.size[1]}-{digest.hexdigest()[:20]}.npy"
 
@@ -203,8 +216,7 @@ def cache_folder(root: str) -> Path:
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     folder = home / "cnnkit" / "decoded" / hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
     if not _writable(folder):
-        raise DataError(f"data.cache=disk: neither '{beside}' nor '{folder}' can be written; "
-                        f"use data.cache=memory")
+        raise DataError(f"data.cache=disk: neither '{beside}' nor '{folder}' can be written; use data.cache=memory")
     return folder
 
 
@@ -222,8 +234,9 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def from_disk_cache(files: FileSamples, folder: Path, split: str,
-                    show_progress: bool = False) -> tuple[torch.Tensor, bool]:
+def from_disk_cache(
+    files: FileSamples, folder: Path, split: str, show_progress: bool = False
+) -> tuple[torch.Tensor, bool]:
     """The decoded images of ``files`` mapped from their cache file in ``folder``, and whether this call
     built it (decoding them) or found it."""
     name = cache_name(files, split)
@@ -247,7 +260,7 @@ def choose(mode: str, budget_gib: float, total_bytes: int) -> str:
     """``memory``, ``disk`` or ``none`` for ``data.cache``, given the decoded size of every split."""
     if mode != "auto":
         return mode
-    return "memory" if total_bytes <= budget_gib * 2 ** 30 else "none"
+    return "memory" if total_bytes <= budget_gib * 2**30 else "none"
 
 
 def size_text(count: int) -> str:
@@ -260,7 +273,10 @@ def size_text(count: int) -> str:
 def decoded_split(files: FileSamples, split: str, folder: Optional[Path] = None, show_progress: bool = False):
     """``files`` as in-memory images (``TensorImages``): decoded now, or mapped from the cache in
     ``folder``; and whether images were decoded."""
-    images, built = (from_disk_cache(files, folder, split, show_progress) if folder is not None
-                     else (decode(files, split, show_progress), True))
+    images, built = (
+        from_disk_cache(files, folder, split, show_progress)
+        if folder is not None
+        else (decode(files, split, show_progress), True)
+    )
     labels = torch.tensor([label for _, label in files.items], dtype=torch.long)
     return TensorImages(images, labels, split, names=files.names()), built

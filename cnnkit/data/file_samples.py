@@ -18,8 +18,14 @@ class FileSamples(Dataset):
 
     extensions: tuple[str, ...] = ()  # lower-case file name endings of this format (``predict --input`` takes them)
 
-    def __init__(self, items: list[tuple[str, int]], size: tuple[int, int], channels: int, split: str,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    def __init__(
+        self,
+        items: list[tuple[str, int]],
+        size: tuple[int, int],
+        channels: int,
+        split: str,
+        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
         self.items, self.size, self.channels, self.split, self.transform = items, size, channels, split, transform
 
     def __len__(self) -> int:

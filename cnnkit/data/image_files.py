@@ -24,17 +24,25 @@ def list_class_dirs(folder: str, class_names: Optional[list[str]]) -> tuple[list
         raise DataError(f"image_folder: '{folder}' has no class folders") from err
     if class_names is not None and found != class_names:
         extra = sorted(set(found) - set(class_names))
-        raise DataError(
-            f"image_folder: '{folder}' has class folders {extra or found} that the train split does not have; "
-            f"every split needs the train split's classes"
-        ) if extra else DataError(f"image_folder: '{folder}' lacks class folder(s) "
-                                  f"{sorted(set(class_names) - set(found))} of the train split")
+        raise (
+            DataError(
+                f"image_folder: '{folder}' has class folders {extra or found} that the train split does not have; "
+                f"every split needs the train split's classes"
+            )
+            if extra
+            else DataError(
+                f"image_folder: '{folder}' lacks class folder(s) "
+                f"{sorted(set(class_names) - set(found))} of the train split"
+            )
+        )
     names = class_names or found
     for name in names:
         class_dir = os.path.join(folder, name)
         if not any(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, fs in os.walk(class_dir) for f in fs):
-            raise DataError(f"image_folder: class folder '{class_dir}' has no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
+            raise DataError(
+                f"image_folder: class folder '{class_dir}' has no images "
+                f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add images"
+            )
     items = make_dataset(folder, {n: i for i, n in enumerate(names)}, extensions=IMAGE_EXTENSIONS)
     return names, items
 
@@ -48,8 +56,10 @@ def list_label_prefix(folder: str, class_names: Optional[list[str]]) -> tuple[li
     for name in files:
         label = name.split("_", 1)[0]
         if "_" not in name or not label:
-            raise DataError(f"image_folder: '{os.path.join(folder, name)}' does not start with '<label>_' "
-                            f"as layout label_prefix needs (e.g. 3_120.jpg)")
+            raise DataError(
+                f"image_folder: '{os.path.join(folder, name)}' does not start with '<label>_' "
+                f"as layout label_prefix needs (e.g. 3_120.jpg)"
+            )
         labels.append(label)
     found = sorted(set(labels), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
     names = class_names or found
@@ -122,5 +132,5 @@ def _decoder_reason(err: Exception) -> str:
     parts = [part.strip() for part in text.split(", ")]
     located = [i for i, part in enumerate(parts) if ".cpp:" in part]
     if located:
-        parts = parts[located[-1] + 1:] or [p for p in parts if ".cpp:" not in p]
+        parts = parts[located[-1] + 1 :] or [p for p in parts if ".cpp:" not in p]
     return ", ".join(parts) or text

@@ -25,8 +25,11 @@ class DataInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, as stored in a checkpoint's hyper-parameters (``weights_only`` loading)."""
-        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "class_names": list(self.class_names)}
+        return {
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+        }
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> "DataInfo":

@@ -56,9 +56,14 @@ class SeededAugmentation(Dataset):
 class ResumableDataLoader(ResumablePosition, DataLoader):
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, **kwargs: Any):
         # its own generator: creating an iterator must not draw from the global RNG (dropout's)
-        super().__init__(SeededAugmentation(dataset, seed), batch_size=batch_size,
-                         sampler=EpochSeededSampler(len(dataset), seed), drop_last=True,
-                         generator=torch.Generator().manual_seed(seed), **kwargs)
+        super().__init__(
+            SeededAugmentation(dataset, seed),
+            batch_size=batch_size,
+            sampler=EpochSeededSampler(len(dataset), seed),
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+            **kwargs,
+        )
 
     def __iter__(self):
         skip, self._resume = self._resume, 0

@@ -81,5 +81,7 @@ class FileSource(DatasetSource):
         """A file's label is the name of the folder it sits in (``<class>/<file>``), when it is a class."""
         index = {name: i for i, name in enumerate(class_names)}
         shown = ", ".join(class_names[:4]) + (", ..." if len(class_names) > 4 else "")
-        return ((lambda path: index.get(Path(path).parent.name, -1)),
-                f"no true labels: no file sits in a folder named after one of the model's classes ({shown})")
+        return (
+            (lambda path: index.get(Path(path).parent.name, -1)),
+            f"no true labels: no file sits in a folder named after one of the model's classes ({shown})",
+        )

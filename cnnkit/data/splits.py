@@ -15,9 +15,14 @@ from cnnkit.errors import DataError
 class TensorImages(Dataset):
     """Images held in memory as one tensor (uint8 in [0, 255] or float in [0, 1]) with labels."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, split: str,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 names: Optional[list[str]] = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        split: str,
+        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        names: Optional[list[str]] = None,
+    ):
         self.images, self.labels, self.split, self.transform = images, labels.long(), split, transform
         self._names = names  # e.g. the files a decoded image folder came from
 
@@ -33,7 +38,7 @@ class TensorImages(Dataset):
     def inputs(self, batch_size: int = 1024):
         """The untransformed inputs in batches (for input statistics)."""
         for start in range(0, len(self), batch_size):
-            yield to_unit_float(self.images[start:start + batch_size])
+            yield to_unit_float(self.images[start : start + batch_size])
 
     def names(self) -> list[str]:
         return self._names or [f"{self.split}/{i}" for i in range(len(self))]
@@ -70,8 +75,9 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: in
     parts = []
     total = 1.0
     for fraction in fractions:
-        rest, part = train_test_split(remaining.numpy(), test_size=fraction / total, random_state=seed,
-                                      stratify=label_tensor[remaining].numpy())
+        rest, part = train_test_split(
+            remaining.numpy(), test_size=fraction / total, random_state=seed, stratify=label_tensor[remaining].numpy()
+        )
         parts.append(torch.as_tensor(part))
         remaining = torch.as_tensor(rest)
         total -= fraction

@@ -47,13 +47,17 @@ def uses_tensor_path(mode: str, in_memory: Optional[bool], transforms: Sequence[
     every_one_batched = supports_batches(transforms)
     if mode == "tensor":
         if in_memory is False:
-            raise ConfigError("data.loader=tensor needs a data set held in memory, and this one's files are read "
-                              "as batches are made; set data.cache=memory or disk to decode them once, or use "
-                              "data.loader=dataloader")
+            raise ConfigError(
+                "data.loader=tensor needs a data set held in memory, and this one's files are read "
+                "as batches are made; set data.cache=memory or disk to decode them once, or use "
+                "data.loader=dataloader"
+            )
         if not every_one_batched:
             names = [getattr(t, "__name__", type(t).__name__) for t in transforms if not batched(t)]
-            raise ConfigError(f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "
-                              f"(these do: {batched_names()}); use data.loader=dataloader")
+            raise ConfigError(
+                f"data.loader=tensor: transform(s) {', '.join(names)} have no batched version "
+                f"(these do: {batched_names()}); use data.loader=dataloader"
+            )
     return mode == "tensor" or (mode == "auto" and bool(in_memory) and every_one_batched)
 
 
@@ -88,9 +92,20 @@ class _EpochSampler:
 class TensorBatches(ResumablePosition):
     """Iterable of (x, y) batches over tensors on ``device``; stateful (Lightning saves its position)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool,
-                 drop_last: bool, seed: int = 0, transforms: Sequence[Any] = (), rank: int = 0, world: int = 1,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        transforms: Sequence[Any] = (),
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | str = "cpu",
+    ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -111,7 +126,7 @@ class TensorBatches(ResumablePosition):
         if self.world > 1:  # equal shards, as DistributedSampler makes them for training
             per_rank = math.ceil(n / self.world) if not self.drop_last else n // self.world
             order = torch.cat([order, order[: per_rank * self.world - n]]) if per_rank * self.world > n else order
-            order = order[self.rank: per_rank * self.world: self.world]
+            order = order[self.rank : per_rank * self.world : self.world]
         return order
 
     def __len__(self) -> int:
@@ -135,7 +150,7 @@ class TensorBatches(ResumablePosition):
         start, self._resume = self._resume, 0
         self.handed_out = 0
         for index in range(count):
-            batch = self._batch(order[index * self.batch_size:(index + 1) * self.batch_size], generator)
+            batch = self._batch(order[index * self.batch_size : (index + 1) * self.batch_size], generator)
             self.handed_out = index + 1
             if index >= start:  # on resume the skipped batches still advance the generator
                 yield batch

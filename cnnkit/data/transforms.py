@@ -98,8 +98,13 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -
     xs = left + (torch.arange(out_w, device=x.device, dtype=x.dtype) + 0.5) * box_w / out_w - 0.5
     ys = torch.minimum(torch.maximum(ys, top), top + box_h - 1)
     xs = torch.minimum(torch.maximum(xs, left), left + box_w - 1)
-    grid = torch.stack([((2 * xs + 1) / width - 1)[:, None, :].expand(n, out_h, out_w),
-                        ((2 * ys + 1) / height - 1)[:, :, None].expand(n, out_h, out_w)], dim=-1)
+    grid = torch.stack(
+        [
+            ((2 * xs + 1) / width - 1)[:, None, :].expand(n, out_h, out_w),
+            ((2 * ys + 1) / height - 1)[:, :, None].expand(n, out_h, out_w),
+        ],
+        dim=-1,
+    )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -110,14 +115,16 @@ class RandomResizedCrop(v2.RandomResizedCrop):
     resize is bilinear without antialiasing.
     """
 
-    def boxes(self, n: int, height: int, width: int, generator: Optional[torch.Generator],
-              device: torch.device) -> torch.Tensor:
+    def boxes(
+        self, n: int, height: int, width: int, generator: Optional[torch.Generator], device: torch.device
+    ) -> torch.Tensor:
         """(n, 4) boxes: top, left, height, width."""
         tries = 10
         area = height * width
         scale = torch.empty(n, tries, device=device).uniform_(*self.scale, generator=generator)
-        log_ratio = torch.empty(n, tries, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]),
-                                                                  generator=generator)
+        log_ratio = torch.empty(n, tries, device=device).uniform_(
+            math.log(self.ratio[0]), math.log(self.ratio[1]), generator=generator
+        )
         ratio = torch.exp(log_ratio)
         w = torch.round(torch.sqrt(area * scale * ratio))
         h = torch.round(torch.sqrt(area * scale / ratio))
@@ -128,8 +135,13 @@ class RandomResizedCrop(v2.RandomResizedCrop):
         left = torch.floor(torch.rand(n, generator=generator, device=device) * (width - w + 1))
         # no try fits: torchvision's fallback, the whole image's centre with the ratio clamped to the range
         in_ratio = width / height
-        fw, fh = ((width, round(width / min(self.ratio))) if in_ratio < min(self.ratio) else
-                  (round(height * max(self.ratio)), height) if in_ratio > max(self.ratio) else (width, height))
+        fw, fh = (
+            (width, round(width / min(self.ratio)))
+            if in_ratio < min(self.ratio)
+            else (round(height * max(self.ratio)), height)
+            if in_ratio > max(self.ratio)
+            else (width, height)
+        )
         fallback = torch.stack([torch.full_like(top, v) for v in ((height - fh) // 2, (width - fw) // 2, fh, fw)], 1)
         boxes = torch.stack([top, left, h, w], dim=1)  # built on the device: no copy from the host, no sync
         return torch.where(fits.any(dim=1)[:, None], boxes, fallback)
@@ -165,8 +177,11 @@ class ColorJitter(v2.ColorJitter):
         return self.hue is None
 
     def factors(self, n: int, generator: Optional[torch.Generator], device: torch.device) -> dict[str, torch.Tensor]:
-        return {name: torch.empty(n, device=device).uniform_(*getattr(self, name), generator=generator)
-                for name in self.ADJUSTMENTS if getattr(self, name) is not None}
+        return {
+            name: torch.empty(n, device=device).uniform_(*getattr(self, name), generator=generator)
+            for name in self.ADJUSTMENTS
+            if getattr(self, name) is not None
+        }
 
     @staticmethod
     def adjust(x: torch.Tensor, name: str, factor: torch.Tensor) -> torch.Tensor:
@@ -182,8 +197,9 @@ class ColorJitter(v2.ColorJitter):
         """(n, count): each image's order of the adjustments, a random permutation."""
         return torch.argsort(torch.rand(n, count, generator=generator, device=device), dim=1)
 
-    def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator],
-                    orders: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def apply_batch(
+        self, x: torch.Tensor, generator: Optional[torch.Generator], orders: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Each adjustment is a blend, clamped: ``a·x + (1 − a)·ref`` with ref 0 (brightness), the image's
         mean gray (contrast) or each pixel's gray (saturation). At every position of the order each
         image blends with its own adjustment's factor and reference: one blend a position."""
@@ -206,9 +222,15 @@ class ColorJitter(v2.ColorJitter):
                 to_mean = to_mean | (chosen if name == "contrast" else False)
                 to_gray = to_gray | (chosen if name == "saturation" else False)
             gray = _grayscale(x)
-            reference = torch.where(to_gray[:, None, None, None], gray,
-                                    torch.where(to_mean[:, None, None, None], gray.mean(dim=(1, 2, 3), keepdim=True),
-                                                torch.zeros((), device=x.device, dtype=x.dtype)))
+            reference = torch.where(
+                to_gray[:, None, None, None],
+                gray,
+                torch.where(
+                    to_mean[:, None, None, None],
+                    gray.mean(dim=(1, 2, 3), keepdim=True),
+                    torch.zeros((), device=x.device, dtype=x.dtype),
+                ),
+            )
             x = _blend(x, reference, ratio[:, None, None, None])
         return x
 
@@ -218,16 +240,18 @@ class RandomRotation(v2.RandomRotation):
     batched: one angle per image (bilinear by default; torchvision's default is nearest). As in
     torchvision, the border blends into the fill by the interpolated share of the image."""
 
-    def __init__(self, degrees=15, interpolation=v2.InterpolationMode.BILINEAR, expand: bool = False,
-                 center=None, fill=0):
+    def __init__(
+        self, degrees=15, interpolation=v2.InterpolationMode.BILINEAR, expand: bool = False, center=None, fill=0
+    ):
         super().__init__(degrees, interpolation=interpolation, expand=expand, center=center, fill=fill)
 
     @property
     def batchable(self) -> bool:
         return not self.expand and self.center is None and (self.fill is None or isinstance(self.fill, (int, float)))
 
-    def apply_batch(self, x: torch.Tensor, generator: Optional[torch.Generator],
-                    angles: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def apply_batch(
+        self, x: torch.Tensor, generator: Optional[torch.Generator], angles: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         n, _, height, width = x.shape
         if angles is None:
             angles = torch.empty(n, device=x.device).uniform_(*self.degrees, generator=generator)
@@ -236,32 +260,51 @@ class RandomRotation(v2.RandomRotation):
         # output pixel → input pixel, in coordinates normalized to [-1, 1] (aspect ratio kept)
         aspect = height / width
         zero = torch.zeros_like(cos)
-        affine = torch.stack([torch.stack([cos, -sin * aspect, zero], 1),
-                              torch.stack([sin / aspect, cos, zero], 1)], 1)
+        affine = torch.stack([torch.stack([cos, -sin * aspect, zero], 1), torch.stack([sin / aspect, cos, zero], 1)], 1)
         grid = F.affine_grid(affine, list(x.shape), align_corners=False)
         mode = "nearest" if self.interpolation == v2.InterpolationMode.NEAREST else "bilinear"
         if self.fill is None:
             return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
         # torchvision samples a mask of ones beside the image and blends the fill in by it
-        sampled = F.grid_sample(torch.cat([x, torch.ones_like(x[:, :1])], 1), grid, mode=mode, padding_mode="zeros",
-                                align_corners=False)
+        sampled = F.grid_sample(
+            torch.cat([x, torch.ones_like(x[:, :1])], 1), grid, mode=mode, padding_mode="zeros", align_corners=False
+        )
         image, mask = sampled[:, :-1], sampled[:, -1:]
         if mode == "nearest":
             mask = (mask >= 0.5).to(x.dtype)
         return image * mask + (1.0 - mask) * float(self.fill)
 
 
-TRANSFORMS.register("random_crop", RandomCrop,
-                    description="random crop of the input size after zero padding (default side/8); batched")
-TRANSFORMS.register("random_resized_crop", RandomResizedCrop,
-                    description="random scale/aspect crop resized to the input size (Inception-style); batched")
-TRANSFORMS.register("horizontal_flip", HorizontalFlip, aliases=("hflip", "flip"),
-                    description="mirror left-right with probability p (default 0.5); batched")
+TRANSFORMS.register(
+    "random_crop", RandomCrop, description="random crop of the input size after zero padding (default side/8); batched"
+)
+TRANSFORMS.register(
+    "random_resized_crop",
+    RandomResizedCrop,
+    description="random scale/aspect crop resized to the input size (Inception-style); batched",
+)
+TRANSFORMS.register(
+    "horizontal_flip",
+    HorizontalFlip,
+    aliases=("hflip", "flip"),
+    description="mirror left-right with probability p (default 0.5); batched",
+)
 TRANSFORMS.register("cutout", Cutout, description="zero a random length x length square (default side/4); batched")
-TRANSFORMS.register("color_jitter", ColorJitter, brightness=0.2, contrast=0.2, saturation=0.2,
-                    description="random brightness/contrast/saturation (and hue) changes; batched without hue")
-TRANSFORMS.register("random_rotation", RandomRotation,
-                    description="rotation by a random angle in [-degrees, degrees] (default 15) about the centre; "
-                                "batched")
-TRANSFORMS.register("trivial_augment", v2.TrivialAugmentWide,
-                    description="TrivialAugment (Müller & Hutter 2021): one random op of random strength")
+TRANSFORMS.register(
+    "color_jitter",
+    ColorJitter,
+    brightness=0.2,
+    contrast=0.2,
+    saturation=0.2,
+    description="random brightness/contrast/saturation (and hue) changes; batched without hue",
+)
+TRANSFORMS.register(
+    "random_rotation",
+    RandomRotation,
+    description="rotation by a random angle in [-degrees, degrees] (default 15) about the centre; batched",
+)
+TRANSFORMS.register(
+    "trivial_augment",
+    v2.TrivialAugmentWide,
+    description="TrivialAugment (Müller & Hutter 2021): one random op of random strength",
+)

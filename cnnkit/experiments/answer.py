@@ -110,8 +110,9 @@ def _short_values(values: list[Any]) -> dict[str, str]:
         if all("name" in v for v in distinct) and len({v["name"] for v in distinct}) == len(distinct):
             return {_json(v): str(v["name"]) for v in distinct}
         if not any("name" in v for v in distinct):
-            keys = [k for k in dict.fromkeys(k for v in distinct for k in v)
-                    if len({_json(v.get(k)) for v in distinct}) > 1]
+            keys = [
+                k for k in dict.fromkeys(k for v in distinct for k in v) if len({_json(v.get(k)) for v in distinct}) > 1
+            ]
             parts = {k: _short_values([v.get(k) for v in distinct]) for k in keys}
             return {_json(v): ",".join(f"{k}={parts[k][_json(v.get(k))]}" for k in keys) for v in distinct}
     return {_json(v): "null" if v is None else format_value(v) for v in distinct}
@@ -123,8 +124,9 @@ class Labels:
     def __init__(self, places: dict[str, dict[str, Any]]):
         keys = list(dict.fromkeys(k for v in places.values() for k in v))
         self.short = {k: _short_values([v.get(k) for v in places.values()]) for k in keys}
-        self.unnamed = {k for k in keys if any(isinstance(v.get(k), dict) and "name" not in v.get(k)
-                                               for v in places.values())}
+        self.unnamed = {
+            k for k in keys if any(isinstance(v.get(k), dict) and "name" not in v.get(k) for v in places.values())
+        }
 
     def __call__(self, key: str, value: Any) -> str:
         text = self.short[key][_json(value)]
@@ -139,8 +141,12 @@ def short_names(groups: dict[str, list]) -> dict[str, str]:
     (``backbone=mlp,pool=none`` for ``model=backbone=mlp(hidden=[512,256]),pool=none``)."""
     places = factors(groups)
     labels = Labels(places)
-    return {group: "+".join(labels(k, v) for k, v in places[group].items()) + group[len(group.split(" [")[0]):]
-            if "variant" not in places[group] else group for group in groups}
+    return {
+        group: "+".join(labels(k, v) for k, v in places[group].items()) + group[len(group.split(" [")[0]) :]
+        if "variant" not in places[group]
+        else group
+        for group in groups
+    }
 
 
 def _same(a: Outcome, b: Outcome) -> bool:
@@ -182,10 +188,14 @@ class Matrix:
         return self.labels(self.key, json.loads(value))
 
 
-def build_matrix(groups: dict[str, list], places: dict[str, dict[str, Any]], compare: Optional[str],
-                 metric: str) -> Matrix:
-    keys = [k for k in dict.fromkeys(k for v in places.values() for k in v)
-            if len({_json(v.get(k)) for v in places.values()}) > 1]
+def build_matrix(
+    groups: dict[str, list], places: dict[str, dict[str, Any]], compare: Optional[str], metric: str
+) -> Matrix:
+    keys = [
+        k
+        for k in dict.fromkeys(k for v in places.values() for k in v)
+        if len({_json(v.get(k)) for v in places.values()}) > 1
+    ]
     key = compare if compare in keys else next((k for k in keys if k != "setting"), "variant")
     if key == "variant":
         places = {group: {"variant": group} for group in groups}
@@ -222,14 +232,25 @@ def _ranking(m: Matrix, metric: str, lower: bool) -> str:
 
     def detail(value: str) -> str:
         total = totals[value]
-        parts = [f"best in {firsts[value]} of {len(ranks[value])} settings" +
-                 (f", {tied[value]} of them tied" if tied[value] else "")] if settings > 1 else []
+        parts = (
+            [
+                f"best in {firsts[value]} of {len(ranks[value])} settings"
+                + (f", {tied[value]} of them tied" if tied[value] else "")
+            ]
+            if settings > 1
+            else []
+        )
         if counts and sizes[value]:
             low, high = sizes[value][0], sizes[value][-1]
             parts.append(f"{low:,} parameters" if low == high else f"{low:,}–{high:,} parameters")
         if total.scores:
-            over = (f" over the {len(total.scores)} runs that finished" if total.diverged else
-                    f" over {len(total.scores)} runs" if len(total.scores) > 1 else "")
+            over = (
+                f" over the {len(total.scores)} runs that finished"
+                if total.diverged
+                else f" over {len(total.scores)} runs"
+                if len(total.scores) > 1
+                else ""
+            )
             parts.append(f"{metric} {total.mean:.4f}{over}")
         if total.diverged:
             parts.append(f"{total.diverged} of {total.counted} runs diverged")
@@ -247,8 +268,11 @@ def _ranking(m: Matrix, metric: str, lower: bool) -> str:
     if settings == 1:
         block = next(iter(m.blocks.values()))
         same = len(set(_ranks(block, lower).values())) == 1 and len(block) > 2
-        lead = (f"; all {len(block)} are within the seeds' spread of one another" if same else
-                _lead(block, order[0], m, lower))
+        lead = (
+            f"; all {len(block)} are within the seeds' spread of one another"
+            if same
+            else _lead(block, order[0], m, lower)
+        )
     return f"{head} (a run that diverged ranks below every run that finished), " + ", ".join(shown) + lead + "."
 
 
@@ -306,12 +330,18 @@ def _expectation(m: Matrix, expect: Any, where: dict[str, Any], lower: bool) -> 
 
     at = (" at " + ", ".join(f"{_short_key(k)}={format_value(w)}" for k, w in where.items())) if where else ""
     value = next((v for v in m.values if _matches(expect, v)), None)
-    chosen = {setting: block for setting, block in m.blocks.items()
-              if value in block and all(any(k == key and _matches(want, v) for k, v in setting)
-                                        for key, want in (where or {}).items())}
+    chosen = {
+        setting: block
+        for setting, block in m.blocks.items()
+        if value in block
+        and all(any(k == key and _matches(want, v) for k, v in setting) for key, want in (where or {}).items())
+    }
     if value is None or not chosen:
-        return (f"The course expects {_short_key(m.key)}={expect} to do best{at}; no runs here are of that "
-                f"setting, so the numbers below neither show nor refute it.", ())
+        return (
+            f"The course expects {_short_key(m.key)}={expect} to do best{at}; no runs here are of that "
+            f"setting, so the numbers below neither show nor refute it.",
+            (),
+        )
     verdicts = []
     for setting, block in chosen.items():
         ranks = _ranks(block, lower)
@@ -322,14 +352,23 @@ def _expectation(m: Matrix, expect: Any, where: dict[str, Any], lower: bool) -> 
     if len(verdicts) == 1:
         holds, setting, block = verdicts[0]
         where_text = f" ({m.labels.setting(setting)})" if setting and not where else ""
-        return (f"{head}, {'and here it does' if holds else 'but here it does not'}{where_text}: "
-                f"{_compared(block, m, lower)}{_lead(block, value, m, lower) if holds else ''}.", tuple(chosen))
-    detail = "; ".join(f"{m.labels.setting(tuple(i for i in s if i[0] not in where))}: {_compared(b, m, lower)}"
-                       for _, s, b in verdicts)
+        return (
+            f"{head}, {'and here it does' if holds else 'but here it does not'}{where_text}: "
+            f"{_compared(block, m, lower)}{_lead(block, value, m, lower) if holds else ''}.",
+            tuple(chosen),
+        )
+    detail = "; ".join(
+        f"{m.labels.setting(tuple(i for i in s if i[0] not in where))}: {_compared(b, m, lower)}"
+        for _, s, b in verdicts
+    )
     every = "both" if held == 2 else f"all {held}"
-    verdict = (f"and here it does in {every}" if held == len(verdicts) else
-               f"but here it does in only {held} of {len(verdicts)}" if held else
-               f"but here it does in none of the {len(verdicts)}")
+    verdict = (
+        f"and here it does in {every}"
+        if held == len(verdicts)
+        else f"but here it does in only {held} of {len(verdicts)}"
+        if held
+        else f"but here it does in none of the {len(verdicts)}"
+    )
     return f"{head}, {verdict} settings ({detail}).", tuple(chosen)
 
 
@@ -357,8 +396,13 @@ def _along(m: Matrix, along: Optional[str], metric: str) -> str:
     return f"Along {_short_key(along)} = {shown}, {metric} is: " + "; ".join(parts) + "."
 
 
-def _target(m: Matrix, groups: dict[str, list], places: dict[str, dict[str, Any]], target: Optional[float],
-            steps: dict[str, list[Optional[int]]]) -> str:
+def _target(
+    m: Matrix,
+    groups: dict[str, list],
+    places: dict[str, dict[str, Any]],
+    target: Optional[float],
+    steps: dict[str, list[Optional[int]]],
+) -> str:
     """The steps each variant's training loss took to reach ``target`` (never: not within the run)."""
     if target is None or not steps:
         return ""
@@ -378,15 +422,19 @@ def _target(m: Matrix, groups: dict[str, list], places: dict[str, dict[str, Any]
     return f"The training loss reaches {target:g} " + listed(parts) + "."
 
 
-def answer(groups: dict[str, list], report: dict[str, Any], analyses: list = (),
-           settings: Optional[dict[str, str]] = None, steps: Optional[dict[str, list[Optional[int]]]] = None) -> str:
+def answer(
+    groups: dict[str, list],
+    report: dict[str, Any],
+    analyses: list = (),
+    settings: Optional[dict[str, str]] = None,
+    steps: Optional[dict[str, list[Optional[int]]]] = None,
+) -> str:
     """The answer to the recipe's question from every run of ``groups`` (variant name → its runs)."""
     metric = report.get("metric") or "test/acc"
     lower = lower_is_better(metric)
     places = factors(groups, settings)
     m = build_matrix(groups, places, report.get("compare"), metric)
-    labels = {group: m.labels(m.key, places[group].get(m.key)) if m.key != "variant" else group
-              for group in groups}
+    labels = {group: m.labels(m.key, places[group].get(m.key)) if m.key != "variant" else group for group in groups}
     sentences = []
     for analysis in analyses:
         held = {g: [r for r in rs if r.extras.get(analysis.name)] for g, rs in groups.items()}
@@ -407,8 +455,9 @@ def answer(groups: dict[str, list], report: dict[str, Any], analyses: list = (),
     outcomes = [o for block in m.blocks.values() for o in block.values()]
     left_out, missing = sum(o.left_out for o in outcomes), sum(o.missing for o in outcomes)
     if left_out:
-        sentences.append(f"{left_out} runs have no result (still running, interrupted or stopped by an error) and "
-                         f"are left out.")
+        sentences.append(
+            f"{left_out} runs have no result (still running, interrupted or stopped by an error) and are left out."
+        )
     if missing:
         sentences.append(f"{missing} finished runs recorded no {metric} and are left out.")
     return " ".join(s for s in sentences if s) or f"No run has a {metric} to compare."

@@ -35,8 +35,13 @@ from cnnkit.messages import PREFIX
 from cnnkit.runs.result import FitResult
 from cnnkit.runs.run_dir import RunDir
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 # Per-step work (multiply-accumulates of one batch's forward pass) from which a job takes two cores: a
 # second thread then pays about as well as a second job. Below it one core each (a small CNN gains ~1.2x
 # from a second thread, two one-thread jobs ~1.9x). See benchmarks/jobs.py --threads-gain.
@@ -73,7 +78,7 @@ def slots(jobs: int, cpus: Sequence[int], gpus: Sequence[str] = ()) -> list[Slot
             mine = (cpus[k % len(cpus)],)
         else:
             size = share + (1 if k < extra else 0)
-            mine = tuple(cpus[start:start + size])
+            mine = tuple(cpus[start : start + size])
             start += size
         result.append(Slot(cpus=mine, gpu=str(gpus[k % len(gpus)]) if gpus else None))
     return result
@@ -196,12 +201,20 @@ class JobsInterrupted(Exception):
     def __init__(self, name: str, signum: int, counts: dict[str, int]):
         self.exit_code = 128 + signum
         tally = ", ".join(f"{n} {state}" for state, n in counts.items())
-        super().__init__(f"{name} interrupted by {signal.Signals(signum).name} ({tally}); the same command with "
-                         f"--ckpt last resumes the unfinished variants and keeps the finished ones")
+        super().__init__(
+            f"{name} interrupted by {signal.Signals(signum).name} ({tally}); the same command with "
+            f"--ckpt last resumes the unfinished variants and keeps the finished ones"
+        )
 
 
-def child_command(files: Sequence[str], overrides: Sequence[str], variants: Sequence[str], ckpt: Optional[str],
-                  init_from: Optional[str], overwrite: bool) -> list[str]:
+def child_command(
+    files: Sequence[str],
+    overrides: Sequence[str],
+    variants: Sequence[str],
+    ckpt: Optional[str],
+    init_from: Optional[str],
+    overwrite: bool,
+) -> list[str]:
     """The ``cnnkit fit`` command that trains these variants, as a user would type it."""
     command = [sys.executable, "-m", "cnnkit", "fit"]
     for file in files:
@@ -241,9 +254,14 @@ class Pool:
                     log.write(f"$ {' '.join(job.command)}\n")
                     log.flush()
                     job.started = job.last_end = time.time()
-                    process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, start_new_session=True,
-                                               env=job_env(slot, os.environ, job.processes))
+                    process = subprocess.Popen(
+                        job.command,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        env=job_env(slot, os.environ, job.processes),
+                    )
                 except BaseException:
                     log.close()
                     raise
@@ -274,8 +292,16 @@ def _pin(pid: int, cpus: Sequence[int]) -> None:
             pass
 
 
-def run_jobs(files: Sequence[str], base: Any, runs: Sequence[Any], kept: dict[int, FitResult], jobs: int,
-             ckpt: Optional[str], init_from: Optional[str], overwrite: bool) -> list[FitResult]:
+def run_jobs(
+    files: Sequence[str],
+    base: Any,
+    runs: Sequence[Any],
+    kept: dict[int, FitResult],
+    jobs: int,
+    ckpt: Optional[str],
+    init_from: Optional[str],
+    overwrite: bool,
+) -> list[FitResult]:
     """Fit ``runs`` (``api.PlannedRun``s in matrix order) ``jobs`` at a time; ``kept`` holds the results of
     those (by their place, from 1) that the verdicts kept. A variant's line comes as its status.json says
     it ended."""
@@ -286,11 +312,18 @@ def run_jobs(files: Sequence[str], base: Any, runs: Sequence[Any], kept: dict[in
     runs_dir = Path(base.runs_dir) / base.name
     work = _jobs_of(files, runs, kept, jobs, runs_dir, ckpt, init_from, overwrite)
     to_train = sum(len(job.members) for job in work)
-    with matrix_display(base.name, [r.cfg for r in runs], show_bar=base.trainer.progress_bar != "none",
-                        runs_dir=runs_dir, keys=list(base.matrix)) as display:
-        display.write(f"{PREFIX}{base.name}: {to_train} to train in {len(work)} processes, {jobs} at a time "
-                      f"({'one per device' if gpus else 'each its share of the cores'}); their output in "
-                      f"{runs_dir / 'logs'}/")
+    with matrix_display(
+        base.name,
+        [r.cfg for r in runs],
+        show_bar=base.trainer.progress_bar != "none",
+        runs_dir=runs_dir,
+        keys=list(base.matrix),
+    ) as display:
+        display.write(
+            f"{PREFIX}{base.name}: {to_train} to train in {len(work)} processes, {jobs} at a time "
+            f"({'one per device' if gpus else 'each its share of the cores'}); their output in "
+            f"{runs_dir / 'logs'}/"
+        )
         for index, result in sorted(kept.items()):  # kept runs need no process: their lines come first
             results[index] = result
             display.variant_ended(index, runs[index - 1].cfg, result)
@@ -345,8 +378,16 @@ def _run_pool(pool: Pool, work: Sequence[Job], jobs: int, report: Any) -> None:
         _restore_signals(previous)
 
 
-def _jobs_of(files: Sequence[str], runs: Sequence[Any], kept: dict[int, FitResult], jobs: int, runs_dir: Path,
-             ckpt: Optional[str], init_from: Optional[str], overwrite: bool) -> list[Job]:
+def _jobs_of(
+    files: Sequence[str],
+    runs: Sequence[Any],
+    kept: dict[int, FitResult],
+    jobs: int,
+    runs_dir: Path,
+    ckpt: Optional[str],
+    init_from: Optional[str],
+    overwrite: bool,
+) -> list[Job]:
     """The processes to start: the variants to train, grouped by the overrides they take (one command line
     each) and dealt round robin into ``chunks`` of them."""
     groups: dict[tuple, list[tuple[int, Any]]] = {}
@@ -358,10 +399,17 @@ def _jobs_of(files: Sequence[str], runs: Sequence[Any], kept: dict[int, FitResul
         for positions in chunks(len(group), jobs):
             members = [group[i] for i in positions]
             number = len(work) + 1
-            work.append(Job(number, [(index, run.cfg) for index, run in members],
-                            child_command(files, overrides, [run.cfg.variant for _, run in members], ckpt,
-                                          init_from, overwrite),
-                            runs_dir / "logs" / f"job{number}.log", max(processes_of(run.cfg) for _, run in members)))
+            work.append(
+                Job(
+                    number,
+                    [(index, run.cfg) for index, run in members],
+                    child_command(
+                        files, overrides, [run.cfg.variant for _, run in members], ckpt, init_from, overwrite
+                    ),
+                    runs_dir / "logs" / f"job{number}.log",
+                    max(processes_of(run.cfg) for _, run in members),
+                )
+            )
     return work
 
 
@@ -397,11 +445,17 @@ def member_result(cfg: Any, job: Job, code: Optional[int]) -> Optional[FitResult
         return FitResult(status=state, run_dir=run.path)
     best = status.get("best_checkpoint")
     diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")} if state == "diverged" else None
-    return FitResult(status=state, run_dir=run.path, metrics=status.get("metrics", {}) if state == "finished" else {},
-                     best_checkpoint=Path(best) if best else None, best_by=cfg.checkpoint.monitor,
-                     best_epoch=status.get("best_epoch"), epochs=status.get("epochs"),
-                     last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
-                     diverged=diverged)
+    return FitResult(
+        status=state,
+        run_dir=run.path,
+        metrics=status.get("metrics", {}) if state == "finished" else {},
+        best_checkpoint=Path(best) if best else None,
+        best_by=cfg.checkpoint.monitor,
+        best_epoch=status.get("best_epoch"),
+        epochs=status.get("epochs"),
+        last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
+        diverged=diverged,
+    )
 
 
 def last_line(path: Path) -> str:

@@ -74,8 +74,8 @@ def _safe(name: str) -> str:
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]  # never hash(): it differs per process
-    head = name[:MAX_NAME - 9]
-    head = head[:head.rfind("+")] if "+" in head else head  # whole key=value parts only
+    head = name[: MAX_NAME - 9]
+    head = head[: head.rfind("+")] if "+" in head else head  # whole key=value parts only
     return f"{head}-{digest}"
 
 
@@ -92,8 +92,11 @@ def variant_from_overrides(overrides: Sequence[str], cfg: Any, recipe: Any = Non
     if recipe is None:
         changed = touched
     else:
-        changed = [key for key, _, _ in differences(as_data(recipe), as_data(cfg))
-                   if any(key == t or key.startswith(t + ".") or t.startswith(key + ".") for t in touched)]
+        changed = [
+            key
+            for key, _, _ in differences(as_data(recipe), as_data(cfg))
+            if any(key == t or key.startswith(t + ".") or t.startswith(key + ".") for t in touched)
+        ]
     keys = list(dict.fromkeys(spec_key(k) or k for k in changed if _naming_rank(k) is not None))
     if not keys:
         return "default"
@@ -140,8 +143,10 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
         return [(cfg.variant, [], {})]
     keys = list(matrix)
     short = _short_keys(keys)
-    named = {"+".join(f"{short[k]}={name_value(v)}" for k, v in zip(keys, values))
-             for values in itertools.product(*(matrix[k] for k in keys))}
+    named = {
+        "+".join(f"{short[k]}={name_value(v)}" for k, v in zip(keys, values))
+        for values in itertools.product(*(matrix[k] for k in keys))
+    }
     wanted, names = [], [item for item in only if item in named]  # whole variant names select those variants
     for item in only:
         if item in names:
@@ -151,8 +156,9 @@ def combinations(cfg: DictConfig, only: Sequence[str] = ()) -> list[tuple[str, l
             raise ConfigError(f"--only '{item}' must look like key=value (e.g. --only norm=bn_pre)")
         matches = [k for k in keys if k == key or short[k] == key]
         if not matches:
-            raise ConfigError(f"--only '{item}': '{key}' is not a matrix key; matrix keys: "
-                              f"{', '.join(short[k] for k in keys)}")
+            raise ConfigError(
+                f"--only '{item}': '{key}' is not a matrix key; matrix keys: {', '.join(short[k] for k in keys)}"
+            )
         wanted.append((matches[0], value))
     result = []
     for values in itertools.product(*(matrix[k] for k in keys)):

@@ -68,14 +68,21 @@ def load_runs(root: Path, analyses: Optional[list[Analysis]] = None) -> list[Run
     runs = []
     for run_dir, config in found:
         path = run_dir.path
-        run = Run(path=path, variant=path.name, group=group_name(path.name), config=config,
-                  status=run_dir.read_status(), metrics=run_dir.read_metrics())
+        run = Run(
+            path=path,
+            variant=path.name,
+            group=group_name(path.name),
+            config=config,
+            status=run_dir.read_status(),
+            metrics=run_dir.read_metrics(),
+        )
         for analysis in units() if analyses is None else analyses:
             run.extras[analysis.name] = analysis.load(path)
         runs.append(run)
     if not runs:
-        raise CnnkitError(f"report: no runs under '{root}' (each run directory has a status.json); "
-                          f"fit the recipe first")
+        raise CnnkitError(
+            f"report: no runs under '{root}' (each run directory has a status.json); fit the recipe first"
+        )
     return sorted(runs, key=_matrix_order(runs))
 
 
@@ -131,8 +138,11 @@ def _groups(runs: list[Run]) -> tuple[dict[str, list[Run]], dict[str, str]]:
     for row in rows:
         limited = " [limited]" if any(r.limits for r in row) else ""
         others = [other for other in names[row[0].group] if other is not row]
-        keys = list(dict.fromkeys(key for other in others
-                                  for key, _, _ in differences(other[0].config, row[0].config, SEED_FREE)))
+        keys = list(
+            dict.fromkeys(
+                key for other in others for key, _, _ in differences(other[0].config, row[0].config, SEED_FREE)
+            )
+        )
         if limited and all(_limits_apart(row, other) for other in others):
             keys = [k for k in keys if not k.startswith("trainer.limit_")]  # [limited] tells them apart
         setting = ",".join(f"{key.rsplit('.', 1)[-1]}={_shown(select(row[0].config, key))}" for key in keys[:3])
@@ -213,12 +223,19 @@ def build_report(root: Path | str, log_to_wandb: bool = False) -> Path:
     lines = [f"# Report: {root.name}", ""]
     if report_cfg.get("question"):
         lines += [f"**Question:** {report_cfg['question']}", ""]
-    lines += [f"**Answer, from the numbers below:** {found.answer}", "",
-              f"{len(runs)} runs in {len(groups)} variants, from `{root}`.", ""]
+    lines += [
+        f"**Answer, from the numbers below:** {found.answer}",
+        "",
+        f"{len(runs)} runs in {len(groups)} variants, from `{root}`.",
+        "",
+    ]
     limited = [r for r in runs if r.limits]
     if limited:
-        lines += [f"**{len(limited)} of {len(runs)} runs are limited** ({', '.join(limited[0].limits)}, e.g. the "
-                  f"smoke overlay): marked [limited]; their numbers are a smoke test, not the experiment's result.", ""]
+        lines += [
+            f"**{len(limited)} of {len(runs)} runs are limited** ({', '.join(limited[0].limits)}, e.g. the "
+            f"smoke overlay): marked [limited]; their numbers are a smoke test, not the experiment's result.",
+            "",
+        ]
     header = ["variant", "runs", "final train loss", "val acc", "test acc", "params"]
     if target is not None:
         header.append(f"steps to loss ≤ {target:g}")
@@ -226,13 +243,19 @@ def build_report(root: Path | str, log_to_wandb: bool = False) -> Path:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group, group_runs in groups.items():
         statuses = [r.status.get("status", "?") for r in group_runs]
-        diverged = [f"diverged at step {r.status.get('step')}" for r in group_runs
-                    if r.status.get("status") == "diverged"]
+        diverged = [
+            f"diverged at step {r.status.get('step')}" for r in group_runs if r.status.get("status") == "diverged"
+        ]
         done = [r for r in group_runs if r.status.get("status") == "finished"]  # diverged runs have no finals
         params = next((r.final("params") for r in done if r.final("params")), None)
-        cells = [group, str(len(group_runs)), mean_std([r.final("train/loss_epoch") for r in done]),
-                 mean_std([r.final("val/acc") for r in done]), mean_std([r.final("test/acc") for r in done]),
-                 str(int(params)) if params else "-"]
+        cells = [
+            group,
+            str(len(group_runs)),
+            mean_std([r.final("train/loss_epoch") for r in done]),
+            mean_std([r.final("val/acc") for r in done]),
+            mean_std([r.final("test/acc") for r in done]),
+            str(int(params)) if params else "-",
+        ]
         if target is not None:
             cells.append(", ".join("never" if s is None else str(s) for s in steps[group]))
         cells.append("; ".join(diverged) if diverged else ", ".join(sorted(set(statuses))))
@@ -241,8 +264,10 @@ def build_report(root: Path | str, log_to_wandb: bool = False) -> Path:
         lines += analysis.tables([r for r in runs if r.extras.get(analysis.name)], held_groups)
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({name})" for name in figures if name]
-    lines += [f"- *{name}: no figure: its runs hold no finite values to draw (too few steps, or every value "
-              f"diverged)*" for name in undrawn]
+    lines += [
+        f"- *{name}: no figure: its runs hold no finite values to draw (too few steps, or every value diverged)*"
+        for name in undrawn
+    ]
     out = root / "REPORT.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     if log_to_wandb:
@@ -278,13 +303,18 @@ def log_figures_to_wandb(runs: list[Run], figures: list[Path]) -> int:
         if mode == "disabled":
             continue
         try:
-            with wandb.init(id=(run.path / WANDB_ID_FILE).read_text().strip(), resume="allow", mode=mode,
-                            project=wb.get("project"), entity=wb.get("entity"), dir=str(run.path),
-                            settings=wandb_settings(wb.get("init_timeout", 60))) as session:
+            with wandb.init(
+                id=(run.path / WANDB_ID_FILE).read_text().strip(),
+                resume="allow",
+                mode=mode,
+                project=wb.get("project"),
+                entity=wb.get("entity"),
+                dir=str(run.path),
+                settings=wandb_settings(wb.get("init_timeout", 60)),
+            ) as session:
                 session.log({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
         except Exception as err:  # the local report is written; W&B is a bonus
-            say(f"could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: "
-                f"{first_line(err)}")
+            say(f"could not add the report's figures to W&B run {run.variant}: {type(err).__name__}: {first_line(err)}")
             return added
         atomic_write_text(run.path / REPORTED_FILE, json.dumps(digests, indent=1) + "\n")
         added += 1

@@ -70,8 +70,12 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> dict[str, An
         if not isinstance(output, torch.Tensor):
             return
         r, j = state.get(id(x), last["value"]) if x is not None else last["value"]
-        row = LayerRow(name=names[module], type=type(module).__name__, output_shape=list(output.shape[1:]),
-                       params=sum(p.numel() for p in module.parameters(recurse=False)))
+        row = LayerRow(
+            name=names[module],
+            type=type(module).__name__,
+            output_shape=list(output.shape[1:]),
+            params=sum(p.numel() for p in module.parameters(recurse=False)),
+        )
         row.receptive_field, row.jump = _follow(module, x, output, row, r, j)
         _count_macs(module, x, output, row)
         rows.append(row)
@@ -92,12 +96,16 @@ def describe_model(model: nn.Module, input_shape: Sequence[int]) -> dict[str, An
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return {"input_shape": list(input_shape), "layers": [asdict(row) for row in rows],
-            "totals": _totals(model, rows, list(logits.shape[1:]))}
+    return {
+        "input_shape": list(input_shape),
+        "layers": [asdict(row) for row in rows],
+        "totals": _totals(model, rows, list(logits.shape[1:])),
+    }
 
 
-def _follow(module: nn.Module, x: Optional[torch.Tensor], output: torch.Tensor, row: LayerRow, r: Any,
-            j: Any) -> tuple[Any, Any]:
+def _follow(
+    module: nn.Module, x: Optional[torch.Tensor], output: torch.Tensor, row: LayerRow, r: Any, j: Any
+) -> tuple[Any, Any]:
     """The receptive field and jump after ``module`` (from ``r``, ``j`` before it); a window's
     kernel/stride/padding go into ``row`` when the output size follows their formula."""
     spatial = x is not None and x.dim() == 4 and output.dim() == 4
@@ -142,6 +150,7 @@ def _totals(model: nn.Module, rows: list[LayerRow], output_shape: list[int]) -> 
         "output_shape": output_shape,
     }
 
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -158,14 +167,29 @@ def format_text(report: dict[str, Any], title: str) -> str:
     for row in report["layers"]:
         ksp = "-" if row["kernel"] is None else f"{row['kernel']}/{row['stride']}/{row['padding']}"
         rf = "all" if row["receptive_field"] is None else _fmt(row["receptive_field"])
-        table.append([row["name"], row["type"], _fmt(row["output_shape"]), _fmt(row["params"]), ksp, rf,
-                      _fmt(row["jump"]), _fmt(row["macs"])])
+        table.append(
+            [
+                row["name"],
+                row["type"],
+                _fmt(row["output_shape"]),
+                _fmt(row["params"]),
+                ksp,
+                rf,
+                _fmt(row["jump"]),
+                _fmt(row["macs"]),
+            ]
+        )
     lines = [title, "", *text_table(table, left=2)]
     t = report["totals"]
-    lines += ["", f"total: {_fmt(t['params'])} parameters ({_fmt(t['trainable_params'])} trainable), "
-                  f"{_fmt(t['macs'])} multiply-accumulates per image, output {_fmt(t['output_shape'])}"]
+    lines += [
+        "",
+        f"total: {_fmt(t['params'])} parameters ({_fmt(t['trainable_params'])} trainable), "
+        f"{_fmt(t['macs'])} multiply-accumulates per image, output {_fmt(t['output_shape'])}",
+    ]
     if t["conv_params"]:
-        lines.append(f"parameter sharing: the conv layers hold {_fmt(t['conv_params'])} parameters; fully-connected "
-                     f"layers mapping the same inputs to the same feature maps would need "
-                     f"{_fmt(t['conv_fc_equivalent_params'])} ({t['sharing_factor']:,.0f}x more)")
+        lines.append(
+            f"parameter sharing: the conv layers hold {_fmt(t['conv_params'])} parameters; fully-connected "
+            f"layers mapping the same inputs to the same feature maps would need "
+            f"{_fmt(t['conv_fc_equivalent_params'])} ({t['sharing_factor']:,.0f}x more)"
+        )
     return "\n".join(lines) + "\n"

@@ -30,8 +30,13 @@ def build_classifier(model_cfg: Any, input_shape: Sequence[int], num_classes: in
     """Every part from the model's plan; the norm scheme also decides on input standardization."""
     plan = model_plan(model_cfg)
     backbone = plan.backbone.build(
-        input_shape=tuple(input_shape), num_classes=num_classes, norm=plan.norm, act=plan.act.build,
-        pool=lambda kernel_size: plan.pool.build(kernel_size=kernel_size), bias=plan.bias)
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        norm=plan.norm,
+        act=plan.act.build,
+        pool=lambda kernel_size: plan.pool.build(kernel_size=kernel_size),
+        bias=plan.bias,
+    )
     plan.init.build()(backbone)
     input_norm = InputStandardize(tuple(input_shape)) if plan.norm.standardize_inputs else nn.Identity()
     return Classifier(backbone, input_norm)

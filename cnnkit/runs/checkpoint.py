@@ -17,8 +17,10 @@ def best_checkpoint(run: RunDir) -> Path:
         return Path(recorded)
     found = sorted(run.checkpoints.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise CheckpointError(f"no best checkpoint in '{run.checkpoints}' (checkpoint.save_top_k=0, or the run has not "
-                              f"validated yet); use --ckpt last or a path")
+        raise CheckpointError(
+            f"no best checkpoint in '{run.checkpoints}' (checkpoint.save_top_k=0, or the run has not "
+            f"validated yet); use --ckpt last or a path"
+        )
     return found[-1]
 
 

@@ -49,9 +49,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.write(data)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                raise CheckpointError(f"could not save checkpoint '{path}': the disk is full or a file-size limit "
-                                      f"was reached ({os.strerror(err.errno)}); the previous checkpoint is intact - "
-                                      f"free space and resume with --ckpt last") from err
+                raise CheckpointError(
+                    f"could not save checkpoint '{path}': the disk is full or a file-size limit "
+                    f"was reached ({os.strerror(err.errno)}); the previous checkpoint is intact - "
+                    f"free space and resume with --ckpt last"
+                ) from err
             raise
 
     def remove_checkpoint(self, path: str) -> None:

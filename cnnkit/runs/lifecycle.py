@@ -40,8 +40,11 @@ class RunInterrupted(Exception):
         self.run, self.signum, self.step = run, signum, step
         self.exit_code = 128 + signum
         saved = run.last_checkpoint.is_file()
-        how = ("resume it from its last checkpoint with the same command and --ckpt last" if saved else
-               "no checkpoint was saved yet: the same command starts it over")
+        how = (
+            "resume it from its last checkpoint with the same command and --ckpt last"
+            if saved
+            else "no checkpoint was saved yet: the same command starts it over"
+        )
         super().__init__(f"{run.where} interrupted by {signal.Signals(signum).name} at step {step}; {how}")
 
 
@@ -71,19 +74,35 @@ class RunLifecycle(L.Callback):
     def _write(self, status: str, **details: Any) -> None:
         assert status in STATUSES, status
         if first_process():
-            record = {"status": status, **details, "init_from": self.init_from,
-                      "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            record = {
+                "status": status,
+                **details,
+                "init_from": self.init_from,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             atomic_write_text(self.run.status_file, json.dumps(record, indent=2) + "\n")
 
     def start(self, step: int) -> None:
         """``running``, with this process's id and host so another fit can tell whether it is alive."""
         self._write("running", step=step, pid=os.getpid(), host=socket.gethostname())
 
-    def finish(self, step: int, metrics: dict[str, float], best: Optional[Path], best_epoch: Optional[int] = None,
-               epochs: Optional[int] = None) -> None:
+    def finish(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        best: Optional[Path],
+        best_epoch: Optional[int] = None,
+        epochs: Optional[int] = None,
+    ) -> None:
         """``best_epoch`` (counted from 1, as printed) is the one the test metrics are of; ``epochs`` trained."""
-        self._write("finished", step=step, metrics=metrics, best_checkpoint=str(best) if best else None,
-                    best_epoch=best_epoch, epochs=epochs)
+        self._write(
+            "finished",
+            step=step,
+            metrics=metrics,
+            best_checkpoint=str(best) if best else None,
+            best_epoch=best_epoch,
+            epochs=epochs,
+        )
         if first_process():  # a requeued job's pre-emption checkpoints are spent
             for stale in self.run.path.glob("hpc_ckpt_*.ckpt"):
                 stale.unlink(missing_ok=True)
@@ -116,8 +135,10 @@ class RunLifecycle(L.Callback):
     # -- Lightning hooks --------------------------------------------------------------------------
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not isinstance(pl_module, WatchesDivergence):
-            raise TypeError(f"{type(pl_module).__name__} does not signal divergence (training.divergence."
-                            f"WatchesDivergence): the run's lifecycle cannot tell a diverged run")
+            raise TypeError(
+                f"{type(pl_module).__name__} does not signal divergence (training.divergence."
+                f"WatchesDivergence): the run's lifecycle cannot tell a diverged run"
+            )
         self.parameters = sum(p.numel() for p in pl_module.model.parameters())
 
     def on_train_batch_end(self, trainer, pl_module: WatchesDivergence, outputs, batch, batch_idx) -> None:

@@ -29,9 +29,26 @@ class FitResult:
     limits: list[str] = field(default_factory=list)  # trainer.limit_* settings (e.g. the smoke overlay's)
 
     @classmethod
-    def of(cls, run: RunDir, cfg: DictConfig, status: str, metrics: dict[str, float], best: Optional[Path],
-           best_epoch: Optional[int], epochs: Optional[int], **details: Any) -> FitResult:
+    def of(
+        cls,
+        run: RunDir,
+        cfg: DictConfig,
+        status: str,
+        metrics: dict[str, float],
+        best: Optional[Path],
+        best_epoch: Optional[int],
+        epochs: Optional[int],
+        **details: Any,
+    ) -> FitResult:
         """Every fit's result (trained now or kept): its numbers and what its run directory holds now."""
-        return cls(status=status, run_dir=run.path, metrics=metrics, best_checkpoint=best,
-                   best_by=cfg.checkpoint.monitor, best_epoch=best_epoch, epochs=epochs,
-                   last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None, **details)
+        return cls(
+            status=status,
+            run_dir=run.path,
+            metrics=metrics,
+            best_checkpoint=best,
+            best_by=cfg.checkpoint.monitor,
+            best_epoch=best_epoch,
+            epochs=epochs,
+            last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
+            **details,
+        )

@@ -117,13 +117,16 @@ class RunDir:
         except Exception:  # unreadable or from an incompatible cnnkit: no basis to compare with
             return None
 
-    def verdict(self, cfg: Any, resume: bool, overwrite: bool, first_rank: bool = True,
-                init_from: Optional[str] = None) -> str:
+    def verdict(
+        self, cfg: Any, resume: bool, overwrite: bool, first_rank: bool = True, init_from: Optional[str] = None
+    ) -> str:
         """What a fit of ``cfg`` may do here (``decide``), from the directory's files as they are now."""
         for parent in [self.path, *self.path.parents]:
             if parent.exists() and not parent.is_dir():
-                raise CnnkitError(f"run directory '{self.path}': '{parent}' exists and is a file; "
-                                  f"remove it or set runs_dir/name elsewhere")
+                raise CnnkitError(
+                    f"run directory '{self.path}': '{parent}' exists and is a file; "
+                    f"remove it or set runs_dir/name elsewhere"
+                )
         found = Found(self.path) if overwrite else self.found(cfg, resume)
         return decide(found, resume=resume, overwrite=overwrite, first_rank=first_rank, init_from=init_from)
 
@@ -140,9 +143,15 @@ class RunDir:
                 length_bound_by = length_bound(spec(cfg, "optim.scheduler"))
             except RegistryError:  # an unknown scheduler: validation names it
                 pass
-        return Found(self.path, has_contents=True, status=status, has_last_checkpoint=self.last_checkpoint.is_file(),
-                     alive_elsewhere=status.get("status") == "running" and _alive_elsewhere(status), diffs=diffs,
-                     length_bound_by=length_bound_by)
+        return Found(
+            self.path,
+            has_contents=True,
+            status=status,
+            has_last_checkpoint=self.last_checkpoint.is_file(),
+            alive_elsewhere=status.get("status") == "running" and _alive_elsewhere(status),
+            diffs=diffs,
+            length_bound_by=length_bound_by,
+        )
 
     def prepare(self, fresh: bool) -> None:
         """Create the directory; a fresh run first removes what an earlier one left (``--overwrite``)."""
@@ -164,8 +173,9 @@ class Found:
     length_bound_by: Optional[str] = None  # the scheduler laid out over the run's length, where one is
 
 
-def decide(found: Found, resume: bool, overwrite: bool, first_rank: bool = True,
-           init_from: Optional[str] = None) -> str:
+def decide(
+    found: Found, resume: bool, overwrite: bool, first_rank: bool = True, init_from: Optional[str] = None
+) -> str:
     """What a fit may do with a run directory: ``NEW``, ``CONTINUE`` or ``KEEP``; refusals raise one line.
 
     A finished (or diverged) run is kept only when the config asked for now, and the weights it
@@ -183,8 +193,10 @@ def decide(found: Found, resume: bool, overwrite: bool, first_rank: bool = True,
     if state == "running" and not first_rank:
         return CONTINUE if resume else NEW
     if state == "running" and found.alive_elsewhere:
-        raise CnnkitError(f"run '{path}' is being trained right now by process {status['pid']}; "
-                          f"wait for it to end or stop it, then resume with --ckpt last")
+        raise CnnkitError(
+            f"run '{path}' is being trained right now by process {status['pid']}; "
+            f"wait for it to end or stop it, then resume with --ckpt last"
+        )
     unfinished = state not in ("finished", "diverged")
     if unfinished and not resume and not found.has_last_checkpoint:
         return NEW  # it stopped before its first checkpoint: nothing to resume, nothing to keep
@@ -265,4 +277,3 @@ def length_bound(scheduler_spec: Any) -> Optional[str]:
 def _limit(value: Any) -> float:
     """A training limit as a number: -1 or None (``max_steps``' default) is no limit."""
     return float("inf") if value is None or value < 0 else float(value)
-

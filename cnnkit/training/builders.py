@@ -86,11 +86,15 @@ def load_weights(module, checkpoint: dict[str, Any], path: Path, strict: bool) -
         unexpected = sorted(set(state) - set(own))
         wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
         if missing or unexpected or wrong_shape:
-            parts = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                     for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                         ("different shape", wrong_shape)) if keys]
-            raise CheckpointError(f"checkpoint '{path}' does not fit the configured model ({'; '.join(parts)}); "
-                                  f"use the config it was trained with")
+            parts = [
+                f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("different shape", wrong_shape))
+                if keys
+            ]
+            raise CheckpointError(
+                f"checkpoint '{path}' does not fit the configured model ({'; '.join(parts)}); "
+                f"use the config it was trained with"
+            )
         module.load_state_dict(state)
         return
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -98,5 +102,4 @@ def load_weights(module, checkpoint: dict[str, Any], path: Path, strict: bool) -
         raise CheckpointError(f"--init-from '{path}': no weight of that checkpoint fits this model")
     module.load_state_dict(usable, strict=False)
     skipped = len(state) - len(usable)
-    say(f"initialized {len(usable)} tensors from '{path}'"
-        f"{f', skipped {skipped} that do not fit' if skipped else ''}")
+    say(f"initialized {len(usable)} tensors from '{path}'{f', skipped {skipped} that do not fit' if skipped else ''}")

@@ -64,8 +64,9 @@ def convert_sync_bn(module: nn.Module, device_type: str) -> nn.Module:
     if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, _BatchNorm) and not isinstance(module, (AllReduceBatchNorm, nn.SyncBatchNorm)):
-        synced = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                    module.track_running_stats)
+        synced = AllReduceBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         synced.load_state_dict(module.state_dict())
         synced.train(module.training)
         return synced

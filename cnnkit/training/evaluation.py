@@ -26,8 +26,9 @@ from cnnkit.training.builders import build_datamodule, build_module, load_weight
 from cnnkit.training.trainer import build_trainer
 
 
-def checkpoint_config(ckpt: str, files: Sequence[str] = (),
-                      overrides: Sequence[str] = ()) -> tuple[DictConfig, Path, dict[str, Any]]:
+def checkpoint_config(
+    ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = ()
+) -> tuple[DictConfig, Path, dict[str, Any]]:
     """The config a checkpoint was trained with, updated by ``files`` and ``overrides``.
 
     ``last`` (``best``) is the last (best) checkpoint of the config's run; without ``files``, of the one
@@ -54,9 +55,11 @@ def _label_rule(cfg: DictConfig, info: DataInfo, source: Any):
     if rule is not None:
         return rule
     name = split_spec(spec(cfg, "data.dataset"))[0]
-    return (lambda path: -1), (f"no true labels: a file's label is read only for a model trained on files that "
-                               f"carry it (an image folder: a folder named after its class); this one was trained "
-                               f"on {name}")
+    return (lambda path: -1), (
+        f"no true labels: a file's label is read only for a model trained on files that "
+        f"carry it (an image folder: a folder named after its class); this one was trained "
+        f"on {name}"
+    )
 
 
 def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
@@ -70,12 +73,16 @@ def _only_run(cfg: DictConfig, overrides: Sequence[str], which: str) -> RunDir:
     if len(found) == 1:  # the one run here (the caller names the checkpoint it takes)
         return RunDir(found[0].parent.parent)
     if not found:
-        raise CheckpointError(f"--ckpt {which}: no run under '{runs_dir}/' has a checkpoints/last.ckpt; train one "
-                              f"first (cnnkit fit --config RECIPE) or pass a checkpoint's path")
+        raise CheckpointError(
+            f"--ckpt {which}: no run under '{runs_dir}/' has a checkpoints/last.ckpt; train one "
+            f"first (cnnkit fit --config RECIPE) or pass a checkpoint's path"
+        )
     runs = ", ".join(str(p.parent.parent.relative_to(runs_dir)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
-    raise CheckpointError(f"--ckpt {which} needs the run's config to tell which of {len(found)} runs ({runs}): add "
-                          f"--config RECIPE with the run's overrides, or pass its path, "
-                          f"e.g. --ckpt {command_path(found[0])}")
+    raise CheckpointError(
+        f"--ckpt {which} needs the run's config to tell which of {len(found)} runs ({runs}): add "
+        f"--config RECIPE with the run's overrides, or pass its path, "
+        f"e.g. --ckpt {command_path(found[0])}"
+    )
 
 
 def _run_of_checkpoint(path: Path, cfg: DictConfig) -> Path:
@@ -107,8 +114,9 @@ def evaluate(stage: str, ckpt: str, files: Sequence[str] = (), overrides: Sequen
     datamodule = build_datamodule(_one_pass(cfg))
     stored, current = stored_data_info(checkpoint), datamodule.info
     if (stored.num_classes, stored.input_shape) != (current.num_classes, current.input_shape):
-        raise CheckpointError(f"checkpoint '{path}' was trained on {stored.describe()}; "
-                              f"the configured data has {current.describe()}")
+        raise CheckpointError(
+            f"checkpoint '{path}' was trained on {stored.describe()}; the configured data has {current.describe()}"
+        )
 
     trainer = build_trainer(cfg, None, False, [])
     run_stage = trainer.validate if stage == "validate" else trainer.test
@@ -139,8 +147,7 @@ def image_inputs(inputs: Sequence[str], extensions: tuple[str, ...]) -> list[str
     given, once each."""
 
     def images_under(folder: str) -> list[str]:
-        return sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
-                      if f.lower().endswith(extensions))
+        return sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.lower().endswith(extensions))
 
     found: list[str] = []
     for item in inputs:
@@ -154,8 +161,12 @@ def image_inputs(inputs: Sequence[str], extensions: tuple[str, ...]) -> list[str
             matched = [item]
         elif glob.has_magic(item):
             paths = sorted(glob.glob(item, recursive=True))
-            matched = [m for p in paths for m in (images_under(p) if os.path.isdir(p) else [p])
-                       if m.lower().endswith(extensions)]
+            matched = [
+                m
+                for p in paths
+                for m in (images_under(p) if os.path.isdir(p) else [p])
+                if m.lower().endswith(extensions)
+            ]
             if not matched:
                 raise DataError(f"predict: no images match '{item}'")
         else:
@@ -165,8 +176,15 @@ def image_inputs(inputs: Sequence[str], extensions: tuple[str, ...]) -> list[str
 
 
 @quiet
-def predict(ckpt: str, files: Sequence[str] = (), overrides: Sequence[str] = (), split: Optional[str] = None,
-            inputs: Sequence[str] = (), output: Optional[str] = None, top_k: int = 3) -> Predictions:
+def predict(
+    ckpt: str,
+    files: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    split: Optional[str] = None,
+    inputs: Sequence[str] = (),
+    output: Optional[str] = None,
+    top_k: int = 3,
+) -> Predictions:
     """Class probabilities for a split, or for image files, folders and globs, written as CSV.
 
     Each row: file, predicted class, its probability, the true label and whether the prediction is

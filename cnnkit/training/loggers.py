@@ -101,17 +101,28 @@ def make_wandb_logger(cfg: Any, run_dir: Path, run_id: Optional[str] = None) -> 
         return None
 
     logger = ResilientWandbLogger(
-        project=wb.project, entity=wb.entity, group=wb.group or cfg.name, name=f"{cfg.name}/{cfg.variant}",
-        tags=list(wb.tags), save_dir=str(run_dir), mode=mode, log_model=wb.log_model, id=run_id,
-        config=as_data(cfg), job_type="fit", settings=wandb_settings(wb.init_timeout),
+        project=wb.project,
+        entity=wb.entity,
+        group=wb.group or cfg.name,
+        name=f"{cfg.name}/{cfg.variant}",
+        tags=list(wb.tags),
+        save_dir=str(run_dir),
+        mode=mode,
+        log_model=wb.log_model,
+        id=run_id,
+        config=as_data(cfg),
+        job_type="fit",
+        settings=wandb_settings(wb.init_timeout),
     )
     if first_process():
         try:
             run = logger.experiment
         except Exception as err:  # wandb raises its own types for network, auth and timeout failures
             reason = first_line(err)
-            say(f"W&B logging is off for this run: it could not start (init_timeout "
-                f"{wb.init_timeout:g} s; {type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv")
+            say(
+                f"W&B logging is off for this run: it could not start (init_timeout "
+                f"{wb.init_timeout:g} s; {type(err).__name__}: {reason}); metrics stay in {run_dir}/metrics.csv"
+            )
             return None
         (run_dir / WANDB_ID_FILE).write_text(run.id + "\n", encoding="utf-8")
     return logger
@@ -145,8 +156,10 @@ def _shielded(method):
             return method(self, *args, **kwargs)
         except Exception as err:
             self.broken = True
-            say(f"W&B logging stopped mid-run ({type(err).__name__}: {first_line(err)}); training goes "
-                f"on and metrics stay in {self.save_dir}/metrics.csv")
+            say(
+                f"W&B logging stopped mid-run ({type(err).__name__}: {first_line(err)}); training goes "
+                f"on and metrics stay in {self.save_dir}/metrics.csv"
+            )
             return None
 
     return call
@@ -193,8 +206,7 @@ def finish_wandb(logger: Any, failed: bool) -> None:
             wandb.finish(exit_code=1 if failed or logger.broken else 0)
     except Exception as err:  # W&B's service is gone: what it had is in the run directory
         if not logger.broken:
-            say(f"W&B could not finish the run ({type(err).__name__}: {first_line(err)}); "
-                f"metrics stay in metrics.csv")
+            say(f"W&B could not finish the run ({type(err).__name__}: {first_line(err)}); metrics stay in metrics.csv")
         logger.broken = True
     if logger.broken:  # drop the dead service now: its exit hook would print a traceback at exit
         try:

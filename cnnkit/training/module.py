@@ -44,6 +44,8 @@ class RecentSteps(dict):
         super().__setitem__(step, lr)
         for old in [k for k in self if k <= step - self.keep]:
             del self[old]
+
+
 TRAIN_METRICS = ("train_acc", "train_loss")  # accumulated over an epoch, so saved for a mid-epoch resume
 
 
@@ -93,8 +95,16 @@ class ClassifierModule(L.LightningModule, WatchesDivergence):
         classes = self.data_info.num_classes
         for split in SPLITS:  # checks skipped: inputs come from our own code; NaN losses stop training first
             accuracy = TrainAccuracy if split == "train" else MulticlassAccuracy
-            setattr(self, f"{split}_acc", accuracy(num_classes=classes, average=average, validate_args=False,
-                                                   ignore_index=IGNORED if split == "train" else None))
+            setattr(
+                self,
+                f"{split}_acc",
+                accuracy(
+                    num_classes=classes,
+                    average=average,
+                    validate_args=False,
+                    ignore_index=IGNORED if split == "train" else None,
+                ),
+            )
             setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
         self.test_confusion = MulticlassConfusionMatrix(num_classes=classes, validate_args=False)
         self.divergence: Optional[Divergence] = None  # set when training goes non-finite; the run's owner records it
@@ -136,9 +146,14 @@ class ClassifierModule(L.LightningModule, WatchesDivergence):
         has_bn = any(isinstance(m, _BatchNorm) for m in self.model.modules())
         idle = []
         if not has_bn:
-            idle += [f"{option} (the model has no BatchNorm layer)" for option, on in (
-                ("eval_stats: batch", self.cfg.eval_stats == "batch"),
-                ("distributed.sync_bn", self.cfg.distributed.sync_bn)) if on]
+            idle += [
+                f"{option} (the model has no BatchNorm layer)"
+                for option, on in (
+                    ("eval_stats: batch", self.cfg.eval_stats == "batch"),
+                    ("distributed.sync_bn", self.cfg.distributed.sync_bn),
+                )
+                if on
+            ]
         if self.cfg.tta == "flip" and not self.data_info.is_image:
             idle.append("tta: flip (the inputs are not images)")
         for option in idle:
@@ -216,8 +231,11 @@ class ClassifierModule(L.LightningModule, WatchesDivergence):
         self._recent_lrs = RecentSteps(self.trainer.log_every_n_steps + 1)
 
     def _may_guard_on_device(self) -> bool:
-        return (self.trainer.world_size == 1 and str(self.trainer.precision) not in SCALED_PRECISIONS
-                and self.device.type in ("cpu", "cuda"))
+        return (
+            self.trainer.world_size == 1
+            and str(self.trainer.precision) not in SCALED_PRECISIONS
+            and self.device.type in ("cpu", "cuda")
+        )
 
     def on_train_epoch_start(self) -> None:
         self._epoch_metrics_logged = False
@@ -295,17 +313,23 @@ class ClassifierModule(L.LightningModule, WatchesDivergence):
         optim = self.cfg.optim
         lr = scaled_lr(optim.lr, optim.lr_scaling, self.cfg.data.batch_size, optim.reference_batch_size)
         if lr != optim.lr and verbose():  # a detail, shown with Lightning's own info lines
-            say(f"lr {optim.lr:g} scaled ({optim.lr_scaling}) for global batch "
-                f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}")
+            say(
+                f"lr {optim.lr:g} scaled ({optim.lr_scaling}) for global batch "
+                f"{self.cfg.data.batch_size} / reference {optim.reference_batch_size}: {lr:g}"
+            )
         groups = parameter_groups(self.model, optim.weight_decay, optim.no_decay_norm_bias)
         plan = optimizer_plan(optim)
         # torch's fused SGD/Adam/AdamW can skip a non-finite step on the device (step_guard.py)
-        fused = True if self._may_guard_on_device() and plan.target in FUSED_CAPABLE and \
-            "foreach" not in plan.kwargs else None
+        fused = (
+            True
+            if self._may_guard_on_device() and plan.target in FUSED_CAPABLE and "foreach" not in plan.kwargs
+            else None
+        )
         optimizer = plan.build(params=groups, lr=lr, weight_decay=optim.weight_decay, fused=fused)
         per_epoch, total = self.total_steps()
-        scheduler = scheduler_plan(optim).build(optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch,
-                                                lr=lr)
+        scheduler = scheduler_plan(optim).build(
+            optimizer=optimizer, total_steps=total, steps_per_epoch=per_epoch, lr=lr
+        )
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
@@ -313,8 +337,10 @@ class ClassifierModule(L.LightningModule, WatchesDivergence):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         checkpoint.setdefault("cnnkit", {}).update(
-            schema_version=SCHEMA_VERSION, data_path=getattr(datamodule, "path", None),  # followed on resume
-            train_metrics=None if self._epoch_metrics_logged else self._epoch_metric_states())
+            schema_version=SCHEMA_VERSION,
+            data_path=getattr(datamodule, "path", None),  # followed on resume
+            train_metrics=None if self._epoch_metrics_logged else self._epoch_metric_states(),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A run resumed mid-epoch continues the epoch's training metrics where they were."""

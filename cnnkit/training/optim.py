@@ -52,17 +52,18 @@ def constant(optimizer: torch.optim.Optimizer) -> None:
 
 
 @SCHEDULERS.register("step", description="multiply the lr by gamma every step_epochs epochs")
-def step(optimizer: torch.optim.Optimizer, steps_per_epoch: int, step_epochs: int = 30,
-         gamma: float = 0.1) -> dict[str, Any]:
+def step(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, step_epochs: int = 30, gamma: float = 0.1
+) -> dict[str, Any]:
     if step_epochs < 1:
         raise ConfigError(f"step scheduler: step_epochs must be >= 1, got {step_epochs}")
-    return _per_step(torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_epochs * steps_per_epoch,
-                                                     gamma=gamma))
+    return _per_step(torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma))
 
 
 @SCHEDULERS.register("cosine", description="cosine decay to min_lr over the run, optional linear warm-up")
-def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-           min_lr_ratio: float = 0.0) -> dict[str, Any]:
+def cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
+) -> dict[str, Any]:
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -72,10 +73,24 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
     return _per_step(torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
 
 
-@SCHEDULERS.register("onecycle", aliases=("one_cycle",),
-                     description="Smith's one-cycle: warm up to optim.lr, then anneal (per step)")
-def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, lr: float, pct_start: float = 0.25,
-             div_factor: float = 25.0, final_div_factor: float = 1e4) -> dict[str, Any]:
-    return _per_step(torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct_start,
-        div_factor=div_factor, final_div_factor=final_div_factor))
+@SCHEDULERS.register(
+    "onecycle", aliases=("one_cycle",), description="Smith's one-cycle: warm up to optim.lr, then anneal (per step)"
+)
+def onecycle(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    lr: float,
+    pct_start: float = 0.25,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> dict[str, Any]:
+    return _per_step(
+        torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=lr,
+            total_steps=total_steps,
+            pct_start=pct_start,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+        )
+    )

@@ -38,7 +38,8 @@ def env_threads() -> Optional[int]:
 
 def registry_file() -> Path:
     root = os.environ.get(REGISTRY_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnnkit")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnnkit"
+    )
     return Path(root) / "running_fits.json"
 
 

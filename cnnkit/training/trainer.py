@@ -28,18 +28,22 @@ def check_accelerator(cfg: DictConfig) -> None:
         name = "mps"
     accelerator = accelerators.get(name)
     if accelerator is not None and not accelerator.is_available():
-        raise ConfigError(f"trainer.accelerator={t.accelerator}: this machine has no {name.upper()} device that "
-                          f"torch can use; use trainer.accelerator=auto (or cpu)")
+        raise ConfigError(
+            f"trainer.accelerator={t.accelerator}: this machine has no {name.upper()} device that "
+            f"torch can use; use trainer.accelerator=auto (or cpu)"
+        )
     if known_world_size(t) is None and str(devices(t)) in ("auto", "-1"):
         if name == "auto":
             accelerator = next((a for a in (CUDAAccelerator, MPSAccelerator) if a.is_available()), CPUAccelerator)
         if accelerator is not None:  # a user's registered accelerator counts its own devices
-            per_device_batch(cfg.data.batch_size, accelerator.auto_device_count() * t.num_nodes,
-                             t.accumulate_grad_batches)
+            per_device_batch(
+                cfg.data.batch_size, accelerator.auto_device_count() * t.num_nodes, t.accumulate_grad_batches
+            )
 
 
-def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbacks: list[Any],
-                  checkpoint_io: Any = None):
+def build_trainer(
+    cfg: DictConfig, run: Optional[RunDir], loggers: Any, callbacks: list[Any], checkpoint_io: Any = None
+):
     """The Trainer of a fit (``run`` given: checkpointing into it) or of an evaluation (``run`` None)."""
     # startup: lightning only when this runs
     import lightning as L
@@ -61,15 +65,26 @@ def build_trainer(cfg: DictConfig, run: Optional[RunDir], loggers: Any, callback
             except (ValueError, TypeError) as err:  # a value the callback's own checks refuse
                 raise ConfigError(first_line(err)) from err
     kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator, devices=devices(t), strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=t.precision, max_epochs=t.max_epochs, max_steps=t.max_steps,
-        gradient_clip_val=t.gradient_clip_val, accumulate_grad_batches=t.accumulate_grad_batches,
-        deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
+        accelerator=t.accelerator,
+        devices=devices(t),
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         enable_model_summary=t.enable_model_summary or verbose(),
-        enable_progress_bar=any(isinstance(c, ProgressBar) for c in shown), logger=loggers, callbacks=callbacks,
-        enable_checkpointing=run is not None, default_root_dir=str(run.path) if run else None,
-        benchmark=t.cudnn_benchmark, detect_anomaly=t.detect_anomaly,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in shown),
+        logger=loggers,
+        callbacks=callbacks,
+        enable_checkpointing=run is not None,
+        default_root_dir=str(run.path) if run else None,
+        benchmark=t.cudnn_benchmark,
+        detect_anomaly=t.detect_anomaly,
         plugins=[checkpoint_io or AtomicCheckpointIO()],
     )
     for limit in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):

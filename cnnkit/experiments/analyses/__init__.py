@@ -44,9 +44,12 @@ def summary(name: str) -> str:
 def has_callback(name: str) -> bool:
     """Whether the module defines ``Callback`` (read from its source: nothing is imported)."""
     tree = ast.parse((HERE / f"{name}.py").read_text(encoding="utf-8"))
-    return any(isinstance(node, (ast.Assign, ast.ClassDef)) and
-               any(getattr(t, "id", None) == "Callback" for t in getattr(node, "targets", [])) or
-               getattr(node, "name", None) == "Callback" for node in tree.body)
+    return any(
+        isinstance(node, (ast.Assign, ast.ClassDef))
+        and any(getattr(t, "id", None) == "Callback" for t in getattr(node, "targets", []))
+        or getattr(node, "name", None) == "Callback"
+        for node in tree.body
+    )
 
 
 def register_callbacks(registry: "Registry") -> None:

@@ -15,8 +15,12 @@ def train_tensors(trainer: L.Trainer, device: torch.device) -> tuple[torch.Tenso
     return torch.stack(xs).to(device), torch.stack(ys).to(device)
 
 
-def loss_of_flat(model: torch.nn.Module, objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 x: torch.Tensor, y: torch.Tensor) -> tuple[Callable, torch.Tensor]:
+def loss_of_flat(
+    model: torch.nn.Module,
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[Callable, torch.Tensor]:
     """loss(flat parameter vector) = ``objective(model(x), y)`` with those parameters, and the current flat vector.
 
     ``objective`` is the module's training loss (``ClassifierModule.loss``), so the analyses measure the
@@ -29,7 +33,7 @@ def loss_of_flat(model: torch.nn.Module, objective: Callable[[torch.Tensor, torc
         tensors, start = {}, 0
         for name, shape in zip(names, shapes):
             size = shape.numel()
-            tensors[name] = flat[start:start + size].reshape(shape)
+            tensors[name] = flat[start : start + size].reshape(shape)
             start += size
         return objective(functional_call(model, tensors, (x,)), y)
 

@@ -88,8 +88,9 @@ def matrix_values(run) -> dict[str, Any]:
     """The run's value of each matrix key but the seed, from its stored config (its place in the matrix),
     as JSON text to compare."""
     config = run.config or {}
-    return {key: json.dumps(select(config, key), sort_keys=True) for key in (config.get("matrix") or {})
-            if key != "seed"}
+    return {
+        key: json.dumps(select(config, key), sort_keys=True) for key in (config.get("matrix") or {}) if key != "seed"
+    }
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h")  # no x: a curve's × marks where it diverged
@@ -104,10 +105,18 @@ def variant_styles(groups: dict[str, list]) -> dict[str, dict[str, Any]]:
     values = {group: matrix_values(runs[0]) for group, runs in groups.items()}
     if len({json.dumps(v, sort_keys=True) for v in values.values()}) < len(values):
         values = {group: {"variant": group} for group in groups}  # not told apart by the matrix: by their names
-    keys = [k for k in dict.fromkeys(k for v in values.values() for k in v)
-            if len({v.get(k) for v in values.values()}) > 1]
-    styled = min((k for k in keys if len({v.get(k) for v in values.values()}) <= len(LINE_STYLES)),
-                 key=lambda k: len({v.get(k) for v in values.values()}), default=None) if len(keys) > 1 else None
+    keys = [
+        k for k in dict.fromkeys(k for v in values.values() for k in v) if len({v.get(k) for v in values.values()}) > 1
+    ]
+    styled = (
+        min(
+            (k for k in keys if len({v.get(k) for v in values.values()}) <= len(LINE_STYLES)),
+            key=lambda k: len({v.get(k) for v in values.values()}),
+            default=None,
+        )
+        if len(keys) > 1
+        else None
+    )
     colour_keys = [k for k in keys if k != styled]
     colours = list(dict.fromkeys(tuple(v.get(k) for k in colour_keys) for v in values.values()))
     styles = list(dict.fromkeys(v.get(styled) for v in values.values())) if styled else [None]
@@ -117,10 +126,13 @@ def variant_styles(groups: dict[str, list]) -> dict[str, dict[str, Any]]:
         c = colours.index(tuple(v.get(k) for k in colour_keys))
         shape = styles.index(v.get(styled)) if styled else 0
         turn = c // len(palette)  # which round of the palette: the same colour again, drawn otherwise
-        out[group] = {"color": palette[c % len(palette)],
-                      "linestyle": LINE_STYLES[(shape + turn) % len(LINE_STYLES)],
-                      "marker": MARKERS[(shape + turn * len(styles)) % len(MARKERS)]
-                      if styled or len(colours) > len(palette) else None}
+        out[group] = {
+            "color": palette[c % len(palette)],
+            "linestyle": LINE_STYLES[(shape + turn) % len(LINE_STYLES)],
+            "marker": MARKERS[(shape + turn * len(styles)) % len(MARKERS)]
+            if styled or len(colours) > len(palette)
+            else None,
+        }
     return out
 
 

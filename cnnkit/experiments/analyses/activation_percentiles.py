@@ -25,16 +25,25 @@ from cnnkit.training.callbacks.output import RowLog
 
 def default_activation(model: torch.nn.Module) -> str:
     """The activation of the last block that has one (the last hidden layer)."""
-    names = [f"{name}.act" for name, module in model.named_modules()
-             if isinstance(module, WeightNormAct) and hasattr(module, "act")]
+    names = [
+        f"{name}.act"
+        for name, module in model.named_modules()
+        if isinstance(module, WeightNormAct) and hasattr(module, "act")
+    ]
     if not names:
         raise ValueError("activation_percentiles: the model has no block with an activation; set module:")
     return names[-1]
 
 
 class ActivationPercentiles(L.Callback):
-    def __init__(self, module: Optional[str] = None, unit: Optional[int] = 0, every_n_steps: int = 10,
-                 percentiles: Sequence[float] = (15, 50, 85), probe_size: int = 256):
+    def __init__(
+        self,
+        module: Optional[str] = None,
+        unit: Optional[int] = 0,
+        every_n_steps: int = 10,
+        percentiles: Sequence[float] = (15, 50, 85),
+        probe_size: int = 256,
+    ):
         self.module_name, self.unit, self.every = module, unit, every_n_steps
         self.percentiles = [float(p) for p in percentiles]
         self.probe_size = probe_size
@@ -71,8 +80,9 @@ class ActivationPercentiles(L.Callback):
         q = torch.quantile(values.float().cpu(), torch.tensor(self.percentiles) / 100)
         self.rows.add(step=trainer.global_step, **{f"p{p:g}": float(v) for p, v in zip(self.percentiles, q)})
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if trainer.global_step % self.every == 0:
             self._record(trainer, pl_module)
 
@@ -103,13 +113,15 @@ class ActivationPercentilesReport(Analysis):
         def span(values: list[float]) -> str:
             return f"{min(values):.2f}–{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
-        text = ("Over training, the median of the probed unit's input moved by " +
-                listed([f"{span(drift[label])} with {label}" for label in order]))
+        text = "Over training, the median of the probed unit's input moved by " + listed(
+            [f"{span(drift[label])} with {label}" for label in order]
+        )
         if len(order) > 1:
             others = [v for label in order[1:] for v in drift[label]]
             if max(drift[order[0]]) < min(others):
                 text += f": every run with {order[0]} moved less than every " + (
-                    f"run with {order[1]}" if len(order) == 2 else "other run")
+                    f"run with {order[1]}" if len(order) == 2 else "other run"
+                )
             else:
                 text += f": the runs overlap (not every run with {order[0]} moved less)"
         return text + "."
@@ -118,8 +130,11 @@ class ActivationPercentilesReport(Analysis):
         ranges = [(r.variant, self.median_range(r)) for r in runs if self.median_range(r) is not None]
         if not ranges:
             return []
-        return table("Drift of the median pre-activation input over training (max − min of the 50th percentile)",
-                     ["run", "range of the median"], [[variant, f"{value:.4f}"] for variant, value in ranges])
+        return table(
+            "Drift of the median pre-activation input over training (max − min of the 50th percentile)",
+            ["run", "range of the median"],
+            [[variant, f"{value:.4f}"] for variant, value in ranges],
+        )
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         firsts = [group_runs[0] for group_runs in groups.values()]
@@ -129,8 +144,13 @@ class ActivationPercentilesReport(Analysis):
             rows = self.of(run)["activations"]
             steps = [r["step"] for r in rows]
             keys = sorted((k for k in rows[0] if k.startswith("p")), key=lambda k: float(k[1:]))
-            ax.fill_between(steps, [r[keys[0]] for r in rows], [r[keys[-1]] for r in rows], alpha=0.3,
-                            label=f"{keys[0][1:]}–{keys[-1][1:]}th percentile")
+            ax.fill_between(
+                steps,
+                [r[keys[0]] for r in rows],
+                [r[keys[-1]] for r in rows],
+                alpha=0.3,
+                label=f"{keys[0][1:]}–{keys[-1][1:]}th percentile",
+            )
             ax.plot(steps, [r["p50"] for r in rows], label="median")
             ax.set_title(run.variant, fontsize=9)
             ax.set_xlabel("step")

@@ -35,8 +35,15 @@ class Confusion(Analysis):
             for i, row in enumerate(matrix):
                 for j, count in enumerate(row):
                     if count:
-                        ax.text(j, i, str(int(count)), ha="center", va="center", fontsize=6,
-                                color="white" if count > peak / 2 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            str(int(count)),
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color="white" if count > peak / 2 else "black",
+                        )
         return [save_figure(fig, out / "confusion.png")]
 
 

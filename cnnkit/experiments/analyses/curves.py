@@ -48,10 +48,18 @@ class Curves(Analysis):
                     steps, values = finite_until(run, key)
                     if not steps:
                         continue
-                    ax.plot(steps, values, color=style["color"], linestyle=style["linestyle"],
-                            marker=style["marker"] if i == 0 else None, markersize=4,
-                            markevery=max(1, len(steps) // 8),  # a few markers per line: they name it, not hide it
-                            lw=1.3 if i == 0 else 0.6, alpha=1.0 if i == 0 else 0.5, label=group if i == 0 else None)
+                    ax.plot(
+                        steps,
+                        values,
+                        color=style["color"],
+                        linestyle=style["linestyle"],
+                        marker=style["marker"] if i == 0 else None,
+                        markersize=4,
+                        markevery=max(1, len(steps) // 8),  # a few markers per line: they name it, not hide it
+                        lw=1.3 if i == 0 else 0.6,
+                        alpha=1.0 if i == 0 else 0.5,
+                        label=group if i == 0 else None,
+                    )
                     if diverged_at(run) is not None:
                         ends.append((style["color"], steps[-1], values[-1]))
                         lost += values
@@ -76,8 +84,9 @@ class Curves(Analysis):
             handles, labels = axes[1].get_legend_handles_labels()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
         seeds = max(len(group_runs) for group_runs in groups.values())
-        notes = ["× where a run diverged"] if any(diverged_at(r) is not None for rs in groups.values() for r in rs) \
-            else []
+        notes = (
+            ["× where a run diverged"] if any(diverged_at(r) is not None for rs in groups.values() for r in rs) else []
+        )
         if seeds > 1:
             notes.insert(0, "thin lines: other seeds")
         fig.suptitle("curves per variant" + (f" ({'; '.join(notes)})" if notes else ""))

@@ -38,14 +38,15 @@ from cnnkit.training.callbacks.precise_bn import recompute_bn_statistics
 
 STATS = ("running", "batch", "precise")
 # running and precise statistics often give the same accuracy: a filled circle inside a larger hollow triangle
-STAT_STYLES = {"running": {"linestyle": "-", "marker": "o", "ms": 4},
-               "batch": {"linestyle": "--", "marker": "s", "ms": 4},
-               "precise": {"linestyle": ":", "marker": "^", "ms": 9, "markerfacecolor": "none", "mew": 1.3}}
+STAT_STYLES = {
+    "running": {"linestyle": "-", "marker": "o", "ms": 4},
+    "batch": {"linestyle": "--", "marker": "s", "ms": 4},
+    "precise": {"linestyle": ":", "marker": "^", "ms": 9, "markerfacecolor": "none", "mew": 1.3},
+}
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, loader: DataLoader, num_classes: int, stats: str,
-             device: torch.device) -> float:
+def accuracy(model: torch.nn.Module, loader: DataLoader, num_classes: int, stats: str, device: torch.device) -> float:
     model.eval()
     predictions, targets = [], []
     context = batch_statistics(model) if stats == "batch" else nullcontext()
@@ -53,15 +54,23 @@ def accuracy(model: torch.nn.Module, loader: DataLoader, num_classes: int, stats
         for x, y in loader:
             predictions.append(model(x.to(device)).argmax(-1).cpu())
             targets.append(y)
-    return float(multiclass_accuracy(torch.cat(predictions), torch.cat(targets), num_classes=num_classes,
-                                     average="micro"))
+    return float(
+        multiclass_accuracy(torch.cat(predictions), torch.cat(targets), num_classes=num_classes, average="micro")
+    )
 
 
 class EvalModes(L.Callback):
-    def __init__(self, modes: Sequence[Any] = ("running", {"stats": "batch", "batch_size": 1},
-                                               {"stats": "batch", "batch_size": 8},
-                                               {"stats": "batch", "batch_size": 256}, "precise"),
-                 precise_batches: int = 100):
+    def __init__(
+        self,
+        modes: Sequence[Any] = (
+            "running",
+            {"stats": "batch", "batch_size": 1},
+            {"stats": "batch", "batch_size": 8},
+            {"stats": "batch", "batch_size": 256},
+            "precise",
+        ),
+        precise_batches: int = 100,
+    ):
         self.modes = [self._parse(m) for m in modes]
         self.precise_batches = precise_batches
         self.results: list[dict[str, Any]] = []
@@ -70,8 +79,9 @@ class EvalModes(L.Callback):
     def _parse(mode: Any) -> dict[str, Any]:
         spec = {"stats": mode} if isinstance(mode, str) else dict(mode)
         if spec.get("stats") not in STATS or set(spec) - {"stats", "batch_size"}:
-            raise ValueError(f"eval_modes: each mode is one of {', '.join(STATS)} or "
-                             f"{{stats: ..., batch_size: N}}, got {mode!r}")
+            raise ValueError(
+                f"eval_modes: each mode is one of {', '.join(STATS)} or {{stats: ..., batch_size: N}}, got {mode!r}"
+            )
         return spec
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -97,8 +107,10 @@ class EvalModes(L.Callback):
             self.results.append({"stats": mode["stats"], "batch_size": batch_size, "accuracy": value})
         write_json(trainer, "eval_modes.json", self.results)
         for logger in trainer.loggers:
-            logger.log_metrics({f"eval_modes/{r['stats']}@{r['batch_size']}": r["accuracy"] for r in self.results},
-                               step=trainer.global_step)
+            logger.log_metrics(
+                {f"eval_modes/{r['stats']}@{r['batch_size']}": r["accuracy"] for r in self.results},
+                step=trainer.global_step,
+            )
 
 
 Callback = EvalModes
@@ -117,8 +129,10 @@ class EvalModesReport(Analysis):
         if not entries:
             return ""
         width = max(len(self._modes(r)) for rs in groups.values() for r in rs)
-        fixed = all(len({self._modes(r)[i]["batch_size"] for rs in groups.values() for r in rs
-                         if len(self._modes(r)) > i}) == 1 for i in range(width))
+        fixed = all(
+            len({self._modes(r)[i]["batch_size"] for rs in groups.values() for r in rs if len(self._modes(r)) > i}) == 1
+            for i in range(width)
+        )
 
         if fixed:
             scores: dict[tuple[str, int], list[float]] = {}
@@ -146,15 +160,28 @@ class EvalModesReport(Analysis):
                 after = statistics.mean(m[i]["accuracy"] for m in modes)
                 label = labels.get(group, group)
                 if label not in changes or abs(after - before) > abs(changes[label][0]):
-                    changes[label] = (after - before, group, before, after,
-                                      "the training batch's own statistics" if modes[0][i]["stats"] == "batch"
-                                      else f"{modes[0][i]['stats']} statistics")
+                    changes[label] = (
+                        after - before,
+                        group,
+                        before,
+                        after,
+                        "the training batch's own statistics"
+                        if modes[0][i]["stats"] == "batch"
+                        else f"{modes[0][i]['stats']} statistics",
+                    )
         if not changes:
             return ""
         first = entries[0][1]["stats"]
-        return (f"Evaluated with other statistics than the {first} ones, test accuracy changes most by " +
-                listed([f"{change:+.4f} with {label} ({mode}, at {group}: {before:.4f} → {after:.4f})"
-                        for label, (change, group, before, after, mode) in changes.items()]) + ".")
+        return (
+            f"Evaluated with other statistics than the {first} ones, test accuracy changes most by "
+            + listed(
+                [
+                    f"{change:+.4f} with {label} ({mode}, at {group}: {before:.4f} → {after:.4f})"
+                    for label, (change, group, before, after, mode) in changes.items()
+                ]
+            )
+            + "."
+        )
 
     def tables(self, runs, groups) -> list[str]:
         # columns by position: a mode whose batch size follows data.batch_size differs per variant
@@ -164,8 +191,14 @@ class EvalModesReport(Analysis):
             entries = [self._modes(r)[i] for rs in groups.values() for r in rs if len(self._modes(r)) > i]
             sizes = {e["batch_size"] for e in entries}
             labels.append(f"{entries[0]['stats']} @ " + (str(sizes.pop()) if len(sizes) == 1 else "training batch"))
-        rows = [[group] + [mean_std([self._modes(r)[i]["accuracy"] for r in group_runs if len(self._modes(r)) > i])
-                           for i in range(width)] for group, group_runs in groups.items()]
+        rows = [
+            [group]
+            + [
+                mean_std([self._modes(r)[i]["accuracy"] for r in group_runs if len(self._modes(r)) > i])
+                for i in range(width)
+            ]
+            for group, group_runs in groups.items()
+        ]
         return table("Test accuracy by BN statistics and eval batch size", ["variant", *labels], rows)
 
     def figures(self, runs, groups, out: Path) -> list[str]:
@@ -195,8 +228,9 @@ class EvalModesReport(Analysis):
                 style["linestyle"] = LINE_STYLES[(LINE_STYLES.index(style["linestyle"]) + turn) % len(LINE_STYLES)]
             if len(sizes) == 1 and stats != "batch":  # eval mode normalizes each sample alone: any batch size
                 value = statistics.mean(points[sizes[0]])
-                lines.append((base, sizes_shown, [value] * len(sizes_shown), style,
-                              f"{base}: {stats} (any eval batch)"))
+                lines.append(
+                    (base, sizes_shown, [value] * len(sizes_shown), style, f"{base}: {stats} (any eval batch)")
+                )
             else:
                 lines.append((base, sizes, [statistics.mean(points[s]) for s in sizes], style, f"{base}: {stats}"))
         fixed = [y[0] for _, _, y, _, label in lines if "any eval batch" in label]
@@ -217,13 +251,21 @@ class EvalModesReport(Analysis):
             ax.set_xlabel("eval batch size")
             ax.set_ylabel("test accuracy")
         axes[0][0].set_ylim(0, 1.02)
-        axes[0][0].set_title("test accuracy by BN statistics (line style and marker) and eval batch size "
-                             "(mean over seeds; variants side by side)", fontsize=9)
+        axes[0][0].set_title(
+            "test accuracy by BN statistics (line style and marker) and eval batch size "
+            "(mean over seeds; variants side by side)",
+            fontsize=9,
+        )
         if zoom:
             axes[0][1].set_ylim(*zoom)
             axes[0][1].set_title(f"the same, zoomed on {zoom[0]:.3f}–{zoom[1]:.3f}", fontsize=9)
-        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   fontsize=7, frameon=False)
+        fig.legend(
+            *axes[0][0].get_legend_handles_labels(),
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            fontsize=7,
+            frameon=False,
+        )
         return [save_figure(fig, out / "eval_modes.png")]
 
 

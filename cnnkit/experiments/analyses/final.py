@@ -58,9 +58,17 @@ class FinalMetric(Analysis):
             if means[i] is None:  # nothing to score: a hatched, empty bar over the whole axis
                 ax.bar(i, height, bottom=bottom, color="none", edgecolor="tab:red", hatch="//", lw=0.8)
             if note:
-                ax.text(i, (means[i] + errors[i][1] + 0.02 * height) if means[i] is not None else bottom + height / 2,
-                        note, rotation=90, ha="center", va="bottom" if means[i] is not None else "center", fontsize=7,
-                        color="tab:red", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+                ax.text(
+                    i,
+                    (means[i] + errors[i][1] + 0.02 * height) if means[i] is not None else bottom + height / 2,
+                    note,
+                    rotation=90,
+                    ha="center",
+                    va="bottom" if means[i] is not None else "center",
+                    fontsize=7,
+                    color="tab:red",
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5},
+                )
 
         short = short_names(groups)
         labels = [wrapped(short[name]) for name in names]
@@ -70,8 +78,12 @@ class FinalMetric(Analysis):
         ax.set_ylabel(metric)
         ax.set_ylim(bottom, top)
         seeds = max(len(group_runs) for group_runs in groups.values())
-        ax.set_title(f"{metric} per variant" + (" (mean ± std over seeds)" if seeds > 1 else "") +
-                     (f"; the axis starts at {bottom:.3g}, not 0" if fitted else ""), fontsize=10)
+        ax.set_title(
+            f"{metric} per variant"
+            + (" (mean ± std over seeds)" if seeds > 1 else "")
+            + (f"; the axis starts at {bottom:.3g}, not 0" if fitted else ""),
+            fontsize=10,
+        )
         return [save_figure(fig, out / "final.png")]
 
 
@@ -87,12 +99,16 @@ def _per_variant(groups, metric: str, low_bound: float, high_bound: Optional[flo
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         means.append(mean)
         # the spread over seeds, cut where the metric ends: no accuracy bar reaches past 1
-        errors.append((0.0, 0.0) if mean is None else
-                      (min(std, mean - low_bound), std if high_bound is None else min(std, high_bound - mean)))
+        errors.append(
+            (0.0, 0.0)
+            if mean is None
+            else (min(std, mean - low_bound), std if high_bound is None else min(std, high_bound - mean))
+        )
         params.append(next((int(r.final("params")) for r in group_runs if r.final("params")), 0))
         if diverged and not values:
-            notes.append("diverged at step " + (str(diverged[0]) if len(set(diverged)) == 1 else
-                                                 f"{diverged[0]}–{diverged[-1]}"))
+            notes.append(
+                "diverged at step " + (str(diverged[0]) if len(set(diverged)) == 1 else f"{diverged[0]}–{diverged[-1]}")
+            )
         elif diverged:
             notes.append(f"{len(diverged)} of {len(group_runs)} runs diverged")
         else:
@@ -120,16 +136,32 @@ def _draw_values(ax, means: list, errors: list, notes: list, bottom: float, top:
     if fitted:
         ax.errorbar(scored, [means[i] for i in scored], yerr=yerr, fmt="o", color="tab:blue", capsize=3)
         for i in scored:
-            ax.text(i, means[i] + errors[i][1] + 0.04 * (top - bottom), f"{means[i]:.4f}", rotation=90,
-                    ha="center", va="bottom", fontsize=7)
+            ax.text(
+                i,
+                means[i] + errors[i][1] + 0.04 * (top - bottom),
+                f"{means[i]:.4f}",
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
         return
     ax.bar(scored, [means[i] for i in scored], yerr=yerr, capsize=3, color="tab:blue")
     for i in scored:
         if not notes[i]:  # the value on its bar, over the error bar (above the error bar if too short)
             inside = means[i] > 0.25 * top
-            ax.text(i, means[i] / 2 if inside else means[i] + errors[i][1] + 0.02 * top, f"{means[i]:.3f}",
-                    rotation=90, ha="center", va="center" if inside else "bottom", fontsize=7,
-                    color="white" if inside else "black", zorder=3,
-                    bbox={"facecolor": "tab:blue" if inside else "white", "edgecolor": "none", "pad": 1})
+            ax.text(
+                i,
+                means[i] / 2 if inside else means[i] + errors[i][1] + 0.02 * top,
+                f"{means[i]:.3f}",
+                rotation=90,
+                ha="center",
+                va="center" if inside else "bottom",
+                fontsize=7,
+                color="white" if inside else "black",
+                zorder=3,
+                bbox={"facecolor": "tab:blue" if inside else "white", "edgecolor": "none", "pad": 1},
+            )
+
 
 ANALYSIS = FinalMetric()

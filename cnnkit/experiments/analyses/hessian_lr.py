@@ -23,8 +23,10 @@ class HessianLR(L.Callback):
         model = pl_module.model
         size = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if size > self.max_params:
-            raise ValueError(f"hessian_lr: the model has {size} parameters; the full Hessian is for small "
-                             f"models (max_params={self.max_params})")
+            raise ValueError(
+                f"hessian_lr: the model has {size} parameters; the full Hessian is for small "
+                f"models (max_params={self.max_params})"
+            )
         x, y = train_tensors(trainer, pl_module.device)
         was_training = model.training
         model.eval()
@@ -34,9 +36,13 @@ class HessianLR(L.Callback):
         eigenvalues = torch.linalg.eigvalsh(hessian.double())
         top, bottom = float(eigenvalues.max()), float(eigenvalues.min())
         lr = self.factor * 2.0 / top
-        record = {"lambda_max": top, "lambda_min": bottom,
-                  "condition_number": top / bottom if bottom > 0 else float("inf"),
-                  "largest_stable_lr": 2.0 / top, "lr": lr if self.set_lr else None}
+        record = {
+            "lambda_max": top,
+            "lambda_min": bottom,
+            "condition_number": top / bottom if bottom > 0 else float("inf"),
+            "largest_stable_lr": 2.0 / top,
+            "lr": lr if self.set_lr else None,
+        }
         if self.set_lr:
             for optimizer in trainer.optimizers:
                 for group in optimizer.param_groups:
@@ -61,19 +67,22 @@ class HessianReport(Analysis):
         def number(value: float) -> str:
             return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
-        return ("The Hessian of the training loss at the start has condition number " +
-                listed([f"{number(max(kappa[label]))} with {label}" for label in order]) +
-                "; the largest stable step of gradient descent, 2/λmax, is " +
-                listed([f"{min(step[label]):.3g}" for label in order]) + (" in the same order." if len(order) > 1
-                                                                          else "."))
+        return (
+            "The Hessian of the training loss at the start has condition number "
+            + listed([f"{number(max(kappa[label]))} with {label}" for label in order])
+            + "; the largest stable step of gradient descent, 2/λmax, is "
+            + listed([f"{min(step[label]):.3g}" for label in order])
+            + (" in the same order." if len(order) > 1 else ".")
+        )
 
     def tables(self, runs, groups) -> list[str]:
         rows = []
         for run in runs:
             h = self.of(run)["hessian"]
             lr = str(h["lr"]) if h["lr"] is None else format(h["lr"], ".4g")
-            rows.append([run.variant, f"{h['lambda_max']:.4g}", f"{h['lambda_min']:.4g}",
-                         f"{h['condition_number']:,.1f}", lr])
+            rows.append(
+                [run.variant, f"{h['lambda_max']:.4g}", f"{h['lambda_min']:.4g}", f"{h['condition_number']:,.1f}", lr]
+            )
         return table("Hessian at the start", ["run", "λmax", "λmin", "condition number", "lr used"], rows)
 
 

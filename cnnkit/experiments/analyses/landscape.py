@@ -31,8 +31,12 @@ from cnnkit.experiments.analyses._unit import (
 from cnnkit.training.callbacks.output import RowLog
 
 
-def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
-                         params: Sequence[torch.Tensor], lr: float, multipliers: Sequence[float]) -> dict[str, float]:
+def probe_along_gradient(
+    loss_and_grad: Callable[[], tuple[torch.Tensor, list[torch.Tensor]]],
+    params: Sequence[torch.Tensor],
+    lr: float,
+    multipliers: Sequence[float],
+) -> dict[str, float]:
     """Probe L along −g from the current ``params`` (restored afterwards)."""
     saved = [p.detach().clone() for p in params]
     loss, grads = loss_and_grad()
@@ -54,9 +58,15 @@ def probe_along_gradient(loss_and_grad: Callable[[], tuple[torch.Tensor, list[to
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
-    return {"loss": float(loss), "loss_min": min(losses), "loss_max": max(losses),
-            "grad_change_min": min(changes), "grad_change_max": max(changes), "beta": max(betas),
-            "grad_norm": g_norm}
+    return {
+        "loss": float(loss),
+        "loss_min": min(losses),
+        "loss_max": max(losses),
+        "grad_change_min": min(changes),
+        "grad_change_max": max(changes),
+        "beta": max(betas),
+        "grad_norm": g_norm,
+    }
 
 
 class LandscapeProbes(L.Callback):
@@ -108,24 +118,34 @@ class LandscapeReport(Analysis):
         finite = _finite_rows(self.of(run).get("landscape", []))
         if not finite:
             return None
-        return {"loss_range": statistics.mean(r["loss_max"] - r["loss_min"] for r in finite),
-                "grad_change": statistics.mean(r["grad_change_max"] for r in finite),
-                "beta": statistics.mean(r["beta"] for r in finite)}
+        return {
+            "loss_range": statistics.mean(r["loss_max"] - r["loss_min"] for r in finite),
+            "grad_change": statistics.mean(r["grad_change_max"] for r in finite),
+            "beta": statistics.mean(r["beta"] for r in finite),
+        }
 
     def answer(self, runs, groups, labels) -> str:
-        measures = {key: by_label(groups, labels, lambda r, key=key: (self.means(r) or {}).get(key))
-                    for key in ("loss_range", "grad_change", "beta")}
+        measures = {
+            key: by_label(groups, labels, lambda r, key=key: (self.means(r) or {}).get(key))
+            for key in ("loss_range", "grad_change", "beta")
+        }
         if not measures["loss_range"]:
             return ""
         mean = {key: {label: statistics.mean(v) for label, v in found.items()} for key, found in measures.items()}
         order = sorted(mean["loss_range"], key=mean["loss_range"].get)
         shown = {key: listed([f"{mean[key][label]:.3g}" for label in order]) for key in ("grad_change", "beta")}
-        return ("Probed along the gradient, the loss varies over the step sizes by " +
-                listed([f"{mean['loss_range'][label]:.3g} with {label}" for label in order]) +
-                (f"; the gradient changes by up to {shown['grad_change']} and the effective β-smoothness is "
-                 f"{shown['beta']}, in the same order" if len(order) > 1 else
-                 f"; the gradient changes by up to {shown['grad_change']}, the effective β-smoothness is "
-                 f"{shown['beta']}") + " (means over the probes and seeds).")
+        return (
+            "Probed along the gradient, the loss varies over the step sizes by "
+            + listed([f"{mean['loss_range'][label]:.3g} with {label}" for label in order])
+            + (
+                f"; the gradient changes by up to {shown['grad_change']} and the effective β-smoothness is "
+                f"{shown['beta']}, in the same order"
+                if len(order) > 1
+                else f"; the gradient changes by up to {shown['grad_change']}, the effective β-smoothness is "
+                f"{shown['beta']}"
+            )
+            + " (means over the probes and seeds)."
+        )
 
     def tables(self, runs, groups) -> list[str]:
         scapes = [(g, [self.means(r) for r in rs]) for g, rs in groups.items() if any(self.means(r) for r in rs)]
@@ -134,10 +154,14 @@ class LandscapeReport(Analysis):
         rows = []
         for group, values in scapes:
             values = [v for v in values if v]
-            rows.append([group] + [mean_std([v[key] for v in values], True) for key in ("loss_range", "grad_change",
-                                                                                      "beta")])
-        return table("Landscape probes, averaged over the run (mean ± std over seeds, then each seed)",
-                     ["variant", "loss range along −g", "max gradient change", "effective β"], rows)
+            rows.append(
+                [group] + [mean_std([v[key] for v in values], True) for key in ("loss_range", "grad_change", "beta")]
+            )
+        return table(
+            "Landscape probes, averaged over the run (mean ± std over seeds, then each seed)",
+            ["variant", "loss range along −g", "max gradient change", "effective β"],
+            rows,
+        )
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         plt = pyplot()
@@ -149,17 +173,39 @@ class LandscapeReport(Analysis):
                 continue
             steps = [r["step"] for r in rows]
             color, style = styles[group]["color"], styles[group]["linestyle"]
-            axes[0].fill_between(steps, [r["loss_min"] for r in rows], [r["loss_max"] for r in rows],
-                                 alpha=0.35, color=color, linestyle=style, label=group)
-            axes[1].fill_between(steps, [r["grad_change_min"] for r in rows], [r["grad_change_max"] for r in rows],
-                                 alpha=0.35, color=color, linestyle=style, label=group)
+            axes[0].fill_between(
+                steps,
+                [r["loss_min"] for r in rows],
+                [r["loss_max"] for r in rows],
+                alpha=0.35,
+                color=color,
+                linestyle=style,
+                label=group,
+            )
+            axes[1].fill_between(
+                steps,
+                [r["grad_change_min"] for r in rows],
+                [r["grad_change_max"] for r in rows],
+                alpha=0.35,
+                color=color,
+                linestyle=style,
+                label=group,
+            )
             marker = "o" if len(steps) < 3 else None  # a probe or two: a line would not show
             axes[2].plot(steps, [r["beta"] for r in rows], color=color, linestyle=style, marker=marker, label=group)
-        for ax, title, label in zip(axes, ("loss along the gradient (range over step sizes)",
-                                           "gradient predictiveness: ‖∇L(θ−ηg) − ∇L(θ)‖",
-                                           "effective β-smoothness"),
-                                    ("training-batch loss L(θ − ηg)", "gradient change ‖∇L(θ − ηg) − ∇L(θ)‖",
-                                     "β = max over η of ‖∇L(θ − ηg) − ∇L(θ)‖ / ‖ηg‖")):
+        for ax, title, label in zip(
+            axes,
+            (
+                "loss along the gradient (range over step sizes)",
+                "gradient predictiveness: ‖∇L(θ−ηg) − ∇L(θ)‖",
+                "effective β-smoothness",
+            ),
+            (
+                "training-batch loss L(θ − ηg)",
+                "gradient change ‖∇L(θ − ηg) − ∇L(θ)‖",
+                "β = max over η of ‖∇L(θ − ηg) − ∇L(θ)‖ / ‖ηg‖",
+            ),
+        ):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
             ax.set_ylabel(label, fontsize=8)

@@ -41,8 +41,9 @@ class LossSurface(L.Callback):
         loss, flat = loss_of_flat(pl_module.model, pl_module.loss, *self.data)
         self._record(trainer, pl_module, float(loss(flat)))
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         self._record_current(trainer, pl_module)
 
     @torch.no_grad()
@@ -60,8 +61,9 @@ class LossSurface(L.Callback):
         loss, _ = loss_of_flat(pl_module.model, pl_module.loss, *self.data)
         grid = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="xy"), -1).reshape(-1, 2)
         values = torch.stack([loss(point.to(pl_module.device)) for point in grid]).reshape(self.grid, self.grid)
-        write_json(trainer, "surface.json", {"w1": axes[0].tolist(), "w2": axes[1].tolist(),
-                                            "loss": values.cpu().tolist()})
+        write_json(
+            trainer, "surface.json", {"w1": axes[0].tolist(), "w2": axes[1].tolist(), "loss": values.cpu().tolist()}
+        )
 
 
 Callback = LossSurface
@@ -90,8 +92,10 @@ class LossSurfaceReport(Analysis):
             kappa = (data.get("hessian") or {}).get("condition_number")
             # the Hessian is taken at the start: away from it the loss is not quadratic and the contours bend
             shown = "" if not kappa else f"{kappa:,.0f}" if kappa >= 100 else f"{kappa:.3g}"
-            ax.set_title(f"{run.variant}" + (f"\ncondition number of the Hessian at the start (●): {shown}"
-                                             if kappa else ""), fontsize=9)
+            ax.set_title(
+                f"{run.variant}" + (f"\ncondition number of the Hessian at the start (●): {shown}" if kappa else ""),
+                fontsize=9,
+            )
             ax.set_xlabel("w1")
             ax.set_ylabel("w2")
             ax.legend(fontsize=7)

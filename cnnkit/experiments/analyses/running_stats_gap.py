@@ -40,15 +40,20 @@ MIN_STD = 1e-5  # a channel that is constant over the data (a dead ReLU's output
 
 
 @torch.no_grad()
-def population_moments(model: nn.Module, batches: Iterable[torch.Tensor],
-                       forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, bn_math.Moments]:
+def population_moments(
+    model: nn.Module, batches: Iterable[torch.Tensor], forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+) -> dict[str, bn_math.Moments]:
     """Per BN layer of ``model`` (by name), the moments of its input over ``batches`` in a forward pass
     (``forward``, default ``model``) where every BN normalizes with its batch's statistics."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats}
-    moments = {name: bn_math.Moments.zeros(layer.num_features, device=layer.running_mean.device)
-               for name, layer in layers.items()}
-    handles = [layer.register_forward_pre_hook(lambda m, inputs, name=name: moments[name].add(inputs[0]))
-               for name, layer in layers.items()]
+    moments = {
+        name: bn_math.Moments.zeros(layer.num_features, device=layer.running_mean.device)
+        for name, layer in layers.items()
+    }
+    handles = [
+        layer.register_forward_pre_hook(lambda m, inputs, name=name: moments[name].add(inputs[0]))
+        for name, layer in layers.items()
+    ]
     was_training = model.training
     model.eval()  # dropout and noise layers off: nothing random is drawn
     try:
@@ -69,7 +74,7 @@ def gaps(layer: _BatchNorm, population: bn_math.Moments) -> tuple[float, float]:
     running_mean = layer.running_mean.to(mean.dtype)
     running_var = layer.running_var.to(var.dtype)
     mean_gap = ((running_mean - mean).abs() / var.sqrt().clamp_min(MIN_STD)).mean()
-    var_gap = (running_var / var.clamp_min(MIN_STD ** 2) - 1).abs().mean()
+    var_gap = (running_var / var.clamp_min(MIN_STD**2) - 1).abs().mean()
     return float(mean_gap), float(var_gap)
 
 
@@ -116,29 +121,44 @@ class RunningStatsGapReport(Analysis):
         return self.of(run).get("running_stats_gap", [])
 
     def answer(self, runs, groups, labels) -> str:
-        gap = {kind: by_label(groups, labels, lambda r, kind=kind: _final_average(self._rows(r), kind)
-                              if self._rows(r) else None) for kind in ("mean_gap", "var_gap")}
+        gap = {
+            kind: by_label(
+                groups, labels, lambda r, kind=kind: _final_average(self._rows(r), kind) if self._rows(r) else None
+            )
+            for kind in ("mean_gap", "var_gap")
+        }
         if not gap["mean_gap"]:
             return ""
         mean = {kind: {label: statistics.mean(v) for label, v in found.items()} for kind, found in gap.items()}
         order = sorted(mean["mean_gap"], key=mean["mean_gap"].get)
-        return ("At the last validation, BN's running means are off the population's by " +
-                listed([f"{mean['mean_gap'][label]:.4f}{' population stds' if i == 0 else ''} with {label}"
-                        for i, label in enumerate(order)]) +
-                ", its running variances by " + listed([f"{mean['var_gap'][label]:.4f}" for label in order]) +
-                (" in the same order" if len(order) > 1 else "") + " (relative; averages over the BN layers).")
+        return (
+            "At the last validation, BN's running means are off the population's by "
+            + listed(
+                [
+                    f"{mean['mean_gap'][label]:.4f}{' population stds' if i == 0 else ''} with {label}"
+                    for i, label in enumerate(order)
+                ]
+            )
+            + ", its running variances by "
+            + listed([f"{mean['var_gap'][label]:.4f}" for label in order])
+            + (" in the same order" if len(order) > 1 else "")
+            + " (relative; averages over the BN layers)."
+        )
 
     def tables(self, runs, groups) -> list[str]:
         cells = []
         for group, group_runs in groups.items():
             rows = self._rows(group_runs[0])
             worst = max(_layers(rows), key=lambda layer: rows[-1][f"{layer}/var_gap"])
-            averages = [mean_std([_final_average(self._rows(r), kind) for r in group_runs])
-                        for kind in ("mean_gap", "var_gap")]
+            averages = [
+                mean_std([_final_average(self._rows(r), kind) for r in group_runs]) for kind in ("mean_gap", "var_gap")
+            ]
             cells.append([group, *averages, f"{worst}: {rows[-1][f'{worst}/var_gap']:.4f}"])
-        return table("BN running statistics vs the population at the last validation (average over layers)",
-                     ["variant", "mean gap (population stds)", "variance gap (relative)", "worst layer (variance gap)"],
-                     cells)
+        return table(
+            "BN running statistics vs the population at the last validation (average over layers)",
+            ["variant", "mean gap (population stds)", "variance gap (relative)", "worst layer (variance gap)"],
+            cells,
+        )
 
     def figures(self, runs, groups, out: Path) -> list[str]:
         plt = pyplot()
@@ -146,8 +166,12 @@ class RunningStatsGapReport(Analysis):
         for column, group_runs in enumerate(groups.values()):
             rows = self._rows(group_runs[0])
             steps = [r["step"] for r in rows]
-            for row, (kind, label) in enumerate((("mean_gap", "|running mean − population mean| / std"),
-                                                 ("var_gap", "|running var / population var − 1|"))):
+            for row, (kind, label) in enumerate(
+                (
+                    ("mean_gap", "|running mean − population mean| / std"),
+                    ("var_gap", "|running var / population var − 1|"),
+                )
+            ):
                 ax = axes[row][column]
                 for layer in _layers(rows):
                     ax.plot(steps, [r[f"{layer}/{kind}"] for r in rows], "o-", ms=3, lw=1, label=layer)

@@ -10,8 +10,16 @@ from cnnkit.nn.layers.blocks import Bias, LinearNormAct
 from cnnkit.nn.layers.norms import NormScheme
 
 
-def classifier_head(in_features: int, hidden: Sequence[int], num_classes: int, *, norm: NormScheme,
-                    act: Callable[[], nn.Module], bias: Bias, dropout: float = 0.0) -> nn.Sequential:
+def classifier_head(
+    in_features: int,
+    hidden: Sequence[int],
+    num_classes: int,
+    *,
+    norm: NormScheme,
+    act: Callable[[], nn.Module],
+    bias: Bias,
+    dropout: float = 0.0,
+) -> nn.Sequential:
     """Flatten, ``hidden`` LinearNormAct layers, then a plain linear layer to the logits."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features

@@ -14,11 +14,23 @@ from cnnkit.nn.layers.norms import NormScheme
 from cnnkit.registry import BACKBONES
 
 
-@BACKBONES.register("lenet", aliases=("lenet5",), traits={"min_size": 12},
-                    description="LeNet-5: conv5x5(6) → pool → conv5x5(16) → pool → FC 120 → FC 84 → classes")
-def lenet(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-          pool: Callable[..., nn.Module], bias: Bias = "auto", channels: Sequence[int] = (6, 16),
-          hidden: Sequence[int] = (120, 84)) -> nn.Module:
+@BACKBONES.register(
+    "lenet",
+    aliases=("lenet5",),
+    traits={"min_size": 12},
+    description="LeNet-5: conv5x5(6) → pool → conv5x5(16) → pool → FC 120 → FC 84 → classes",
+)
+def lenet(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: NormScheme,
+    act: Callable[[], nn.Module],
+    pool: Callable[..., nn.Module],
+    bias: Bias = "auto",
+    channels: Sequence[int] = (6, 16),
+    hidden: Sequence[int] = (120, 84),
+) -> nn.Module:
     """The first conv is padded by 2, so 28x28 MNIST maps like the original's 32x32 input (16·5·5 = 400)."""
     in_channels = image_channels(input_shape, "lenet")
     features = nn.Sequential(

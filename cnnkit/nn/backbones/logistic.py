@@ -26,9 +26,12 @@ class Logistic(nn.Module):
         return torch.cat([torch.zeros_like(z), z], dim=1)
 
 
-@BACKBONES.register("logistic", traits={"min_size": 1, "num_classes": 2},
-                    description="two-class logistic regression, logits [0, w·x], no bias: "
-                                "one weight per input feature (E1's error surface)")
+@BACKBONES.register(
+    "logistic",
+    traits={"min_size": 1, "num_classes": 2},
+    description="two-class logistic regression, logits [0, w·x], no bias: "
+    "one weight per input feature (E1's error surface)",
+)
 def logistic(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     if num_classes != 2:
         raise ConfigError(f"logistic is a two-class model; the dataset has {num_classes} classes")

@@ -27,11 +27,21 @@ from cnnkit.registry import BACKBONES
 class BasicBlock(nn.Module):
     """x → conv3x3 → norm/act → conv3x3 → norm, plus the shortcut, then act."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: NormScheme,
-                 act: Callable[[], nn.Module], bias: Bias):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm: NormScheme,
+        act: Callable[[], nn.Module],
+        bias: Bias,
+    ):
         super().__init__()
-        self.shortcut = (nn.Identity() if stride == 1 and in_channels == out_channels else
-                         ConvNormAct(in_channels, out_channels, 1, stride, 0, norm=norm, act=None, bias=bias))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and in_channels == out_channels
+            else ConvNormAct(in_channels, out_channels, 1, stride, 0, norm=norm, act=None, bias=bias)
+        )
         self.conv1 = ConvNormAct(in_channels, out_channels, 3, stride, norm=norm, act=act, bias=bias)
         self.conv2 = ConvNormAct(out_channels, out_channels, 3, norm=norm, act=None, bias=bias)
         self.act = act()
@@ -44,8 +54,15 @@ class BasicBlock(nn.Module):
 class PreActBlock(nn.Module):
     """x → norm/act → conv3x3 → norm/act → conv3x3, plus the shortcut (taken after the first norm/act)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: NormScheme,
-                 act: Callable[[], nn.Module], bias: Bias):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm: NormScheme,
+        act: Callable[[], nn.Module],
+        bias: Bias,
+    ):
         super().__init__()
         self.pre1 = NormAct(in_channels, norm, act)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=use_bias(bias, _norm_first(norm)))
@@ -65,13 +82,25 @@ def _norm_first(norm: NormScheme) -> bool:
     return norm.order == "pre" and norm.make(1, 2) is not None
 
 
-def resnet(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormScheme,
-           act: Callable[[], nn.Module], bias: Bias, widths: Sequence[int], blocks: Sequence[int],
-           preact: bool) -> nn.Sequential:
+def resnet(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: NormScheme,
+    act: Callable[[], nn.Module],
+    bias: Bias,
+    widths: Sequence[int],
+    blocks: Sequence[int],
+    preact: bool,
+) -> nn.Sequential:
     in_channels = image_channels(input_shape, name)
     block = PreActBlock if preact else BasicBlock
-    stem = (nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=use_bias(bias, False)) if preact else
-            ConvNormAct(in_channels, widths[0], 3, norm=norm, act=act, bias=bias))
+    stem = (
+        nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=use_bias(bias, False))
+        if preact
+        else ConvNormAct(in_channels, widths[0], 3, norm=norm, act=act, bias=bias)
+    )
     layers: list[nn.Module] = [stem]
     channels = widths[0]
     for stage, (width, count) in enumerate(zip(widths, blocks)):
@@ -87,19 +116,34 @@ def resnet(name: str, input_shape: Sequence[int], num_classes: int, *, norm: Nor
 
 
 def _register(name: str, widths: tuple[int, ...], blocks: tuple[int, ...], description: str) -> None:
-    def build(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-              bias: Bias = "auto", preact: bool = False, width: float = 1.0) -> nn.Module:
+    def build(
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        norm: NormScheme,
+        act: Callable[[], nn.Module],
+        bias: Bias = "auto",
+        preact: bool = False,
+        width: float = 1.0,
+    ) -> nn.Module:
         scaled = [max(1, round(w * width)) for w in widths]
-        return resnet(name, input_shape, num_classes, norm=norm, act=act, bias=bias, widths=scaled,
-                      blocks=blocks, preact=preact)
+        return resnet(
+            name, input_shape, num_classes, norm=norm, act=act, bias=bias, widths=scaled, blocks=blocks, preact=preact
+        )
 
     build.__name__ = build.__qualname__ = name
     BACKBONES.register(name, build, description=description, traits={"min_size": 1})  # global pooling
 
 
-_register("resnet20", (16, 32, 64), (3, 3, 3), "CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, "
-          "16/32/64 channels; preact option")
-_register("resnet56", (16, 32, 64), (9, 9, 9), "CIFAR ResNet-56: 3 stages of 9 basic blocks, 16/32/64 channels; "
-          "preact option")
-_register("resnet18", (64, 128, 256, 512), (2, 2, 2, 2), "ResNet-18 with a CIFAR stem (3x3 conv, no max-pool); "
-          "preact option")
+_register(
+    "resnet20",
+    (16, 32, 64),
+    (3, 3, 3),
+    "CIFAR ResNet-20 (He et al. 2016): 3 stages of 3 basic blocks, 16/32/64 channels; preact option",
+)
+_register(
+    "resnet56", (16, 32, 64), (9, 9, 9), "CIFAR ResNet-56: 3 stages of 9 basic blocks, 16/32/64 channels; preact option"
+)
+_register(
+    "resnet18", (64, 128, 256, 512), (2, 2, 2, 2), "ResNet-18 with a CIFAR stem (3x3 conv, no max-pool); preact option"
+)

@@ -56,5 +56,6 @@ def feature_shape(features: nn.Module, input_shape: Sequence[int], backbone: str
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (low, middle) if _probe(features, (channels, middle, middle)) is not None else (middle, high)
-    raise InputTooSmall(f"{backbone} needs inputs of at least {high}x{high}, got "
-                        f"{'x'.join(str(d) for d in input_shape[1:])}", high)
+    raise InputTooSmall(
+        f"{backbone} needs inputs of at least {high}x{high}, got {'x'.join(str(d) for d in input_shape[1:])}", high
+    )

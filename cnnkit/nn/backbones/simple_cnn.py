@@ -14,12 +14,26 @@ from cnnkit.nn.layers.norms import NormScheme
 from cnnkit.registry import BACKBONES
 
 
-@BACKBONES.register("simple_cnn", aliases=("cnn",), traits={"min_size": 4},
-                    description="conv blocks (conv → norm/act, pool) → flatten → fully-connected head")
-def simple_cnn(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-               pool: Callable[..., nn.Module], bias: Bias = "auto", channels: Sequence[int] = (32, 64),
-               kernel_size: int = 3, pool_size: int = 2, hidden: Sequence[int] = (128,),
-               dropout: float = 0.0) -> nn.Module:
+@BACKBONES.register(
+    "simple_cnn",
+    aliases=("cnn",),
+    traits={"min_size": 4},
+    description="conv blocks (conv → norm/act, pool) → flatten → fully-connected head",
+)
+def simple_cnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: NormScheme,
+    act: Callable[[], nn.Module],
+    pool: Callable[..., nn.Module],
+    bias: Bias = "auto",
+    channels: Sequence[int] = (32, 64),
+    kernel_size: int = 3,
+    pool_size: int = 2,
+    hidden: Sequence[int] = (128,),
+    dropout: float = 0.0,
+) -> nn.Module:
     in_channels = image_channels(input_shape, "simple_cnn")
     layers: list[nn.Module] = []
     for out_channels in channels:

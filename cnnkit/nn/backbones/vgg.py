@@ -26,9 +26,19 @@ STAGES = {
 }
 
 
-def vgg(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormScheme,
-        act: Callable[[], nn.Module], pool: Callable[..., nn.Module], bias: Bias, width: float,
-        hidden: Sequence[int], dropout: float) -> nn.Sequential:
+def vgg(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    norm: NormScheme,
+    act: Callable[[], nn.Module],
+    pool: Callable[..., nn.Module],
+    bias: Bias,
+    width: float,
+    hidden: Sequence[int],
+    dropout: float,
+) -> nn.Sequential:
     if width <= 0:
         raise ConfigError(f"{name}: width must be > 0, got {width}")
     in_channels = image_channels(input_shape, name)
@@ -42,21 +52,44 @@ def vgg(name: str, input_shape: Sequence[int], num_classes: int, *, norm: NormSc
     features = nn.Sequential(*layers)
     flat = math.prod(feature_shape(features, input_shape, name))
     hidden = [max(1, round(h * width)) for h in hidden]
-    return nn.Sequential(features, classifier_head(flat, hidden, num_classes, norm=norm, act=act, bias=bias,
-                                                   dropout=dropout))
+    return nn.Sequential(
+        features, classifier_head(flat, hidden, num_classes, norm=norm, act=act, bias=bias, dropout=dropout)
+    )
 
 
 def _register(name: str, layers: int) -> None:
-    def build(input_shape: Sequence[int], num_classes: int, *, norm: NormScheme, act: Callable[[], nn.Module],
-              pool: Callable[..., nn.Module], bias: Bias = "auto", width: float = 1.0,
-              hidden: Sequence[int] = (512,), dropout: float = 0.0) -> nn.Module:
-        return vgg(name, input_shape, num_classes, norm=norm, act=act, pool=pool, bias=bias, width=width,
-                   hidden=hidden, dropout=dropout)
+    def build(
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        norm: NormScheme,
+        act: Callable[[], nn.Module],
+        pool: Callable[..., nn.Module],
+        bias: Bias = "auto",
+        width: float = 1.0,
+        hidden: Sequence[int] = (512,),
+        dropout: float = 0.0,
+    ) -> nn.Module:
+        return vgg(
+            name,
+            input_shape,
+            num_classes,
+            norm=norm,
+            act=act,
+            pool=pool,
+            bias=bias,
+            width=width,
+            hidden=hidden,
+            dropout=dropout,
+        )
 
     build.__name__ = build.__qualname__ = name
-    BACKBONES.register(name, build, traits={"min_size": 32},
-                       description=f"CIFAR-style VGG-{layers}: 3x3 convs in 5 pooled stages, "
-                                   f"small FC head; width multiplier")
+    BACKBONES.register(
+        name,
+        build,
+        traits={"min_size": 32},
+        description=f"CIFAR-style VGG-{layers}: 3x3 convs in 5 pooled stages, small FC head; width multiplier",
+    )
 
 
 _register("vgg11", 11)

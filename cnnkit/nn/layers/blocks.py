@@ -35,8 +35,9 @@ def use_bias(bias: Bias | str, norm_follows: bool) -> bool:
     return not norm_follows if bias == "auto" else bias
 
 
-def norm_act_order(norm: NormScheme, norm_layer: nn.Module | None,
-                   act_layer: nn.Module | None) -> list[tuple[str, nn.Module]]:
+def norm_act_order(
+    norm: NormScheme, norm_layer: nn.Module | None, act_layer: nn.Module | None
+) -> list[tuple[str, nn.Module]]:
     """``[("norm", ...), ("act", ...)]`` in the scheme's order (``post`` puts the activation first), without Nones."""
     if norm.order not in ORDERS:
         raise ConfigError(f"norm order must be one of {', '.join(ORDERS)}, got {norm.order!r}")
@@ -52,8 +53,14 @@ class WeightNormAct(nn.Sequential):
     dim = 1
     weight_name = "weight_layer"
 
-    def __init__(self, make_weight: Callable[[bool], nn.Module], out_features: int,
-                 norm: NormScheme, act: Callable[[], nn.Module] | None, bias: Bias):
+    def __init__(
+        self,
+        make_weight: Callable[[bool], nn.Module],
+        out_features: int,
+        norm: NormScheme,
+        act: Callable[[], nn.Module] | None,
+        bias: Bias,
+    ):
         norm_layer = norm.make(out_features, self.dim)
         norm_follows = norm_layer is not None and (norm.order == "pre" or act is None)
         layers = OrderedDict([(self.weight_name, make_weight(use_bias(bias, norm_follows)))])
@@ -76,13 +83,25 @@ class ConvNormAct(WeightNormAct):
     dim = 2
     weight_name = "conv"
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int | None = None, *, norm: NormScheme, act: Callable[[], nn.Module] | None,
-                 bias: Bias = "auto"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        *,
+        norm: NormScheme,
+        act: Callable[[], nn.Module] | None,
+        bias: Bias = "auto",
+    ):
         padding = kernel_size // 2 if padding is None else padding
         super().__init__(
             lambda b: nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=b),
-            out_channels, norm, act, bias,
+            out_channels,
+            norm,
+            act,
+            bias,
         )
 
 
@@ -92,7 +111,13 @@ class LinearNormAct(WeightNormAct):
     dim = 1
     weight_name = "linear"
 
-    def __init__(self, in_features: int, out_features: int, *, norm: NormScheme,
-                 act: Callable[[], nn.Module] | None, bias: Bias = "auto"):
-        super().__init__(lambda b: nn.Linear(in_features, out_features, bias=b),
-                         out_features, norm, act, bias)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        norm: NormScheme,
+        act: Callable[[], nn.Module] | None,
+        bias: Bias = "auto",
+    ):
+        super().__init__(lambda b: nn.Linear(in_features, out_features, bias=b), out_features, norm, act, bias)

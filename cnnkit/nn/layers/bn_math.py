@@ -34,8 +34,14 @@ def batch_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=dims), x.var(dim=dims, unbiased=False)
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float,
-              weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """γ·(x − μ)/√(σ² + ε) + β with (C,) statistics and affine parameters."""
     y = (x - per_channel(mean, x)) * torch.rsqrt(per_channel(var, x) + eps)
     if weight is not None:
@@ -57,8 +63,7 @@ def unbiased(var: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_running_stats(layer: _BatchNorm, mean: torch.Tensor, var: torch.Tensor,
-                         count: torch.Tensor | int) -> None:
+def update_running_stats(layer: _BatchNorm, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor | int) -> None:
     """One moving-average step of ``layer``'s buffers from a batch's mean and biased variance."""
     layer.num_batches_tracked += 1
     m = 1.0 / float(layer.num_batches_tracked) if layer.momentum is None else layer.momentum
@@ -87,11 +92,14 @@ class Moments:
     count: torch.Tensor
 
     @classmethod
-    def zeros(cls, channels: int, dtype: torch.dtype = torch.float64,
-              device: torch.device | str | None = None) -> "Moments":
-        return cls(torch.zeros(channels, dtype=dtype, device=device),
-                   torch.zeros(channels, dtype=dtype, device=device),
-                   torch.zeros((), dtype=dtype, device=device))
+    def zeros(
+        cls, channels: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+    ) -> "Moments":
+        return cls(
+            torch.zeros(channels, dtype=dtype, device=device),
+            torch.zeros(channels, dtype=dtype, device=device),
+            torch.zeros((), dtype=dtype, device=device),
+        )
 
     @classmethod
     def of(cls, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> "Moments":
@@ -111,7 +119,7 @@ class Moments:
         """The moments over all processes; ``reduce`` sums one packed tensor (in place or not)."""
         channels = self.total.shape[0]
         packed = reduce(torch.cat([self.total, self.total_sq, self.count.reshape(1)]))
-        return Moments(packed[:channels], packed[channels:2 * channels], packed[-1])
+        return Moments(packed[:channels], packed[channels : 2 * channels], packed[-1])
 
     @property
     def mean(self) -> torch.Tensor:

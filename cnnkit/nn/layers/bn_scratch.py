@@ -40,8 +40,11 @@ class ScratchBatchNorm(_BatchNorm):
         return bn_math.layer_normalize(self, x, mean, var)
 
 
-@NORMS.register("bn_scratch", description="BatchNorm before the activation, written with plain tensor ops "
-                                          "(the course's formulas); matches torch's BatchNorm")
+@NORMS.register(
+    "bn_scratch",
+    description="BatchNorm before the activation, written with plain tensor ops "
+    "(the course's formulas); matches torch's BatchNorm",
+)
 class ScratchBatchNormPre(BatchNorm):
     order = "pre"
 

@@ -51,8 +51,9 @@ class XavierInit(Init):
         nn.init.xavier_uniform_(weight, gain=self.gain)
 
 
-@INITS.register("normal", aliases=("gaussian",),
-                description="N(0, std²) weights: small Gaussian init (Ioffe & Szegedy's MLP)")
+@INITS.register(
+    "normal", aliases=("gaussian",), description="N(0, std²) weights: small Gaussian init (Ioffe & Szegedy's MLP)"
+)
 class NormalInit(Init):
     def __init__(self, std: float = 0.01):
         if std <= 0:

@@ -26,8 +26,11 @@ class DistributionNoise(nn.Module):
         return scale * x + shift
 
 
-@NORMS.register("noisy_bn", description="BatchNorm + Santurkar et al.'s random shift/scale noise after it "
-                                        "(training only), before the activation")
+@NORMS.register(
+    "noisy_bn",
+    description="BatchNorm + Santurkar et al.'s random shift/scale noise after it "
+    "(training only), before the activation",
+)
 class NoisyBatchNorm(BatchNorm):
     order = "pre"
 

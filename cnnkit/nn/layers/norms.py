@@ -46,8 +46,11 @@ class NoNorm(NormScheme):
     standardize_inputs = False
 
 
-@NORMS.register("input", aliases=("feature_norm",),
-                description="feature normalization of the inputs only (train-split mean/std), nothing inside")
+@NORMS.register(
+    "input",
+    aliases=("feature_norm",),
+    description="feature normalization of the inputs only (train-split mean/std), nothing inside",
+)
 class InputNorm(NormScheme):
     standardize_inputs = True
 
@@ -73,8 +76,11 @@ class BatchNorm(NormScheme):
         return layer(num_features, eps=self.eps, momentum=self.momentum)
 
 
-@NORMS.register("bn_pre", aliases=("bn", "batchnorm"),
-                description="BatchNorm before the activation (conv → BN → act), standardized inputs")
+@NORMS.register(
+    "bn_pre",
+    aliases=("bn", "batchnorm"),
+    description="BatchNorm before the activation (conv → BN → act), standardized inputs",
+)
 class BatchNormPre(BatchNorm):
     order = "pre"
 
@@ -84,8 +90,9 @@ class BatchNormPost(BatchNorm):
     order = "post"
 
 
-@NORMS.register("gn", aliases=("groupnorm",),
-                description="GroupNorm (Wu & He 2018): batch-independent, before the activation")
+@NORMS.register(
+    "gn", aliases=("groupnorm",), description="GroupNorm (Wu & He 2018): batch-independent, before the activation"
+)
 class GroupNorm(NormScheme):
     """GroupNorm with up to ``groups`` groups (the largest divisor of the channel count ≤ groups)."""
 
@@ -107,8 +114,9 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-@NORMS.register("ln", aliases=("layernorm",),
-                description="LayerNorm over channels at each position, before the activation")
+@NORMS.register(
+    "ln", aliases=("layernorm",), description="LayerNorm over channels at each position, before the activation"
+)
 class LayerNorm(NormScheme):
     def __init__(self, eps: float = 1e-5):
         self.eps = eps

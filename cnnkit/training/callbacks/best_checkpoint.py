@@ -26,9 +26,17 @@ TIE_BREAK = "val/loss"  # lower is better
 
 class BestCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str, monitor: str, mode: str, save_top_k: int, every_n_epochs: int):
-        super().__init__(dirpath=dirpath, filename="best-epoch{epoch:03d}-step{step:06d}",
-                         auto_insert_metric_name=False, monitor=monitor, mode=mode, save_top_k=save_top_k,
-                         save_last=False, every_n_epochs=every_n_epochs, enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename="best-epoch{epoch:03d}-step{step:06d}",
+            auto_insert_metric_name=False,
+            monitor=monitor,
+            mode=mode,
+            save_top_k=save_top_k,
+            save_last=False,
+            every_n_epochs=every_n_epochs,
+            enable_version_counter=False,
+        )
         self.ties: dict[str, tuple[float, int, int]] = {}  # path → (val/loss, step, epoch from 1) of a kept file
 
     @property
@@ -41,8 +49,13 @@ class BestCheckpoint(ModelCheckpoint):
         tie = self.ties.get(self.best_model_path)
         return tie[2] if tie else None
 
-    def format_checkpoint_name(self, metrics: dict[str, Any], filename: Optional[str] = None,
-                               ver: Optional[int] = None, prefix: Optional[str] = None) -> str:
+    def format_checkpoint_name(
+        self,
+        metrics: dict[str, Any],
+        filename: Optional[str] = None,
+        ver: Optional[int] = None,
+        prefix: Optional[str] = None,
+    ) -> str:
         shown = dict(metrics)
         if "epoch" in shown:
             shown["epoch"] = shown["epoch"] + 1
@@ -84,8 +97,11 @@ class BestCheckpoint(ModelCheckpoint):
 
     def _update_best_and_save(self, current: torch.Tensor, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
         path = self.format_checkpoint_name(dict(monitor_candidates))  # Lightning's name (no version counter)
-        self.ties[path] = (_number(monitor_candidates.get(TIE_BREAK), math.inf), int(trainer.global_step),
-                           int(trainer.current_epoch) + 1)
+        self.ties[path] = (
+            _number(monitor_candidates.get(TIE_BREAK), math.inf),
+            int(trainer.global_step),
+            int(trainer.current_epoch) + 1,
+        )
         super()._update_best_and_save(current, trainer, monitor_candidates)
         self._pick()  # Lightning picks the first of equal scores
 

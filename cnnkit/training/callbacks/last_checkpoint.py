@@ -18,10 +18,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str, every_n_steps: Optional[int] = None):
         """Every epoch's end (after validation), or every ``every_n_steps`` optimizer steps."""
-        triggers = dict(every_n_train_steps=every_n_steps) if every_n_steps else dict(
-            every_n_epochs=1, save_on_train_epoch_end=True)
-        super().__init__(dirpath=dirpath, filename=self.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
-                         save_last=False, enable_version_counter=False, **triggers)
+        triggers = (
+            dict(every_n_train_steps=every_n_steps)
+            if every_n_steps
+            else dict(every_n_epochs=1, save_on_train_epoch_end=True)
+        )
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            save_last=False,
+            enable_version_counter=False,
+            **triggers,
+        )
         self.every_n_steps = every_n_steps
 
     @property

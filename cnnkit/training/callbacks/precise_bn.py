@@ -38,8 +38,7 @@ def recompute_bn_statistics(model: nn.Module, batches: Iterable[torch.Tensor], n
     layers = bn_layers(model)
     if not layers:
         return 0
-    moments = {layer: bn_math.Moments.zeros(layer.num_features, device=layer.running_mean.device)
-               for layer in layers}
+    moments = {layer: bn_math.Moments.zeros(layer.num_features, device=layer.running_mean.device) for layer in layers}
 
     def accumulate(layer: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
         moments[layer].add(inputs[0].detach())

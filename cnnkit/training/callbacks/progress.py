@@ -26,8 +26,13 @@ def shown_metrics(trainer: L.Trainer, validated: bool = True) -> dict[str, Any]:
     val/acc only once ``validated`` (the sanity check's value is of the untrained model)."""
     metrics = trainer.progress_bar_metrics
     shown: dict[str, Any] = {"step": int(trainer.global_step)}
-    shown.update({label: float(metrics[key]) for key, label in SHOWN
-                  if key in metrics and (validated or not key.startswith("val/"))})
+    shown.update(
+        {
+            label: float(metrics[key])
+            for key, label in SHOWN
+            if key in metrics and (validated or not key.startswith("val/"))
+        }
+    )
     return shown
 
 

@@ -30,12 +30,14 @@ class RngState(L.Callback):
         version, internal, gauss = random.getstate()
         name, keys, pos, has_gauss, cached = np.random.get_state()
         rank = _rank()
-        return {f"rank{rank}": {
-            "python": [version, list(internal), gauss],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }}
+        return {
+            f"rank{rank}": {
+                "python": [version, list(internal), gauss],
+                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rank = _rank()
