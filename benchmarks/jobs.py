@@ -34,6 +34,9 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from cnnkit.experiments.jobs import THREAD_VARIABLES  # noqa: E402  (the variables a job sets: the ones cleared here)
+
 RECIPES = (
     "error_surface",
     "bn_activations",
@@ -44,13 +47,6 @@ RECIPES = (
     "bn_batch_size",
     "cnn_vs_fc",
     "hw3_food11",
-)
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
 )
 
 
