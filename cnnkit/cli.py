@@ -206,7 +206,11 @@ def _add_tools(commands: Any) -> None:
     sweep.add_argument("recipe", metavar="RECIPE", help="the recipe YAML")
     sweep.add_argument("--output", "-o", metavar="FILE", help="where to write (default: stdout)")
     sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    _add_list(commands)
 
+
+def _add_list(commands: Any) -> None:
+    """``list``: the registries' entries, a user's own through ``imports=``."""
     listing = commands.add_parser(
         "list",
         help="list registered names (norms, backbones, ...)",

@@ -293,17 +293,30 @@ def validate(cfg: DictConfig) -> None:
     from cnnkit.config import plans
 
     import_user_code(list(cfg.imports))
+    norm = _check_model(cfg.model, plans)
+    _check_data(cfg.data, plans, norm, cfg.model)
+    _check_optim(cfg, plans)
+    _check_trainer(cfg, plans)
+    for key in ("name", "variant"):
+        value = cfg[key]
+        _require(
+            bool(value) and "/" not in value and value not in (".", ".."),
+            f"{key} must be a non-empty name without '/', got {value!r}",
+        )
 
-    model = cfg.model
+
+def _check_model(model: DictConfig, plans: Any) -> Any:
+    """The model's parts, built where that is how their values are checked; returns the norm's plan."""
     model_plan = plans.model_plan(model)
     with key_context("model.act"):
         model_plan.act.build()  # takes no inputs: building it checks the values, not only the names
     with key_context("model.init"):
         model_plan.init.build()
-    norm = model_plan.norm
-    _warn_unused_model_keys(model, model_plan.backbone, norm)
+    _warn_unused_model_keys(model, model_plan.backbone, model_plan.norm)
+    return model_plan.norm
 
-    data = cfg.data
+
+def _check_data(data: DictConfig, plans: Any, norm: Any, model: DictConfig) -> None:
     dataset_plan = plans.dataset_plan(data)
     augment_plans = plans.augment_plans(data)
     _check_loader(data, dataset_plan, augment_plans)
@@ -323,6 +336,8 @@ def validate(cfg: DictConfig) -> None:
         data.num_workers is None or data.num_workers >= 0, f"data.num_workers must be >= 0, got {data.num_workers}"
     )
 
+
+def _check_optim(cfg: DictConfig, plans: Any) -> None:
     optim = cfg.optim
     _require(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
     _require(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
@@ -335,6 +350,8 @@ def validate(cfg: DictConfig) -> None:
         0.0 <= cfg.loss.label_smoothing < 1.0, f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}"
     )
 
+
+def _check_trainer(cfg: DictConfig, plans: Any) -> None:
     trainer = cfg.trainer
     _require(
         trainer.max_epochs >= 1 or trainer.max_steps > 0,
@@ -353,12 +370,6 @@ def validate(cfg: DictConfig) -> None:
     _check_devices(cfg)
     check_threads(trainer.threads)
     check_jobs(to_plain(cfg.jobs), "jobs")
-    for key in ("name", "variant"):
-        value = cfg[key]
-        _require(
-            bool(value) and "/" not in value and value not in (".", ".."),
-            f"{key} must be a non-empty name without '/', got {value!r}",
-        )
 
 
 def check_jobs(value: Any, where: str = "--jobs") -> None:

@@ -209,8 +209,9 @@ def build_matrix(
     return Matrix(key, values, blocks, Labels(places))
 
 
-def _ranking(m: Matrix, metric: str, lower: bool) -> str:
-    """The compared values from best to worst: ranked within each setting of the other keys."""
+def _tally(m: Matrix, lower: bool) -> tuple[dict[str, Outcome], dict[str, list[float]], dict[str, int], dict[str, int]]:
+    """Per compared value over the settings of the other keys: its outcomes pooled, its rank in each
+    setting, how often it came first, and how often that first place was tied."""
     totals = {v: Outcome() for v in m.values}
     ranks: dict[str, list[float]] = {v: [] for v in m.values}
     firsts, tied = dict.fromkeys(m.values, 0), dict.fromkeys(m.values, 0)
@@ -225,6 +226,12 @@ def _ranking(m: Matrix, metric: str, lower: bool) -> str:
             totals[value].scores += outcome.scores
             totals[value].diverged += outcome.diverged
             totals[value].params += outcome.params
+    return totals, ranks, firsts, tied
+
+
+def _ranking(m: Matrix, metric: str, lower: bool) -> str:
+    """The compared values from best to worst: ranked within each setting of the other keys."""
+    totals, ranks, firsts, tied = _tally(m, lower)
     order = sorted(m.values, key=lambda v: (statistics.mean(ranks[v]), totals[v].rank_key(lower)))
     settings = len(m.blocks)
     sizes = {v: sorted(set(totals[v].params)) for v in m.values}

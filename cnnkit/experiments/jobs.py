@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from queue import Queue
 from typing import Any, Mapping, Optional, Sequence
@@ -327,28 +328,7 @@ def run_jobs(
         for index, result in sorted(kept.items()):  # kept runs need no process: their lines come first
             results[index] = result
             display.variant_ended(index, runs[index - 1].cfg, result)
-
-        def report(job: Job, code: Optional[int]) -> None:
-            """Lines for the job's members that ended (all of them once its process has: ``code``)."""
-            for index, cfg in job.members:
-                if index in job.reported:
-                    continue
-                result = member_result(cfg, job, code)
-                if result is None:
-                    continue
-                job.reported.add(index)
-                if result.status == "not started":
-                    continue
-                status_file = RunDir(result.run_dir).status_file
-                ended = status_file.stat().st_mtime if status_file.is_file() else time.time()
-                result.seconds, job.last_end = max(0.0, ended - job.last_end), max(ended, job.last_end)
-                results[index] = result
-                display.variant_ended(index, cfg, result)
-                if result.status == "failed":
-                    job.failed = True
-                    failures.append(f"{cfg.variant} (exit {code}: {last_line(job.log)}; its output: {job.log})")
-
-        _run_pool(pool, work, jobs, report)
+        _run_pool(pool, work, jobs, partial(_report_ended, results=results, failures=failures, display=display))
         ordered = [results[i] for i in sorted(results)]
         if pool.stopped is None:
             display.close(ordered)
@@ -357,6 +337,29 @@ def run_jobs(
     if failures:
         raise CnnkitError(f"{len(failures)} of {len(runs)} variants failed: {'; '.join(failures[:3])}")
     return ordered
+
+
+def _report_ended(
+    job: Job, code: Optional[int], results: dict[int, FitResult], failures: list[str], display: Any
+) -> None:
+    """Lines for the job's members that ended (all of them once its process has: ``code``)."""
+    for index, cfg in job.members:
+        if index in job.reported:
+            continue
+        result = member_result(cfg, job, code)
+        if result is None:
+            continue
+        job.reported.add(index)
+        if result.status == "not started":
+            continue
+        status_file = RunDir(result.run_dir).status_file
+        ended = status_file.stat().st_mtime if status_file.is_file() else time.time()
+        result.seconds, job.last_end = max(0.0, ended - job.last_end), max(ended, job.last_end)
+        results[index] = result
+        display.variant_ended(index, cfg, result)
+        if result.status == "failed":
+            job.failed = True
+            failures.append(f"{cfg.variant} (exit {code}: {last_line(job.log)}; its output: {job.log})")
 
 
 def _run_pool(pool: Pool, work: Sequence[Job], jobs: int, report: Any) -> None:

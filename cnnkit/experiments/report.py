@@ -236,11 +236,29 @@ def build_report(root: Path | str, log_to_wandb: bool = False) -> Path:
             f"smoke overlay): marked [limited]; their numbers are a smoke test, not the experiment's result.",
             "",
         ]
+    lines += _variants_table(groups, target, steps)
+    for analysis, held_groups in held:
+        lines += analysis.tables([r for r in runs if r.extras.get(analysis.name)], held_groups)
+    lines += ["", "## Figures", ""]
+    lines += [f"![{name}]({name})" for name in figures if name]
+    lines += [
+        f"- *{name}: no figure: its runs hold no finite values to draw (too few steps, or every value diverged)*"
+        for name in undrawn
+    ]
+    out = root / "REPORT.md"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    if log_to_wandb:
+        log_figures_to_wandb(runs, [root / name for name in figures if name])
+    return out
+
+
+def _variants_table(groups: dict[str, list[Run]], target: Optional[float], steps: dict[str, list]) -> list[str]:
+    """REPORT.md's first table: a row per variant (its runs' means ± std; diverged runs named, no finals)."""
     header = ["variant", "runs", "final train loss", "val acc", "test acc", "params"]
     if target is not None:
         header.append(f"steps to loss ≤ {target:g}")
     header.append("status")
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group, group_runs in groups.items():
         statuses = [r.status.get("status", "?") for r in group_runs]
         diverged = [
@@ -260,19 +278,7 @@ def build_report(root: Path | str, log_to_wandb: bool = False) -> Path:
             cells.append(", ".join("never" if s is None else str(s) for s in steps[group]))
         cells.append("; ".join(diverged) if diverged else ", ".join(sorted(set(statuses))))
         lines.append("| " + " | ".join(cells) + " |")
-    for analysis, held_groups in held:
-        lines += analysis.tables([r for r in runs if r.extras.get(analysis.name)], held_groups)
-    lines += ["", "## Figures", ""]
-    lines += [f"![{name}]({name})" for name in figures if name]
-    lines += [
-        f"- *{name}: no figure: its runs hold no finite values to draw (too few steps, or every value diverged)*"
-        for name in undrawn
-    ]
-    out = root / "REPORT.md"
-    atomic_write_text(out, "\n".join(lines) + "\n")
-    if log_to_wandb:
-        log_figures_to_wandb(runs, [root / name for name in figures if name])
-    return out
+    return lines
 
 
 REPORTED_FILE = "wandb_report.json"  # in a run directory: the figures last added to its W&B run (name → sha256)

@@ -220,6 +220,13 @@ def decide(
             f"run directory '{path}' already holds a{label} run; resume it with --ckpt last, "
             f"keep it and start a new run with name=<new name>, or replace it with --overwrite"
         )
+    return _resumed(found, state, unfinished, diffs)
+
+
+def _resumed(found: Found, state: Optional[str], unfinished: bool, diffs: list) -> str:
+    """``--ckpt last``: continue (or keep a finished run asked for no longer) when only how to run it and
+    its length differ, and another length leaves its schedule's learning rates alone."""
+    path = found.path
     changed = [d for d in diffs if d[0] not in RESUME_FREE + LENGTH]
     if changed:
         raise _changed(path, state or "unfinished", changed, resuming=True)

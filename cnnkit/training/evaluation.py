@@ -176,6 +176,24 @@ def image_inputs(inputs: Sequence[str], extensions: tuple[str, ...]) -> list[str
 
 
 @quiet
+def _rows(
+    batches: Sequence[Any], names: Sequence[str], labels: Optional[Sequence[int]], k: int, class_names: Sequence[str]
+) -> list[list[str]]:
+    """A CSV row per input: file, predicted class and its probability, (true label, correct), the top k."""
+    rows: list[list[str]] = []
+    for probs, _ in batches:
+        top_p, top_c = probs.topk(k, dim=-1)
+        for ps, cs in zip(top_p.tolist(), top_c.tolist()):
+            i = len(rows)
+            row = [names[i], class_names[cs[0]], f"{ps[0]:.4f}"]
+            if labels is not None:
+                label = labels[i]
+                row += ["", ""] if label < 0 else [class_names[label], "yes" if label == cs[0] else "no"]
+            row.append(" ".join(f"{class_names[c]}:{p:.4f}" for c, p in zip(cs, ps)))
+            rows.append(row)
+    return rows
+
+
 def predict(
     ckpt: str,
     files: Sequence[str] = (),
@@ -221,17 +239,7 @@ def predict(
     known = any(label >= 0 for label in labels)
     k = max(1, min(top_k, info.num_classes))
     header = ["file", "class", "probability"] + (["label", "correct"] if known else []) + [f"top{k}"]
-    names, rows = dataset.names(), []
-    for probs, _ in batches:
-        top_p, top_c = probs.topk(k, dim=-1)
-        for ps, cs in zip(top_p.tolist(), top_c.tolist()):
-            i = len(rows)
-            row = [names[i], info.class_names[cs[0]], f"{ps[0]:.4f}"]
-            if known:
-                label = labels[i]
-                row += ["", ""] if label < 0 else [info.class_names[label], "yes" if label == cs[0] else "no"]
-            row.append(" ".join(f"{info.class_names[c]}:{p:.4f}" for c, p in zip(cs, ps)))
-            rows.append(row)
+    rows = _rows(batches, dataset.names(), labels if known else None, k, info.class_names)
     out = Path(output) if output else _run_of_checkpoint(path, cfg) / f"predictions-{source}.csv"
     buffer = io.StringIO()
     writer = csv.writer(buffer)

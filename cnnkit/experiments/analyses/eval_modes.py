@@ -201,14 +201,11 @@ class EvalModesReport(Analysis):
         ]
         return table("Test accuracy by BN statistics and eval batch size", ["variant", *labels], rows)
 
-    def figures(self, runs, groups, out: Path) -> list[str]:
-        """Test accuracy against the eval batch size: a line per variant and BN statistics. Variants that
-        differ only in their training batch size (evaluated at it) are one line over those sizes."""
-        plt = pyplot()
-
+    def _series(self, groups) -> dict[tuple[str, str], dict[int, list[float]]]:
+        """(line, BN statistics) → eval batch size → accuracies; variants that differ only in the training
+        batch (evaluated at it) share one line."""
         series: dict[tuple[str, str], dict[int, list[float]]] = {}
         for group, group_runs in groups.items():
-            # variants that differ only in the training batch (evaluated at it) share one line
             values = {k: v for k, v in matrix_values(group_runs[0]).items() if k != "data.batch_size"}
             named = "+".join(f"{k.rsplit('.', 1)[-1]}={format_value(json.loads(v))}" for k, v in values.items())
             base = (named or group) if "data.batch_size" in matrix_values(group_runs[0]) else group
@@ -216,6 +213,13 @@ class EvalModesReport(Analysis):
                 for item in self._modes(run):
                     points = series.setdefault((base, item["stats"]), {})
                     points.setdefault(item["batch_size"], []).append(item["accuracy"])
+        return series
+
+    def figures(self, runs, groups, out: Path) -> list[str]:
+        """Test accuracy against the eval batch size: a line per variant and BN statistics. Variants that
+        differ only in their training batch size (evaluated at it) are one line over those sizes."""
+        plt = pyplot()
+        series = self._series(groups)
         bases = list(dict.fromkeys(base for base, _ in series))
         palette = plt.get_cmap("tab10").colors
         sizes_shown = sorted({size for points in series.values() for size in points})
