@@ -29,6 +29,16 @@ def finite_until(run, key: str) -> tuple[list[float], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
+def _linear_range(values: list[float]) -> tuple[float, float]:
+    """0 to 1 (or the values' range beyond it), or, when every value lies within a tenth of that axis above
+    0.1 (accuracies of 0.97–0.99), an axis fitted to them."""
+    low, high = min([0.0, *values]), max([1.0, *values]) * 1.02
+    if values and min(values) > 0.1 and max(values) - min(values) < 0.1 * (high - low):
+        pad = max(0.25 * (max(values) - min(values)), 0.002)
+        return min(values) - pad, max(values) + pad
+    return low, high
+
+
 class Curves(Analysis):
     files = (METRICS_FILE,)
     order = 0
@@ -73,7 +83,9 @@ class Curves(Analysis):
                 ax.set_yscale("log")
                 low, high = min(positive) / 1.5, max(positive) * 1.5
             else:
-                low, high = min([0.0, *kept]), max([1.0, *kept]) * 1.02
+                low, high = _linear_range(kept)
+                if low > 0:  # values within a tenth of 0–1 would be one flat line there
+                    ax.set_title(f"the axis starts at {low:.3g}, not 0", fontsize=9)
             ax.set_ylim(low, high)
             for colour, step, value in ends:  # off the chart: the × sits on its edge
                 ax.plot(step, min(max(value, low), high), "x", color=colour, markersize=8, mew=2, clip_on=False)
