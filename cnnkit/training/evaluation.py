@@ -175,7 +175,6 @@ def image_inputs(inputs: Sequence[str], extensions: tuple[str, ...]) -> list[str
     return list(dict.fromkeys(found))
 
 
-@quiet
 def _rows(
     batches: Sequence[Any], names: Sequence[str], labels: Optional[Sequence[int]], k: int, class_names: Sequence[str]
 ) -> list[list[str]]:
@@ -194,6 +193,7 @@ def _rows(
     return rows
 
 
+@quiet
 def predict(
     ckpt: str,
     files: Sequence[str] = (),
