@@ -372,18 +372,21 @@ def _check_trainer(cfg: DictConfig, plans: Any) -> None:
     check_jobs(to_plain(cfg.jobs), "jobs")
 
 
+def _auto_or_count(value: Any) -> bool:
+    """``auto`` or a whole number >= 1 (how many jobs, how many threads)."""
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
 def check_jobs(value: Any, where: str = "--jobs") -> None:
     """``jobs``/``--jobs``: ``auto`` or a whole number >= 1; anything else is one line naming the fix."""
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return
-    raise ConfigError(f"{where} must be a whole number >= 1 or auto, got {value!r}")
+    if not _auto_or_count(value):
+        raise ConfigError(f"{where} must be a whole number >= 1 or auto, got {value!r}")
 
 
 def check_threads(value: Any) -> None:
     """``trainer.threads`` is ``auto`` or a whole number >= 1."""
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return
-    raise ConfigError(f"trainer.threads must be auto or a whole number >= 1, got {value!r}")
+    if not _auto_or_count(value):
+        raise ConfigError(f"trainer.threads must be auto or a whole number >= 1, got {value!r}")
 
 
 def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> None:
