@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from cnnkit.experiments.jobs import THREAD_VARIABLES  # noqa: E402  (the variables a job sets: the ones cleared here)
+from cnnkit.experiments.placement import THREAD_VARIABLES  # noqa: E402  (the variables a job sets: the ones cleared here)
 
 RECIPES = (
     "error_surface",
@@ -211,7 +211,7 @@ def threads_gain(recipes: list[str], seconds: float = 3.0) -> dict:
 
     sys.path.insert(0, str(REPO))
     from cnnkit.api import build_model, data_info, load_config
-    from cnnkit.experiments.jobs import step_macs
+    from cnnkit.experiments.placement import step_macs
 
     rows = {}
     for recipe in recipes:

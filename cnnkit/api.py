@@ -27,11 +27,13 @@ from cnnkit.config.load import (
     to_yaml,
     validate,
 )
+from cnnkit.config.naming import name_value
 from cnnkit.config.plain import as_data, spec
 from cnnkit.console import active_matrix, matrix_display, quiet, run_header, verbose
 from cnnkit.errors import CheckpointError, ConfigError
-from cnnkit.experiments.jobs import resolve_jobs, run_jobs
-from cnnkit.experiments.matrix import combinations, format_value, name_value
+from cnnkit.experiments.jobs import run_jobs
+from cnnkit.experiments.matrix import combinations, format_value
+from cnnkit.experiments.placement import resolve_jobs
 from cnnkit.messages import first_process, note, say
 from cnnkit.registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
 from cnnkit.runs.atomic import atomic_write_text
@@ -399,7 +401,7 @@ def fit_recipe(
                 for i, (run, verdict) in enumerate(zip(runs, verdicts), 1)
                 if verdict == KEEP
             }
-            return run_jobs(files, base, runs, kept, count, ckpt, init_from, overwrite)
+            return run_jobs(files, base, runs, kept, count, ckpt, init_from, overwrite, fit)
     with matrix_display(
         base.name,
         plans,

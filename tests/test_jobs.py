@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnkit.experiments.jobs import Slot, auto_jobs, child_command, chunks, job_env, slots
+from cnnkit.api import load_config
+from cnnkit.experiments.jobs import alone_command
+from cnnkit.experiments.placement import Slot, auto_jobs, job_env, most_work_first, slots
 
 from .conftest import QUICKSTART, REPO, SMOKE, assert_one_line_error, cli, edited_recipe
 
@@ -81,16 +84,14 @@ def test_auto_picks_from_devices_and_model_size():
     assert auto_jobs(to_train=1, cores=8, gpus=0, macs=1e6) == 1
 
 
-def test_a_job_is_the_command_a_user_types_for_its_variants():
-    command = child_command(["r.yaml"], ["optim.lr=0.1"], ["seed=1", "seed=3"], "last", None, False)
+def test_a_variant_alone_is_the_command_a_user_types():
+    command = alone_command(["r.yaml"], ["optim.lr=0.1"], "seed=3", "last", None, False)
     assert command[1:] == [
         "-m",
         "cnnkit",
         "fit",
         "--config",
         "r.yaml",
-        "--only",
-        "seed=1",
         "--only",
         "seed=3",
         "--ckpt",
@@ -101,10 +102,14 @@ def test_a_job_is_the_command_a_user_types_for_its_variants():
     ]
 
 
-def test_variants_are_dealt_round_robin_into_two_processes_per_slot():
-    assert chunks(7, jobs=2) == [[0, 4], [1, 5], [2, 6], [3]]
-    assert chunks(3, jobs=2) == [[0], [1], [2]]  # never a process without a variant
-    assert sorted(i for chunk in chunks(36, jobs=3) for i in chunk) == list(range(36))
+def test_the_queue_hands_out_the_most_work_first():
+    def config(*overrides: str):
+        return load_config([QUICKSTART], list(overrides))
+
+    small, wide, long = "model.backbone.channels=[8]", "model.backbone.channels=[64,128]", "trainer.max_epochs=30"
+    configs = [config(small), config(wide), config(small, long), config(small)]
+    # the wide model's batches cost far more; twice the epochs twice the work; equal work keeps matrix order
+    assert most_work_first(configs) == [1, 2, 0, 3]
 
 
 # -- the command line and the recipe key --------------------------------------------------------------
@@ -158,10 +163,33 @@ def test_recipe_jobs_key_runs_side_by_side_and_names_nothing(tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == ["logs", "seed=0", "seed=1"]
     logs = {p.name: p.read_text() for p in (runs / "logs").iterdir()}
     assert sorted(logs) == ["job1.log", "job2.log"]  # each job's own output
-    assert "cnnkit: finished tiny/seed=1" in logs["job2.log"]
+    for seed in (0, 1):  # whichever worker took it
+        assert sum(f"cnnkit: finished tiny/seed={seed}" in log for log in logs.values()) == 1, logs
     # how many at once changes no result: the same recipe run one at a time keeps both runs
     again = cli("fit", "--config", path, "jobs=1", "trainer.threads=2")
     assert again.returncode == 0 and again.stdout.count("config, kept") == 2, again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_each_slot_is_one_worker_that_takes_the_next_variant_as_it_frees(tmp_path):
+    path = tmp_path / "uneven.yaml"
+    path.write_text(
+        f"include: [{QUICKSTART}, {SMOKE}]\nname: uneven\nmatrix:\n  data.batch_size: [2, 256, 512, 1024]\n"
+    )
+    longer = ["trainer.limit_train_batches=1.0", "trainer.max_epochs=8", "trainer.threads=1"]  # batch 2: 5,000 steps
+    proc = cli("fit", "--config", str(path), "--jobs", "2", *longer)
+    assert proc.returncode == 0 and proc.stdout.count(" finished ") == 4, proc.stdout + proc.stderr
+    logs = tmp_path / "runs/smoke/uneven/logs"
+    trained = {
+        log.name: re.findall(r"--only (\S+)", log.read_text()) for log in sorted(logs.iterdir())
+    }  # each worker writes the command of every variant it trains
+    assert sorted(trained) == ["job1.log", "job2.log"], trained  # a start-up per slot, not per variant
+    assert sorted(sum(trained.values(), [])) == sorted(f"batch_size={b}" for b in (2, 256, 512, 1024))
+    # the slow variant kept its worker; the other worker took the rest as it freed
+    assert sorted(trained.values(), key=len) == [
+        ["batch_size=2"],
+        ["batch_size=256", "batch_size=512", "batch_size=1024"],
+    ]
 
 
 # -- a variant's result does not depend on the pool ------------------------------------------------------
@@ -190,7 +218,7 @@ def status(run: Path) -> str:
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_job_and_ckpt_last_completes_the_matrix_bitwise(tmp_path):
-    path = recipe(tmp_path, seeds=(0, 1, 2, 3, 4))  # dealt into 4 processes: seeds 0 and 4 share the first
+    path = recipe(tmp_path, seeds=(0, 1, 2, 3, 4))  # two workers: seed 4 waits in the queue
     longer = ["trainer.max_epochs=15", "trainer.limit_train_batches=5", "trainer.threads=1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "cnnkit", "fit", "--config", path, "--jobs", "2", *longer]
@@ -243,8 +271,8 @@ def test_a_variant_that_fails_is_one_line_and_the_others_go_on(tmp_path):
     proc = cli("fit", "--config", str(path), "--jobs", "2")
     assert_one_line_error(
         proc,
-        "1 of 2 variants failed: dataset=image_folder-rootmissing_folder (exit 2: "
-        "cnnkit: error: image_folder: data root 'missing_folder' does not exist",
+        "1 of 2 variants failed: dataset=image_folder-rootmissing_folder (image_folder: data root "
+        "'missing_folder' does not exist",
     )
     assert "runs/smoke/broken/logs/job2.log" in proc.stderr
     assert status(tmp_path / "runs/smoke/broken/dataset=digits") == "finished"

@@ -145,7 +145,7 @@ def test_the_variant_is_named_from_the_overrides_that_change_a_result():
     assert len(long) <= 80 and re.fullmatch(r"backbone=simple_cnn-channels8-16-hidden32-dropout0.3-[0-9a-f]{8}", long)
     from omegaconf import OmegaConf
 
-    from cnnkit.experiments.matrix import variant_from_overrides
+    from cnnkit.config.naming import variant_from_overrides
 
     cfg = OmegaConf.create({"imports": ["plugins/a b.py"]})
     assert variant_from_overrides(["imports=[plugins/a b.py]"], cfg) == "imports=plugins_a_b.py"  # one directory

@@ -19,9 +19,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from cnnkit.config.batch import per_device_batch
+from cnnkit.config.loader_choice import uses_tensor_path
+from cnnkit.config.naming import variant_from_overrides
 from cnnkit.config.schema import CHOICES, SCHEMA_VERSION, SPEC_KEYS, Config, ModelConfig, same_entry, to_plain
 from cnnkit.errors import ConfigError, first_line, key_context
-from cnnkit.experiments.matrix import variant_from_overrides
 from cnnkit.messages import warn
 from cnnkit.registry import import_user_code
 
@@ -390,9 +391,6 @@ def check_threads(value: Any) -> None:
 
 
 def _check_loader(data: DictConfig, dataset: "Plan", augment: list["Plan"]) -> None:
-    # startup: torch only when this runs
-    from cnnkit.data.tensor_loader import uses_tensor_path
-
     traits = getattr(dataset.target, "in_memory", None)  # a DatasetSource's; an entry that is not one: unknown
     in_memory = traits(data.cache) if callable(traits) else None
     _require(data.cache_budget > 0, f"data.cache_budget must be > 0 (GiB), got {data.cache_budget}")

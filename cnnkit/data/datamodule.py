@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 from cnnkit import messages
 from cnnkit.config.batch import per_device_batch
 from cnnkit.config.diff import format_value
+from cnnkit.config.loader_choice import batched, batched_names, uses_tensor_path
 from cnnkit.config.plain import spec
 from cnnkit.config.plans import augment_plans, dataset_plan
 from cnnkit.data.datasets import dataset_info
@@ -24,7 +25,7 @@ from cnnkit.data.info import DataInfo
 from cnnkit.data.resumable import ResumableDataLoader
 from cnnkit.data.sampler import UnpaddedDistributedSampler
 from cnnkit.data.splits import DatasetSplits, TensorImages
-from cnnkit.data.tensor_loader import TensorBatches, batched, batched_names, uses_tensor_path
+from cnnkit.data.tensor_loader import TensorBatches
 from cnnkit.errors import ConfigError
 from cnnkit.nn.layers.input_norm import channel_statistics
 from cnnkit.registry import split_spec

@@ -1,0 +1,178 @@
+"""Where each ``--jobs`` worker runs and how many there are: pure functions of the machine, tested for 1, 2
+and 8 GPUs without one.
+
+A slot is one worker's share of the machine: its cores (threads for torch's OpenMP and the BLAS pools,
+pinned with ``os.sched_setaffinity`` where the OS allows) and, where GPUs are visible, its device
+(``CUDA_VISIBLE_DEVICES``; more slots than devices share them round robin).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from cnnkit.config.load import check_jobs, known_world_size
+from cnnkit.config.plain import as_data
+
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+# Per-step work (multiply-accumulates of one batch's forward pass) from which a job takes two cores: a
+# second thread then pays about as well as a second job. Below it one core each (a small CNN gains ~1.2x
+# from a second thread, two one-thread jobs ~1.9x). See benchmarks/jobs.py --threads-gain.
+TWO_THREADS_FROM_MACS = 2e9
+
+
+# -- where each job runs (pure: tested for 1, 2 and 8 devices without one) ---------------------------
+@dataclass(frozen=True)
+class Slot:
+    cpus: tuple[int, ...]  # the cores the job is pinned to
+    gpu: Optional[str]  # its CUDA_VISIBLE_DEVICES entry; None on CPU
+
+
+def slots(jobs: int, cpus: Sequence[int], gpus: Sequence[str] = ()) -> list[Slot]:
+    """One slot per concurrent job: an equal share of ``cpus`` (the first ones one more where they do not
+    divide; round robin when jobs outnumber cores), and device ``k % len(gpus)``: one job per device when
+    jobs equal devices, several small jobs per device when there are more jobs."""
+    cpus = list(cpus)
+    result = []
+    share, extra = divmod(len(cpus), jobs)
+    start = 0
+    for k in range(jobs):
+        if share == 0:
+            mine = (cpus[k % len(cpus)],)
+        else:
+            size = share + (1 if k < extra else 0)
+            mine = tuple(cpus[start : start + size])
+            start += size
+        result.append(Slot(cpus=mine, gpu=str(gpus[k % len(gpus)]) if gpus else None))
+    return result
+
+
+def job_env(slot: Slot, base: Mapping[str, str], processes: int = 1) -> dict[str, str]:
+    """A job's environment: ``base`` with its thread count for torch's OpenMP and the BLAS pools (its
+    cores over the processes it starts: a ``ddp_cpu`` variant's ranks are not split again by Lightning,
+    which divides only when ``OMP_NUM_THREADS`` is unset) and its device."""
+    env = dict(base)
+    threads = str(max(1, len(slot.cpus) // max(1, processes)))
+    for variable in THREAD_VARIABLES:
+        env[variable] = threads
+    if slot.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+    return env
+
+
+def available_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def visible_gpus(accelerator: str, env: Mapping[str, str]) -> list[str]:
+    """The CUDA devices jobs may take: none for ``trainer.accelerator: cpu``; CUDA_VISIBLE_DEVICES's own
+    entries where it is set; else torch's count."""
+    if str(accelerator).lower() == "cpu":
+        return []
+    if "CUDA_VISIBLE_DEVICES" in env:
+        entries = [e.strip() for e in env["CUDA_VISIBLE_DEVICES"].split(",") if e.strip()]
+        return [] if not entries or entries[0].startswith("-") else entries
+    # startup: torch only where the GPUs must be counted
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def processes_of(cfg: Any) -> int:
+    """How many processes a variant starts on its own (a ``ddp_cpu`` variant's ranks)."""
+    if str(cfg.trainer.accelerator).lower() != "cpu" or "ddp" not in str(cfg.trainer.strategy):
+        return 1
+    return known_world_size(cfg.trainer) or 1
+
+
+# -- how many ---------------------------------------------------------------------------------------
+def step_macs(cfg: Any) -> float:
+    """Multiply-accumulates of one training batch's forward pass: the work a second thread shares (traced
+    once per model, dataset and batch size)."""
+    key = _model_key(cfg)
+    if key not in _traced:
+        # startup: torch only for --jobs auto and the pool's order
+        from cnnkit.nn.anatomy import describe_model
+        from cnnkit.training.builders import build_model, data_info
+
+        info = data_info(cfg)
+        macs = describe_model(build_model(cfg, info), info.input_shape)["totals"]["macs"]
+        _traced[key] = float(macs) * int(cfg.data.batch_size)
+    return _traced[key]
+
+
+_traced: dict[str, float] = {}
+
+
+def auto_jobs(to_train: int, cores: int, gpus: int, macs: float) -> int:
+    """``jobs: auto``: one job per visible device; on CPU one per core, or one per two cores for a model big
+    enough that a second thread pays (``TWO_THREADS_FROM_MACS``); never more than there are to train."""
+    if gpus:
+        return max(1, min(to_train, gpus))
+    per_job = 2 if macs >= TWO_THREADS_FROM_MACS and cores >= 2 else 1
+    return max(1, min(to_train, cores // per_job))
+
+
+def resolve_jobs(value: Any, to_train: Sequence[Any]) -> int:
+    """The number of jobs for ``value`` (a number or ``auto``) and the configs to train."""
+    check_jobs(value, "jobs")
+    if not to_train:
+        return 1
+    if value != "auto":
+        return min(int(value), len(to_train))
+    gpus = visible_gpus(to_train[0].trainer.accelerator, os.environ)
+    try:
+        macs = 0.0 if gpus else max(step_macs(cfg) for cfg in _distinct_models(to_train))
+    except Exception:  # a model describe cannot trace: one core per job, the common case
+        macs = 0.0
+    return auto_jobs(len(to_train), len(available_cpus()), len(gpus), macs)
+
+
+def _distinct_models(configs: Sequence[Any], most: int = 4) -> list[Any]:
+    seen, chosen = set(), []
+    for cfg in configs:
+        if _model_key(cfg) not in seen:
+            seen.add(_model_key(cfg))
+            chosen.append(cfg)
+    return chosen[:most]
+
+
+def _model_key(cfg: Any) -> str:
+    return repr((as_data(cfg.model), as_data(cfg.data.dataset), cfg.data.batch_size))
+
+
+def most_work_first(configs: Sequence[Any]) -> list[int]:
+    """The order the pool's queue hands out the variants (positions into ``configs``): the most estimated
+    work first, so a slow variant starts early instead of last with a core idle beside it. The estimate is
+    the multiply-accumulates per sample times the samples trained on (``max_steps`` batches, else
+    ``max_epochs`` passes over the dataset, whose size a matrix's variants share); ties keep matrix order,
+    and so does every variant when a model cannot be traced."""
+
+    def work(cfg: Any) -> float:
+        steps, batch = cfg.trainer.max_steps, int(cfg.data.batch_size)
+        samples = steps * batch if steps and steps > 0 else cfg.trainer.max_epochs or 1
+        return step_macs(cfg) / batch * samples
+
+    try:
+        estimates = [work(cfg) for cfg in configs]
+    except Exception:  # describe cannot trace a user's model: the matrix's own order
+        return list(range(len(configs)))
+    return sorted(range(len(configs)), key=lambda position: -estimates[position])
+
+
+def pin(pid: int, cpus: Sequence[int]) -> None:
+    """Pin a process to its cores where the OS allows (Lightning and torch then count its share as the machine)."""
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(pid, set(cpus))
+        except OSError:  # it ended already, or the OS refuses: it runs unpinned, on its thread count
+            pass

@@ -1,0 +1,167 @@
+"""One ``--jobs`` worker: a process set up once on its slot, which then trains the variants the pool hands it,
+one after the other, in-process, as ``fit_recipe`` trains a matrix: the start-up (torch, Lightning), the
+data loading and the first step's warm-up are paid once per slot, not once per variant, and a slot whose
+variants end early takes the next one from the pool's queue.
+
+Set-up (``start``, the pool's initializer, before torch is imported): the slot's thread variables (torch's
+OpenMP pool reads them once, at import), its cores pinned, its device, its own session (a terminal's
+Ctrl-C reaches the pool's parent, which forwards it once), its output to ``logs/job<k>.log``.
+
+A variant that starts processes of its own (``ddp_cpu``) is trained by ``cnnkit fit --only <variant>`` in
+a fresh process: Lightning starts its other ranks by re-running the command line, and leaves its process
+group behind for the next fit, so such a fit cannot share a process with others.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from cnnkit.experiments.placement import Slot, job_env, pin, processes_of
+from cnnkit.messages import note, relay, show
+from cnnkit.runs.result import FitResult
+from cnnkit.runs.run_dir import RunDir
+
+
+@dataclass
+class _Worker:
+    """This process's slot and whether the pool has been stopped (SIGINT or SIGTERM forwarded to it)."""
+
+    number: int = 0
+    slot: Optional[Slot] = None
+    log: Optional[Path] = None
+    stopped: bool = False
+    fitting: bool = False  # a signal now interrupts the fit (KeyboardInterrupt, as Ctrl-C does)
+    child: Optional[subprocess.Popen] = None  # the process of a variant that needs one of its own
+
+
+_worker = _Worker()
+
+
+def start(slots: Any, log_dir: str, verbose_output: bool) -> None:
+    """The pool's initializer: take a slot from the queue and set this process up on it."""
+    number, slot = slots.get()
+    _worker.number, _worker.slot, _worker.log = number, slot, Path(log_dir) / f"job{number}.log"
+    os.setsid()
+    os.environ.update(job_env(slot, os.environ))
+    pin(0, slot.cpus)
+    _worker.log.parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(_worker.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+    # startup: the console only once the output is the log
+    from cnnkit.console import configure
+
+    configure(verbose_output=verbose_output)
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    """The pool was stopped: no variant starts here any more; the one training records ``interrupted``
+    (Ctrl-C's KeyboardInterrupt; SIGTERM reaches Lightning's own handler, which stops at a batch's end)."""
+    _worker.stopped = True
+    if _worker.child is not None and _worker.child.poll() is None:
+        _worker.child.send_signal(signum)
+    elif _worker.fitting and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+
+
+@dataclass
+class Outcome:
+    """What a worker sends back for one variant: its result (None: not started) and, if it failed, why."""
+
+    result: Optional[FitResult]
+    error: Optional[str] = None
+    log: Optional[Path] = None
+
+
+def train(
+    fit: Callable[..., FitResult],
+    cfg: Any,
+    resume: Optional[str],
+    init_from: Optional[str],
+    overwrite: bool,
+    alone: Sequence[str],
+) -> Outcome:
+    """Train one variant here with ``fit`` (``api.fit``, passed by reference: the pool sits below the API),
+    or, for one that needs a process of its own, run ``alone``: the command that trains it by itself,
+    written to the log for a user to rerun it."""
+    if _worker.stopped:
+        return Outcome(None, log=_worker.log)
+    show(f"$ {' '.join(alone)}")
+    if processes_of(cfg) > 1:
+        return _in_a_process_of_its_own(cfg, alone)
+    # startup: the console and errors once the worker trains
+    from cnnkit.console import summary_block
+    from cnnkit.errors import CnnkitError, own_message
+    from cnnkit.runs.lifecycle import RunInterrupted
+
+    started = time.time()
+    _worker.fitting = True
+    try:
+        if _worker.stopped:  # stopped between the check above and now
+            return Outcome(None, log=_worker.log)
+        result = fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite)
+        note(summary_block(result))  # the lines the variant alone would end with, in the log
+        return Outcome(result, log=_worker.log)
+    except (KeyboardInterrupt, RunInterrupted):
+        return Outcome(ended(cfg, since=started, interrupted=True), log=_worker.log)
+    except Exception as err:
+        error = own_message(err) if isinstance(err, CnnkitError) else f"{type(err).__name__}: {err}"
+        relay(traceback.format_exc().rstrip())  # the log keeps the whole story; the terminal gets its first line
+        return Outcome(ended(cfg, since=started, interrupted=False), error=error.splitlines()[0], log=_worker.log)
+    finally:
+        _worker.fitting = False
+        signal.signal(signal.SIGINT, _on_signal)  # Lightning ignores SIGINT once it has handled one
+
+
+def _in_a_process_of_its_own(cfg: Any, alone: Sequence[str]) -> Outcome:
+    assert _worker.slot is not None
+    started = time.time()
+    env = job_env(_worker.slot, os.environ, processes_of(cfg))
+    _worker.child = subprocess.Popen(alone, stdin=subprocess.DEVNULL, env=env)
+    try:
+        code = _worker.child.wait()
+    finally:
+        _worker.child = None
+    interrupted = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    result = ended(cfg, since=started, interrupted=interrupted)
+    error = None if code == 0 or interrupted else f"exit {code}"
+    return Outcome(result, error=error, log=_worker.log)
+
+
+def ended(cfg: Any, since: float, interrupted: bool) -> Optional[FitResult]:
+    """A variant's result from its status.json (written since ``since``, a time.time()), for a fit that did
+    not return one: None if it never started; ``failed`` or ``interrupted`` if it stopped while running."""
+    run = RunDir.for_config(cfg)
+    fresh = run.status_file.is_file() and run.status_file.stat().st_mtime >= since - 1
+    status = run.read_status() if fresh else {}
+    state = status.get("status")
+    if state is None:
+        return None if interrupted else FitResult(status="failed", run_dir=run.path)
+    if state == "running":  # it ended before its lifecycle could say how
+        state = "interrupted" if interrupted else "failed"
+    best = status.get("best_checkpoint")
+    diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")} if state == "diverged" else None
+    return FitResult(
+        status=state,
+        run_dir=run.path,
+        metrics=status.get("metrics", {}) if state == "finished" else {},
+        best_checkpoint=Path(best) if best else None,
+        best_by=cfg.checkpoint.monitor,
+        best_epoch=status.get("best_epoch"),
+        epochs=status.get("epochs"),
+        last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
+        diverged=diverged,
+    )
