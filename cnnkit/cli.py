@@ -360,8 +360,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_describe(args: argparse.Namespace) -> int:
     # startup: not on the --help path
     from cnnkit import api
-    from cnnkit.config.plain import spec
-    from cnnkit.experiments.matrix import format_value
+    from cnnkit.console import model_parts
     from cnnkit.nn.anatomy import format_text
 
     cfg = api.load_config(args.config, args.overrides)
@@ -373,12 +372,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     if args.format == "json":
         show(json.dumps(report, indent=2))
     else:
-        model = cfg.model
-        title = (
-            f"{format_value(spec(model, 'backbone'))} · norm {format_value(spec(model, 'norm'))} · "
-            f"act {format_value(spec(model, 'act'))} · pool {format_value(spec(model, 'pool'))} · "
-            f"input {'x'.join(map(str, report['input_shape']))} · {report['num_classes']} classes"
-        )
+        shape = "x".join(map(str, report["input_shape"]))
+        title = " · ".join([*model_parts(cfg.model), f"input {shape}", f"{report['num_classes']} classes"])
         show(format_text(report, title), end="")
     return 0
 

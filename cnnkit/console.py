@@ -177,17 +177,20 @@ def run_header(cfg: Any, run_path: Any, data: str, parameters: int, trainer: Any
     device = trainer.strategy.root_device.type
     if trainer.world_size > 1:
         device = f"{trainer.world_size}× {device}"
-    model = cfg.model
-    parts = [
+    return (
+        f"{cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
+        f"{' '.join(model_parts(cfg.model))}, {_count(parameters)} parameters · {run_path}"
+    )
+
+
+def model_parts(model: Any) -> list[str]:
+    """How a run's header and ``describe`` name the model: ``simple_cnn(...)``, ``norm bn_pre``, ``act relu``, ..."""
+    return [
         format_value(spec(model, "backbone")),
         f"norm {format_value(spec(model, 'norm'))}",
         f"act {format_value(spec(model, 'act'))}",
         f"pool {format_value(spec(model, 'pool'))}",
     ]
-    return (
-        f"{cfg.name}/{cfg.variant} · {device} · {trainer.precision} · {data} · "
-        f"{' '.join(parts)}, {_count(parameters)} parameters · {run_path}"
-    )
 
 
 def summary_block(result: Any) -> str:

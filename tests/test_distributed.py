@@ -146,7 +146,8 @@ def test_an_override_of_a_matrix_key_narrows_the_matrix(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_fit_through_the_cli(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])  # 2: each variant's two ranks in a fresh process of its worker
+def test_two_process_ddp_fit_through_the_cli(tmp_path, jobs):
     recipe = tmp_path / "ddp.yaml"
     recipe.write_text("name: ddp\nmatrix:\n  distributed.sync_bn: [false, true]\n")
     proc = run_cli(
@@ -160,6 +161,8 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
         "--config",
         str(recipe),
         "logger.wandb.mode=offline",
+        "--jobs",
+        jobs,
         cwd=tmp_path,
         timeout=400,
         env_extra={"WANDB_MODE": "offline"},
@@ -170,7 +173,7 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
         assert json.loads((run / "status.json").read_text())["status"] == "finished"
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run per variant, not per rank
     lines = proc.stdout.splitlines()  # reported once, by rank 0
-    assert [line.split("  ")[:2] for line in lines if line.startswith("[")] == [
+    assert sorted(line.split("  ")[:2] for line in lines if line.startswith("[")) == [
         ["[1/2] sync_bn=false", "finished"],
         ["[2/2] sync_bn=true", "finished"],
     ], proc.stdout

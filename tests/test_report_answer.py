@@ -125,7 +125,7 @@ def test_diverged_runs_are_not_left_out_of_the_average(tmp_path):
     )
 
 
-def test_a_lead_within_the_seeds_spread_is_called_so(tmp_path):
+def test_a_lead_within_the_seeds_spread_is_called_level(tmp_path):
     matrix = {"model.norm": ["bn_pre", "gn"], "seed": [0, 1, 2]}
     write_matrix(
         tmp_path / "close",
@@ -134,10 +134,42 @@ def test_a_lead_within_the_seeds_spread_is_called_so(tmp_path):
         lambda v: {"bn_pre": [0.90, 0.95, 0.97], "gn": [0.92, 0.93, 0.91]}[v["model.norm"]][v["seed"]],
     )
     assert the_answer(tmp_path / "close") == (
-        "Ranked by test/acc (a run that diverged ranks below every run that finished), norm=bn_pre comes first "
-        "(test/acc 0.9400 over 3 runs), last norm=gn (test/acc 0.9200 over 3 runs); norm=bn_pre leads norm=gn by "
-        "0.0200, within the seeds' spread (±0.0361)."
+        "Ranked by test/acc (a run that diverged ranks below every run that finished), norm=bn_pre (test/acc "
+        "0.9400 over 3 runs) and norm=gn (test/acc 0.9200 over 3 runs) are level within the seeds' spread (±0.0361)."
     )
+
+
+def test_values_that_tie_keep_the_matrix_order_whichever_digits_come_out_ahead(tmp_path):
+    """A tie is no ranking: which of two tied values prints first does not turn on the last digits."""
+    matrix = {"model.norm": ["none", "bn_pre", "gn"], "seed": [0, 1, 2]}
+    answers = []
+    for name, gn_scores in (("gn_below", [0.950, 0.955, 0.955]), ("gn_above", [0.956, 0.958, 0.957])):
+        scores = {"none": [0.956, 0.950, 0.958], "bn_pre": [0.99, 0.99, 0.991], "gn": gn_scores}
+        write_matrix(tmp_path / name, matrix, {"metric": "test/acc"}, lambda v, s=scores: s[v["model.norm"]][v["seed"]])
+        answers.append(re.sub(r"\d\.\d+", "#", the_answer(tmp_path / name)))
+    assert answers[0] == answers[1], answers
+    assert "last norm=none (test/acc # over # runs) and norm=gn" in answers[0].replace(" 3 ", " # "), answers[0]
+
+
+def test_over_several_settings_one_setting_that_turns_does_not_rank(tmp_path):
+    """Two values apart in one setting each way and level in the third: level, whichever way the third
+    setting's noise leans (batch 2 in bn_batch_size); a value ahead in more settings still ranks first."""
+    matrix = {"model.norm": ["bn_pre", "gn"], "data.batch_size": [2, 4, 8], "seed": [0, 1, 2]}
+    spread = [0.0, 0.004, -0.004]
+
+    def scores(lean: float, bn_pre_at_2: float = 0.40):
+        means = {("bn_pre", 2): bn_pre_at_2, ("gn", 2): 0.80, ("bn_pre", 4): 0.95, ("gn", 4): 0.90}
+        means |= {("bn_pre", 8): 0.98 + lean, ("gn", 8): 0.98}
+        return lambda v: means[(v["model.norm"], v["data.batch_size"])] + spread[v["seed"]]
+
+    texts = {}
+    for lean in (0.0, 0.02):  # level at batch 8, then bn_pre clearly ahead there
+        write_matrix(tmp_path / str(lean), matrix, {"metric": "test/acc", "compare": "model.norm"}, scores(lean))
+        texts[lean] = the_answer(tmp_path / str(lean))
+    for text in texts.values():
+        assert "norm=bn_pre (best in" in text and ") are level over the settings." in text, text
+    write_matrix(tmp_path / "ahead", matrix, {"metric": "test/acc", "compare": "model.norm"}, scores(0.02, 0.90))
+    assert "norm=bn_pre comes first (best in 3 of 3 settings;" in the_answer(tmp_path / "ahead")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -232,8 +232,8 @@ def _tally(m: Matrix, lower: bool) -> tuple[dict[str, Outcome], dict[str, list[f
 def _ranking(m: Matrix, metric: str, lower: bool) -> str:
     """The compared values from best to worst: ranked within each setting of the other keys."""
     totals, ranks, firsts, tied = _tally(m, lower)
-    order = sorted(m.values, key=lambda v: (statistics.mean(ranks[v]), totals[v].rank_key(lower)))
     settings = len(m.blocks)
+    standing = _standing(m, totals, ranks, lower)
     sizes = {v: sorted(set(totals[v].params)) for v in m.values}
     counts = sizes_differ([p for v in m.values for p in sizes[v]])
 
@@ -268,19 +268,58 @@ def _ranking(m: Matrix, metric: str, lower: bool) -> str:
         head = f"Ranked within each of the {settings} settings of {others}"
     else:
         head = f"Ranked by {metric}"
-    shown = [f"{m.name(order[0])} comes first ({detail(order[0])})"]
-    shown += [f"then {m.name(v)} ({detail(v)})" for v in order[1:-1]]
-    shown += [f"{'and ' if len(order) > 2 else ''}last {m.name(order[-1])} ({detail(order[-1])})"]
-    lead = ""
-    if settings == 1:
+
+    def named(group: list[str]) -> str:
+        return listed([f"{m.name(v)} ({detail(v)})" for v in group])
+
+    def level(group: list[str]) -> str:
+        if len(group) == 1:
+            return ""
+        if settings > 1:
+            return ", level over the settings"
         block = next(iter(m.blocks.values()))
-        same = len(set(_ranks(block, lower).values())) == 1 and len(block) > 2
-        lead = (
-            f"; all {len(block)} are within the seeds' spread of one another"
-            if same
-            else _lead(block, order[0], m, lower)
-        )
-    return f"{head} (a run that diverged ranks below every run that finished), " + ", ".join(shown) + lead + "."
+        return f", level within the seeds' spread (±{max(block[v].spread for v in group):.4f})"
+
+    if len(standing) == 1:
+        shown = [f"{named(standing[0])} are{level(standing[0]).removeprefix(',')}"]
+    else:
+        first = standing[0]
+        if len(first) == 1:
+            shown = [f"{m.name(first[0])} comes first ({detail(first[0])})"]
+        else:
+            shown = [f"{named(first)} come first{level(first)}"]
+        shown += [f"then {named(group)}{level(group)}" for group in standing[1:-1]]
+        shown += [f"{'and ' if len(standing) > 2 else ''}last {named(standing[-1])}{level(standing[-1])}"]
+    return f"{head} (a run that diverged ranks below every run that finished), " + ", ".join(shown) + "."
+
+
+def _standing(m: Matrix, totals: dict[str, Outcome], ranks: dict[str, list[float]], lower: bool) -> list[list[str]]:
+    """The compared values best first, in groups that are level, each in the matrix's order (a tie is no
+    ranking, and ordering it by digits below the noise would let the last bits decide): in one setting,
+    values within the seeds' spread of each other; over several, values whose ranks add up within one
+    setting of each other (a single setting can turn on noise), where the pooled outcome decides only
+    if it is clear."""
+    settings = len(m.blocks)
+
+    def rank(value: str) -> float:
+        return statistics.mean(ranks[value]) * settings
+
+    order = sorted(m.values, key=lambda v: (rank(v), totals[v].rank_key(lower)))
+    groups: list[list[str]] = []
+    for value in order:
+        if groups and rank(value) - rank(groups[-1][0]) <= (0 if settings == 1 else 1):
+            groups[-1].append(value)
+        else:
+            groups.append([value])
+    standing = []
+    for group in groups:
+        pooled = sorted(group, key=lambda v: totals[v].rank_key(lower))
+        clear = settings > 1 and all(not _same(totals[a], totals[b]) for a, b in zip(pooled, pooled[1:]))
+        if clear:  # level within the settings, but apart over all the runs: ordered, not level
+            standing += [[value] for value in pooled]
+        else:
+            standing.append(sorted(group, key=m.values.index))
+    return standing
 
 
 def _compared(block: dict[str, Outcome], m: Matrix, lower: bool) -> str:

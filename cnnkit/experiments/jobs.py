@@ -179,9 +179,11 @@ def _as_they_end(pool: Pool, futures: dict[Future, int], runs: Sequence[Any], lo
                 continue
             try:
                 outcome = future.result()
-            except BrokenProcessPool:
+            except BaseException as err:  # the worker died, or something escaped its fit (SystemExit)
+                died = isinstance(err, BrokenProcessPool)
+                why = "its worker process died" if died else f"{type(err).__name__}: {err}".splitlines()[0]
                 result = worker.ended(runs[index - 1].cfg, since=started, interrupted=pool.stopped is not None)
-                outcome = worker.Outcome(result, error="its worker process died", log=log_dir)
+                outcome = worker.Outcome(result, error=why, log=log_dir)
             if outcome.result is not None:  # None: it never started
                 yield index, outcome
 

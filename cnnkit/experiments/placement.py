@@ -22,10 +22,12 @@ THREAD_VARIABLES = (
     "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
-# Per-step work (multiply-accumulates of one batch's forward pass) from which a job takes two cores: a
-# second thread then pays about as well as a second job. Below it one core each (a small CNN gains ~1.2x
-# from a second thread, two one-thread jobs ~1.9x). See benchmarks/jobs.py --threads-gain.
-TWO_THREADS_FROM_MACS = 2e9
+# Per-step work (multiply-accumulates of one batch's forward pass) from which a job takes two cores: where
+# a second thread pays as well as a second job (two one-thread jobs side by side: ~1.9x). Measured on the
+# course models (benchmarks/jobs.py --threads-gain, 2-core CPU, idle; results/jobs_threads_gain.json):
+# a second thread gains 0.6-1.3x up to 6e6 MACs per batch, 1.4x at 1.6e8, 1.74x at 3.7e8, 1.97x at
+# 3.2e9, 1.76x at 4.3e9: never clearly more than a second job, so one core each below 1e10.
+TWO_THREADS_FROM_MACS = 1e10
 
 
 # -- where each job runs (pure: tested for 1, 2 and 8 devices without one) ---------------------------
@@ -131,19 +133,10 @@ def resolve_jobs(value: Any, to_train: Sequence[Any]) -> int:
         return min(int(value), len(to_train))
     gpus = visible_gpus(to_train[0].trainer.accelerator, os.environ)
     try:
-        macs = 0.0 if gpus else max(step_macs(cfg) for cfg in _distinct_models(to_train))
+        macs = 0.0 if gpus else max(step_macs(cfg) for cfg in to_train)  # traced once per distinct model
     except Exception:  # a model describe cannot trace: one core per job, the common case
         macs = 0.0
     return auto_jobs(len(to_train), len(available_cpus()), len(gpus), macs)
-
-
-def _distinct_models(configs: Sequence[Any], most: int = 4) -> list[Any]:
-    seen, chosen = set(), []
-    for cfg in configs:
-        if _model_key(cfg) not in seen:
-            seen.add(_model_key(cfg))
-            chosen.append(cfg)
-    return chosen[:most]
 
 
 def _model_key(cfg: Any) -> str:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from cnnkit.console import configure, summary_block
+from cnnkit.errors import CnnkitError, own_message
 from cnnkit.experiments.placement import Slot, job_env, pin, processes_of
 from cnnkit.messages import note, relay, show
 from cnnkit.runs.result import FitResult
@@ -61,9 +63,6 @@ def start(slots: Any, log_dir: str, verbose_output: bool) -> None:
         stream.reconfigure(line_buffering=True)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
-    # startup: the console only once the output is the log
-    from cnnkit.console import configure
-
     configure(verbose_output=verbose_output)
 
 
@@ -102,9 +101,7 @@ def train(
     show(f"$ {' '.join(alone)}")
     if processes_of(cfg) > 1:
         return _in_a_process_of_its_own(cfg, alone)
-    # startup: the console and errors once the worker trains
-    from cnnkit.console import summary_block
-    from cnnkit.errors import CnnkitError, own_message
+    # startup: Lightning (which the lifecycle imports) in a worker, never on the parent's quick paths
     from cnnkit.runs.lifecycle import RunInterrupted
 
     started = time.time()
