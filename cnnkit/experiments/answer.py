@@ -269,6 +269,14 @@ def _ranking(m: Matrix, metric: str, lower: bool) -> str:
     else:
         head = f"Ranked by {metric}"
 
+    shown = _standing_text(standing, m, detail)
+    return f"{head} (a run that diverged ranks below every run that finished), " + ", ".join(shown) + "."
+
+
+def _standing_text(standing: list[list[str]], m: Matrix, detail: Any) -> list[str]:
+    """``X comes first (...)``, ``then Y (...) and Z (...), level ...``, ``and last W (...)``."""
+    settings = len(m.blocks)
+
     def named(group: list[str]) -> str:
         return listed([f"{m.name(v)} ({detail(v)})" for v in group])
 
@@ -281,16 +289,15 @@ def _ranking(m: Matrix, metric: str, lower: bool) -> str:
         return f", level within the seeds' spread (±{max(block[v].spread for v in group):.4f})"
 
     if len(standing) == 1:
-        shown = [f"{named(standing[0])} are{level(standing[0]).removeprefix(',')}"]
+        return [f"{named(standing[0])} are{level(standing[0]).removeprefix(',')}"]
+    first = standing[0]
+    if len(first) == 1:
+        shown = [f"{m.name(first[0])} comes first ({detail(first[0])})"]
     else:
-        first = standing[0]
-        if len(first) == 1:
-            shown = [f"{m.name(first[0])} comes first ({detail(first[0])})"]
-        else:
-            shown = [f"{named(first)} come first{level(first)}"]
-        shown += [f"then {named(group)}{level(group)}" for group in standing[1:-1]]
-        shown += [f"{'and ' if len(standing) > 2 else ''}last {named(standing[-1])}{level(standing[-1])}"]
-    return f"{head} (a run that diverged ranks below every run that finished), " + ", ".join(shown) + "."
+        shown = [f"{named(first)} come first{level(first)}"]
+    shown += [f"then {named(group)}{level(group)}" for group in standing[1:-1]]
+    shown += [f"{'and ' if len(standing) > 2 else ''}last {named(standing[-1])}{level(standing[-1])}"]
+    return shown
 
 
 def _standing(m: Matrix, totals: dict[str, Outcome], ranks: dict[str, list[float]], lower: bool) -> list[list[str]]:
