@@ -6,7 +6,7 @@
 # ones resume. Each recipe's report (PNG figures + REPORT.md) is written beside its runs; --update-docs
 # also copies it to docs/<recipe>/ and records the recipe's wall time in docs/timings.txt (the committed
 # figures): without it the tracked tree is left as it is. --jobs trains that many variants at once
-# (cnnkit fit --jobs: each its own process with its share of the cores; auto picks from the machine).
+# (cnnkit fit --jobs: a worker process per core taking the next variant; auto picks from the machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"

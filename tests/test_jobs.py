@@ -186,10 +186,8 @@ def test_each_slot_is_one_worker_that_takes_the_next_variant_as_it_frees(tmp_pat
     assert sorted(trained) == ["job1.log", "job2.log"], trained  # a start-up per slot, not per variant
     assert sorted(sum(trained.values(), [])) == sorted(f"batch_size={b}" for b in (2, 256, 512, 1024))
     # the slow variant kept its worker; the other worker took the rest as it freed
-    assert sorted(trained.values(), key=len) == [
-        ["batch_size=2"],
-        ["batch_size=256", "batch_size=512", "batch_size=1024"],
-    ]
+    kept_busy, took_the_rest = sorted(trained.values(), key=len)
+    assert kept_busy == ["batch_size=2"] and len(took_the_rest) == 3, trained
 
 
 # -- a variant's result does not depend on the pool ------------------------------------------------------

@@ -145,21 +145,59 @@ def _model_key(cfg: Any) -> str:
 
 def most_work_first(configs: Sequence[Any]) -> list[int]:
     """The order the pool's queue hands out the variants (positions into ``configs``): the most estimated
-    work first, so a slow variant starts early instead of last with a core idle beside it. The estimate is
-    the multiply-accumulates per sample times the samples trained on (``max_steps`` batches, else
+    work first, so a slow variant starts early instead of last with a core idle beside it (longest first).
+    The estimate is a training step's time, measured on one thread over a few steps of the variant's model
+    on random data of its shape (``step_seconds``: it sees what multiply-accumulates miss, a norm's noise or
+    a small batch's overhead), per sample, times the samples trained on (``max_steps`` batches, else
     ``max_epochs`` passes over the dataset, whose size a matrix's variants share); ties keep matrix order,
-    and so does every variant when a model cannot be traced."""
+    and so does every variant when a model cannot be built here."""
 
     def work(cfg: Any) -> float:
         steps, batch = cfg.trainer.max_steps, int(cfg.data.batch_size)
         samples = steps * batch if steps and steps > 0 else cfg.trainer.max_epochs or 1
-        return step_macs(cfg) / batch * samples
+        return step_seconds(cfg) / batch * samples
 
     try:
         estimates = [work(cfg) for cfg in configs]
-    except Exception:  # describe cannot trace a user's model: the matrix's own order
+    except Exception:  # a user's model that cannot be built or stepped here: the matrix's own order
         return list(range(len(configs)))
     return sorted(range(len(configs)), key=lambda position: -estimates[position])
+
+
+def step_seconds(cfg: Any, steps: int = 3) -> float:
+    """Seconds of one training step (forward, backward, SGD) of the config's model on one thread: the
+    fastest of ``steps`` after a first that warms up (measured once per model, dataset and batch size)."""
+    key = _model_key(cfg)
+    if key not in _stepped:
+        # startup: torch only for the pool's order
+        import time
+
+        import torch
+
+        from cnnkit.training.builders import build_model, data_info
+
+        info = data_info(cfg)
+        model = build_model(cfg, info).train()
+        x = torch.randn(int(cfg.data.batch_size), *info.input_shape)
+        y = torch.randint(0, info.num_classes, (int(cfg.data.batch_size),))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the workers' thread count, whatever this process has
+        try:
+            timed = []
+            for _ in range(steps + 1):
+                start = time.perf_counter()
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+                timed.append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(threads)
+        _stepped[key] = min(timed[1:])
+    return _stepped[key]
+
+
+_stepped: dict[str, float] = {}
 
 
 def pin(pid: int, cpus: Sequence[int]) -> None:
