@@ -304,8 +304,8 @@ def _standing(m: Matrix, totals: dict[str, Outcome], ranks: dict[str, list[float
     """The compared values best first, in groups that are level, each in the matrix's order (a tie is no
     ranking, and ordering it by digits below the noise would let the last bits decide): in one setting,
     values within the seeds' spread of each other; over several, values whose ranks add up within one
-    setting of each other (a single setting can turn on noise), where the pooled outcome decides only
-    if it is clear."""
+    setting of each other (a single setting can turn on noise) unless their pooled outcomes are clearly
+    apart."""
     settings = len(m.blocks)
 
     def rank(value: str) -> float:
@@ -322,8 +322,8 @@ def _standing(m: Matrix, totals: dict[str, Outcome], ranks: dict[str, list[float
     for group in groups:
         pooled = sorted(group, key=lambda v: totals[v].rank_key(lower))
         clear = settings > 1 and all(not _same(totals[a], totals[b]) for a, b in zip(pooled, pooled[1:]))
-        if clear:  # level within the settings, but apart over all the runs: ordered, not level
-            standing += [[value] for value in pooled]
+        if clear:  # close setting by setting, but apart over all the runs: ranked as the settings rank them
+            standing += [[value] for value in group]
         else:
             standing.append(sorted(group, key=m.values.index))
     return standing
