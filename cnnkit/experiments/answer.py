@@ -281,22 +281,26 @@ def _standing_text(standing: list[list[str]], m: Matrix, detail: Any) -> list[st
         return listed([f"{m.name(v)} ({detail(v)})" for v in group])
 
     def level(group: list[str]) -> str:
-        if len(group) == 1:
-            return ""
         if settings > 1:
-            return ", level over the settings"
+            return "level over the settings"
         block = next(iter(m.blocks.values()))
-        return f", level within the seeds' spread (±{max(block[v].spread for v in group):.4f})"
+        if not any(block[v].scores for v in group):
+            return "alike: none of their runs finished"
+        noise = max(block[v].spread for v in group)
+        return f"level within the seeds' spread (±{noise:.4f})" if noise > 0 else "tied"
+
+    def mark(group: list[str]) -> str:
+        return f", {level(group)}" if len(group) > 1 else ""
 
     if len(standing) == 1:
-        return [f"{named(standing[0])} are{level(standing[0]).removeprefix(',')}"]
+        return [f"{named(standing[0])} are {level(standing[0])}"]
     first = standing[0]
     if len(first) == 1:
         shown = [f"{m.name(first[0])} comes first ({detail(first[0])})"]
     else:
-        shown = [f"{named(first)} come first{level(first)}"]
-    shown += [f"then {named(group)}{level(group)}" for group in standing[1:-1]]
-    shown += [f"{'and ' if len(standing) > 2 else ''}last {named(standing[-1])}{level(standing[-1])}"]
+        shown = [f"{named(first)} come first{mark(first)}"]
+    shown += [f"then {named(group)}{mark(group)}" for group in standing[1:-1]]
+    shown += [f"{'and ' if len(standing) > 2 else ''}last {named(standing[-1])}{mark(standing[-1])}"]
     return shown
 
 

@@ -75,7 +75,7 @@ def alone_command(
 class Pool:
     """One worker process per slot; ``stop`` (from a signal handler) forwards the signal to them."""
 
-    def __init__(self, jobs: int, gpus: Sequence[str], log_dir: Path, init_from: Optional[str], overwrite: bool):
+    def __init__(self, jobs: int, gpus: Sequence[str], log_dir: Path, command: tuple):
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: threads set before torch loads
         queue = context.SimpleQueue()
         for number, slot in enumerate(slots(jobs, available_cpus(), gpus), 1):
@@ -86,11 +86,13 @@ class Pool:
             initializer=worker.start,
             initargs=(queue, str(log_dir), verbose()),
         )
-        self.init_from, self.overwrite = init_from, overwrite
+        self.files, self.ckpt, self.init_from, self.overwrite = command  # the fit command's own arguments
         self.stopped: Optional[int] = None  # the signal that stopped the pool
 
-    def submit(self, fit: Callable[..., FitResult], run: Any, alone: Sequence[str]) -> Future:
-        """Queue a planned run (``api.PlannedRun``) for the next free worker."""
+    def submit(self, fit: Callable[..., FitResult], run: Any) -> Future:
+        """Queue a planned run (``api.PlannedRun``) for the next free worker, with the command that trains it
+        alone (the log shows it; a variant that needs a process of its own runs it)."""
+        alone = alone_command(self.files, run.overrides, run.cfg.variant, self.ckpt, self.init_from, self.overwrite)
         return self.executor.submit(worker.train, fit, run.cfg, run.resume, self.init_from, self.overwrite, alone)
 
     def stop(self, signum: int) -> None:
@@ -134,22 +136,20 @@ def run_jobs(
         )
         for index, result in sorted(kept.items()):  # kept runs need no worker: their lines come first
             display.variant_ended(index, runs[index - 1].cfg, result)
-        pool = Pool(jobs, gpus, runs_dir / "logs", init_from, overwrite)
-
-        def alone(run: Any) -> list[str]:
-            return alone_command(files, run.overrides, run.cfg.variant, ckpt, init_from, overwrite)
-
+        if len(to_train) > jobs and not gpus:  # more than start at once: the slowest first (timed on CPU)
+            to_train = [to_train[p] for p in most_work_first([runs[i - 1].cfg for i in to_train])]
+        pool = Pool(jobs, gpus, runs_dir / "logs", (files, ckpt, init_from, overwrite))
         previous = _forward_signals(pool)
         try:
-            if len(to_train) > jobs:  # more than start at once: the slowest first
-                to_train = [to_train[p] for p in most_work_first([runs[i - 1].cfg for i in to_train])]
-            futures = {pool.submit(fit, runs[index - 1], alone(runs[index - 1])): index for index in to_train}
-            for index, outcome in _as_they_end(pool, futures, runs, runs_dir / "logs"):
-                results[index] = outcome.result
-                display.variant_ended(index, runs[index - 1].cfg, outcome.result)
-                if outcome.result.status == "failed":
-                    why = outcome.error or "its worker ended"
-                    failures.append(f"{runs[index - 1].cfg.variant} ({why}; its output: {outcome.log})")
+            futures = {
+                pool.submit(fit, runs[index - 1]): index
+                for index in to_train
+                if pool.stopped is None  # a signal while they are queued: the rest never start
+            }
+            _show_as_they_end(pool, futures, runs, display, results, failures, runs_dir / "logs")
+        except BaseException:
+            pool.stop(signal.SIGINT)  # nothing trains on unwatched
+            raise
         finally:
             pool.executor.shutdown(wait=True, cancel_futures=True)
             _restore_signals(previous)
@@ -161,6 +161,24 @@ def run_jobs(
     if failures:
         raise CnnkitError(f"{len(failures)} of {len(runs)} variants failed: {'; '.join(failures[:3])}")
     return ordered
+
+
+def _show_as_they_end(
+    pool: Pool,
+    futures: dict[Future, int],
+    runs: Sequence[Any],
+    display: Any,
+    results: dict[int, FitResult],
+    failures: list[str],
+    log_dir: Path,
+) -> None:
+    """One line per variant as it ends; a failed one is also kept for the command's last line."""
+    for index, outcome in _as_they_end(pool, futures, runs, log_dir):
+        results[index] = outcome.result
+        display.variant_ended(index, runs[index - 1].cfg, outcome.result)
+        if outcome.result.status == "failed" or outcome.error:
+            why = outcome.error or "its worker ended"
+            failures.append(f"{runs[index - 1].cfg.variant} ({why}; its output: {outcome.log})")
 
 
 def _as_they_end(pool: Pool, futures: dict[Future, int], runs: Sequence[Any], log_dir: Path) -> Any:
@@ -179,11 +197,12 @@ def _as_they_end(pool: Pool, futures: dict[Future, int], runs: Sequence[Any], lo
                 continue
             try:
                 outcome = future.result()
-            except BaseException as err:  # the worker died, or something escaped its fit (SystemExit)
+            except BaseException as err:  # a worker died (the pool then stops the others), or a result broke
                 died = isinstance(err, BrokenProcessPool)
-                why = "its worker process died" if died else f"{type(err).__name__}: {err}".splitlines()[0]
-                result = worker.ended(runs[index - 1].cfg, since=started, interrupted=pool.stopped is not None)
-                outcome = worker.Outcome(result, error=why, log=log_dir)
+                why = "a worker process died (out of memory?)" if died else f"{type(err).__name__}: {err}"
+                # what its run directory says: not started, interrupted where it was, or ended
+                result = worker.ended(runs[index - 1].cfg, since=started, interrupted=True)
+                outcome = worker.Outcome(result, error=why.splitlines()[0], log=log_dir)
             if outcome.result is not None:  # None: it never started
                 yield index, outcome
 
@@ -200,11 +219,12 @@ def _ended_counts(ordered: Sequence[FitResult], total: int) -> dict[str, int]:
 
 
 def _forward_signals(pool: Pool) -> dict[int, Any]:
-    """SIGINT and SIGTERM stop the pool (forwarded to its workers) instead of this process; in the main thread."""
+    """SIGINT, SIGTERM and SIGHUP stop the pool (forwarded to its workers) instead of this process; in the main
+    thread (from another, the workers are stopped only when this process ends: each watches its parent)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in worker.STOP_SIGNALS:
         previous[signum] = signal.signal(signum, lambda s, _frame: pool.stop(s))
     return previous
 

@@ -14,10 +14,12 @@ group behind for the next fit, so such a fit cannot share a process with others.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -45,13 +47,17 @@ class _Worker:
 
 
 _worker = _Worker()
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def start(slots: Any, log_dir: str, verbose_output: bool) -> None:
     """The pool's initializer: take a slot from the queue and set this process up on it."""
+    for signum in STOP_SIGNALS:  # first: a signal while this process starts stops it cleanly too
+        signal.signal(signum, _on_signal)
     number, slot = slots.get()
     _worker.number, _worker.slot, _worker.log = number, slot, Path(log_dir) / f"job{number}.log"
-    os.setsid()
+    if hasattr(os, "setsid"):
+        os.setsid()
     os.environ.update(job_env(slot, os.environ))
     pin(0, slot.cpus)
     _worker.log.parent.mkdir(parents=True, exist_ok=True)
@@ -61,9 +67,20 @@ def start(slots: Any, log_dir: str, verbose_output: bool) -> None:
     os.close(log)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
     configure(verbose_output=verbose_output)
+    threading.Thread(target=_stop_with_the_parent, daemon=True).start()
+
+
+def _stop_with_the_parent() -> None:
+    """A parent that died without forwarding a signal (kill -9, out of memory) stops its workers: the
+    variant training records ``interrupted``, and the worker exits instead of waiting for work forever."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    parent.join()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)  # the interrupted fit's last checkpoint and status.json
+    os._exit(128 + signal.SIGINT)
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
@@ -72,8 +89,8 @@ def _on_signal(signum: int, _frame: Any) -> None:
     _worker.stopped = True
     if _worker.child is not None and _worker.child.poll() is None:
         _worker.child.send_signal(signum)
-    elif _worker.fitting and signum == signal.SIGINT:
-        raise KeyboardInterrupt
+    elif _worker.fitting and (signum != signal.SIGTERM or signal.getsignal(signal.SIGTERM) is _on_signal):
+        raise KeyboardInterrupt  # (SIGTERM inside trainer.fit goes to Lightning's handler instead)
 
 
 @dataclass
@@ -105,8 +122,8 @@ def train(
     from cnnkit.runs.lifecycle import RunInterrupted
 
     started = time.time()
-    _worker.fitting = True
     try:
+        _worker.fitting = True
         if _worker.stopped:  # stopped between the check above and now
             return Outcome(None, log=_worker.log)
         result = fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite)
@@ -114,7 +131,7 @@ def train(
         return Outcome(result, log=_worker.log)
     except (KeyboardInterrupt, RunInterrupted):
         return Outcome(ended(cfg, since=started, interrupted=True), log=_worker.log)
-    except Exception as err:
+    except BaseException as err:  # anything else (SystemExit too) is this variant's failure, said in one line
         error = own_message(err) if isinstance(err, CnnkitError) else f"{type(err).__name__}: {err}"
         relay(traceback.format_exc().rstrip())  # the log keeps the whole story; the terminal gets its first line
         return Outcome(ended(cfg, since=started, interrupted=False), error=error.splitlines()[0], log=_worker.log)
@@ -128,11 +145,13 @@ def _in_a_process_of_its_own(cfg: Any, alone: Sequence[str]) -> Outcome:
     started = time.time()
     env = job_env(_worker.slot, os.environ, processes_of(cfg))
     _worker.child = subprocess.Popen(alone, stdin=subprocess.DEVNULL, env=env)
+    if _worker.stopped:  # a signal came while it started
+        _worker.child.send_signal(signal.SIGINT)
     try:
         code = _worker.child.wait()
     finally:
         _worker.child = None
-    interrupted = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    interrupted = code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM)
     result = ended(cfg, since=started, interrupted=interrupted)
     error = None if code == 0 or interrupted else f"exit {code}"
     return Outcome(result, error=error, log=_worker.log)
