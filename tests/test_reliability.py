@@ -23,6 +23,7 @@ EXACT = [
 
 KILLER = textwrap.dedent("""
     import os, signal
+    import signal as _signal
     from typing import Optional
     import lightning as L
     from cnnkit import CALLBACKS
@@ -36,6 +37,9 @@ KILLER = textwrap.dedent("""
 
         def __init__(self, step: Optional[int] = None, epoch: Optional[int] = None, signal: str = "SIGKILL"):
             self.step, self.epoch, self.signal = step, epoch, signal
+            # Ctrl-C as a terminal's process gets it: a test runner's worker may hand its children SIGINT
+            # ignored (seen under CI's xdist workers), and an ignored signal stays ignored across exec
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
         def _fire(self, trainer):
             marker = f"killed.{trainer.global_rank}"
