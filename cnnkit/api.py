@@ -328,21 +328,7 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
             else "raise trainer.max_epochs to train on"
         )
         say(f"run '{run.path}' already finished; nothing to resume ({longer})")
-    best = status.get("best_checkpoint")
-    diverged = None
-    if status.get("status") == "diverged":
-        diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")}
-    return FitResult.of(
-        run,
-        cfg,
-        status.get("status", "finished"),
-        status.get("metrics", {}),
-        Path(best) if best else None,
-        status.get("best_epoch"),
-        status.get("epochs"),
-        diverged=diverged,
-        kept=True,
-    )
+    return FitResult.recorded(run, cfg, status, status.get("status", "finished"), kept=True)
 
 
 def _follow_report_section(run: RunDir, cfg: DictConfig) -> None:

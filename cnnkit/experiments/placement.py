@@ -104,15 +104,26 @@ def step_macs(cfg: Any) -> float:
     if key not in _traced:
         # startup: torch only for --jobs auto and the pool's order
         from cnnkit.nn.anatomy import describe_model
-        from cnnkit.training.builders import build_model, data_info
 
-        info = data_info(cfg)
-        macs = describe_model(build_model(cfg, info), info.input_shape)["totals"]["macs"]
-        _traced[key] = float(macs) * int(cfg.data.batch_size)
+        info, model = _built(cfg)
+        _traced[key] = float(describe_model(model, info.input_shape)["totals"]["macs"]) * int(cfg.data.batch_size)
     return _traced[key]
 
 
+def _built(cfg: Any) -> tuple[Any, Any]:
+    """The config's data info and model, built once per model, dataset and batch size for both measures."""
+    key = _model_key(cfg)
+    if key not in _models:
+        # startup: torch only for --jobs auto and the pool's order
+        from cnnkit.training.builders import build_model, data_info
+
+        info = data_info(cfg)
+        _models[key] = (info, build_model(cfg, info))
+    return _models[key]
+
+
 _traced: dict[str, float] = {}
+_models: dict[str, tuple[Any, Any]] = {}
 
 
 def auto_jobs(to_train: int, cores: int, gpus: int, macs: float) -> int:
@@ -174,10 +185,8 @@ def step_seconds(cfg: Any, steps: int = 3) -> float:
 
         import torch
 
-        from cnnkit.training.builders import build_model, data_info
-
-        info = data_info(cfg)
-        model = build_model(cfg, info).train()
+        info, model = _built(cfg)
+        model.train()
         x = torch.randn(int(cfg.data.batch_size), *info.input_shape)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         threads = torch.get_num_threads()

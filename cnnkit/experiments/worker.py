@@ -168,16 +168,4 @@ def ended(cfg: Any, since: float, interrupted: bool) -> Optional[FitResult]:
         return None if interrupted else FitResult(status="failed", run_dir=run.path)
     if state == "running":  # it ended before its lifecycle could say how
         state = "interrupted" if interrupted else "failed"
-    best = status.get("best_checkpoint")
-    diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")} if state == "diverged" else None
-    return FitResult(
-        status=state,
-        run_dir=run.path,
-        metrics=status.get("metrics", {}) if state == "finished" else {},
-        best_checkpoint=Path(best) if best else None,
-        best_by=cfg.checkpoint.monitor,
-        best_epoch=status.get("best_epoch"),
-        epochs=status.get("epochs"),
-        last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
-        diverged=diverged,
-    )
+    return FitResult.recorded(run, cfg, status, state)

@@ -52,3 +52,21 @@ class FitResult:
             last_checkpoint=run.last_checkpoint if run.last_checkpoint.is_file() else None,
             **details,
         )
+
+    @classmethod
+    def recorded(cls, run: RunDir, cfg: DictConfig, status: dict[str, Any], state: str, **details: Any) -> FitResult:
+        """A fit's result as its status.json recorded it (``state``: what it ended as), for one not trained
+        here: a kept run, or a ``--jobs`` variant whose worker did not send one back."""
+        best = status.get("best_checkpoint")
+        diverged = {k: status.get(k) for k in ("step", "lr", "reason", "last_good")} if state == "diverged" else None
+        return cls.of(
+            run,
+            cfg,
+            state,
+            status.get("metrics", {}),
+            Path(best) if best else None,
+            status.get("best_epoch"),
+            status.get("epochs"),
+            diverged=diverged,
+            **details,
+        )
