@@ -22,6 +22,7 @@ _LAZY = {
             "load_config",
             "fit",
             "fit_recipe",
+            "fit_recipes",
             "evaluate",
             "predict",
             "describe",

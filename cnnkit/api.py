@@ -31,7 +31,7 @@ from cnnkit.config.naming import name_value
 from cnnkit.config.plain import as_data, spec
 from cnnkit.console import active_matrix, matrix_display, quiet, run_header, verbose
 from cnnkit.errors import CheckpointError, ConfigError
-from cnnkit.experiments.jobs import run_jobs
+from cnnkit.experiments.jobs import Recipe, run_jobs
 from cnnkit.experiments.matrix import combinations, format_value
 from cnnkit.experiments.placement import resolve_jobs
 from cnnkit.messages import first_process, note, say
@@ -50,6 +50,7 @@ __all__ = [
     "load_config",
     "fit",
     "fit_recipe",
+    "fit_recipes",
     "evaluate",
     "predict",
     "describe",
@@ -361,44 +362,78 @@ def fit_recipe(
     ``jobs`` (default: the recipe's ``jobs:``) trains that many variants at once, each its own process
     (``jobs.py``); ``auto`` picks from the devices and the model's size.
     """
-    base, runs = plan_runs(files, overrides, only, ckpt)
-    plans = [(run.cfg, run.resume) for run in runs]
-    first_rank = first_process()
-    # every refusal comes now, in well under a second, before torch is imported or anything trains
-    verdicts = [
-        RunDir.for_config(cfg).verdict(
-            cfg, resume=resume is not None, overwrite=overwrite, first_rank=first_rank, init_from=init_from
-        )
-        for cfg, resume in plans
-    ]
-    for (cfg, _), verdict in zip(plans, verdicts):
-        if verdict != KEEP:  # a kept run needs nothing built
-            validate(cfg)
-    results: list[FitResult] = []
-    if len(plans) == 1:
-        return [fit(plans[0][0], ckpt=plans[0][1], init_from=init_from, overwrite=overwrite)]
-    if first_rank:
-        count = resolve_jobs(
-            base.jobs if jobs is None else jobs, [cfg for (cfg, _), verdict in zip(plans, verdicts) if verdict != KEEP]
-        )
+    return fit_recipes([files], overrides, only, ckpt, init_from, overwrite, jobs)[0]
+
+
+def fit_recipes(
+    recipes: Sequence[Sequence[str]],
+    overrides: Sequence[str] = (),
+    only: Sequence[str] = (),
+    ckpt: Optional[str] = None,
+    init_from: Optional[str] = None,
+    overwrite: bool = False,
+    jobs: Any = None,
+) -> list[list[FitResult]]:
+    """``fit_recipe`` for several recipes (each its list of config files) as one command: every refusal of
+    every recipe comes before anything trains, and with ``jobs`` above 1 one pool trains all their variants,
+    so no recipe's last variant leaves a core idle and the workers start once (``cnnkit fit --recipe``).
+    ``jobs`` defaults to the first recipe's ``jobs:``. One list of results per recipe, in matrix order."""
+    checked = [_checked(files, overrides, only, ckpt, init_from, overwrite) for files in recipes]
+    if len(checked) == 1 and len(checked[0].runs) == 1:
+        run = checked[0].runs[0]
+        return [[fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)]]
+    if first_process():
+        to_train = [run.cfg for recipe in checked for run, keep in zip(recipe.runs, recipe.keep) if not keep]
+        count = resolve_jobs(checked[0].base.jobs if jobs is None else jobs, to_train)
         if count > 1:
-            kept = {
-                i: fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)
-                for i, (run, verdict) in enumerate(zip(runs, verdicts), 1)
-                if verdict == KEEP
-            }
-            return run_jobs(files, base, runs, kept, count, ckpt, init_from, overwrite, fit)
+            for recipe in checked:
+                recipe.kept = {
+                    i: fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)
+                    for i, (run, keep) in enumerate(zip(recipe.runs, recipe.keep), 1)
+                    if keep
+                }
+            return run_jobs(checked, count, ckpt, init_from, overwrite, fit)
+    return [_one_after_the_other(recipe, init_from, overwrite) for recipe in checked]
+
+
+def _checked(
+    files: Sequence[str],
+    overrides: Sequence[str],
+    only: Sequence[str],
+    ckpt: Optional[str],
+    init_from: Optional[str],
+    overwrite: bool,
+) -> Recipe:
+    """A recipe's runs, each with its verdict from its run directory (a refusal raises now, in well under a
+    second, before torch is imported), and every run to train validated."""
+    base, runs = plan_runs(files, overrides, only, ckpt)
+    first_rank = first_process()
+    keep = []
+    for run in runs:
+        verdict = RunDir.for_config(run.cfg).verdict(
+            run.cfg, resume=run.resume is not None, overwrite=overwrite, first_rank=first_rank, init_from=init_from
+        )
+        keep.append(verdict == KEEP)
+    for run, kept in zip(runs, keep):
+        if not kept:  # a kept run needs nothing built
+            validate(run.cfg)
+    return Recipe(list(files), base, runs, keep)
+
+
+def _one_after_the_other(recipe: Recipe, init_from: Optional[str], overwrite: bool) -> list[FitResult]:
+    results: list[FitResult] = []
+    base = recipe.base
     with matrix_display(
         base.name,
-        plans,
+        [run.cfg for run in recipe.runs],
         show_bar=base.trainer.progress_bar != "none",
         runs_dir=Path(base.runs_dir) / base.name,
         keys=list(base.matrix),
     ) as display:
-        for index, (cfg, resume) in enumerate(plans, 1):
-            display.variant_started(index, cfg)
-            results.append(fit(cfg, ckpt=resume, init_from=init_from, overwrite=overwrite))
-            display.variant_ended(index, cfg, results[-1])
+        for index, run in enumerate(recipe.runs, 1):
+            display.variant_started(index, run.cfg)
+            results.append(fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite))
+            display.variant_ended(index, run.cfg, results[-1])
         display.close(results)
     return results
 

@@ -117,6 +117,14 @@ def _add_training(commands: Any) -> None:
         "GPU); auto: from the devices and the model's size (default: the recipe's jobs:, else 1)",
     )
     fit.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="fit this recipe (repeatable: several fit as one command, with --jobs in one pool of "
+        "workers); the --config files merge after each, then the overrides",
+    )
+    fit.add_argument(
         "--print-variants",
         action="store_true",
         help="print the variant names the command would fit, one a line in matrix order, and exit",
@@ -251,8 +259,25 @@ def _print_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _take_recipes(args: argparse.Namespace) -> None:
+    """``fit --recipe A --recipe B -c overlay.yaml``: each recipe's files (the recipe, then the --config
+    files) in ``args.recipes``; a single one is the same command as ``--config A -c overlay.yaml``."""
+    if not hasattr(args, "recipe"):  # not fit
+        return
+    recipes = args.recipe
+    args.recipes = [[recipe, *args.config] for recipe in recipes] if recipes else [args.config]
+    if len(args.recipes) == 1:
+        args.config = args.recipes[0]
+        return
+    for flag, given in (("--print-config", args.print_config), ("--print-variants", args.print_variants)):
+        if given:
+            raise ConfigError(f"{flag} shows one recipe: give it --config FILE (or one --recipe)")
+    if args.ckpt not in (None, "last"):
+        raise ConfigError(f"--ckpt {args.ckpt} is one run's checkpoint: with several recipes use --ckpt last")
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
-    if not args.config and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
+    if not any(args.recipes) and not any(o.partition("=")[0].strip() == "name" for o in args.overrides):
         # without a recipe every such run would land, unnamed, in runs/default/
         raise ConfigError(
             "fit needs a recipe: --config FILE (e.g. --config recipes/quickstart.yaml); to train "
@@ -268,8 +293,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from cnnkit import api
     from cnnkit.experiments.jobs import parse_jobs
 
-    results = api.fit_recipe(
-        args.config,
+    results = api.fit_recipes(
+        args.recipes,
         args.overrides,
         only=args.only,
         ckpt=args.ckpt,
@@ -280,9 +305,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     # startup: not on the --help path
     from cnnkit.console import summary_block
 
-    if not first_process() or len(results) != 1:  # under DDP every rank runs this; a matrix reported as it ran
-        return 0
-    result = results[0]
+    if not first_process() or len(results) != 1 or len(results[0]) != 1:  # under DDP every rank runs this
+        return 0  # a matrix (or several) reported as it ran
+    result = results[0][0]
     if result.kept and not args.ckpt:
         say(
             f"{result.run_dir.parent.name}/{result.run_dir.name} {result.status} before with the same "
@@ -504,6 +529,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     configure(verbose_output=getattr(args, "verbose", False) or os.environ.get("CNNKIT_VERBOSE", "") not in ("", "0"))
     try:
+        _take_recipes(args)
         if getattr(args, "print_config", False):
             return _print_config(args)
         return COMMANDS[args.command](args)

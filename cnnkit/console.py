@@ -257,10 +257,11 @@ class MatrixDisplay:
 
     def __init__(self, name: str, runs: Sequence[Any], show_bar: bool, runs_dir: Any, keys: Sequence[str]):
         self.name, self.total, self.runs_dir = name, len(runs), runs_dir
+        self.recipes = len({getattr(run, "name", name) for run in runs})  # a pool over several: lines name theirs
         self.first_rank = first_process()
         self.started = time.monotonic()
         if self.first_rank:
-            note(f"{name}: {self.total} runs ({' × '.join(keys)}) in {runs_dir}")
+            note(f"{name}: {self.total} runs ({(', ' if self.recipes > 1 else ' × ').join(keys)}) in {runs_dir}")
         self.bar = None
         if show_bar and interactive() and self.first_rank:
             from tqdm.auto import tqdm  # startup: tqdm only for a matrix's bar on a terminal
@@ -276,8 +277,11 @@ class MatrixDisplay:
         else:
             show(line)
 
+    def label(self, cfg: Any) -> str:
+        return f"{cfg.name}/{cfg.variant}" if self.recipes > 1 else cfg.variant
+
     def variant_started(self, index: int, cfg: Any) -> None:
-        self.current = f"[{index}/{self.total}] {cfg.variant}"
+        self.current = f"[{index}/{self.total}] {self.label(cfg)}"
         if self.bar is not None:
             self.bar.set_description_str(self.current, refresh=False)
             self.bar.set_postfix_str("starting")
@@ -299,28 +303,36 @@ class MatrixDisplay:
             state = result.status
         headline = next((k for k in ("test/acc", "val/acc") if k in result.metrics), None)
         shown = f"{headline} {result.metrics[headline]:.4f}" if headline and result.status == "finished" else ""
-        self.write(f"[{index}/{self.total}] {cfg.variant}  {state}{took}" + (f"  {shown}" if shown else ""))
+        self.write(f"[{index}/{self.total}] {self.label(cfg)}  {state}{took}" + (f"  {shown}" if shown else ""))
         if self.bar is not None:
             self.bar.update(1)
 
     def close(self, results: Sequence[Any]) -> None:
-        runs_dir = self.runs_dir
+        """One line per recipe: its runs, how they ended, and the command that compares them."""
         if self.bar is not None:
             self.bar.close()
         if not self.first_rank or not results:
             return
-        counts: dict[str, int] = {}
+        took = _seconds(time.monotonic() - self.started)
+        if self.recipes > 1:
+            note(f"{self.name}: {len(results)} runs in {took}")
+        by_recipe: dict[Any, list[Any]] = {}
         for result in results:
-            state = "kept" if result.kept else result.status
-            counts[state] = counts.get(state, 0) + 1
-        tally = ", ".join(f"{n} {state}" for state, n in counts.items())
-        note(
-            f"{self.name}: {len(results)} runs in {_seconds(time.monotonic() - self.started)} ({tally}) "
-            f"in {runs_dir}; compare them with: python -m cnnkit report {command_path(runs_dir)}"
-        )
-        offline = [r.wandb_sync for r in results if r.wandb_sync]
-        if offline:
-            show(f"  W&B is offline; upload the runs with: wandb sync {command_path(runs_dir)}/*/wandb/offline-run-*")
+            by_recipe.setdefault(result.run_dir.parent if self.recipes > 1 else self.runs_dir, []).append(result)
+        for runs_dir, ended in by_recipe.items():
+            counts: dict[str, int] = {}
+            for result in ended:
+                state = "kept" if result.kept else result.status
+                counts[state] = counts.get(state, 0) + 1
+            tally = ", ".join(f"{n} {state}" for state, n in counts.items())
+            name, when = (runs_dir.name, "") if self.recipes > 1 else (self.name, f" in {took}")
+            note(
+                f"{name}: {len(ended)} runs{when} ({tally}) in {runs_dir}; compare them with: "
+                f"python -m cnnkit report {command_path(runs_dir)}"
+            )
+            if any(r.wandb_sync for r in ended):
+                runs = f"{command_path(runs_dir)}/*/wandb/offline-run-*"
+                show(f"  W&B is offline; upload the runs with: wandb sync {runs}")
 
 
 _matrix: Optional[MatrixDisplay] = None

@@ -6,7 +6,9 @@
 # ones resume. Each recipe's report (PNG figures + REPORT.md) is written beside its runs; --update-docs
 # also copies it to docs/<recipe>/ and records the recipe's wall time in docs/timings.txt (the committed
 # figures): without it the tracked tree is left as it is. --jobs trains that many variants at once
-# (cnnkit fit --jobs: a worker process per core taking the next variant; auto picks from the machine).
+# (cnnkit fit --jobs: a worker process per core taking the next variant; auto picks from the machine): all
+# the recipes as one fit (--recipe each), one pool for all their variants, then their reports as many at once;
+# docs/timings.txt then gets one line for them together instead of one per recipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
@@ -32,27 +34,61 @@ fi
 for recipe in "${recipes[@]}"; do
   [ -f "recipes/$recipe.cpu.yaml" ] || { echo "reproduce_cpu: no recipes/$recipe.cpu.yaml" >&2; exit 2; }
 done
-for recipe in "${recipes[@]}"; do
+# an interrupted (or killed) earlier reproduction continues; finished variants are kept either way
+unfinished() {  # recipe...: has any of them a variant that did not finish?
+  local recipe
+  for recipe in "$@"; do
+    if grep -lqsE '"status": "(running|interrupted|failed)"' "$runs_dir/$recipe"/*/status.json; then return 0; fi
+  done
+  return 1
+}
+copy_to_docs() {  # recipe: its report and figures become the committed ones
+  mkdir -p "docs/$1"
+  rm -f "docs/$1"/*.png
+  cp "$runs_dir/$1"/*.png "$runs_dir/$1/REPORT.md" "docs/$1/"
+}
+record_time() {  # "what: N s" replaces the previous line for what (the file never grows), and those of $2...
+  local line="$1: $2 s" drop=("-e" "^$1: ")
+  shift 2
+  for recipe in "$@"; do drop+=("-e" "^$recipe: "); done
+  { grep -v "${drop[@]}" docs/timings.txt 2>/dev/null || true; echo "$line"; } > docs/timings.txt.new
+  mv docs/timings.txt.new docs/timings.txt
+}
+common=(runs_dir="$runs_dir" logger.wandb.mode=disabled)
+if [ ${#jobs[@]} -gt 0 ]; then
+  # one fit for every recipe: one pool of workers takes all their variants, the slowest first, so no
+  # recipe's last variant leaves a core idle and the workers start once; then the reports, as many at once
   start=$(date +%s)
   resume=()
-  # an interrupted (or killed) earlier reproduction continues; finished variants are kept either way
-  if grep -lqsE '"status": "(running|interrupted|failed)"' "$runs_dir/$recipe"/*/status.json; then
-    resume=(--ckpt last)
-  fi
-  "$PYTHON" -m cnnkit fit --config "recipes/$recipe.cpu.yaml" runs_dir="$runs_dir" logger.wandb.mode=disabled \
-    ${jobs[@]+"${jobs[@]}"} ${resume[@]+"${resume[@]}"}
-  "$PYTHON" -m cnnkit report "$runs_dir/$recipe"
-  line="$recipe: $(( $(date +%s) - start )) s"
-  echo "$line"
+  if unfinished "${recipes[@]}"; then resume=(--ckpt last); fi
+  each=()
+  for recipe in "${recipes[@]}"; do each+=(--recipe "recipes/$recipe.cpu.yaml"); done
+  "$PYTHON" -m cnnkit fit "${each[@]}" "${common[@]}" "${jobs[@]}" ${resume[@]+"${resume[@]}"}
+  at_once="${jobs[1]}"
+  [ "$at_once" != auto ] || at_once="$(nproc 2>/dev/null || echo 1)"
+  for recipe in "${recipes[@]}"; do echo "$runs_dir/$recipe"; done |
+    xargs -P "$at_once" -I{} "$PYTHON" -m cnnkit report {}
+  took=$(( $(date +%s) - start ))
+  echo "together (--jobs ${jobs[1]}): $took s"
   if [ "$update_docs" = 1 ]; then
-    mkdir -p "docs/$recipe"
-    rm -f "docs/$recipe"/*.png
-    cp "$runs_dir/$recipe"/*.png "$runs_dir/$recipe/REPORT.md" "docs/$recipe/"
-    # one line per recipe: this run's time replaces the recipe's previous line (the file never grows)
-    { grep -v "^$recipe: " docs/timings.txt 2>/dev/null || true; echo "$line"; } > docs/timings.txt.new
-    mv docs/timings.txt.new docs/timings.txt
+    for recipe in "${recipes[@]}"; do copy_to_docs "$recipe"; done
+    record_time "together (--jobs ${jobs[1]})" "$took" "${recipes[@]}"
   fi
-done
+else
+  for recipe in "${recipes[@]}"; do
+    start=$(date +%s)
+    resume=()
+    if unfinished "$recipe"; then resume=(--ckpt last); fi
+    "$PYTHON" -m cnnkit fit --config "recipes/$recipe.cpu.yaml" "${common[@]}" ${resume[@]+"${resume[@]}"}
+    "$PYTHON" -m cnnkit report "$runs_dir/$recipe"
+    took=$(( $(date +%s) - start ))
+    echo "$recipe: $took s"
+    if [ "$update_docs" = 1 ]; then
+      copy_to_docs "$recipe"
+      record_time "$recipe" "$took" "together (--jobs [^)]*)"
+    fi
+  done
+fi
 if [ "$update_docs" = 0 ]; then
   echo "reproduce_cpu: reports in $runs_dir/<recipe>/; docs/ unchanged (--update-docs copies them there)"
 fi

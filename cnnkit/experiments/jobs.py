@@ -19,6 +19,8 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -72,6 +74,22 @@ def alone_command(
     return [*command, "--jobs", "1", *overrides]
 
 
+@dataclass
+class Recipe:
+    """One recipe of a ``fit``: its config files, its base config, its runs (``api.PlannedRun``s in matrix
+    order), whether the verdicts keep each, and the results of those kept (by place, from 1)."""
+
+    files: list[str]
+    base: Any
+    runs: list[Any]
+    keep: list[bool]
+    kept: dict[int, FitResult] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.base.runs_dir) / self.base.name / "logs"
+
+
 class Pool:
     """One worker process per slot; ``stop`` (from a signal handler) forwards the signal to them."""
 
@@ -86,14 +104,16 @@ class Pool:
             initializer=worker.start,
             initargs=(queue, str(log_dir), verbose()),
         )
-        self.files, self.ckpt, self.init_from, self.overwrite = command  # the fit command's own arguments
+        self.ckpt, self.init_from, self.overwrite = command  # the fit command's own arguments
         self.stopped: Optional[int] = None  # the signal that stopped the pool
 
-    def submit(self, fit: Callable[..., FitResult], run: Any) -> Future:
+    def submit(self, fit: Callable[..., FitResult], recipe: Recipe, run: Any) -> Future:
         """Queue a planned run (``api.PlannedRun``) for the next free worker, with the command that trains it
         alone (the log shows it; a variant that needs a process of its own runs it)."""
-        alone = alone_command(self.files, run.overrides, run.cfg.variant, self.ckpt, self.init_from, self.overwrite)
-        return self.executor.submit(worker.train, fit, run.cfg, run.resume, self.init_from, self.overwrite, alone)
+        alone = alone_command(recipe.files, run.overrides, run.cfg.variant, self.ckpt, self.init_from, self.overwrite)
+        return self.executor.submit(
+            worker.train, fit, run.cfg, run.resume, self.init_from, self.overwrite, alone, str(recipe.log_dir)
+        )
 
     def stop(self, signum: int) -> None:
         self.stopped = self.stopped or signum
@@ -105,48 +125,49 @@ class Pool:
 
 
 def run_jobs(
-    files: Sequence[str],
-    base: Any,
-    runs: Sequence[Any],
-    kept: dict[int, FitResult],
+    recipes: Sequence[Recipe],
     jobs: int,
     ckpt: Optional[str],
     init_from: Optional[str],
     overwrite: bool,
     fit: Callable[..., FitResult],
-) -> list[FitResult]:
-    """Fit ``runs`` (``api.PlannedRun``s in matrix order) with ``fit`` (``api.fit``) ``jobs`` at a time;
-    ``kept`` holds the results of those (by their place, from 1) that the verdicts kept."""
-    gpus = visible_gpus(base.trainer.accelerator, os.environ)
-    runs_dir = Path(base.runs_dir) / base.name
-    to_train = [index for index in range(1, len(runs) + 1) if index not in kept]
+) -> list[list[FitResult]]:
+    """Fit the recipes' runs with ``fit`` (``api.fit``) ``jobs`` at a time, in one pool; one list of results
+    per recipe, in matrix order."""
+    places = [(recipe, run) for recipe in recipes for run in recipe.runs]  # every run's place, from 1
+    offsets = list(accumulate([0, *(len(recipe.runs) for recipe in recipes)]))
+    kept = {offset + i: result for recipe, offset in zip(recipes, offsets) for i, result in recipe.kept.items()}
+    first = recipes[0].base
+    gpus = visible_gpus(first.trainer.accelerator, os.environ)
+    to_train = [index for index in range(1, len(places) + 1) if index not in kept]
     results: dict[int, FitResult] = dict(kept)
     failures: list[str] = []
+    name = first.name if len(recipes) == 1 else f"{len(recipes)} recipes"
     with matrix_display(
-        base.name,
-        [r.cfg for r in runs],
-        show_bar=base.trainer.progress_bar != "none",
-        runs_dir=runs_dir,
-        keys=list(base.matrix),
+        name,
+        [run.cfg for _, run in places],
+        show_bar=first.trainer.progress_bar != "none",
+        runs_dir=recipes[0].log_dir.parent if len(recipes) == 1 else Path(first.runs_dir),
+        keys=list(first.matrix) if len(recipes) == 1 else [recipe.base.name for recipe in recipes],
     ) as display:
         display.write(
-            f"{PREFIX}{base.name}: {len(to_train)} to train, {jobs} at a time "
+            f"{PREFIX}{name}: {len(to_train)} to train, {jobs} at a time "
             f"({'one per device' if gpus else 'each its share of the cores'}); their output in "
-            f"{runs_dir / 'logs'}/"
+            f"{' '.join(f'{recipe.log_dir}/' for recipe in recipes)}"
         )
         for index, result in sorted(kept.items()):  # kept runs need no worker: their lines come first
-            display.variant_ended(index, runs[index - 1].cfg, result)
+            display.variant_ended(index, places[index - 1][1].cfg, result)
         if len(to_train) > jobs and not gpus:  # more than start at once: the slowest first (timed on CPU)
-            to_train = [to_train[p] for p in most_work_first([runs[i - 1].cfg for i in to_train])]
-        pool = Pool(jobs, gpus, runs_dir / "logs", (files, ckpt, init_from, overwrite))
+            to_train = [to_train[p] for p in most_work_first([places[i - 1][1].cfg for i in to_train])]
+        pool = Pool(jobs, gpus, recipes[0].log_dir, (ckpt, init_from, overwrite))
         previous = _forward_signals(pool)
         try:
             futures = {
-                pool.submit(fit, runs[index - 1]): index
+                pool.submit(fit, *places[index - 1]): index
                 for index in to_train
                 if pool.stopped is None  # a signal while they are queued: the rest never start
             }
-            _show_as_they_end(pool, futures, runs, display, results, failures, runs_dir / "logs")
+            _show_as_they_end(pool, futures, places, display, results, failures)
         except BaseException:
             pool.stop(signal.SIGINT)  # nothing trains on unwatched
             raise
@@ -157,31 +178,31 @@ def run_jobs(
         if pool.stopped is None:
             display.close(ordered)
     if pool.stopped is not None:
-        raise JobsInterrupted(base.name, pool.stopped, _ended_counts(ordered, len(runs)))
+        raise JobsInterrupted(name, pool.stopped, _ended_counts(ordered, len(places)))
     if failures:
-        raise CnnkitError(f"{len(failures)} of {len(runs)} variants failed: {'; '.join(failures[:3])}")
-    return ordered
+        raise CnnkitError(f"{len(failures)} of {len(places)} variants failed: {'; '.join(failures[:3])}")
+    return [[results[offset + i] for i in range(1, len(recipe.runs) + 1)] for recipe, offset in zip(recipes, offsets)]
 
 
 def _show_as_they_end(
     pool: Pool,
     futures: dict[Future, int],
-    runs: Sequence[Any],
+    places: Sequence[tuple[Recipe, Any]],
     display: Any,
     results: dict[int, FitResult],
     failures: list[str],
-    log_dir: Path,
 ) -> None:
     """One line per variant as it ends; a failed one is also kept for the command's last line."""
-    for index, outcome in _as_they_end(pool, futures, runs, log_dir):
+    for index, outcome in _as_they_end(pool, futures, places):
+        cfg = places[index - 1][1].cfg
         results[index] = outcome.result
-        display.variant_ended(index, runs[index - 1].cfg, outcome.result)
+        display.variant_ended(index, cfg, outcome.result)
         if outcome.result.status == "failed" or outcome.error:
             why = outcome.error or "its worker ended"
-            failures.append(f"{runs[index - 1].cfg.variant} ({why}; its output: {outcome.log})")
+            failures.append(f"{display.label(cfg)} ({why}; its output: {outcome.log})")
 
 
-def _as_they_end(pool: Pool, futures: dict[Future, int], runs: Sequence[Any], log_dir: Path) -> Any:
+def _as_they_end(pool: Pool, futures: dict[Future, int], places: Sequence[tuple[Recipe, Any]]) -> Any:
     """(place, worker.Outcome) for each variant that started, as it ends; a variant whose worker died gets
     what its run directory says. Once the pool is stopped, the variants not yet started are cancelled."""
     started = time.time()
@@ -201,8 +222,9 @@ def _as_they_end(pool: Pool, futures: dict[Future, int], runs: Sequence[Any], lo
                 died = isinstance(err, BrokenProcessPool)
                 why = "a worker process died (out of memory?)" if died else f"{type(err).__name__}: {err}"
                 # what its run directory says: not started, interrupted where it was, or ended
-                result = worker.ended(runs[index - 1].cfg, since=started, interrupted=True)
-                outcome = worker.Outcome(result, error=why.splitlines()[0], log=log_dir)
+                recipe, run = places[index - 1]
+                result = worker.ended(run.cfg, since=started, interrupted=True)
+                outcome = worker.Outcome(result, error=why.splitlines()[0], log=recipe.log_dir)
             if outcome.result is not None:  # None: it never started
                 yield index, outcome
 

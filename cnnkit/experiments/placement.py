@@ -160,12 +160,12 @@ def most_work_first(configs: Sequence[Any]) -> list[int]:
     The estimate is a training step's time, measured on one thread over a few steps of the variant's model
     on random data of its shape (``step_seconds``: it sees what multiply-accumulates miss, a norm's noise or
     a small batch's overhead), per sample, times the samples trained on (``max_steps`` batches, else
-    ``max_epochs`` passes over the dataset, whose size a matrix's variants share); ties keep matrix order,
-    and so does every variant when a model cannot be built here."""
+    ``max_epochs`` passes over the training split); ties keep matrix order, and so does every variant when a
+    model cannot be built or its data read here."""
 
     def work(cfg: Any) -> float:
         steps, batch = cfg.trainer.max_steps, int(cfg.data.batch_size)
-        samples = steps * batch if steps and steps > 0 else cfg.trainer.max_epochs or 1
+        samples = steps * batch if steps and steps > 0 else (cfg.trainer.max_epochs or 1) * training_size(cfg)
         return step_seconds(cfg) / batch * samples
 
     try:
@@ -173,6 +173,21 @@ def most_work_first(configs: Sequence[Any]) -> list[int]:
     except Exception:  # a user's model that cannot be built or stepped here: the matrix's own order
         return list(range(len(configs)))
     return sorted(range(len(configs)), key=lambda position: -estimates[position])
+
+
+def training_size(cfg: Any) -> int:
+    """Samples in the config's training split (read once per dataset): an epoch's work, comparable across
+    recipes that train for steps and for epochs."""
+    key = repr(as_data(cfg.data.dataset))
+    if key not in _sizes:
+        # startup: torch only for the pool's order
+        from cnnkit.config.plans import dataset_plan
+
+        _sizes[key] = len(dataset_plan(cfg.data).build().load().train)
+    return _sizes[key]
+
+
+_sizes: dict[str, int] = {}
 
 
 def step_seconds(cfg: Any, steps: int = 3) -> float:

@@ -55,20 +55,32 @@ def start(slots: Any, log_dir: str, verbose_output: bool) -> None:
     for signum in STOP_SIGNALS:  # first: a signal while this process starts stops it cleanly too
         signal.signal(signum, _on_signal)
     number, slot = slots.get()
-    _worker.number, _worker.slot, _worker.log = number, slot, Path(log_dir) / f"job{number}.log"
+    _worker.number, _worker.slot = number, slot
     if hasattr(os, "setsid"):
         os.setsid()
     os.environ.update(job_env(slot, os.environ))
     pin(0, slot.cpus)
-    _worker.log.parent.mkdir(parents=True, exist_ok=True)
-    log = os.open(_worker.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
+    _log_to(log_dir)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)
     configure(verbose_output=verbose_output)
     threading.Thread(target=_stop_with_the_parent, daemon=True).start()
+
+
+def _log_to(log_dir: str) -> None:
+    """This worker's output (the fits' and Python's own) to ``<log_dir>/job<k>.log``, appended: a pool over
+    several recipes writes each variant's output beside its recipe's runs."""
+    log_path = Path(log_dir) / f"job{_worker.number}.log"
+    if log_path == _worker.log:
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    _worker.log = log_path
 
 
 def _stop_with_the_parent() -> None:
@@ -109,12 +121,14 @@ def train(
     init_from: Optional[str],
     overwrite: bool,
     alone: Sequence[str],
+    log_dir: str,
 ) -> Outcome:
     """Train one variant here with ``fit`` (``api.fit``, passed by reference: the pool sits below the API),
     or, for one that needs a process of its own, run ``alone``: the command that trains it by itself,
-    written to the log for a user to rerun it."""
+    written to the log (in ``log_dir``, its recipe's) for a user to rerun it."""
     if _worker.stopped:
         return Outcome(None, log=_worker.log)
+    _log_to(log_dir)
     show(f"$ {' '.join(alone)}")
     if processes_of(cfg) > 1:
         return _in_a_process_of_its_own(cfg, alone)
