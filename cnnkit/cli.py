@@ -262,7 +262,7 @@ def _print_config(args: argparse.Namespace) -> int:
 def _take_recipes(args: argparse.Namespace) -> None:
     """``fit --recipe A --recipe B -c overlay.yaml``: each recipe's files (the recipe, then the --config
     files) in ``args.recipes``; a single one is the same command as ``--config A -c overlay.yaml``."""
-    if not hasattr(args, "recipe"):  # not fit
+    if args.command != "fit":  # (sweep's positional is also called recipe)
         return
     recipes = args.recipe
     args.recipes = [[recipe, *args.config] for recipe in recipes] if recipes else [args.config]

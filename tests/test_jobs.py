@@ -112,6 +112,15 @@ def test_the_queue_hands_out_the_most_work_first():
     assert most_work_first(configs) == [1, 2, 0, 3]
 
 
+def test_work_is_comparable_across_recipes_that_train_for_steps_and_for_epochs():
+    def config(*overrides: str):
+        return load_config([QUICKSTART], list(overrides))
+
+    # the digits' training split is 1,257 images: one epoch is about 20 batches of 64
+    epoch, forty_steps, ten_steps = "trainer.max_epochs=1", "trainer.max_steps=40", "trainer.max_steps=10"
+    assert most_work_first([config(epoch), config(forty_steps), config(ten_steps)]) == [1, 0, 2]
+
+
 # -- the command line and the recipe key --------------------------------------------------------------
 @pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
 def test_bad_jobs_values_are_one_line(value):
@@ -188,6 +197,51 @@ def test_each_slot_is_one_worker_that_takes_the_next_variant_as_it_frees(tmp_pat
     # the slow variant kept its worker; the other worker took the rest as it freed
     kept_busy, took_the_rest = sorted(trained.values(), key=len)
     assert kept_busy == ["batch_size=2"] and len(took_the_rest) == 3, trained
+
+
+@pytest.mark.slow
+def test_several_recipes_share_one_pool_and_each_keeps_its_runs_and_logs(tmp_path):
+    tiny = recipe(tmp_path, seeds=(0, 1))
+    other = tmp_path / "other.yaml"
+    other.write_text(f"include: [{QUICKSTART}, {SMOKE}]\nname: other\nmatrix:\n  optim.lr: [0.05]\n")
+    pooled = cli("fit", "--recipe", tiny, "--recipe", str(other), "--jobs", "2", "trainer.threads=1")
+    assert pooled.returncode == 0, pooled.stdout + pooled.stderr
+    assert "2 recipes: 3 to train, 2 at a time" in pooled.stdout, pooled.stdout
+    for line in ("tiny/seed=0  finished", "tiny/seed=1  finished", "other/lr=0.05  finished"):
+        assert line in pooled.stdout, pooled.stdout
+    assert "tiny: 2 runs (2 finished)" in pooled.stdout and "other: 1 runs (1 finished)" in pooled.stdout
+    runs = tmp_path / "runs/smoke"
+    # each variant's output, with the command that trains it alone, beside its own recipe's runs
+    commands = {
+        name: " ".join(log.read_text() for log in (runs / name / "logs").glob("job*.log")) for name in ("tiny", "other")
+    }
+    assert f"--config {other} --only lr=0.05" in commands["other"] and "--only seed" not in commands["other"]
+    assert commands["tiny"].count(f"--config {tiny} --only seed=") == 2, commands["tiny"]
+    alone = cli("fit", "--config", str(other), "runs_dir=alone", "trainer.threads=1")
+    assert alone.returncode == 0, alone.stderr
+    assert_same_weights(runs / "other/lr=0.05", tmp_path / "alone/other/lr=0.05")
+    # one at a time, the same command keeps all three
+    again = cli("fit", "--recipe", tiny, "--recipe", str(other), "--jobs", "1", "trainer.threads=1")
+    assert again.returncode == 0 and again.stdout.count("config, kept") == 3, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--print-variants"], "--print-variants shows one recipe: give it --config FILE"),
+        (["--print-config"], "--print-config shows one recipe: give it --config FILE"),
+        (["--ckpt", "runs/x/last.ckpt"], "with several recipes use --ckpt last"),
+    ],
+)
+def test_what_takes_one_recipe_refuses_several_in_one_line(tmp_path, extra, fragment):
+    tiny = recipe(tmp_path)
+    assert_one_line_error(cli("fit", "--recipe", tiny, "--recipe", tiny, *extra), fragment)
+
+
+def test_one_recipe_is_the_same_command_as_config(tmp_path):
+    tiny = recipe(tmp_path)
+    by_recipe = cli("fit", "--recipe", tiny, "--config", SMOKE, "--print-variants")
+    assert by_recipe.returncode == 0 and by_recipe.stdout == cli("fit", "--config", tiny, "--print-variants").stdout
 
 
 # -- a variant's result does not depend on the pool ------------------------------------------------------

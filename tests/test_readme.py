@@ -55,7 +55,9 @@ def as_run(command: str, marker: str) -> str | None:
         return f"bash -n {script.group(1)}" if script else None
     sub, args = cnnkit.group(1), cnnkit.group(2)
     if marker == "smoke":
-        if sub == "fit":  # the overlay right after the recipe: a later preset (ddp_cpu) still applies
+        if sub == "fit" and "--recipe" in args:  # --config files merge after each recipe: the overlay first
+            args = re.sub(r"(\s--config |$)", rf" {SMOKE}\1", args, count=1)
+        elif sub == "fit":  # the overlay right after the recipe: a later preset (ddp_cpu) still applies
             args = re.sub(r"(--config \S+)", rf"\1 {SMOKE}", args, count=1)
         elif sub == "report":
             args = re.sub(r"(\s)runs/", r"\1runs/smoke/", args)
@@ -159,6 +161,16 @@ def test_the_readme_runs_top_to_bottom(tmp_path):
         ("sbatch scripts/slurm.sh recipes/x.yaml", "parse", "bash -n scripts/slurm.sh"),
         ("bash scripts/slurm_array.sh recipes/x.yaml", "parse", "bash -n scripts/slurm_array.sh"),
         ("bash docs/reproduce_cpu.sh --jobs auto", "smoke", "bash -n docs/reproduce_cpu.sh"),
+        (
+            "python -m cnnkit fit --recipe a.yaml --recipe b.yaml --jobs 2",
+            "smoke",
+            f"{sys.executable} -m cnnkit fit --recipe a.yaml --recipe b.yaml --jobs 2 {SMOKE}",
+        ),
+        (
+            "python -m cnnkit fit --recipe a.yaml --recipe b.yaml --config c.yaml",
+            "smoke",
+            f"{sys.executable} -m cnnkit fit --recipe a.yaml --recipe b.yaml {SMOKE} --config c.yaml",
+        ),
         (
             "torchrun --nproc_per_node=4 -m cnnkit fit --config a.yaml trainer.devices=4",
             "parse",
