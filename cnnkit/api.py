@@ -9,6 +9,7 @@ Everything a user can get wrong is checked before the run directory is touched.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +31,10 @@ from cnnkit.config.load import (
 from cnnkit.config.naming import name_value
 from cnnkit.config.plain import as_data, spec
 from cnnkit.console import active_matrix, matrix_display, quiet, run_header, verbose
-from cnnkit.errors import CheckpointError, ConfigError
+from cnnkit.errors import CheckpointError, ConfigError, key_context
 from cnnkit.experiments.jobs import Recipe, run_jobs
 from cnnkit.experiments.matrix import combinations, format_value
-from cnnkit.experiments.placement import resolve_jobs
+from cnnkit.experiments.placement import resolve_jobs, visible_gpus
 from cnnkit.messages import first_process, note, say
 from cnnkit.registry import REGISTRIES, RegistryError, accepted_kwargs, import_user_code, split_spec
 from cnnkit.runs.atomic import atomic_write_text
@@ -377,8 +378,18 @@ def fit_recipes(
     """``fit_recipe`` for several recipes (each its list of config files) as one command: every refusal of
     every recipe comes before anything trains, and with ``jobs`` above 1 one pool trains all their variants,
     so no recipe's last variant leaves a core idle and the workers start once (``cnnkit fit --recipe``).
-    ``jobs`` defaults to the first recipe's ``jobs:``. One list of results per recipe, in matrix order."""
-    checked = [_checked(files, overrides, only, ckpt, init_from, overwrite) for files in recipes]
+    ``jobs`` defaults to the first recipe's ``jobs:``; ``auto`` looks at the largest model of them all.
+    One list of results per recipe, in matrix order."""
+    if not recipes:
+        raise ConfigError("fit needs a recipe: --config FILE or --recipe FILE")
+    if len(recipes) == 1:
+        checked = [_checked(recipes[0], overrides, only, ckpt, init_from, overwrite)]
+    else:
+        checked = []
+        for files in recipes:  # an error names its recipe; a run no recipe made trains fresh under --ckpt last
+            with key_context(f"--recipe {files[0]}"):
+                checked.append(_checked(files, overrides, only, ckpt, init_from, overwrite, missing_is_fresh=True))
+        _one_recipe_per_run_directory(checked)
     if len(checked) == 1 and len(checked[0].runs) == 1:
         run = checked[0].runs[0]
         return [[fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)]]
@@ -386,6 +397,7 @@ def fit_recipes(
         to_train = [run.cfg for recipe in checked for run, keep in zip(recipe.runs, recipe.keep) if not keep]
         count = resolve_jobs(checked[0].base.jobs if jobs is None else jobs, to_train)
         if count > 1:
+            _one_accelerator(checked)
             for recipe in checked:
                 recipe.kept = {
                     i: fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)
@@ -403,10 +415,16 @@ def _checked(
     ckpt: Optional[str],
     init_from: Optional[str],
     overwrite: bool,
+    missing_is_fresh: bool = False,
 ) -> Recipe:
     """A recipe's runs, each with its verdict from its run directory (a refusal raises now, in well under a
-    second, before torch is imported), and every run to train validated."""
+    second, before torch is imported), and every run to train validated. ``missing_is_fresh``: ``--ckpt
+    last`` over several recipes starts a run that has no last checkpoint, as a matrix's variant does."""
     base, runs = plan_runs(files, overrides, only, ckpt)
+    if missing_is_fresh:
+        for run in runs:
+            if run.resume == "last" and not RunDir.for_config(run.cfg).last_checkpoint.is_file():
+                run.resume = None
     first_rank = first_process()
     keep = []
     for run in runs:
@@ -420,9 +438,41 @@ def _checked(
     return Recipe(list(files), base, runs, keep)
 
 
+def _one_recipe_per_run_directory(checked: Sequence[Recipe]) -> None:
+    """Two recipes that make the same run (one recipe twice, or two files under one ``name``) would train
+    into one directory at once: refused before anything trains."""
+    made: dict[Path, str] = {}
+    for recipe in checked:
+        for run in recipe.runs:
+            path = RunDir.for_config(run.cfg).path
+            if path in made:
+                raise ConfigError(
+                    f"--recipe {made[path]} and --recipe {recipe.files[0]} both make {path}: give one of them "
+                    f"another name (name=... in the recipe) or fit them apart"
+                )
+        made.update((RunDir.for_config(run.cfg).path, recipe.files[0]) for run in recipe.runs)
+
+
+def _one_accelerator(checked: Sequence[Recipe]) -> None:
+    """One pool places its workers on one kind of device: the cores, or the GPUs."""
+    on_gpus = {
+        str(recipe.base.trainer.accelerator): bool(visible_gpus(recipe.base.trainer.accelerator, os.environ))
+        for recipe in checked
+    }
+    if len(set(on_gpus.values())) > 1:
+        raise ConfigError(
+            f"the recipes train on GPUs and on the CPU (trainer.accelerator: {', '.join(sorted(on_gpus))}), and "
+            f"one pool runs on one of them: fit them apart, or set trainer.accelerator=... for all"
+        )
+
+
 def _one_after_the_other(recipe: Recipe, init_from: Optional[str], overwrite: bool) -> list[FitResult]:
-    results: list[FitResult] = []
+    """A recipe's runs in matrix order in this process, one line each under the matrix's bar."""
     base = recipe.base
+    if len(recipe.runs) == 1 and not base.matrix:  # a single run shows its own bar and summary
+        run = recipe.runs[0]
+        return [fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)]
+    results: list[FitResult] = []
     with matrix_display(
         base.name,
         [run.cfg for run in recipe.runs],

@@ -48,9 +48,9 @@ copy_to_docs() {  # recipe: its report and figures become the committed ones
   cp "$runs_dir/$1"/*.png "$runs_dir/$1/REPORT.md" "docs/$1/"
 }
 record_time() {  # "what: N s" replaces the previous line for what (the file never grows), and those of $2...
-  local line="$1: $2 s" drop=("-e" "^$1: ")
+  local line="$1: $2 s" drop=("-e" "^$1: ") what
   shift 2
-  for recipe in "$@"; do drop+=("-e" "^$recipe: "); done
+  for what in "$@"; do drop+=("-e" "^$what: "); done
   { grep -v "${drop[@]}" docs/timings.txt 2>/dev/null || true; echo "$line"; } > docs/timings.txt.new
   mv docs/timings.txt.new docs/timings.txt
 }
@@ -66,13 +66,14 @@ if [ ${#jobs[@]} -gt 0 ]; then
   "$PYTHON" -m cnnkit fit "${each[@]}" "${common[@]}" "${jobs[@]}" ${resume[@]+"${resume[@]}"}
   at_once="${jobs[1]}"
   [ "$at_once" != auto ] || at_once="$(nproc 2>/dev/null || echo 1)"
-  for recipe in "${recipes[@]}"; do echo "$runs_dir/$recipe"; done |
-    xargs -P "$at_once" -I{} "$PYTHON" -m cnnkit report {}
+  for recipe in "${recipes[@]}"; do printf '%s\0' "$runs_dir/$recipe"; done |
+    xargs -0 -n 1 -P "$at_once" "$PYTHON" -m cnnkit report
   took=$(( $(date +%s) - start ))
-  echo "together (--jobs ${jobs[1]}): $took s"
+  together="${#recipes[@]} recipes together (--jobs ${jobs[1]})"
+  echo "$together: $took s"
   if [ "$update_docs" = 1 ]; then
     for recipe in "${recipes[@]}"; do copy_to_docs "$recipe"; done
-    record_time "together (--jobs ${jobs[1]})" "$took" "${recipes[@]}"
+    record_time "$together" "$took" "${recipes[@]}"
   fi
 else
   for recipe in "${recipes[@]}"; do
@@ -85,7 +86,7 @@ else
     echo "$recipe: $took s"
     if [ "$update_docs" = 1 ]; then
       copy_to_docs "$recipe"
-      record_time "$recipe" "$took" "together (--jobs [^)]*)"
+      record_time "$recipe" "$took" "[0-9]* recipes together (--jobs [^)]*)"
     fi
   done
 fi

@@ -100,6 +100,16 @@ def test_a_variant_alone_is_the_command_a_user_types():
         "1",
         "optim.lr=0.1",
     ]
+    # a recipe without a matrix: its one run, no --only
+    assert alone_command(["r.yaml"], [], None, None, None, False)[1:] == [
+        "-m",
+        "cnnkit",
+        "fit",
+        "--config",
+        "r.yaml",
+        "--jobs",
+        "1",
+    ]
 
 
 def test_the_queue_hands_out_the_most_work_first():
@@ -118,7 +128,9 @@ def test_work_is_comparable_across_recipes_that_train_for_steps_and_for_epochs()
 
     # the digits' training split is 1,257 images: one epoch is about 20 batches of 64
     epoch, forty_steps, ten_steps = "trainer.max_epochs=1", "trainer.max_steps=40", "trainer.max_steps=10"
-    assert most_work_first([config(epoch), config(forty_steps), config(ten_steps)]) == [1, 0, 2]
+    five_batches = (epoch, "trainer.limit_train_batches=5")  # 320 images
+    configs = [config(epoch), config(forty_steps), config(ten_steps), config(*five_batches)]
+    assert most_work_first(configs) == [1, 0, 2, 3]
 
 
 # -- the command line and the recipe key --------------------------------------------------------------
@@ -202,12 +214,14 @@ def test_each_slot_is_one_worker_that_takes_the_next_variant_as_it_frees(tmp_pat
 @pytest.mark.slow
 def test_several_recipes_share_one_pool_and_each_keeps_its_runs_and_logs(tmp_path):
     tiny = recipe(tmp_path, seeds=(0, 1))
-    other = tmp_path / "other.yaml"
-    other.write_text(f"include: [{QUICKSTART}, {SMOKE}]\nname: other\nmatrix:\n  optim.lr: [0.05]\n")
-    pooled = cli("fit", "--recipe", tiny, "--recipe", str(other), "--jobs", "2", "trainer.threads=1")
+    other = tmp_path / "other.yaml"  # a recipe without a matrix: its one run
+    other.write_text(f"include: [{QUICKSTART}, {SMOKE}]\nname: other\noptim: {{lr: 0.05}}\n")
+    # --ckpt last over several recipes: a run with nothing to resume starts, as a matrix's variant does
+    both = ["--recipe", tiny, "--recipe", str(other), "trainer.threads=1"]
+    pooled = cli("fit", *both, "--jobs", "2", "--ckpt", "last")
     assert pooled.returncode == 0, pooled.stdout + pooled.stderr
     assert "2 recipes: 3 to train, 2 at a time" in pooled.stdout, pooled.stdout
-    for line in ("tiny/seed=0  finished", "tiny/seed=1  finished", "other/lr=0.05  finished"):
+    for line in ("tiny/seed=0  finished", "tiny/seed=1  finished", "other/default  finished"):
         assert line in pooled.stdout, pooled.stdout
     assert "tiny: 2 runs (2 finished)" in pooled.stdout and "other: 1 runs (1 finished)" in pooled.stdout
     runs = tmp_path / "runs/smoke"
@@ -215,14 +229,33 @@ def test_several_recipes_share_one_pool_and_each_keeps_its_runs_and_logs(tmp_pat
     commands = {
         name: " ".join(log.read_text() for log in (runs / name / "logs").glob("job*.log")) for name in ("tiny", "other")
     }
-    assert f"--config {other} --only lr=0.05" in commands["other"] and "--only seed" not in commands["other"]
+    assert f"--config {other} --ckpt last --jobs 1" in commands["other"] and "--only" not in commands["other"]
     assert commands["tiny"].count(f"--config {tiny} --only seed=") == 2, commands["tiny"]
     alone = cli("fit", "--config", str(other), "runs_dir=alone", "trainer.threads=1")
     assert alone.returncode == 0, alone.stderr
-    assert_same_weights(runs / "other/lr=0.05", tmp_path / "alone/other/lr=0.05")
+    assert_same_weights(runs / "other/default", tmp_path / "alone/other/default")
     # one at a time, the same command keeps all three
-    again = cli("fit", "--recipe", tiny, "--recipe", str(other), "--jobs", "1", "trainer.threads=1")
+    again = cli("fit", *both, "--jobs", "1")
     assert again.returncode == 0 and again.stdout.count("config, kept") == 3, again.stdout + again.stderr
+
+
+def test_two_recipes_that_make_the_same_runs_are_refused_before_anything_trains(tmp_path):
+    tiny = recipe(tmp_path)
+    assert_one_line_error(cli("fit", "--recipe", tiny, "--recipe", tiny), "both make runs/smoke/tiny/seed=0")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_pool_refuses_recipes_on_gpus_and_on_the_cpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from cnnkit.api import _one_accelerator
+    from cnnkit.errors import ConfigError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    on = [SimpleNamespace(base=SimpleNamespace(trainer=SimpleNamespace(accelerator=a))) for a in ("gpu", "cpu")]
+    _one_accelerator(on[:1])
+    with pytest.raises(ConfigError, match="the recipes train on GPUs and on the CPU"):
+        _one_accelerator(on)
 
 
 @pytest.mark.parametrize(

@@ -55,16 +55,18 @@ class JobsInterrupted(Exception):
 def alone_command(
     files: Sequence[str],
     overrides: Sequence[str],
-    variant: str,
+    variant: Optional[str],
     ckpt: Optional[str],
     init_from: Optional[str],
     overwrite: bool,
 ) -> list[str]:
-    """The ``cnnkit fit`` command that trains this variant by itself, as a user would type it."""
+    """The ``cnnkit fit`` command that trains this variant (of a matrix; None: the recipe's one run) by
+    itself, as a user would type it."""
     command = [sys.executable, "-m", "cnnkit", "fit"]
     for file in files:
         command += ["--config", str(file)]
-    command += ["--only", variant]
+    if variant is not None:
+        command += ["--only", variant]
     if ckpt:
         command += ["--ckpt", ckpt]
     if init_from:
@@ -93,7 +95,7 @@ class Recipe:
 class Pool:
     """One worker process per slot; ``stop`` (from a signal handler) forwards the signal to them."""
 
-    def __init__(self, jobs: int, gpus: Sequence[str], log_dir: Path, command: tuple):
+    def __init__(self, jobs: int, gpus: Sequence[str], command: tuple):
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: threads set before torch loads
         queue = context.SimpleQueue()
         for number, slot in enumerate(slots(jobs, available_cpus(), gpus), 1):
@@ -102,7 +104,7 @@ class Pool:
             max_workers=jobs,
             mp_context=context,
             initializer=worker.start,
-            initargs=(queue, str(log_dir), verbose()),
+            initargs=(queue, verbose()),
         )
         self.ckpt, self.init_from, self.overwrite = command  # the fit command's own arguments
         self.stopped: Optional[int] = None  # the signal that stopped the pool
@@ -110,7 +112,8 @@ class Pool:
     def submit(self, fit: Callable[..., FitResult], recipe: Recipe, run: Any) -> Future:
         """Queue a planned run (``api.PlannedRun``) for the next free worker, with the command that trains it
         alone (the log shows it; a variant that needs a process of its own runs it)."""
-        alone = alone_command(recipe.files, run.overrides, run.cfg.variant, self.ckpt, self.init_from, self.overwrite)
+        variant = run.cfg.variant if recipe.base.matrix else None  # a recipe without a matrix is its one run
+        alone = alone_command(recipe.files, run.overrides, variant, self.ckpt, self.init_from, self.overwrite)
         return self.executor.submit(
             worker.train, fit, run.cfg, run.resume, self.init_from, self.overwrite, alone, str(recipe.log_dir)
         )
@@ -136,52 +139,76 @@ def run_jobs(
     per recipe, in matrix order."""
     places = [(recipe, run) for recipe in recipes for run in recipe.runs]  # every run's place, from 1
     offsets = list(accumulate([0, *(len(recipe.runs) for recipe in recipes)]))
-    kept = {offset + i: result for recipe, offset in zip(recipes, offsets) for i, result in recipe.kept.items()}
+    results = {offset + i: result for recipe, offset in zip(recipes, offsets) for i, result in recipe.kept.items()}
     first = recipes[0].base
     gpus = visible_gpus(first.trainer.accelerator, os.environ)
-    to_train = [index for index in range(1, len(places) + 1) if index not in kept]
-    results: dict[int, FitResult] = dict(kept)
+    to_train = [index for index in range(1, len(places) + 1) if index not in results]
     failures: list[str] = []
     name = first.name if len(recipes) == 1 else f"{len(recipes)} recipes"
-    with matrix_display(
+    with _display(name, recipes, places) as display:
+        logs = " ".join(f"{recipe.log_dir}/" for recipe in recipes if not all(recipe.keep))
+        display.write(
+            f"{PREFIX}{name}: {len(to_train)} to train, {jobs} at a time "
+            f"({'one per device' if gpus else 'each its share of the cores'}); their output in {logs}"
+        )
+        for index, result in sorted(results.items()):  # kept runs need no worker: their lines come first
+            display.variant_ended(index, places[index - 1][1].cfg, result)
+        if len(to_train) > jobs and not gpus:  # more than start at once: the slowest first (timed on CPU)
+            to_train = [to_train[p] for p in most_work_first([places[i - 1][1].cfg for i in to_train])]
+        pool = Pool(jobs, gpus, (ckpt, init_from, overwrite))
+        _train(pool, fit, places, to_train, display, results, failures)
+        ordered = [results[i] for i in sorted(results)]
+        if pool.stopped is None and len(results) == len(places):
+            display.close(ordered)
+    if pool.stopped is not None:
+        raise JobsInterrupted(name, pool.stopped, _ended_counts(ordered, len(places)))
+    if len(results) < len(places):  # a worker stopped by a signal of its own: the rest never started
+        raise CnnkitError(
+            f"{len(places) - len(results)} of {len(places)} variants were not trained: a worker was stopped by a "
+            f"signal sent to it alone; the same command with --ckpt last trains them and keeps the finished"
+        )
+    if failures:
+        raise CnnkitError(f"{len(failures)} of {len(places)} variants failed: {'; '.join(failures[:3])}")
+    return [[results[offset + i] for i in range(1, len(recipe.runs) + 1)] for recipe, offset in zip(recipes, offsets)]
+
+
+def _display(name: str, recipes: Sequence[Recipe], places: Sequence[tuple[Recipe, Any]]) -> Any:
+    """The matrix's display: one recipe's keys and runs directory, or the recipes' names and their common one."""
+    first = recipes[0].base
+    return matrix_display(
         name,
         [run.cfg for _, run in places],
         show_bar=first.trainer.progress_bar != "none",
         runs_dir=recipes[0].log_dir.parent if len(recipes) == 1 else Path(first.runs_dir),
         keys=list(first.matrix) if len(recipes) == 1 else [recipe.base.name for recipe in recipes],
-    ) as display:
-        display.write(
-            f"{PREFIX}{name}: {len(to_train)} to train, {jobs} at a time "
-            f"({'one per device' if gpus else 'each its share of the cores'}); their output in "
-            f"{' '.join(f'{recipe.log_dir}/' for recipe in recipes)}"
-        )
-        for index, result in sorted(kept.items()):  # kept runs need no worker: their lines come first
-            display.variant_ended(index, places[index - 1][1].cfg, result)
-        if len(to_train) > jobs and not gpus:  # more than start at once: the slowest first (timed on CPU)
-            to_train = [to_train[p] for p in most_work_first([places[i - 1][1].cfg for i in to_train])]
-        pool = Pool(jobs, gpus, recipes[0].log_dir, (ckpt, init_from, overwrite))
-        previous = _forward_signals(pool)
-        try:
-            futures = {
-                pool.submit(fit, *places[index - 1]): index
-                for index in to_train
-                if pool.stopped is None  # a signal while they are queued: the rest never start
-            }
-            _show_as_they_end(pool, futures, places, display, results, failures)
-        except BaseException:
-            pool.stop(signal.SIGINT)  # nothing trains on unwatched
-            raise
-        finally:
-            pool.executor.shutdown(wait=True, cancel_futures=True)
-            _restore_signals(previous)
-        ordered = [results[i] for i in sorted(results)]
-        if pool.stopped is None:
-            display.close(ordered)
-    if pool.stopped is not None:
-        raise JobsInterrupted(name, pool.stopped, _ended_counts(ordered, len(places)))
-    if failures:
-        raise CnnkitError(f"{len(failures)} of {len(places)} variants failed: {'; '.join(failures[:3])}")
-    return [[results[offset + i] for i in range(1, len(recipe.runs) + 1)] for recipe, offset in zip(recipes, offsets)]
+    )
+
+
+def _train(
+    pool: Pool,
+    fit: Callable[..., FitResult],
+    places: Sequence[tuple[Recipe, Any]],
+    to_train: Sequence[int],
+    display: Any,
+    results: dict[int, FitResult],
+    failures: list[str],
+) -> None:
+    """Queue the runs at ``to_train`` (places, in the order to start them) and show each as it ends; signals
+    stop the pool (forwarded to its workers) until every worker has ended."""
+    previous = _forward_signals(pool)
+    try:
+        futures = {
+            pool.submit(fit, *places[index - 1]): index
+            for index in to_train
+            if pool.stopped is None  # a signal while they are queued: the rest never start
+        }
+        _show_as_they_end(pool, futures, places, display, results, failures)
+    except BaseException:
+        pool.stop(signal.SIGINT)  # nothing trains on unwatched
+        raise
+    finally:
+        pool.executor.shutdown(wait=True, cancel_futures=True)
+        _restore_signals(previous)
 
 
 def _show_as_they_end(

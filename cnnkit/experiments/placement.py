@@ -160,12 +160,12 @@ def most_work_first(configs: Sequence[Any]) -> list[int]:
     The estimate is a training step's time, measured on one thread over a few steps of the variant's model
     on random data of its shape (``step_seconds``: it sees what multiply-accumulates miss, a norm's noise or
     a small batch's overhead), per sample, times the samples trained on (``max_steps`` batches, else
-    ``max_epochs`` passes over the training split); ties keep matrix order, and so does every variant when a
-    model cannot be built or its data read here."""
+    ``max_epochs`` passes over the training split, or the part ``limit_train_batches`` takes); ties keep
+    matrix order, and so does every variant when a model cannot be built or its data read here."""
 
     def work(cfg: Any) -> float:
         steps, batch = cfg.trainer.max_steps, int(cfg.data.batch_size)
-        samples = steps * batch if steps and steps > 0 else (cfg.trainer.max_epochs or 1) * training_size(cfg)
+        samples = steps * batch if steps and steps > 0 else (cfg.trainer.max_epochs or 1) * epoch_samples(cfg)
         return step_seconds(cfg) / batch * samples
 
     try:
@@ -173,6 +173,17 @@ def most_work_first(configs: Sequence[Any]) -> list[int]:
     except Exception:  # a user's model that cannot be built or stepped here: the matrix's own order
         return list(range(len(configs)))
     return sorted(range(len(configs)), key=lambda position: -estimates[position])
+
+
+def epoch_samples(cfg: Any) -> float:
+    """Samples one epoch trains on: the training split, or the batches or fraction of it that
+    ``trainer.limit_train_batches`` takes."""
+    size, limit = training_size(cfg), cfg.trainer.limit_train_batches
+    if limit is None:
+        return size
+    if isinstance(limit, float) and limit <= 1.0:
+        return size * limit
+    return min(size, int(limit) * int(cfg.data.batch_size))
 
 
 def training_size(cfg: Any) -> int:

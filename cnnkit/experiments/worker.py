@@ -5,7 +5,8 @@ variants end early takes the next one from the pool's queue.
 
 Set-up (``start``, the pool's initializer, before torch is imported): the slot's thread variables (torch's
 OpenMP pool reads them once, at import), its cores pinned, its device, its own session (a terminal's
-Ctrl-C reaches the pool's parent, which forwards it once), its output to ``logs/job<k>.log``.
+Ctrl-C reaches the pool's parent, which forwards it once); from its first variant on, its output goes to
+``runs/<recipe>/logs/job<k>.log`` of the recipe of the variant it trains.
 
 A variant that starts processes of its own (``ddp_cpu``) is trained by ``cnnkit fit --only <variant>`` in
 a fresh process: Lightning starts its other ranks by re-running the command line, and leaves its process
@@ -50,8 +51,9 @@ _worker = _Worker()
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def start(slots: Any, log_dir: str, verbose_output: bool) -> None:
-    """The pool's initializer: take a slot from the queue and set this process up on it."""
+def start(slots: Any, verbose_output: bool) -> None:
+    """The pool's initializer: take a slot from the queue and set this process up on it (its output goes to
+    the log of the first variant it trains, beside that variant's recipe)."""
     for signum in STOP_SIGNALS:  # first: a signal while this process starts stops it cleanly too
         signal.signal(signum, _on_signal)
     number, slot = slots.get()
@@ -60,7 +62,6 @@ def start(slots: Any, log_dir: str, verbose_output: bool) -> None:
         os.setsid()
     os.environ.update(job_env(slot, os.environ))
     pin(0, slot.cpus)
-    _log_to(log_dir)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)
     configure(verbose_output=verbose_output)
