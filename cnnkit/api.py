@@ -469,9 +469,6 @@ def _one_accelerator(checked: Sequence[Recipe]) -> None:
 def _one_after_the_other(recipe: Recipe, init_from: Optional[str], overwrite: bool) -> list[FitResult]:
     """A recipe's runs in matrix order in this process, one line each under the matrix's bar."""
     base = recipe.base
-    if len(recipe.runs) == 1 and not base.matrix:  # a single run shows its own bar and summary
-        run = recipe.runs[0]
-        return [fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)]
     results: list[FitResult] = []
     with matrix_display(
         base.name,

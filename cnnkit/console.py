@@ -261,7 +261,8 @@ class MatrixDisplay:
         self.first_rank = first_process()
         self.started = time.monotonic()
         if self.first_rank:
-            note(f"{name}: {self.total} runs ({(', ' if self.recipes > 1 else ' × ').join(keys)}) in {runs_dir}")
+            spanned = f" ({(', ' if self.recipes > 1 else ' × ').join(keys)})" if keys else ""
+            note(f"{name}: {self.total} runs{spanned} in {runs_dir}")
         self.bar = None
         if show_bar and interactive() and self.first_rank:
             from tqdm.auto import tqdm  # startup: tqdm only for a matrix's bar on a terminal
