@@ -85,6 +85,7 @@ def fit(
     SIGINT/SIGTERM end it as ``interrupted`` (``lifecycle.RunInterrupted``).
     """
     started = time.monotonic()
+    _one_of_overwrite_and_ckpt(overwrite, ckpt)
     run = RunDir.for_config(cfg)
     if ckpt in (None, "last") and not overwrite:  # a requeued SLURM job (or array task) continues where it stopped
         ckpt = _requeued_checkpoint(run) or ckpt
@@ -95,6 +96,16 @@ def fit(
 
     with FitThreads(cfg.trainer.threads) as threads:  # registered before set-up: see training/threads.py
         return _train(cfg, run, verdict, ckpt, init_from, first_rank, started, threads)
+
+
+def _one_of_overwrite_and_ckpt(overwrite: bool, ckpt: Optional[str]) -> None:
+    """``--overwrite`` deletes a run to redo it and ``--ckpt`` resumes it: together they would delete what
+    was to be resumed (and every finished run of a matrix)."""
+    if overwrite and ckpt:
+        raise ConfigError(
+            f"--overwrite redoes runs from scratch and --ckpt {ckpt} resumes them: give one of the two "
+            f"(--ckpt last alone keeps the finished runs and resumes the rest)"
+        )
 
 
 def _train(
@@ -329,7 +340,8 @@ def _kept(run: RunDir, cfg: DictConfig, resumed: bool) -> FitResult:
             if scheduler
             else "raise trainer.max_epochs to train on"
         )
-        say(f"run '{run.path}' already finished; nothing to resume ({longer})")
+        if active_matrix() is None:  # a matrix's line says kept
+            say(f"run '{run.path}' already finished; nothing to resume ({longer})")
     return FitResult.recorded(run, cfg, status, status.get("status", "finished"), kept=True)
 
 
@@ -382,6 +394,7 @@ def fit_recipes(
     One list of results per recipe, in matrix order."""
     if not recipes:
         raise ConfigError("fit needs a recipe: --config FILE or --recipe FILE")
+    _one_of_overwrite_and_ckpt(overwrite, ckpt)
     if len(recipes) == 1:
         checked = [_checked(recipes[0], overrides, only, ckpt, init_from, overwrite)]
     else:
@@ -399,8 +412,8 @@ def fit_recipes(
         if count > 1:
             _one_accelerator(checked)
             for recipe in checked:
-                recipe.kept = {
-                    i: fit(run.cfg, ckpt=run.resume, init_from=init_from, overwrite=overwrite)
+                recipe.kept = {  # their lines say kept (under --ckpt last, no "nothing to resume" for each)
+                    i: _kept(RunDir.for_config(run.cfg), run.cfg, resumed=False)
                     for i, (run, keep) in enumerate(zip(recipe.runs, recipe.keep), 1)
                     if keep
                 }
@@ -445,6 +458,8 @@ def _one_recipe_per_run_directory(checked: Sequence[Recipe]) -> None:
     for recipe in checked:
         for run in recipe.runs:
             path = RunDir.for_config(run.cfg).path
+            if path in made and Path(made[path]).resolve() == Path(recipe.files[0]).resolve():
+                raise ConfigError(f"--recipe {recipe.files[0]} is given twice: give each recipe once")
             if path in made:
                 raise ConfigError(
                     f"--recipe {made[path]} and --recipe {recipe.files[0]} both make {path}: give one of them "

@@ -234,15 +234,30 @@ def test_several_recipes_share_one_pool_and_each_keeps_its_runs_and_logs(tmp_pat
     alone = cli("fit", "--config", str(other), "runs_dir=alone", "trainer.threads=1")
     assert alone.returncode == 0, alone.stderr
     assert_same_weights(runs / "other/default", tmp_path / "alone/other/default")
-    # one at a time, the same command keeps all three
-    again = cli("fit", *both, "--jobs", "1")
+    # one at a time, the same command keeps all three (a matrix's lines say kept: no "nothing to resume")
+    again = cli("fit", *both, "--jobs", "1", "--ckpt", "last")
     assert again.returncode == 0 and again.stdout.count("config, kept") == 3, again.stdout + again.stderr
+    assert "nothing to resume" not in again.stderr, again.stderr
 
 
 def test_two_recipes_that_make_the_same_runs_are_refused_before_anything_trains(tmp_path):
     tiny = recipe(tmp_path)
-    assert_one_line_error(cli("fit", "--recipe", tiny, "--recipe", tiny), "both make runs/smoke/tiny/seed=0")
+    assert_one_line_error(cli("fit", "--recipe", tiny, "--recipe", tiny), f"--recipe {tiny} is given twice")
+    twin = tmp_path / "twin.yaml"  # another file, the same name and variants
+    twin.write_text(Path(tiny).read_text())
+    assert_one_line_error(cli("fit", "--recipe", tiny, "--recipe", str(twin)), "both make runs/smoke/tiny/seed=0")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("ckpt", ["last", "runs/smoke/tiny/seed=0/checkpoints/last.ckpt"])
+def test_overwrite_and_ckpt_together_are_refused_before_anything_is_deleted(tmp_path, ckpt):
+    tiny = recipe(tmp_path, seeds=(0,))
+    assert cli("fit", "--config", tiny).returncode == 0
+    before = (tmp_path / "runs/smoke/tiny/seed=0/status.json").read_text()
+    refused = cli("fit", "--config", tiny, "--overwrite", "--ckpt", ckpt)
+    assert_one_line_error(refused, "--overwrite redoes runs from scratch and --ckpt")
+    assert (tmp_path / "runs/smoke/tiny/seed=0/status.json").read_text() == before
+    assert (tmp_path / "runs/smoke/tiny/seed=0/checkpoints/last.ckpt").is_file()
 
 
 def test_one_pool_refuses_recipes_on_gpus_and_on_the_cpu(monkeypatch):

@@ -43,12 +43,17 @@ def parse_jobs(text: str) -> Any:
 class JobsInterrupted(Exception):
     """SIGINT or SIGTERM stopped a ``--jobs`` matrix; every variant recorded where it stopped."""
 
-    def __init__(self, name: str, signum: int, counts: dict[str, int]):
+    def __init__(self, name: str, signum: int, counts: dict[str, int], overwrite: bool = False):
         self.exit_code = 128 + signum
         tally = ", ".join(f"{n} {state}" for state, n in counts.items())
+        command = (
+            "the same command without --overwrite and with --ckpt last"
+            if overwrite
+            else "the same command with --ckpt last"
+        )
         super().__init__(
-            f"{name} interrupted by {signal.Signals(signum).name} ({tally}); the same command with "
-            f"--ckpt last resumes the unfinished variants and keeps the finished ones"
+            f"{name} interrupted by {signal.Signals(signum).name} ({tally}); {command} resumes the unfinished "
+            f"variants and keeps the finished ones"
         )
 
 
@@ -161,7 +166,7 @@ def run_jobs(
         if pool.stopped is None and len(results) == len(places):
             display.close(ordered)
     if pool.stopped is not None:
-        raise JobsInterrupted(name, pool.stopped, _ended_counts(ordered, len(places)))
+        raise JobsInterrupted(name, pool.stopped, _ended_counts(ordered, len(places)), overwrite)
     if len(results) < len(places):  # a worker stopped by a signal of its own: the rest never started
         raise CnnkitError(
             f"{len(places) - len(results)} of {len(places)} variants were not trained: a worker was stopped by a "
