@@ -456,8 +456,8 @@ def _one_recipe_per_run_directory(checked: Sequence[Recipe]) -> None:
     into one directory at once: refused before anything trains."""
     made: dict[Path, str] = {}
     for recipe in checked:
-        for run in recipe.runs:
-            path = RunDir.for_config(run.cfg).path
+        paths = [RunDir.for_config(run.cfg).path for run in recipe.runs]
+        for path in paths:
             if path in made and Path(made[path]).resolve() == Path(recipe.files[0]).resolve():
                 raise ConfigError(f"--recipe {recipe.files[0]} is given twice: give each recipe once")
             if path in made:
@@ -465,7 +465,7 @@ def _one_recipe_per_run_directory(checked: Sequence[Recipe]) -> None:
                     f"--recipe {made[path]} and --recipe {recipe.files[0]} both make {path}: give one of them "
                     f"another name (name=... in the recipe) or fit them apart"
                 )
-        made.update((RunDir.for_config(run.cfg).path, recipe.files[0]) for run in recipe.runs)
+        made.update((path, recipe.files[0]) for path in paths)
 
 
 def _one_accelerator(checked: Sequence[Recipe]) -> None:

@@ -321,11 +321,7 @@ class MatrixDisplay:
         for result in results:
             by_recipe.setdefault(result.run_dir.parent if self.recipes > 1 else self.runs_dir, []).append(result)
         for runs_dir, ended in by_recipe.items():
-            counts: dict[str, int] = {}
-            for result in ended:
-                state = "kept" if result.kept else result.status
-                counts[state] = counts.get(state, 0) + 1
-            tally = ", ".join(f"{n} {state}" for state, n in counts.items())
+            tally = ", ".join(f"{n} {state}" for state, n in ended_counts(ended).items())
             name, when = (runs_dir.name, "") if self.recipes > 1 else (self.name, f" in {took}")
             note(
                 f"{name}: {len(ended)} runs{when} ({tally}) in {runs_dir}; compare them with: "
@@ -334,6 +330,15 @@ class MatrixDisplay:
             if any(r.wandb_sync for r in ended):
                 runs = f"{command_path(runs_dir)}/*/wandb/offline-run-*"
                 show(f"  W&B is offline; upload the runs with: wandb sync {runs}")
+
+
+def ended_counts(results: Sequence[Any]) -> dict[str, int]:
+    """How many runs ended each way (kept, finished, diverged, interrupted, ...), in the order first seen."""
+    counts: dict[str, int] = {}
+    for result in results:
+        state = "kept" if result.kept else result.status
+        counts[state] = counts.get(state, 0) + 1
+    return counts
 
 
 _matrix: Optional[MatrixDisplay] = None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cnnkit.config.load import check_jobs
-from cnnkit.console import matrix_display, verbose
+from cnnkit.console import ended_counts, matrix_display, verbose
 from cnnkit.errors import CnnkitError
 from cnnkit.experiments import worker
 from cnnkit.experiments.placement import available_cpus, most_work_first, slots, visible_gpus
@@ -263,10 +263,7 @@ def _as_they_end(pool: Pool, futures: dict[Future, int], places: Sequence[tuple[
 
 def _ended_counts(ordered: Sequence[FitResult], total: int) -> dict[str, int]:
     """How the variants ended when the pool was stopped: kept, finished, interrupted, ..., not started."""
-    counts: dict[str, int] = {}
-    for result in ordered:
-        state = "kept" if result.kept else result.status
-        counts[state] = counts.get(state, 0) + 1
+    counts = ended_counts(ordered)
     if len(ordered) < total:
         counts["not started"] = total - len(ordered)
     return counts
